@@ -1,0 +1,137 @@
+"""``churn``: the project's own commands (data generation, one cycle, a summary).
+
+Dagster's own CLI (``dagster asset materialize``, ``dagster dev``) works on the same
+definitions; these commands add what Dagster does not know about: the landing-data
+generator and a one-shot run with a human summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+from churn_assets import settings
+
+
+def _dagster_home() -> Path:
+    """``DAGSTER_HOME``, defaulting to a persistent folder inside the data root."""
+    home = Path(os.environ.get("DAGSTER_HOME") or settings.churn_home() / "dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from churn_assets.generator import generate_history, generate_increment
+
+    home = settings.churn_home()
+    t0 = time.perf_counter()
+    if args.increment:
+        report = generate_increment(home, fraction=args.fraction, dirty_rate=args.dirty_rate, progress=not args.quiet)
+    else:
+        end = date.fromisoformat(args.end) if args.end else None
+        report = generate_history(
+            home, customers=args.customers, seed=args.seed, end=end, dirty_rate=args.dirty_rate, progress=not args.quiet
+        )
+    took = time.perf_counter() - t0
+    files = sum(len(v) for v in report.files.values())
+    print(
+        f"wrote {files} files to {home / 'landing'} in {took:.1f}s: "
+        + ", ".join(f"{k} {v:,}" for k, v in report.records.items())
+        + (f" (malformed on purpose: {sum(report.dirty.values()):,})" if args.dirty_rate else "")
+        + f"; generator clock {report.clock}"
+    )
+    return 0
+
+
+def run_cycle(selection: str | None = None) -> tuple[bool, float, str]:
+    import dagster as dg
+
+    from churn_assets.definitions import defs
+
+    _dagster_home()
+    instance = dg.DagsterInstance.get()
+    t0 = time.perf_counter()
+    if selection:
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks], selection=selection, instance=instance, resources=defs.resources
+        )
+    else:
+        result = defs.resolve_job_def("churn_cycle").execute_in_process(instance=instance, raise_on_error=False)
+    return result.success, time.perf_counter() - t0, result.run_id
+
+
+def summary() -> str:
+    from churn_assets.summary import cycle_summary
+
+    return cycle_summary(settings.churn_home())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    ok, took, run_id = run_cycle(args.select)
+    print(f"\nrun {run_id} {'succeeded' if ok else 'FAILED'} in {took:.1f}s")
+    print(summary())
+    return 0 if ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    landing = settings.landing_dir()
+    if not any((landing / s).glob("*") for s in settings.SOURCES if (landing / s).exists()):
+        gen = argparse.Namespace(
+            increment=False, customers=args.customers, seed=42, end=None, dirty_rate=0.0, quiet=False, fraction=0.01
+        )
+        cmd_generate(gen)
+        # Files younger than the settle time are taken as still being written; the
+        # demo waits them out rather than ingest the history in two cycles.
+        wait = settings.IngestSettings().settle_seconds
+        if wait > 0:
+            print(f"waiting {wait:.0f}s for the new files to settle (CHURN_SETTLE_SECONDS)")
+            time.sleep(wait + 0.5)
+    else:
+        print(f"landing data found in {landing}; ingesting what is new")
+    return cmd_run(argparse.Namespace(select=None))
+
+
+def cmd_summary(_args: argparse.Namespace) -> int:
+    print(summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="churn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="write landing files in the reference formats")
+    g.add_argument("--customers", type=int, default=100_000, help="customers in the initial history (default 100,000)")
+    g.add_argument("--seed", type=int, default=42, help="random seed: same seed and --end, same files")
+    g.add_argument("--end", help="last day of the history, YYYY-MM-DD (default: today, UTC)")
+    g.add_argument("--increment", action="store_true", help="one hour of new activity on top of the history")
+    g.add_argument("--fraction", type=float, default=0.01, help="increment size as a share of the history (default 0.01)")
+    g.add_argument("--dirty-rate", type=float, default=0.0, help="share of records made malformed on purpose")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=cmd_generate)
+
+    r = sub.add_parser("run", help="run the churn cycle once (every asset) and print a summary")
+    r.add_argument("--select", help="an asset selection instead of the whole cycle, e.g. '*gold/churn_features'")
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="generate reference-scale data if landing is empty, then run the cycle")
+    d.add_argument("--customers", type=int, default=100_000)
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("summary", help="rows per layer and where the outputs are")
+    s.set_defaults(func=cmd_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The Dagster code location: every asset, check, job and resource of churn_assets."""
+
+
+import dagster as dg
+
+from churn_assets.bronze import assets as bronze
+from churn_assets.gold import assets as gold
+from churn_assets.resources import default_resources
+from churn_assets.silver import assets as silver
+
+churn_cycle = dg.define_asset_job(
+    "churn_cycle",
+    selection=dg.AssetSelection.all(),
+    description="The whole loop: bronze -> silver -> gold (and every step downstream of it).",
+)
+
+defs = dg.Definitions(
+    assets=[*bronze.assets, *silver.assets, *gold.assets],
+    asset_checks=[*gold.asset_checks],
+    jobs=[churn_cycle],
+    resources=default_resources(),
+    # One DuckDB file, one writer: the steps of a run share one process, so they
+    # never contend for the file lock (and start without a subprocess each).
+    executor=dg.in_process_executor,
+)

@@ -1,0 +1,403 @@
+"""Synthetic landing data in exactly the reference formats (see data-contracts.md).
+
+Same fields, types, timestamp format (``MM-dd-yyyy HH:mm:ss``), null rates and churn
+label rule as the reference generator, so the pipeline cannot tell its files from the
+reference files:
+- users and orders: newline-delimited JSON; null fields are left out of the object, as
+  Spark's JSON writer does; numbers are written as floats (``1.0``).
+- events: CSV with a header, empty fields for nulls.
+
+Every customer has at least one order (orders ~ N(3, 2) rounded, at least 1) and one app
+event per order near the order time, as in the reference where events and orders are
+equally many. Files are written under a hidden temporary name and renamed into place, so
+the ingestor never sees a half-written generated file.
+
+``generate_increment`` adds one hour of activity as new files: new customers, re-sent
+profiles of existing customers (newer ``last_activity_date``), new orders and events.
+The generator's own state (its clock and customer table) lives in ``$CHURN_HOME/generator``,
+outside the landing folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+TS = "%m-%d-%Y %H:%M:%S"
+
+FIRST = (
+    "Mary James Patricia Robert Jennifer John Linda Michael Elizabeth David Barbara William Susan Richard "
+    "Jessica Joseph Sarah Thomas Karen Charles Lisa Christopher Nancy Daniel Betty Matthew Sandra Anthony "
+    "Margaret Mark Ashley Donald Kimberly Steven Emily Paul Donna Andrew Michelle Joshua Carol Kenneth "
+    "Amanda Kevin Dorothy Brian Melissa George Deborah Timothy Stephanie Ronald Rebecca Edward Sharon Jason "
+    "Laura Jeffrey Cynthia Ryan Kathleen Jacob Amy Gary Angela Nicholas Shirley Eric Anna Jonathan Brenda "
+    "Stephen Pamela Larry Emma Justin Nicole Scott Helen Brandon Samantha Benjamin Katherine Samuel Christine"
+).split()
+LAST = (
+    "Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez Gonzalez "
+    "Wilson Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson White Harris Sanchez Clark "
+    "Ramirez Lewis Robinson Walker Young Allen King Wright Scott Torres Nguyen Hill Flores Green Adams "
+    "Nelson Baker Hall Rivera Campbell Mitchell Carter Roberts Pittman Osborn Tyler Cook Haynes Kelley"
+).split()
+DOMAINS = ["example.com", "mail.example.org", "shop.example.net", "example.biz", "post.example.com"]
+STREETS = ["Sandra Neck", "John Estate", "Eric Villages", "Mcintyre Heights", "Kelly Crossing", "Oak Street", "Pine Road"]
+CITIES = ["Hannahfurt, MP", "New Heather, AR", "East Gregoryfurt, MP", "Lake Christopherbury, TX", "South Jessica, CO"]
+URLS = [
+    "https://databricks.com/", "https://databricks.com/faq.html", "https://databricks.com/login/",
+    "https://databricks.com/privacy.jsp", "https://databricks.com/category/app/homepage/",
+    "https://databricks.com/posts/explore/about/", "https://databricks.com/wp-content/main/author/",
+]
+USER_COLUMNS = ["id", "firstname", "lastname", "email", "address", "canal", "country", "creation_date",
+                "last_activity_date", "gender", "age_group", "churn"]
+ORDER_COLUMNS = ["user_id", "id", "transaction_date", "item_count", "amount"]
+EVENT_COLUMNS = ["user_id", "event_id", "platform", "date", "action", "session_id", "url"]
+KEY_NULL_RATE = 0.02
+CATEGORY_NULL_RATE = 0.01
+ROWS_PER_FILE = {"users": 10_000, "orders": 20_000, "events": 20_000}
+
+
+@dataclass
+class GenerationReport:
+    files: dict[str, list[str]] = field(default_factory=lambda: {"users": [], "orders": [], "events": []})
+    records: dict[str, int] = field(default_factory=lambda: {"users": 0, "orders": 0, "events": 0})
+    dirty: dict[str, int] = field(default_factory=lambda: {"users": 0, "orders": 0, "events": 0})
+    clock: str = ""
+
+
+def uuids(rng: np.random.Generator, n: int) -> pl.Series:
+    raw = rng.integers(0, 256, (n, 16), dtype=np.uint8)
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    hexed = pl.Series(raw.view("S16").ravel()).bin.encode("hex")
+    return pl.select(
+        pl.concat_str(
+            [hexed.str.slice(0, 8), hexed.str.slice(8, 4), hexed.str.slice(12, 4), hexed.str.slice(16, 4), hexed.str.slice(20, 12)],
+            separator="-",
+        )
+    ).to_series()
+
+
+def _null_some(rng, s: pl.Series, rate: float) -> pl.Series:
+    mask = rng.random(len(s)) < rate
+    return s.set(pl.Series(mask), None) if mask.any() else s  # type: ignore[arg-type]
+
+
+def _fmt(col: str) -> pl.Expr:
+    return pl.col(col).dt.strftime(TS)
+
+
+def churn_label(rng, df: pl.DataFrame, now: datetime) -> pl.Series:
+    """The reference generator's rule: 80 % churn if any condition holds, else 20 %."""
+    cond = (
+        ((pl.col("n_orders") >= 5) & (pl.col("platform") == "ios"))
+        | ((pl.col("n_orders") == 3) & (pl.col("gender") == 0))
+        | ((pl.col("n_orders") == 2) & (pl.col("gender") == 1) & (pl.col("age_group") <= 3))
+        | ((pl.col("n_items") <= 1) & (pl.col("platform") == "android"))
+        | ((pl.col("n_items") >= 10) & (pl.col("platform") == "ios"))
+        | (pl.col("n_events") >= 4)
+        | (pl.col("country") == "USA")
+        | (pl.col("creation") < pl.lit(now - timedelta(days=90)))
+        | ((pl.col("age_group") >= 7) & (pl.col("gender") == 0))
+        | ((pl.col("age_group") <= 2) & (pl.col("gender") == 1))
+    )
+    p = df.select(pl.when(cond).then(0.8).otherwise(0.2)).to_series().to_numpy()
+    return pl.Series(rng.random(len(df)) < p)
+
+
+def _customers(rng, n: int, start: datetime, end: datetime, monthly: bool) -> pl.DataFrame:
+    """Customer attributes; creation dates in monthly cohorts growing over the span."""
+    if monthly:
+        months = max(1, round((end - start).days / 30.44))
+        weights = np.linspace(2000, 6600, months)
+        month = rng.choice(months, size=n, p=weights / weights.sum())
+        day_offset = (month * 30.44 + rng.random(n) * 30.44).astype(int)
+        creation = [start + timedelta(days=int(d)) for d in np.minimum(day_offset, (end - start).days - 1)]
+        creation_s = pl.Series(creation, dtype=pl.Datetime("us"))
+    else:
+        secs = rng.integers(0, int((end - start).total_seconds()), n)
+        creation_s = pl.Series([start] * n, dtype=pl.Datetime("us")) + pl.Series(secs * 1_000_000, dtype=pl.Duration("us"))
+    # Accounts are created at midnight in the reference.
+    creation_s = creation_s.dt.truncate("1d")
+    first = np.array(FIRST)[rng.integers(0, len(FIRST), n)]
+    last = np.array(LAST)[rng.integers(0, len(LAST), n)]
+    platforms = np.array(["ios", "android", "other"])[rng.integers(0, 3, n)]
+    n_orders = np.maximum(1, np.rint(rng.normal(3, 2, n))).astype(np.int64)
+    return pl.DataFrame(
+        {
+            "id": uuids(rng, n),
+            "firstname": first,
+            "lastname": last,
+            "email": [f"{f.lower()}.{lname.lower()}{i}@{DOMAINS[i % len(DOMAINS)]}" for i, (f, lname) in enumerate(zip(first, last))],
+            "address": [
+                f"{a} {STREETS[a % len(STREETS)]} Suite {a % 997}\n{CITIES[a % len(CITIES)]} {10000 + a % 89999}"
+                for a in rng.integers(1, 99999, n).tolist()
+            ],
+            "canal": np.array(["WEBAPP", "PHONE", "MOBILE", None], dtype=object)[
+                rng.choice(4, size=n, p=[0.54, 0.34, 0.11, 0.01])
+            ],
+            "country": np.array(["FR", "USA", "SPAIN"])[rng.integers(0, 3, n)],
+            "creation": creation_s,
+            "gender": (rng.random(n) < 0.7).astype(np.int64),
+            "age_group": np.rint(rng.random(n) * 10).astype(np.int64),
+            "platform": platforms,
+            "n_orders": n_orders,
+        }
+    )
+
+
+def _orders_and_events(rng, cust: pl.DataFrame, lo: pl.Series, hi: datetime, counts: np.ndarray) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``counts[i]`` orders for customer i between lo[i] and hi; one app event per order."""
+    idx = np.repeat(np.arange(len(cust)), counts)
+    m = len(idx)
+    lo_us = lo.dt.epoch("us").to_numpy()[idx]
+    hi_us = int(hi.timestamp() * 1_000_000) if hi.tzinfo else int((hi - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
+    span = np.maximum(hi_us - lo_us, 1)
+    when_us = lo_us + (rng.random(m) * span).astype(np.int64)
+    when = pl.Series(when_us // 1_000_000 * 1_000_000, dtype=pl.Datetime("us"))
+    items = rng.integers(1, 4, m)
+    unit = rng.integers(10, 41, m)
+    user_ids = cust["id"].gather(idx)
+    orders = pl.DataFrame(
+        {
+            "user_id": _null_some(rng, user_ids, KEY_NULL_RATE),
+            "id": _null_some(rng, uuids(rng, m), KEY_NULL_RATE),
+            "transaction_date": when,
+            "item_count": items.astype(np.float64),
+            "amount": (items * unit).astype(np.float64),
+        }
+    )
+    event_ids = uuids(rng, m)
+    ev_when = pl.Series(np.minimum(when_us + rng.integers(-3600, 3600, m) * 1_000_000, hi_us) // 1_000_000 * 1_000_000, dtype=pl.Datetime("us"))
+    platform = cust["platform"].gather(idx)
+    events = pl.DataFrame(
+        {
+            "user_id": _null_some(rng, user_ids, KEY_NULL_RATE),
+            "event_id": _null_some(rng, event_ids, KEY_NULL_RATE),
+            "platform": _null_some(rng, platform, CATEGORY_NULL_RATE),
+            "date": ev_when,
+            "action": _null_some(rng, pl.Series(np.array(["view", "click", "log"])[rng.integers(0, 3, m)]), CATEGORY_NULL_RATE),
+            # In the reference a session is one event: the ids are equal.
+            "session_id": _null_some(rng, event_ids, KEY_NULL_RATE),
+            "url": np.array(URLS)[rng.integers(0, len(URLS), m)],
+        }
+    )
+    return orders, events
+
+
+def _json_lines(df: pl.DataFrame) -> pl.Series:
+    # Spark's JSON writer leaves null fields out of the object; so do we.
+    parts = [
+        pl.when(pl.col(c).is_not_null()).then(pl.struct(c).struct.json_encode().str.strip_prefix("{").str.strip_suffix("}"))
+        for c in df.columns
+    ]
+    return df.select(("{" + pl.concat_list(parts).list.drop_nulls().list.join(",") + "}").alias("line")).to_series()
+
+
+def _dirty_json(rng, lines: pl.Series, rate: float) -> tuple[pl.Series, int]:
+    """Replace about ``rate`` of the lines with malformed records of several kinds."""
+    n = len(lines)
+    mask = rng.random(n) < rate
+    k = int(mask.sum())
+    if not k:
+        return lines, 0
+    kinds = rng.integers(0, 4, k)
+    out = lines.to_list()
+    for j, i in enumerate(np.flatnonzero(mask).tolist()):
+        line = out[i]
+        kind = kinds[j]
+        if kind == 0:
+            out[i] = line[: max(1, len(line) // 2)]  # truncated record: not JSON
+        elif kind == 1:
+            out[i] = line[:-1] + ',"unexpected_field":"x"}'  # extra field: rescued
+        elif kind == 2:
+            out[i] = line.replace('"creation_date":"', '"creation_date":"2023/').replace('"transaction_date":"', '"transaction_date":"2023/')
+            if out[i] == line:
+                out[i] = line[:-1] + ',"unexpected_field":1}'
+        else:
+            out[i] = "{not json at all"  # malformed
+    return pl.Series(out), k
+
+
+def _dirty_csv(rng, df: pl.DataFrame, rate: float) -> tuple[list[str], int]:
+    body = df.write_csv(include_header=False).splitlines()
+    n = len(body)
+    mask = rng.random(n) < rate
+    for i in np.flatnonzero(mask).tolist():
+        kind = i % 3
+        if kind == 0:
+            body[i] = body[i].rsplit(",", 3)[0]  # missing columns: quarantined
+        elif kind == 1:
+            body[i] = body[i] + ",surplus"  # one column too many: quarantined
+        else:
+            parts = body[i].split(",")
+            parts[3] = "not-a-date"  # bad timestamp: rescued
+            body[i] = ",".join(parts)
+    return body, int(mask.sum())
+
+
+class LandingWriter:
+    def __init__(self, home: Path, tag: str, rows_per_file: int | None = None):
+        self.root = home / "landing"
+        self.tag = tag
+        self.rows_per_file = rows_per_file
+        self.report = GenerationReport()
+        for s in ("users", "orders", "events"):
+            (self.root / s).mkdir(parents=True, exist_ok=True)
+
+    def _write(self, source: str, index: int, text: str, ext: str) -> None:
+        name = f"part-{index:05d}-{self.tag}.{ext}"
+        tmp = self.root / source / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, self.root / source / name)  # atomic: readers see all or nothing
+        self.report.files[source].append(f"{source}/{name}")
+
+    def write_json(self, source: str, df: pl.DataFrame, rng, dirty_rate: float, progress=None) -> None:
+        per = self.rows_per_file or ROWS_PER_FILE[source]
+        for i, start in enumerate(range(0, len(df), per)):
+            lines = _json_lines(df.slice(start, per))
+            lines, k = _dirty_json(rng, lines, dirty_rate)
+            self.report.dirty[source] += k
+            self.report.records[source] += len(lines)
+            self._write(source, i, "\n".join(lines.to_list()) + "\n", "json")
+            if progress:
+                progress.update(len(lines))
+
+    def write_csv(self, source: str, df: pl.DataFrame, rng, dirty_rate: float, progress=None) -> None:
+        per = self.rows_per_file or ROWS_PER_FILE[source]
+        for i, start in enumerate(range(0, len(df), per)):
+            chunk = df.slice(start, per)
+            body, k = _dirty_csv(rng, chunk, dirty_rate)
+            self.report.dirty[source] += k
+            self.report.records[source] += len(body)
+            self._write(source, i, ",".join(df.columns) + "\n" + "\n".join(body) + "\n", "csv")
+            if progress:
+                progress.update(len(body))
+
+
+def _users_frame(cust: pl.DataFrame, last_activity: pl.Series, churn: pl.Series, rng, null_ids: bool) -> pl.DataFrame:
+    ids = _null_some(rng, cust["id"], KEY_NULL_RATE / 4) if null_ids else cust["id"]
+    return pl.DataFrame(
+        {
+            "id": ids,
+            "firstname": cust["firstname"],
+            "lastname": cust["lastname"],
+            "email": cust["email"],
+            "address": cust["address"],
+            "canal": cust["canal"],
+            "country": cust["country"],
+            "creation_date": cust["creation"].dt.strftime(TS),
+            "last_activity_date": last_activity.dt.strftime(TS),
+            "gender": cust["gender"].cast(pl.Float64),
+            "age_group": cust["age_group"].cast(pl.Float64),
+            "churn": churn,
+        }
+    )
+
+
+def _ts_columns(df: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
+    return df.with_columns([_fmt(c) for c in cols])
+
+
+def _state_dir(home: Path) -> Path:
+    return home / "generator"
+
+
+def generate_history(
+    home: Path,
+    customers: int = 100_000,
+    seed: int = 42,
+    end: date | None = None,
+    dirty_rate: float = 0.0,
+    progress: bool = True,
+    rows_per_file: int | None = None,
+) -> GenerationReport:
+    """Two years of history ending at ``end`` (default: today, UTC)."""
+    end_dt = datetime.combine(end or datetime.utcnow().date(), datetime.min.time())
+    start_dt = end_dt - timedelta(days=730)
+    rng = np.random.default_rng(seed)
+    cust = _customers(rng, customers, start_dt, end_dt, monthly=True)
+    orders, events = _orders_and_events(rng, cust, cust["creation"], end_dt, cust["n_orders"].to_numpy())
+    # Total items per customer, for the label rule (before key nulls, as the generator knows them).
+    idx = np.repeat(np.arange(len(cust)), cust["n_orders"].to_numpy())
+    n_items = np.bincount(idx, weights=orders["item_count"].to_numpy(), minlength=len(cust)).astype(np.int64)
+    last_order = pl.DataFrame({"i": idx, "t": orders["transaction_date"]}).group_by("i").agg(pl.col("t").max()).sort("i")["t"]
+    cust = cust.with_columns(n_items=pl.Series(n_items), n_events=pl.col("n_orders"))
+    churn = churn_label(rng, cust, end_dt)
+    # Last activity: at or after the last order, before the end of the history.
+    gap = pl.Series((rng.random(len(cust)) * 7 * 86400).astype(np.int64) * 1_000_000, dtype=pl.Duration("us"))
+    last_activity = pl.select(pl.min_horizontal(last_order + gap, pl.lit(end_dt))).to_series()
+    users = _users_frame(cust, last_activity, churn, rng, null_ids=True)
+    writer = LandingWriter(home, f"h{seed}", rows_per_file)
+    bar = _progress(progress, len(users) + len(orders) + len(events), "generate")
+    writer.write_json("users", users, rng, dirty_rate, bar)
+    writer.write_json("orders", _ts_columns(orders, ["transaction_date"]), rng, dirty_rate, bar)
+    writer.write_csv("events", _ts_columns(events, ["date"]), rng, dirty_rate, bar)
+    if bar:
+        bar.close()
+    state = _state_dir(home)
+    state.mkdir(parents=True, exist_ok=True)
+    cust.drop("n_items", "n_events").with_columns(churn=churn).write_parquet(state / "customers.parquet")
+    (state / "state.json").write_text(json.dumps({"seed": seed, "clock": end_dt.isoformat(), "increments": 0, "orders": len(orders)}))
+    writer.report.clock = end_dt.isoformat()
+    return writer.report
+
+
+def generate_increment(home: Path, fraction: float = 0.01, dirty_rate: float = 0.0, progress: bool = False) -> GenerationReport:
+    """One hour of new activity, about ``fraction`` of the history's volume, as new files."""
+    state_dir = _state_dir(home)
+    if not (state_dir / "state.json").exists():
+        raise FileNotFoundError(f"no generator state in {state_dir}: run `churn generate` (the history) first")
+    state = json.loads((state_dir / "state.json").read_text())
+    known = pl.read_parquet(state_dir / "customers.parquet")
+    k = state["increments"] + 1
+    rng = np.random.default_rng([state["seed"], k])
+    start = datetime.fromisoformat(state["clock"])
+    end = start + timedelta(hours=1)
+    n_users = max(2, round(len(known) * fraction))
+    n_new = max(1, n_users * 2 // 5)
+    n_resent = n_users - n_new
+    n_orders = max(1, round(state["orders"] * fraction))
+
+    new = _customers(rng, n_new, start, end, monthly=False)
+    # Orders: every new customer orders once; the rest go to existing customers.
+    existing_idx = rng.integers(0, len(known), max(0, n_orders - n_new))
+    buyers = pl.concat([new, known.select(new.columns)[existing_idx]])
+    counts = np.ones(len(buyers), dtype=np.int64)
+    lo = pl.Series([start] * len(buyers), dtype=pl.Datetime("us"))
+    orders, events = _orders_and_events(rng, buyers, lo, end, counts)
+    new = new.with_columns(n_items=pl.lit(0), n_events=pl.lit(1))
+    churn_new = churn_label(rng, new, end)
+    resent = known[rng.choice(len(known), n_resent, replace=False)]
+    act = lo.head(n_new + n_resent) + pl.Series((rng.random(n_new + n_resent) * 3600).astype(np.int64) * 1_000_000, dtype=pl.Duration("us"))
+    users = pl.concat(
+        [
+            _users_frame(new, act.head(n_new), churn_new, rng, null_ids=False),
+            _users_frame(resent, act.tail(n_resent), resent["churn"], rng, null_ids=False),
+        ]
+    )
+    writer = LandingWriter(home, f"i{k:06d}-{start.strftime('%Y%m%dT%H')}")
+    bar = _progress(progress, len(users) + len(orders) + len(events), "increment")
+    writer.write_json("users", users, rng, dirty_rate, bar)
+    writer.write_json("orders", _ts_columns(orders, ["transaction_date"]), rng, dirty_rate, bar)
+    writer.write_csv("events", _ts_columns(events, ["date"]), rng, dirty_rate, bar)
+    if bar:
+        bar.close()
+    pl.concat([known, new.drop("n_items", "n_events").with_columns(churn=churn_new)]).write_parquet(state_dir / "customers.parquet")
+    state.update(clock=end.isoformat(), increments=k, orders=state["orders"] + len(orders))
+    (state_dir / "state.json").write_text(json.dumps(state))
+    writer.report.clock = end.isoformat()
+    return writer.report
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="rec", unit_scale=True)

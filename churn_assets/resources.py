@@ -1,0 +1,83 @@
+"""Every resource of the project, in one place.
+
+Paths and settings come from the environment through ``dg.EnvVar`` when set, so the UI
+shows the variable's name, never its value, and a run reads it at launch time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from churn_assets import settings
+from churn_assets.warehouse import connect, ensure_schema
+
+
+def env_or(name: str, default: str):
+    """``dg.EnvVar(name)`` where the variable is set, else the documented default."""
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckDB file. One writer at a time: assets that write take the
+    ``duckdb_warehouse`` pool and the job runs its steps in one process."""
+
+    path: str
+    memory_limit: str = "3GB"
+
+    @contextlib.contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = connect(self.path, memory_limit=self.memory_limit)
+        try:
+            ensure_schema(con)
+            yield con
+        finally:
+            con.close()
+
+
+class LandingZoneResource(dg.ConfigurableResource):
+    """Where source systems drop files: ``<root>/{users,orders,events}/``."""
+
+    root: str
+    settle_seconds: float = 2.0
+    batch_bytes: int = 256 * 1024 * 1024
+
+
+class PipelineSettingsResource(dg.ConfigurableResource):
+    """The as-of instant (``CHURN_AS_OF``, empty = now) and the pseudonymization key."""
+
+    as_of: str = ""
+    pseudonym_key: str = settings.DEV_PSEUDONYM_KEY
+
+    def as_of_datetime(self) -> datetime:
+        return settings.parse_as_of(self.as_of)
+
+
+def default_resources(home: Path | None = None, *, as_of: str | None = None, settle_seconds: float | None = None) -> dict:
+    """The resources of a code location rooted at ``home`` (default ``CHURN_HOME``).
+
+    Tests and benchmarks pass ``home``/``as_of``/``settle_seconds`` instead of the environment.
+    """
+    home = home or settings.churn_home()
+    ingest = settings.IngestSettings()
+    return {
+        "warehouse": WarehouseResource(
+            path=str(settings.warehouse_path(home)),
+            memory_limit=os.environ.get("CHURN_DUCKDB_MEMORY_LIMIT", "3GB"),
+        ),
+        "landing": LandingZoneResource(
+            root=str(settings.landing_dir(home)),
+            settle_seconds=ingest.settle_seconds if settle_seconds is None else settle_seconds,
+            batch_bytes=ingest.batch_bytes,
+        ),
+        "pipeline_settings": PipelineSettingsResource(
+            as_of=as_of if as_of is not None else env_or("CHURN_AS_OF", ""),
+            pseudonym_key=env_or("CHURN_PSEUDONYM_KEY", settings.DEV_PSEUDONYM_KEY),
+        ),
+    }

@@ -1,0 +1,123 @@
+"""The DuckDB warehouse: one file, four schemas (bronze, silver, gold, ops) plus the
+schemas later layers add. This module owns the connection settings and the DDL of the
+tables that are appended to; tables rebuilt whole are created by their assets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+
+SCHEMAS = ("bronze", "silver", "gold", "ops")
+
+DDL = [
+    # One row per landed file seen by bronze, written in the same transaction as its rows.
+    """CREATE TABLE IF NOT EXISTS bronze.ingest_manifest (
+        file_id BIGINT NOT NULL, source VARCHAR NOT NULL, path VARCHAR NOT NULL,
+        size_bytes BIGINT, mtime TIMESTAMP, content_hash VARCHAR, records BIGINT,
+        rows_loaded BIGINT, rows_rescued BIGINT, rows_quarantined BIGINT,
+        status VARCHAR NOT NULL, detail VARCHAR, run_id VARCHAR, ingested_at TIMESTAMP)""",
+    # Records that could not become a bronze row, each with the reason.
+    """CREATE TABLE IF NOT EXISTS bronze.quarantine (
+        source VARCHAR, file_id BIGINT, source_file VARCHAR, row_no BIGINT, raw VARCHAR,
+        reason VARCHAR, run_id VARCHAR, quarantined_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS bronze.churn_users_bronze (
+        id VARCHAR, firstname VARCHAR, lastname VARCHAR, email VARCHAR, address VARCHAR,
+        canal VARCHAR, country VARCHAR, creation_date VARCHAR, last_activity_date VARCHAR,
+        gender DOUBLE, age_group DOUBLE, churn BOOLEAN, _rescued_data VARCHAR,
+        _source_file VARCHAR, _file_id BIGINT, _row_no BIGINT, _ingested_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS bronze.churn_orders_bronze (
+        user_id VARCHAR, id VARCHAR, transaction_date VARCHAR, item_count DOUBLE,
+        amount DOUBLE, _rescued_data VARCHAR,
+        _source_file VARCHAR, _file_id BIGINT, _row_no BIGINT, _ingested_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS bronze.churn_app_events (
+        user_id VARCHAR, event_id VARCHAR, platform VARCHAR, date VARCHAR, action VARCHAR,
+        session_id VARCHAR, url VARCHAR, _rescued_data VARCHAR,
+        _source_file VARCHAR, _file_id BIGINT, _row_no BIGINT, _ingested_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS silver.churn_users (
+        user_id VARCHAR, email VARCHAR, creation_date TIMESTAMP, last_activity_date TIMESTAMP,
+        firstname VARCHAR, lastname VARCHAR, address VARCHAR, canal VARCHAR, country VARCHAR,
+        gender INTEGER, age_group INTEGER, churn INTEGER, _file_id BIGINT, _row_no BIGINT)""",
+    """CREATE TABLE IF NOT EXISTS silver.churn_orders (
+        amount INTEGER, order_id VARCHAR, user_id VARCHAR, item_count INTEGER,
+        creation_date TIMESTAMP, _file_id BIGINT, _row_no BIGINT)""",
+    # How far each incremental consumer has read its bronze source (by file id).
+    """CREATE TABLE IF NOT EXISTS ops.watermarks (
+        consumer VARCHAR NOT NULL, source_table VARCHAR NOT NULL, file_id BIGINT NOT NULL,
+        updated_at TIMESTAMP)""",
+    # Per run, per table, per expectation: the data-quality dashboard reads this.
+    """CREATE TABLE IF NOT EXISTS ops.data_quality (
+        run_id VARCHAR, checked_at TIMESTAMP, layer VARCHAR, table_name VARCHAR,
+        expectation VARCHAR, passed BIGINT, failed BIGINT, dropped BIGINT, detail VARCHAR)""",
+]
+
+
+def connect(path: Path | str, *, read_only: bool = False, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    path = Path(path)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path), read_only=read_only)
+    # A Python variable named like a table must never be read in its place: every
+    # in-memory table is registered under an explicit name instead.
+    con.execute("SET python_enable_replacements = false")
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    return con
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    for schema in SCHEMAS:
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    for statement in DDL:
+        con.execute(statement)
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def registered(con: duckdb.DuckDBPyConnection, name: str, table) -> Iterator[str]:
+    """Expose an Arrow table or Polars frame to SQL under an explicit name, for one block."""
+    con.register(name, table)
+    try:
+        yield name
+    finally:
+        try:
+            con.unregister(name)
+        except duckdb.Error:
+            pass  # an aborted transaction refuses it; the view dies with the connection
+
+
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
+    """First column of the first row (duckdb 2.0 relations have no fetchone)."""
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0][0] if rows else None
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    return bool(
+        scalar(
+            con,
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+            [schema, table],
+        )
+    )
+
+
+def record_quality(con, run_id: str, layer: str, table: str, rows: list[tuple[str, int, int, int, str | None]]) -> None:
+    """Append expectation counts (expectation, passed, failed, dropped, detail) for one table."""
+    con.executemany(
+        "INSERT INTO ops.data_quality VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)",
+        [[run_id, layer, table, name, passed, failed, dropped, detail] for name, passed, failed, dropped, detail in rows],
+    )

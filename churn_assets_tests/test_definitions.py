@@ -1,0 +1,50 @@
+"""Snapshot of the definitions: what a user sees in the asset graph."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from churn_assets.definitions import defs
+from churn_assets_tests.conftest import REPO
+
+
+def test_asset_graph_snapshot():
+    graph = defs.resolve_asset_graph()
+    got = {
+        key.to_user_string(): (graph.get(key).group_name, sorted(graph.get(key).kinds), sorted(p.to_user_string() for p in graph.get(key).parent_keys))
+        for key in graph.get_all_asset_keys()
+    }
+    assert got == {
+        "bronze/churn_users_bronze": ("bronze", ["duckdb", "python"], []),
+        "bronze/churn_orders_bronze": ("bronze", ["duckdb", "python"], []),
+        "bronze/churn_app_events": ("bronze", ["duckdb", "python"], []),
+        "silver/churn_users": ("silver", ["duckdb"], ["bronze/churn_users_bronze"]),
+        "silver/churn_orders": ("silver", ["duckdb"], ["bronze/churn_orders_bronze"]),
+        "gold/churn_features": ("gold", ["duckdb"], ["bronze/churn_app_events", "silver/churn_orders", "silver/churn_users"]),
+    }
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).description
+
+
+def test_checks_and_blocking():
+    graph = defs.resolve_asset_graph()
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert checks == {
+        ("bronze/churn_users_bronze", "correct_schema"), ("bronze/churn_users_bronze", "records_parseable"),
+        ("bronze/churn_orders_bronze", "correct_schema"), ("bronze/churn_orders_bronze", "records_parseable"),
+        ("bronze/churn_app_events", "correct_schema"), ("bronze/churn_app_events", "records_parseable"),
+        ("silver/churn_users", "valid_keys"), ("silver/churn_orders", "valid_keys"),
+        ("gold/churn_features", "churn_features_valid"),
+    }
+    gold_check = next(c for c in defs.asset_checks if "churn_features_valid" in str(c.check_keys))
+    assert all(spec.blocking for spec in gold_check.check_specs)
+
+
+def test_dagster_definitions_validate(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "churn_assets.definitions"],
+        cwd=REPO, capture_output=True, text=True, env={"PATH": "", "CHURN_HOME": str(tmp_path), "HOME": str(tmp_path)},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "All code locations passed validation" in out.stderr + out.stdout

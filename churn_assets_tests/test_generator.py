@@ -1,0 +1,125 @@
+"""The generator writes what the reference writes: same fields, types, formats, null rates and label rule."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import date
+
+import duckdb
+import pytest
+
+from churn_assets.generator import generate_history, generate_increment
+from churn_assets_tests.conftest import SAMPLE, needs_sample
+
+TS = re.compile(r"^\d{2}-\d{2}-\d{4} \d{2}:\d{2}:\d{2}$")
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    home = tmp_path_factory.mktemp("gen")
+    report = generate_history(home, customers=20_000, seed=1, end=date(2026, 11, 1), progress=False)
+    return home, report
+
+
+def _json_lines(folder):
+    for path in sorted(folder.glob("*.json")):
+        for line in path.read_text().splitlines():
+            yield line
+
+
+@needs_sample
+def test_same_fields_and_types_as_the_reference(generated):
+    home, _ = generated
+    for source in ("users", "orders"):
+        ref = [json.loads(line) for line in _json_lines(SAMPLE / source)]
+        ours = [json.loads(line) for line in _json_lines(home / "landing" / source)]
+        ref_keys = list(max(ref, key=len))
+        our_keys = list(max(ours, key=len))
+        assert our_keys == ref_keys  # same names, same order
+        for key in ref_keys:
+            ref_types = {type(r[key]).__name__ for r in ref if key in r}
+            our_types = {type(r[key]).__name__ for r in ours if key in r}
+            assert our_types == ref_types, key
+    ref_header = next((SAMPLE / "events").glob("*.csv")).read_text().splitlines()[0]
+    our_header = next((home / "landing" / "events").glob("*.csv")).read_text().splitlines()[0]
+    assert our_header == ref_header == "user_id,event_id,platform,date,action,session_id,url"
+
+
+def test_formats_null_rates_and_label_rule(generated):
+    home, report = generated
+    raw_users = next((home / "landing" / "users").glob("*.json")).read_text()
+    assert '"gender":1.0' in raw_users and '"age_group":' in raw_users and "\\n" in raw_users  # floats; escaped newline in address
+    assert ":null" not in raw_users  # null fields are left out, as Spark writes them
+    con = duckdb.connect()
+    land = home / "landing"
+    users = con.sql(f"""SELECT * FROM read_json('{land}/users/*.json', format='newline_delimited',
+        columns={{'id':'VARCHAR','canal':'VARCHAR','country':'VARCHAR','creation_date':'VARCHAR','last_activity_date':'VARCHAR',
+                  'gender':'DOUBLE','age_group':'DOUBLE','churn':'BOOLEAN'}})""").pl()
+    orders = con.sql(f"""SELECT * FROM read_json('{land}/orders/*.json', format='newline_delimited',
+        columns={{'id':'VARCHAR','user_id':'VARCHAR','transaction_date':'VARCHAR','item_count':'DOUBLE','amount':'DOUBLE'}})""").pl()
+    events = con.sql(f"SELECT * FROM read_csv('{land}/events/*.csv', all_varchar=true)").pl()
+    assert len(users) == 20_000 == report.records["users"]
+    assert len(events) == len(orders) == report.records["orders"]
+    assert all(TS.match(v) for v in users["creation_date"]) and all(v.endswith("00:00:00") for v in users["creation_date"])
+    assert all(TS.match(v) for v in orders["transaction_date"].drop_nulls()) and all(TS.match(v) for v in events["date"])
+    share = lambda s, v: (s == v).mean()  # noqa: E731
+    assert 0.52 < share(users["canal"], "WEBAPP") < 0.56 and 0.32 < share(users["canal"], "PHONE") < 0.36
+    assert 0.005 < users["canal"].is_null().mean() < 0.02
+    assert 0.31 < share(users["country"], "USA") < 0.36
+    assert 0.68 < share(users["gender"], 1.0) < 0.72
+    assert set(users["age_group"].unique()) == set(float(i) for i in range(11))
+    for key in (orders["id"], orders["user_id"], events["user_id"], events["event_id"], events["session_id"]):
+        assert 0.015 < key.is_null().mean() < 0.025
+    assert 0.005 < events["platform"].is_null().mean() < 0.02
+    assert set(orders["item_count"].unique()) == {1.0, 2.0, 3.0}
+    unit = orders["amount"] / orders["item_count"]
+    assert unit.min() >= 10 and unit.max() <= 40
+    # The label rule: US customers (a condition) churn ~80 %; a group meeting none ~20 %.
+    assert 0.77 < users.filter(users["country"] == "USA")["churn"].mean() < 0.83
+
+
+def test_label_rule_for_customers_meeting_no_condition(tmp_path):
+    # Young accounts (< 90 days) outside the USA with gender 1 and age 3-6 and few orders/events
+    # meet no condition: their churn rate is the rule's 20 %.
+    generate_history(tmp_path, customers=30_000, seed=2, end=date(2026, 11, 1), progress=False)
+    con = duckdb.connect()
+    land = tmp_path / "landing"
+    rate = con.execute(f"""
+        WITH u AS (SELECT * FROM read_json('{land}/users/*.json', format='newline_delimited',
+                   columns={{'id':'VARCHAR','country':'VARCHAR','creation_date':'VARCHAR','gender':'DOUBLE','age_group':'DOUBLE','churn':'BOOLEAN'}})),
+             p AS (SELECT * FROM read_parquet('{tmp_path}/generator/customers.parquet'))
+        SELECT avg(u.churn::INT), count(*) FROM u JOIN p ON p.id = u.id
+        WHERE u.country <> 'USA' AND strptime(u.creation_date, '%m-%d-%Y %H:%M:%S') >= TIMESTAMP '2026-11-01' - INTERVAL 90 DAY
+          AND u.gender = 1 AND u.age_group BETWEEN 3 AND 6 AND p.n_orders = 1 AND p.platform IN ('ios', 'other')""").fetchall()[0]
+    assert rate[1] > 100
+    assert 0.12 < rate[0] < 0.28
+
+
+def test_same_seed_same_bytes(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate_history(a, customers=500, seed=9, end=date(2026, 1, 1), progress=False)
+    generate_history(b, customers=500, seed=9, end=date(2026, 1, 1), progress=False)
+    for source in ("users", "orders", "events"):
+        fa = sorted((a / "landing" / source).iterdir())
+        fb = sorted((b / "landing" / source).iterdir())
+        assert [f.name for f in fa] == [f.name for f in fb]
+        assert all(x.read_bytes() == y.read_bytes() for x, y in zip(fa, fb))
+
+
+def test_increment_is_one_hour_of_new_activity(tmp_path):
+    generate_history(tmp_path, customers=5_000, seed=4, end=date(2026, 11, 1), progress=False)
+    report = generate_increment(tmp_path, fraction=0.02)
+    assert report.clock == "2026-11-01T01:00:00"
+    lines = [json.loads(line) for f in report.files["users"] for line in (tmp_path / "landing" / f).read_text().splitlines()]
+    assert len(lines) == report.records["users"] == 100
+    history_ids = {
+        json.loads(line).get("id")
+        for f in (tmp_path / "landing" / "users").glob("*-h4.json")
+        for line in f.read_text().splitlines()
+    }
+    resent = [u for u in lines if u["id"] in history_ids]
+    assert len(resent) == 60 and len(lines) - len(resent) == 40
+    assert all(u["last_activity_date"].startswith("11-01-2026 00:") for u in lines)
+    second = generate_increment(tmp_path, fraction=0.02)
+    assert second.clock == "2026-11-01T02:00:00" and not set(second.files["users"]) & set(report.files["users"])
