@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+from pydantic import PrivateAttr
 
 from churn_assets import settings
 from churn_assets.warehouse import connect, ensure_schema
@@ -26,19 +27,27 @@ def env_or(name: str, default: str):
 
 class WarehouseResource(dg.ConfigurableResource):
     """The DuckDB file. One writer at a time: assets that write take the
-    ``duckdb_warehouse`` pool and the job runs its steps in one process."""
+    ``duckdb_warehouse`` pool and the job runs its steps in one process.
+
+    The steps of a run share one connection, opened on first use and closed when the run
+    ends: no per-step reconnect, and DuckDB checkpoints once rather than at every step.
+    """
 
     path: str
     memory_limit: str = "3GB"
+    _con: duckdb.DuckDBPyConnection | None = PrivateAttr(default=None)
 
     @contextlib.contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = connect(self.path, memory_limit=self.memory_limit)
-        try:
-            ensure_schema(con)
-            yield con
-        finally:
-            con.close()
+        if self._con is None:
+            self._con = connect(self.path, memory_limit=self.memory_limit)
+            ensure_schema(self._con)
+        yield self._con
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
 
 
 class LandingZoneResource(dg.ConfigurableResource):

@@ -48,6 +48,10 @@ DDL = [
     """CREATE TABLE IF NOT EXISTS ops.watermarks (
         consumer VARCHAR NOT NULL, source_table VARCHAR NOT NULL, file_id BIGINT NOT NULL,
         updated_at TIMESTAMP)""",
+    # Customers whose gold row must be recomputed although no new silver row names them.
+    "CREATE TABLE IF NOT EXISTS ops.gold_pending_users (user_id VARCHAR)",
+    # What gold was last built against (its as-of date decides whether day counts move).
+    """CREATE TABLE IF NOT EXISTS ops.gold_state (table_name VARCHAR, as_of TIMESTAMP, built_at TIMESTAMP)""",
     # Per run, per table, per expectation: the data-quality dashboard reads this.
     """CREATE TABLE IF NOT EXISTS ops.data_quality (
         run_id VARCHAR, checked_at TIMESTAMP, layer VARCHAR, table_name VARCHAR,
@@ -63,6 +67,9 @@ def connect(path: Path | str, *, read_only: bool = False, memory_limit: str | No
     # A Python variable named like a table must never be read in its place: every
     # in-memory table is registered under an explicit name instead.
     con.execute("SET python_enable_replacements = false")
+    # Row order is carried in columns (_file_id, _row_no), never in storage order: letting
+    # DuckDB write in any order makes inserts and table builds markedly faster.
+    con.execute("SET preserve_insertion_order = false")
     if memory_limit:
         con.execute(f"SET memory_limit = '{memory_limit}'")
     return con

@@ -19,6 +19,7 @@ import hashlib
 import io
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +33,9 @@ import pyarrow.csv as pacsv
 from churn_assets.warehouse import registered, scalar, transaction
 
 TIMESTAMP_REGEX = r"\d{2}-\d{2}-\d{4} \d{2}:\d{2}:\d{2}"
+# Valid JSON whose first character is "{" is an object; json_valid is the one full parse.
+IS_OBJECT = "CASE WHEN json_valid(raw) THEN ltrim(raw)[1] = '{' ELSE false END"
+PARSE_THREADS = 2
 # Accepted JSON types per declared column type (json_type names); NULL always fits.
 JSON_FITS = {
     "VARCHAR": ("VARCHAR",),
@@ -282,18 +286,19 @@ def json_select_sql(spec: SourceSpec, view: str) -> tuple[str, str]:
     # No key outside the schema: as many keys as expected paths found.
     all_fit = " AND ".join(f"f_{i}" for i in range(len(fits))) + " AND len(k) = len(list_filter(t, lambda x: x IS NOT NULL))"
     parsed = f"""
-        SELECT row_no, raw, s, t, k, {", ".join(f"{cond} AS f_{i}" for i, (_, cond) in enumerate(fits))}
+        SELECT row_no, file_id, source_file, raw, s, t, k, {", ".join(f"{cond} AS f_{i}" for i, (_, cond) in enumerate(fits))}
         FROM (
-            SELECT row_no, raw, from_json(raw, '{struct}') AS s, json_type(raw, {paths}) AS t, json_keys(raw) AS k
+            SELECT row_no, file_id, source_file, raw, from_json(raw, '{struct}') AS s, json_type(raw, {paths}) AS t, json_keys(raw) AS k
             FROM {view}
-            WHERE CASE WHEN json_valid(raw) THEN json_type(raw) = 'OBJECT' ELSE false END
+            WHERE {IS_OBJECT}
         )"""
     cols = ", ".join(f"CASE WHEN f_{i} THEN s.{_q(c)} END AS {_q(c)}" for i, (c, _) in enumerate(fits))
-    rows = f"SELECT {cols}, CASE WHEN NOT ({all_fit}) THEN raw END AS _rescued_data, row_no FROM ({parsed})"
+    rows = f"SELECT {cols}, CASE WHEN NOT ({all_fit}) THEN raw END AS _rescued_data, row_no, file_id, source_file FROM ({parsed})"
     bad = f"""
-        SELECT row_no, raw, CASE WHEN json_valid(raw) THEN 'JSON value is not an object' ELSE 'malformed JSON' END AS reason
+        SELECT file_id, source_file, row_no, raw,
+               CASE WHEN json_valid(raw) THEN 'JSON value is not an object' ELSE 'malformed JSON' END AS reason
         FROM {view}
-        WHERE NOT CASE WHEN json_valid(raw) THEN json_type(raw) = 'OBJECT' ELSE false END"""
+        WHERE NOT ({IS_OBJECT})"""
     return rows, bad
 
 
@@ -315,7 +320,10 @@ def csv_select_sql(spec: SourceSpec, header: list[str], view: str) -> str:
     fit_conds += [f"{_q(h)} IS NULL" for h in extras]
     fit = " AND ".join(fit_conds) if fit_conds else "true"
     record = "to_json(struct_pack(" + ", ".join(f"{_q(h)} := {_q(h)}" for h in header) + "))"
-    return f"SELECT {', '.join(cols)}, CASE WHEN NOT ({fit}) THEN {record} END AS _rescued_data, row_no FROM {view}"
+    return (
+        f"SELECT {', '.join(cols)}, CASE WHEN NOT ({fit}) THEN {record} END AS _rescued_data, row_no, file_id, source_file "
+        f"FROM {view}"
+    )
 
 
 def known_files(con: duckdb.DuckDBPyConnection, source: str) -> tuple[set[str], dict[str, str]]:
@@ -355,81 +363,106 @@ def ingest_source(
 
 
 def _load_batch(con, spec: SourceSpec, batch: list[LandedFile], hashes: dict[str, str], run_id: str, result: IngestResult) -> None:
-    parsed = [parse_file(spec, landed) for landed in batch]
+    # Parsing is pyarrow's C++ (GIL released): files of a batch are parsed side by side.
+    with ThreadPoolExecutor(max_workers=PARSE_THREADS) as pool:
+        parsed = list(pool.map(lambda landed: parse_file(spec, landed), batch))
     now = _utcnow()
     batch_hashes = dict(hashes)
     with transaction(con):
-        next_id = (scalar(con, "SELECT max(file_id) FROM bronze.ingest_manifest") or 0) + 1
-        for pf in parsed:
-            file_id = next_id
-            next_id += 1
-            status, detail = pf.status, pf.detail
-            loaded = rescued = quarantined = 0
+        first_id = (scalar(con, "SELECT max(file_id) FROM bronze.ingest_manifest") or 0) + 1
+        to_load: list[tuple[int, ParsedFile]] = []
+        status: dict[int, tuple[str, str | None]] = {}
+        for file_id, pf in enumerate(parsed, start=first_id):
             if pf.content_hash in batch_hashes:
                 # Same bytes under another name: the content is in already; record, add nothing.
-                status, detail = "duplicate", f"same content as {batch_hashes[pf.content_hash]}"
-            else:
-                batch_hashes[pf.content_hash] = pf.landed.relpath
-                loaded, rescued, quarantined = _insert_file(con, spec, pf, file_id, run_id, now)
-                if status == "loaded" and loaded == 0 and quarantined:
-                    status = "quarantined"
-            con.execute(
-                "INSERT INTO bronze.ingest_manifest VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    file_id, spec.name, pf.landed.relpath, pf.landed.size,
-                    datetime.fromtimestamp(pf.landed.mtime, timezone.utc).replace(tzinfo=None),
-                    pf.content_hash, pf.records if status != "duplicate" else 0, loaded, rescued,
-                    quarantined, status, detail, run_id, now,
-                ],
-            )
-            fault_point("after_file_before_commit")
-            result.files_loaded += status == "loaded"
-            result.files_duplicate += status == "duplicate"
-            result.files_empty += status == "empty"
-            result.files_quarantined += status == "quarantined"
-            result.records += pf.records if status != "duplicate" else 0
+                status[file_id] = ("duplicate", f"same content as {batch_hashes[pf.content_hash]}")
+                continue
+            batch_hashes[pf.content_hash] = pf.landed.relpath
+            status[file_id] = (pf.status, pf.detail)
+            to_load.append((file_id, pf))
+        counts = _insert_rows(con, spec, to_load, run_id, now)
+        fault_point("after_rows_before_manifest")
+        manifest = []
+        for file_id, pf in enumerate(parsed, start=first_id):
+            state, detail = status[file_id]
+            loaded, rescued, quarantined = counts.get(file_id, (0, 0, 0))
+            if state == "loaded" and loaded == 0 and quarantined:
+                state = "quarantined"
+            records = 0 if state == "duplicate" else pf.records
+            manifest.append([
+                file_id, spec.name, pf.landed.relpath, pf.landed.size,
+                datetime.fromtimestamp(pf.landed.mtime, timezone.utc).replace(tzinfo=None),
+                pf.content_hash, records, loaded, rescued, quarantined, state, detail, run_id, now,
+            ])
+            result.files_loaded += state == "loaded"
+            result.files_duplicate += state == "duplicate"
+            result.files_empty += state == "empty"
+            result.files_quarantined += state == "quarantined"
+            result.records += records
             result.rows_loaded += loaded
             result.rows_rescued += rescued
             result.rows_quarantined += quarantined
             result.file_ids.append(file_id)
+        con.executemany("INSERT INTO bronze.ingest_manifest VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", manifest)
+        fault_point("after_file_before_commit")
     hashes.update(batch_hashes)
     fault_point("after_commit")
 
 
-def _insert_file(con, spec: SourceSpec, pf: ParsedFile, file_id: int, run_id: str, now: datetime) -> tuple[int, int, int]:
-    quarantine = list(pf.quarantine)
-    loaded = rescued = 0
-    if pf.lines is not None and pf.lines.num_rows:
-        view = f"_landing_{spec.name}_{file_id}"
-        with registered(con, view, pf.lines):
+def _with_lineage(pf: ParsedFile, file_id: int) -> pa.Table:
+    n = pf.lines.num_rows
+    return pf.lines.append_column("file_id", pa.array(np.full(n, file_id, dtype=np.int64))).append_column(
+        "source_file", pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([pf.landed.relpath]))
+    )
+
+
+def _insert_rows(con, spec: SourceSpec, to_load: list[tuple[int, ParsedFile]], run_id: str, now: datetime) -> dict[int, tuple[int, int, int]]:
+    """Insert the rows and quarantine records of a batch's files; per file (loaded, rescued, quarantined)."""
+    quarantine = [(file_id, pf.landed.relpath, *q) for file_id, pf in to_load for q in pf.quarantine]
+    with_rows = [(file_id, pf) for file_id, pf in to_load if pf.lines is not None and pf.lines.num_rows]
+    # CSV files are grouped by header (their column mapping); JSON files all read alike.
+    groups: dict[tuple[str, ...], list[tuple[int, ParsedFile]]] = {}
+    for file_id, pf in with_rows:
+        groups.setdefault(tuple(pf.header), []).append((file_id, pf))
+    for n, (header, files) in enumerate(groups.items()):
+        view = f"_landing_{spec.name}_{files[0][0]}_{n}"
+        table = pa.concat_tables([_with_lineage(pf, file_id) for file_id, pf in files])
+        with registered(con, view, table):
             if spec.fmt == "json":
                 rows_sql, bad_sql = json_select_sql(spec, view)
                 quarantine += [tuple(r) for r in con.execute(bad_sql).fetchall()]
             else:
-                rows_sql = csv_select_sql(spec, pf.header, view)
+                rows_sql = csv_select_sql(spec, list(header), view)
             con.execute(
                 f"""INSERT INTO bronze.{spec.table}
-                    SELECT * EXCLUDE (row_no), ? AS _source_file, ? AS _file_id, row_no AS _row_no, ? AS _ingested_at
+                    SELECT * EXCLUDE (row_no, file_id, source_file), source_file, file_id, row_no, ?
                     FROM ({rows_sql})""",
-                [pf.landed.relpath, file_id, now],
+                [now],
             )
-            # file ids only grow, so the zone maps make this count read one segment.
-            loaded, rescued = con.execute(
-                f"SELECT count(*), count(_rescued_data) FROM bronze.{spec.table} WHERE _file_id = ?", [file_id]
-            ).fetchall()[0]
     if quarantine:
         q = pa.table(
             {
-                "row_no": pa.array([r[0] for r in quarantine], pa.int64()),
-                "raw": pa.array([r[1] for r in quarantine], pa.string()),
-                "reason": pa.array([r[2] for r in quarantine], pa.string()),
+                "file_id": pa.array([r[0] for r in quarantine], pa.int64()),
+                "source_file": pa.array([r[1] for r in quarantine], pa.string()),
+                "row_no": pa.array([r[2] for r in quarantine], pa.int64()),
+                "raw": pa.array([r[3] for r in quarantine], pa.string()),
+                "reason": pa.array([r[4] for r in quarantine], pa.string()),
             }
         )
-        view = f"_quarantine_{spec.name}_{file_id}"
-        with registered(con, view, q):
+        with registered(con, f"_quarantine_{spec.name}", q):
             con.execute(
-                f"INSERT INTO bronze.quarantine SELECT ?, ?, ?, row_no, raw, reason, ?, ? FROM {view}",
-                [spec.name, file_id, pf.landed.relpath, run_id, now],
+                f"INSERT INTO bronze.quarantine SELECT ?, file_id, source_file, row_no, raw, reason, ?, ? FROM _quarantine_{spec.name}",
+                [spec.name, run_id, now],
             )
-    fault_point("after_rows_before_manifest")
-    return loaded, rescued, len(quarantine)
+    counts: dict[int, list[int]] = {file_id: [0, 0, 0] for file_id, _ in to_load}
+    if with_rows:
+        # File ids only grow: the zone maps keep this to the batch's segments.
+        for file_id, loaded, rescued in con.execute(
+            f"""SELECT _file_id, count(*), count(_rescued_data) FROM bronze.{spec.table}
+                WHERE _file_id BETWEEN ? AND ? GROUP BY _file_id""",
+            [with_rows[0][0], with_rows[-1][0]],
+        ).fetchall():
+            counts[file_id][0], counts[file_id][1] = loaded, rescued
+    for r in quarantine:
+        counts[r[0]][2] += 1
+    return {k: tuple(v) for k, v in counts.items()}

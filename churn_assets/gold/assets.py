@@ -23,16 +23,25 @@ def churn_features(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     as_of = pipeline_settings.as_of_datetime()
     with warehouse.get_connection() as con:
         before = scalar(con, "SELECT count(*) FROM gold.churn_features") if table_exists(con, "gold", "churn_features") else 0
-        rows = build_churn_features(con, as_of)
+        result = build_churn_features(con, as_of)
         metadata = table_metadata(con, "gold.churn_features")
-    return dg.MaterializeResult(metadata={**metadata, "rows_new": rows - before, "as_of": as_of.isoformat()})
+    return dg.MaterializeResult(
+        metadata={
+            **metadata,
+            "rows_new": result.rows_total - before,
+            "customers_recomputed": result.customers_recomputed,
+            "build_mode": result.mode,
+            "day_counts_refreshed": result.day_counts_refreshed,
+            "as_of": as_of.isoformat(),
+        }
+    )
 
 
 @dg.asset_check(
     asset=churn_features,
     blocking=True,
     description="One row per customer and sane values (counts >= 1, amounts >= 0, sessions <= events, "
-    "binary label, day counts present). Blocking: a failure stops the cycle before the model reads gold.",
+    "binary label). Blocking: a failure stops the cycle before the model reads gold.",
 )
 def churn_features_valid(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     with warehouse.get_connection() as con:

@@ -26,7 +26,7 @@ class SilverResult:
     rows_total: int
 
 
-def _watermark(con, consumer: str, source_table: str) -> int:
+def watermark(con, consumer: str, source_table: str) -> int:
     return scalar(
         con,
         "SELECT max(file_id) FROM ops.watermarks WHERE consumer = ? AND source_table = ?",
@@ -34,7 +34,7 @@ def _watermark(con, consumer: str, source_table: str) -> int:
     ) or 0
 
 
-def _advance(con, consumer: str, source_table: str, file_id: int) -> None:
+def advance(con, consumer: str, source_table: str, file_id: int) -> None:
     con.execute("DELETE FROM ops.watermarks WHERE consumer = ? AND source_table = ?", [consumer, source_table])
     con.execute("INSERT INTO ops.watermarks VALUES (?, ?, ?, now()::TIMESTAMP)", [consumer, source_table, file_id])
 
@@ -50,76 +50,83 @@ def _define_macros(con) -> None:
     con.execute("CREATE OR REPLACE TEMP MACRO pseudonym(v, k) AS sha256(k || sha256(k || v))")
 
 
+def _upsert(con, *, consumer: str, source: str, key: str, target: str, target_key: str,
+            valid: str, select: str, params: list, changed_users_sql: str | None = None) -> tuple[int, int, int, int]:
+    """Upsert the new bronze rows of ``source`` into ``target``; latest arrival per key wins.
+
+    Returns (rows read, keys written, keys that replaced an existing row, high watermark).
+    The common cases take the fast path: no key twice in the new rows (no window), an
+    empty target (no delete).
+    """
+    low = watermark(con, consumer, source)
+    high = scalar(con, f"SELECT max(_file_id) FROM {source}") or low
+    new = f"(SELECT * FROM {source} WHERE _file_id > {int(low)} AND _file_id <= {int(high)})"
+    read, valid_rows, distinct = con.execute(
+        f"SELECT count(*), count(*) FILTER ({valid}), count(DISTINCT {key}) FILTER ({valid}) FROM {new}"
+    ).fetchall()[0]
+    if valid_rows == 0:
+        return read, 0, 0, high
+    if distinct < valid_rows:
+        new = f"""(SELECT * FROM {new} WHERE {valid}
+                  QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY _file_id DESC, _row_no DESC) = 1)"""
+    else:
+        new = f"(SELECT * FROM {new} WHERE {valid})"
+    replaced = 0
+    if scalar(con, f"SELECT count(*) > 0 FROM {target}"):
+        keys = f"(SELECT {key} FROM {new})"
+        if changed_users_sql:
+            con.execute(changed_users_sql.format(keys=keys))
+        replaced = scalar(con, f"SELECT count(*) FROM {target} WHERE {target_key} IN {keys}")
+        con.execute(f"DELETE FROM {target} WHERE {target_key} IN {keys}")
+    con.execute(f"INSERT INTO {target} {select.format(new=new)}", params)
+    return read, distinct, replaced, high
+
+
 def build_churn_users(con: duckdb.DuckDBPyConnection, pseudonym_key: str) -> SilverResult:
     _define_macros(con)
     source = "bronze.churn_users_bronze"
     with transaction(con):
-        low = _watermark(con, "silver.churn_users", source)
-        high = scalar(con, f"SELECT max(_file_id) FROM {source}") or low
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _new_users AS
-                SELECT * FROM {source} WHERE _file_id > ? AND _file_id <= ?""",
-            [low, high],
-        )
-        read = scalar(con, "SELECT count(*) FROM _new_users")
-        missing_id = scalar(con, "SELECT count(*) FROM _new_users WHERE id IS NULL")
-        con.execute(
-            """CREATE OR REPLACE TEMP TABLE _latest_users AS
-               SELECT * FROM _new_users WHERE id IS NOT NULL
-               QUALIFY row_number() OVER (PARTITION BY id ORDER BY _file_id DESC, _row_no DESC) = 1"""
-        )
-        written = scalar(con, "SELECT count(*) FROM _latest_users")
-        replaced = scalar(
-            con, "SELECT count(*) FROM silver.churn_users WHERE user_id IN (SELECT id FROM _latest_users)"
-        )
-        con.execute("DELETE FROM silver.churn_users WHERE user_id IN (SELECT id FROM _latest_users)")
-        con.execute(
-            f"""INSERT INTO silver.churn_users
-                SELECT id, pseudonym(email, ?), try_strptime(creation_date, '{TS_FORMAT}'),
+        low = watermark(con, "silver.churn_users", source)
+        missing_id = scalar(con, f"SELECT count(*) FROM {source} WHERE _file_id > ? AND id IS NULL", [low])
+        read, written, replaced, high = _upsert(
+            con, consumer="silver.churn_users", source=source, key="id", target="silver.churn_users",
+            target_key="user_id", valid="id IS NOT NULL",
+            select=f"""SELECT id, pseudonym(email, ?), try_strptime(creation_date, '{TS_FORMAT}'),
                        try_strptime(last_activity_date, '{TS_FORMAT}'), initcap(firstname), initcap(lastname),
                        address, canal, country, trunc(gender)::INTEGER, trunc(age_group)::INTEGER,
                        churn::INTEGER, _file_id, _row_no
-                FROM _latest_users""",
-            [pseudonym_key],
+                FROM {{new}}""",
+            params=[pseudonym_key],
         )
-        _advance(con, "silver.churn_users", source, high)
+        advance(con, "silver.churn_users", source, high)
         total = scalar(con, "SELECT count(*) FROM silver.churn_users")
-        con.execute("DROP TABLE _new_users; DROP TABLE _latest_users")
     return SilverResult("silver.churn_users", read, written, written - replaced, {"user_valid_id": missing_id}, total)
 
 
 def build_churn_orders(con: duckdb.DuckDBPyConnection) -> SilverResult:
     source = "bronze.churn_orders_bronze"
     with transaction(con):
-        low = _watermark(con, "silver.churn_orders", source)
-        high = scalar(con, f"SELECT max(_file_id) FROM {source}") or low
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _new_orders AS SELECT * FROM {source} WHERE _file_id > ? AND _file_id <= ?",
-            [low, high],
-        )
-        read, missing_id, missing_user = con.execute(
-            "SELECT count(*), count(*) FILTER (id IS NULL), count(*) FILTER (id IS NOT NULL AND user_id IS NULL) FROM _new_orders"
+        low = watermark(con, "silver.churn_orders", source)
+        missing_id, missing_user = con.execute(
+            f"""SELECT count(*) FILTER (id IS NULL), count(*) FILTER (id IS NOT NULL AND user_id IS NULL)
+                FROM {source} WHERE _file_id > ?""",
+            [low],
         ).fetchall()[0]
-        con.execute(
-            """CREATE OR REPLACE TEMP TABLE _latest_orders AS
-               SELECT * FROM _new_orders WHERE id IS NOT NULL AND user_id IS NOT NULL
-               QUALIFY row_number() OVER (PARTITION BY id ORDER BY _file_id DESC, _row_no DESC) = 1"""
-        )
-        written = scalar(con, "SELECT count(*) FROM _latest_orders")
-        replaced = scalar(
-            con, "SELECT count(*) FROM silver.churn_orders WHERE order_id IN (SELECT id FROM _latest_orders)"
-        )
-        con.execute("DELETE FROM silver.churn_orders WHERE order_id IN (SELECT id FROM _latest_orders)")
-        # Spark's cast(double as int) truncates; DuckDB's rounds, hence trunc().
-        con.execute(
-            f"""INSERT INTO silver.churn_orders
-                SELECT trunc(amount)::INTEGER, id, user_id, trunc(item_count)::INTEGER,
+        read, written, replaced, high = _upsert(
+            con, consumer="silver.churn_orders", source=source, key="id", target="silver.churn_orders",
+            target_key="order_id", valid="id IS NOT NULL AND user_id IS NOT NULL",
+            # Spark's cast(double as int) truncates; DuckDB's rounds, hence trunc().
+            select=f"""SELECT trunc(amount)::INTEGER, id, user_id, trunc(item_count)::INTEGER,
                        try_strptime(transaction_date, '{TS_FORMAT}'), _file_id, _row_no
-                FROM _latest_orders"""
+                FROM {{new}}""",
+            params=[],
+            # An order re-sent under another customer changes that customer's aggregates
+            # too: gold is told, since the new version no longer names them.
+            changed_users_sql="""INSERT INTO ops.gold_pending_users
+                SELECT DISTINCT user_id FROM silver.churn_orders WHERE order_id IN {keys}""",
         )
-        _advance(con, "silver.churn_orders", source, high)
+        advance(con, "silver.churn_orders", source, high)
         total = scalar(con, "SELECT count(*) FROM silver.churn_orders")
-        con.execute("DROP TABLE _new_orders; DROP TABLE _latest_orders")
     return SilverResult(
         "silver.churn_orders", read, written, written - replaced,
         {"order_valid_id": missing_id, "order_valid_user_id": missing_user}, total,

@@ -1,0 +1,172 @@
+"""Bronze -> gold through Dagster against a plain DuckDB script doing the same work.
+
+Usage:  python benchmarks/bench_pipeline.py [--scale 1] [--increments 3] [--reps 2]
+
+For one generated dataset (``--scale 1`` = the reference's ~100k customers) it runs, in
+the same process and interleaved, ``--reps`` times each:
+- baseline: one plain DuckDB script (read_json / read_csv straight into bronze tables
+  with lineage, the same silver cleaning, the same gold aggregation) into a fresh file;
+- dagster: every bronze, silver and gold asset (and checks) with ``dg.materialize`` into
+  a fresh warehouse, the project's real code path (manifest, hashing, rescue, quarantine).
+It prints the asset compute time (sum of step durations), the run's wall time, and the
+ratio to the baseline. Then ``--increments`` hourly increments (1 % of the volume each)
+through Dagster, each against the full load. The baseline has no incremental state: its
+increment cost is a full rebuild, printed for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from churn_assets.definitions import defs  # noqa: E402
+from churn_assets.generator import generate_history, generate_increment  # noqa: E402
+from churn_assets.resources import default_resources  # noqa: E402
+
+AS_OF = "2026-11-01T06:00:00"
+P = "'%m-%d-%Y %H:%M:%S'"
+
+
+def baseline(landing: Path, db: Path) -> float:
+    """The plain script: what one would write without an orchestrator or bookkeeping."""
+    t0 = time.perf_counter()
+    con = duckdb.connect(str(db))
+    con.execute("CREATE SCHEMA bronze; CREATE SCHEMA silver; CREATE SCHEMA gold")
+    con.execute(f"""CREATE TABLE bronze.churn_users_bronze AS SELECT *, now() AS _ingested_at FROM read_json('{landing}/users/*.json',
+        format='newline_delimited', filename='_source_file', columns={{'id':'VARCHAR','firstname':'VARCHAR','lastname':'VARCHAR',
+        'email':'VARCHAR','address':'VARCHAR','canal':'VARCHAR','country':'VARCHAR','creation_date':'VARCHAR',
+        'last_activity_date':'VARCHAR','gender':'DOUBLE','age_group':'DOUBLE','churn':'BOOLEAN'}})""")
+    con.execute(f"""CREATE TABLE bronze.churn_orders_bronze AS SELECT *, now() AS _ingested_at FROM read_json('{landing}/orders/*.json',
+        format='newline_delimited', filename='_source_file', columns={{'user_id':'VARCHAR','id':'VARCHAR','transaction_date':'VARCHAR',
+        'item_count':'DOUBLE','amount':'DOUBLE'}})""")
+    con.execute(f"""CREATE TABLE bronze.churn_app_events AS SELECT *, now() AS _ingested_at FROM read_csv('{landing}/events/*.csv',
+        header=true, all_varchar=true, filename='_source_file')""")
+    con.execute(f"""CREATE TABLE silver.churn_users AS
+        SELECT id AS user_id, sha256('k' || sha256('k' || email)) AS email, strptime(creation_date, {P}) AS creation_date,
+               strptime(last_activity_date, {P}) AS last_activity_date,
+               array_to_string(list_transform(string_split(lower(firstname), ' '), lambda w: upper(left(w, 1)) || substr(w, 2)), ' ') AS firstname,
+               array_to_string(list_transform(string_split(lower(lastname), ' '), lambda w: upper(left(w, 1)) || substr(w, 2)), ' ') AS lastname,
+               address, canal, country, trunc(gender)::INT AS gender, trunc(age_group)::INT AS age_group, churn::INT AS churn
+        FROM bronze.churn_users_bronze WHERE id IS NOT NULL""")
+    con.execute(f"""CREATE TABLE silver.churn_orders AS
+        SELECT trunc(amount)::INT AS amount, id AS order_id, user_id, trunc(item_count)::INT AS item_count,
+               strptime(transaction_date, {P}) AS creation_date
+        FROM bronze.churn_orders_bronze WHERE id IS NOT NULL AND user_id IS NOT NULL""")
+    con.execute(f"""CREATE TABLE gold.churn_features AS
+        WITH o AS (SELECT user_id, count(*) order_count, sum(amount) total_amount, sum(item_count) total_item,
+                          max(creation_date) last_transaction FROM silver.churn_orders GROUP BY user_id),
+             e AS (SELECT user_id, arg_min(platform, strptime(date, {P})) FILTER (WHERE platform IS NOT NULL) platform,
+                          count(*) event_count, count(DISTINCT session_id) session_count, max(strptime(date, {P})) last_event
+                   FROM bronze.churn_app_events WHERE user_id IS NOT NULL GROUP BY user_id)
+        SELECT *, date_diff('day', creation_date::DATE, DATE '{AS_OF[:10]}') days_since_creation,
+               date_diff('day', last_activity_date::DATE, DATE '{AS_OF[:10]}') days_since_last_activity,
+               date_diff('day', last_event::DATE, DATE '{AS_OF[:10]}') days_last_event
+        FROM silver.churn_users JOIN o USING (user_id) JOIN e USING (user_id)""")
+    rows = con.execute("SELECT count(*) FROM gold.churn_features").fetchall()[0][0]
+    con.close()
+    took = time.perf_counter() - t0
+    return took, rows
+
+
+def dagster_run(home: Path) -> tuple[float, float, dict[str, float], int]:
+    instance = dg.DagsterInstance.ephemeral()
+    t0 = time.perf_counter()
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        resources=default_resources(home, as_of=AS_OF, settle_seconds=0),
+        instance=instance,
+    )
+    wall = time.perf_counter() - t0
+    assert result.success
+    steps: dict[str, float] = {}
+    starts: dict[str, float] = {}
+    for record in instance.all_logs(result.run_id):
+        ev = record.dagster_event
+        if ev is None:
+            continue
+        if ev.event_type_value == "STEP_START":
+            starts[ev.step_key] = record.timestamp
+        elif ev.event_type_value == "STEP_SUCCESS":
+            steps[ev.step_key] = record.timestamp - starts[ev.step_key]
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    rows = con.execute("SELECT count(*) FROM gold.churn_features").fetchall()[0][0]
+    con.close()
+    return sum(steps.values()), wall, steps, rows
+
+
+def layer_times(steps: dict[str, float]) -> str:
+    by = {}
+    for key, secs in steps.items():
+        layer = key.split("__")[0]
+        by[layer] = by.get(layer, 0.0) + secs
+    return ", ".join(f"{k} {v:.2f}s" for k, v in by.items())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", type=float, default=1.0, help="1 = reference scale (100k customers)")
+    ap.add_argument("--increments", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="churn-bench-"))
+    src = work / "src"
+    customers = int(100_000 * args.scale)
+    t0 = time.perf_counter()
+    report = generate_history(src, customers=customers, seed=42, end=date(2026, 11, 1), progress=False)
+    print(f"generated {customers:,} customers, {sum(report.records.values()):,} records in {time.perf_counter() - t0:.1f}s")
+
+    base_times, dag_compute, dag_wall = [], [], []
+    last_home = None
+    for rep in range(args.reps):
+        db = work / f"baseline-{rep}.duckdb"
+        took, base_rows = baseline(src / "landing", db)
+        base_times.append(took)
+        db.unlink()
+        home = work / f"dagster-{rep}"
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir()
+        # Hard links: the same files, no copy cost, each run its own landing folder.
+        shutil.copytree(src / "landing", home / "landing", copy_function=os.link)
+        shutil.copytree(src / "generator", home / "generator")
+        compute, wall, steps, dag_rows = dagster_run(home)
+        dag_compute.append(compute)
+        dag_wall.append(wall)
+        print(f"rep {rep + 1}: baseline {took:.2f}s ({base_rows:,} gold rows) | dagster compute {compute:.2f}s, "
+              f"wall {wall:.2f}s ({dag_rows:,} gold rows) [{layer_times(steps)}]")
+        if last_home:
+            shutil.rmtree(last_home, ignore_errors=True)
+        last_home = home
+    b, c, w = statistics.median(base_times), statistics.median(dag_compute), statistics.median(dag_wall)
+    print(f"\nFULL LOAD  scale {args.scale:g}: baseline {b:.2f}s | dagster asset compute {c:.2f}s (ratio {c / b:.2f}x) "
+          f"| dagster run wall {w:.2f}s (ratio {w / b:.2f}x)")
+
+    inc = []
+    for k in range(args.increments):
+        r = generate_increment(last_home, fraction=0.01)
+        compute, wall, steps, rows = dagster_run(last_home)
+        inc.append(compute)
+        print(f"increment {k + 1} (+{sum(r.records.values()):,} records): dagster compute {compute:.2f}s, wall {wall:.2f}s "
+              f"= {compute / c:.1%} of the full load [{layer_times(steps)}]")
+    if inc:
+        m = statistics.median(inc)
+        print(f"INCREMENT  scale {args.scale:g}: median {m:.2f}s = {m / c:.1%} of the full load's asset compute "
+              f"(baseline script rebuilds everything: {b:.2f}s = {b / b:.0%})")
+    shutil.rmtree(work, ignore_errors=True) if not args.workdir else None
+
+
+if __name__ == "__main__":
+    main()
