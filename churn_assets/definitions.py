@@ -5,18 +5,19 @@ import dagster as dg
 
 from churn_assets.bronze import assets as bronze
 from churn_assets.gold import assets as gold
+from churn_assets.ml import assets as ml
 from churn_assets.resources import default_resources
 from churn_assets.silver import assets as silver
 
 churn_cycle = dg.define_asset_job(
     "churn_cycle",
     selection=dg.AssetSelection.all(),
-    description="The whole loop: bronze -> silver -> gold (and every step downstream of it).",
+    description="The whole loop: bronze -> silver -> gold -> model retraining, promotion and scoring.",
 )
 
 defs = dg.Definitions(
-    assets=[*bronze.assets, *silver.assets, *gold.assets],
-    asset_checks=[*gold.asset_checks],
+    assets=[*bronze.assets, *silver.assets, *gold.assets, *ml.assets],
+    asset_checks=[*gold.asset_checks, *ml.asset_checks],
     jobs=[churn_cycle],
     resources=default_resources(),
     # One DuckDB file, one writer: the steps of a run share one process, so they

@@ -68,6 +68,44 @@ class PipelineSettingsResource(dg.ConfigurableResource):
         return settings.parse_as_of(self.as_of)
 
 
+class MLflowResource(dg.ConfigurableResource):
+    """Where models are tracked and registered. Embedded by default: a SQLite store under
+    ``$CHURN_HOME/mlflow/`` with artifacts beside it; ``MLFLOW_TRACKING_URI`` overrides."""
+
+    tracking_uri: str
+    artifact_root: str
+    experiment: str = "churn"
+    model_name: str = "churn_model"
+    http_timeout: int = 10
+    http_retries: int = 1
+
+    def store(self):
+        from churn_assets.ml.registry import Store
+
+        return Store(self.tracking_uri, self.artifact_root, self.experiment, self.model_name)
+
+    def open(self):
+        """(client, experiment id); a clear ``dg.Failure`` when the store cannot be used."""
+        from churn_assets.ml.registry import ModelStoreUnavailable, open_store
+
+        try:
+            return open_store(self.store(), self.http_timeout, self.http_retries)
+        except ModelStoreUnavailable as exc:
+            raise dg.Failure(description=str(exc), allow_retries=True) from exc
+
+
+class ModelPolicyResource(dg.ConfigurableResource):
+    """When to retrain and when a new model may replace the champion."""
+
+    # 0 = retrain every cycle; N = only once N new bronze rows have landed since the last
+    # registered model (the near-continuous mode wants this).
+    retrain_min_new_rows: int = 0
+    # A challenger is promoted when its holdout ROC AUC >= champion's - tolerance.
+    promotion_tolerance: float = 0.0
+    # Below this holdout ROC AUC a model is no better than chance: never promoted.
+    min_auc: float = 0.55
+
+
 def default_resources(home: Path | None = None, *, as_of: str | None = None, settle_seconds: float | None = None) -> dict:
     """The resources of a code location rooted at ``home`` (default ``CHURN_HOME``).
 
@@ -88,5 +126,13 @@ def default_resources(home: Path | None = None, *, as_of: str | None = None, set
         "pipeline_settings": PipelineSettingsResource(
             as_of=as_of if as_of is not None else env_or("CHURN_AS_OF", ""),
             pseudonym_key=env_or("CHURN_PSEUDONYM_KEY", settings.DEV_PSEUDONYM_KEY),
+        ),
+        "mlflow_store": MLflowResource(
+            tracking_uri=env_or("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
+            artifact_root=str(home / "mlflow" / "artifacts"),
+        ),
+        "model_policy": ModelPolicyResource(
+            retrain_min_new_rows=int(os.environ.get("CHURN_RETRAIN_MIN_NEW_ROWS", "0")),
+            promotion_tolerance=float(os.environ.get("CHURN_PROMOTION_TOLERANCE", "0")),
         ),
     }

@@ -36,14 +36,19 @@ def land_sample(home: Path) -> None:
         shutil.copytree(SAMPLE / source, home / "landing" / source, dirs_exist_ok=True)
 
 
-def materialize(home: Path, selection: str = "*", as_of: str = AS_OF, raise_on_error: bool = True):
-    """Run the selected assets (and their checks) of the real definitions against ``home``."""
+def materialize(home: Path, selection: str = "*", as_of: str = AS_OF, raise_on_error: bool = True,
+                run_config: dict | None = None, instance: dg.DagsterInstance | None = None, **resources):
+    """Run the selected assets (and their checks) of the real definitions against ``home``.
+
+    Keyword arguments replace resources (e.g. ``mlflow_store=MLflowResource(...)``).
+    """
     return dg.materialize(
         [*defs.assets, *defs.asset_checks],
         selection=selection,
-        resources=default_resources(home, as_of=as_of, settle_seconds=0),
-        instance=dg.DagsterInstance.ephemeral(),
+        resources={**default_resources(home, as_of=as_of, settle_seconds=0), **resources},
+        instance=instance or dg.DagsterInstance.ephemeral(),
         raise_on_error=raise_on_error,
+        run_config=run_config,
     )
 
 
@@ -62,6 +67,7 @@ def one(home: Path, sql: str, params=None):
 @pytest.fixture(autouse=True)
 def _no_real_env(monkeypatch):
     # Tests never read a developer's real settings or secrets.
-    for name in ("CHURN_HOME", "CHURN_AS_OF", "CHURN_PSEUDONYM_KEY", "CHURN_TEST_KILL_AT", "ANTHROPIC_API_KEY"):
+    for name in ("CHURN_HOME", "CHURN_AS_OF", "CHURN_PSEUDONYM_KEY", "CHURN_TEST_KILL_AT", "ANTHROPIC_API_KEY",
+                 "MLFLOW_TRACKING_URI", "CHURN_RETRAIN_MIN_NEW_ROWS", "CHURN_PROMOTION_TOLERANCE"):
         monkeypatch.delenv(name, raising=False)
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")

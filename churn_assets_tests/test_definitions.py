@@ -22,6 +22,9 @@ def test_asset_graph_snapshot():
         "silver/churn_users": ("silver", ["duckdb"], ["bronze/churn_users_bronze"]),
         "silver/churn_orders": ("silver", ["duckdb"], ["bronze/churn_orders_bronze"]),
         "gold/churn_features": ("gold", ["duckdb"], ["bronze/churn_app_events", "silver/churn_orders", "silver/churn_users"]),
+        "ml/churn_model": ("ml", ["lightgbm", "mlflow"], ["gold/churn_features"]),
+        "ml/churn_model_champion": ("ml", ["mlflow"], ["ml/churn_model"]),
+        "gold/churn_prediction": ("gold", ["duckdb", "mlflow"], ["gold/churn_features", "ml/churn_model_champion"]),
     }
     for key in graph.get_all_asset_keys():
         assert graph.get(key).description
@@ -36,9 +39,11 @@ def test_checks_and_blocking():
         ("bronze/churn_app_events", "correct_schema"), ("bronze/churn_app_events", "records_parseable"),
         ("silver/churn_users", "valid_keys"), ("silver/churn_orders", "valid_keys"),
         ("gold/churn_features", "churn_features_valid"),
+        ("ml/churn_model", "churn_model_better_than_chance"),
     }
-    gold_check = next(c for c in defs.asset_checks if "churn_features_valid" in str(c.check_keys))
-    assert all(spec.blocking for spec in gold_check.check_specs)
+    for name in ("churn_features_valid", "churn_model_better_than_chance"):
+        check = next(c for c in defs.asset_checks if name in str(c.check_keys))
+        assert all(spec.blocking for spec in check.check_specs), name
 
 
 def test_dagster_definitions_validate(tmp_path):

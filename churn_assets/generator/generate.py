@@ -7,10 +7,12 @@ reference files:
   Spark's JSON writer does; numbers are written as floats (``1.0``).
 - events: CSV with a header, empty fields for nulls.
 
-Every customer has at least one order (orders ~ N(3, 2) rounded, at least 1) and one app
-event per order near the order time, as in the reference where events and orders are
-equally many. Files are written under a hidden temporary name and renamed into place, so
-the ingestor never sees a half-written generated file.
+Volumes follow the reference generator (dbdemos ``_resources/01-load-data``): a customer
+draws s ~ N(3, 2) and places ``int(s) - 1`` orders; only customers with at least one
+order are exported to the users files (so 100k customers give ~69k profiles and ~178k
+orders, as in the reference), and each order comes with one app event whose platform is
+drawn per event. Files are written under a hidden temporary name and renamed into
+place, so the ingestor never sees a half-written generated file.
 
 ``generate_increment`` adds one hour of activity as new files: new customers, re-sent
 profiles of existing customers (newer ``last_activity_date``), new orders and events.
@@ -92,8 +94,21 @@ def _fmt(col: str) -> pl.Expr:
     return pl.col(col).dt.strftime(TS)
 
 
+# The reference's "account older than 90 days" condition is
+# ``datediff(current_timestamp(), creation_date) >= 90`` on a ``MM-dd-yyyy HH:mm:ss``
+# *string*, which Spark's date cast turns into NULL: it never holds in the reference
+# data (its churn rate, ~62 % in the shared sample, would be ~80 % otherwise). We
+# reproduce the label the reference data carries; set this to True for the rule as written.
+AGE_CONDITION_FIRES = False
+
+
 def churn_label(rng, df: pl.DataFrame, now: datetime) -> pl.Series:
-    """The reference generator's rule: 80 % churn if any condition holds, else 20 %."""
+    """The reference generator's rule: 80 % churn if any condition holds, else 20 %.
+
+    ``df`` has one row per customer with n_orders, n_items, n_events, platform (the
+    first platform seen), gender, age_group, country and creation.
+    """
+    old_account = pl.col("creation") < pl.lit(now - timedelta(days=90)) if AGE_CONDITION_FIRES else pl.lit(False)
     cond = (
         ((pl.col("n_orders") >= 5) & (pl.col("platform") == "ios"))
         | ((pl.col("n_orders") == 3) & (pl.col("gender") == 0))
@@ -102,7 +117,7 @@ def churn_label(rng, df: pl.DataFrame, now: datetime) -> pl.Series:
         | ((pl.col("n_items") >= 10) & (pl.col("platform") == "ios"))
         | (pl.col("n_events") >= 4)
         | (pl.col("country") == "USA")
-        | (pl.col("creation") < pl.lit(now - timedelta(days=90)))
+        | old_account
         | ((pl.col("age_group") >= 7) & (pl.col("gender") == 0))
         | ((pl.col("age_group") <= 2) & (pl.col("gender") == 1))
     )
@@ -126,8 +141,8 @@ def _customers(rng, n: int, start: datetime, end: datetime, monthly: bool) -> pl
     creation_s = creation_s.dt.truncate("1d")
     first = np.array(FIRST)[rng.integers(0, len(FIRST), n)]
     last = np.array(LAST)[rng.integers(0, len(LAST), n)]
-    platforms = np.array(["ios", "android", "other"])[rng.integers(0, 3, n)]
-    n_orders = np.maximum(1, np.rint(rng.normal(3, 2, n))).astype(np.int64)
+    # The reference: s ~ N(3, 2), negatives to 0, int(s) - 1 orders (range(1, s)).
+    n_orders = np.trunc(np.maximum(rng.normal(3, 2, n), 0)).astype(np.int64) - 1
     return pl.DataFrame(
         {
             "id": uuids(rng, n),
@@ -145,14 +160,21 @@ def _customers(rng, n: int, start: datetime, end: datetime, monthly: bool) -> pl
             "creation": creation_s,
             "gender": (rng.random(n) < 0.7).astype(np.int64),
             "age_group": np.rint(rng.random(n) * 10).astype(np.int64),
-            "platform": platforms,
             "n_orders": n_orders,
         }
     )
 
 
-def _orders_and_events(rng, cust: pl.DataFrame, lo: pl.Series, hi: datetime, counts: np.ndarray) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """``counts[i]`` orders for customer i between lo[i] and hi; one app event per order."""
+PLATFORMS = np.array(["ios", "android", "other"])
+PLATFORM_P = np.array([0.5, 0.1, 0.3]) / 0.9  # the reference's weights (its 1 % nulls come after)
+
+
+def _orders_and_events(rng, cust: pl.DataFrame, lo: pl.Series, hi: datetime, counts: np.ndarray):
+    """``counts[i]`` orders for customer i between lo[i] and hi; one app event per order.
+
+    Returns (orders, events, stats): stats has per customer what the label rule reads
+    (n_orders, n_items, n_events, the first platform seen) and the last order time.
+    """
     idx = np.repeat(np.arange(len(cust)), counts)
     m = len(idx)
     lo_us = lo.dt.epoch("us").to_numpy()[idx]
@@ -174,12 +196,12 @@ def _orders_and_events(rng, cust: pl.DataFrame, lo: pl.Series, hi: datetime, cou
     )
     event_ids = uuids(rng, m)
     ev_when = pl.Series(np.minimum(when_us + rng.integers(-3600, 3600, m) * 1_000_000, hi_us) // 1_000_000 * 1_000_000, dtype=pl.Datetime("us"))
-    platform = cust["platform"].gather(idx)
+    platform = _null_some(rng, pl.Series(PLATFORMS[rng.choice(3, size=m, p=PLATFORM_P)]), CATEGORY_NULL_RATE)
     events = pl.DataFrame(
         {
             "user_id": _null_some(rng, user_ids, KEY_NULL_RATE),
             "event_id": _null_some(rng, event_ids, KEY_NULL_RATE),
-            "platform": _null_some(rng, platform, CATEGORY_NULL_RATE),
+            "platform": platform,
             "date": ev_when,
             "action": _null_some(rng, pl.Series(np.array(["view", "click", "log"])[rng.integers(0, 3, m)]), CATEGORY_NULL_RATE),
             # In the reference a session is one event: the ids are equal.
@@ -187,7 +209,24 @@ def _orders_and_events(rng, cust: pl.DataFrame, lo: pl.Series, hi: datetime, cou
             "url": np.array(URLS)[rng.integers(0, len(URLS), m)],
         }
     )
-    return orders, events
+    per_event = pl.DataFrame({"i": idx, "t": ev_when, "platform": platform, "items": items, "tx": when})
+    stats = (
+        pl.DataFrame({"i": np.arange(len(cust))})
+        .join(
+            per_event.group_by("i").agg(
+                n_orders=pl.len(),
+                n_items=pl.col("items").sum(),
+                # First platform seen: the earliest event's, as gold computes it.
+                platform=pl.col("platform").sort_by("t").drop_nulls().first(),
+                last_order=pl.col("tx").max(),
+            ),
+            on="i",
+            how="left",
+        )
+        .sort("i")
+        .with_columns(n_events=pl.col("n_orders"))
+    )
+    return orders, events, stats
 
 
 def _json_lines(df: pl.DataFrame) -> pl.Series:
@@ -280,11 +319,12 @@ class LandingWriter:
                 progress.update(len(body))
 
 
-def _users_frame(cust: pl.DataFrame, last_activity: pl.Series, churn: pl.Series, rng, null_ids: bool) -> pl.DataFrame:
-    ids = _null_some(rng, cust["id"], KEY_NULL_RATE / 4) if null_ids else cust["id"]
+def _users_frame(cust: pl.DataFrame, last_activity: pl.Series, churn: pl.Series) -> pl.DataFrame:
+    # No null ids: the reference's profiles come out of a join on the id (none of the
+    # shared sample's 2,086 is null). The pipeline still drops and counts any that land.
     return pl.DataFrame(
         {
-            "id": ids,
+            "id": cust["id"],
             "firstname": cust["firstname"],
             "lastname": cust["lastname"],
             "email": cust["email"],
@@ -322,17 +362,15 @@ def generate_history(
     start_dt = end_dt - timedelta(days=730)
     rng = np.random.default_rng(seed)
     cust = _customers(rng, customers, start_dt, end_dt, monthly=True)
-    orders, events = _orders_and_events(rng, cust, cust["creation"], end_dt, cust["n_orders"].to_numpy())
-    # Total items per customer, for the label rule (before key nulls, as the generator knows them).
-    idx = np.repeat(np.arange(len(cust)), cust["n_orders"].to_numpy())
-    n_items = np.bincount(idx, weights=orders["item_count"].to_numpy(), minlength=len(cust)).astype(np.int64)
-    last_order = pl.DataFrame({"i": idx, "t": orders["transaction_date"]}).group_by("i").agg(pl.col("t").max()).sort("i")["t"]
-    cust = cust.with_columns(n_items=pl.Series(n_items), n_events=pl.col("n_orders"))
+    # Customers without an order are not exported, as in the reference.
+    cust = cust.filter(pl.col("n_orders") >= 1)
+    orders, events, stats = _orders_and_events(rng, cust, cust["creation"], end_dt, cust["n_orders"].to_numpy())
+    cust = cust.with_columns(stats.select("n_items", "n_events", "platform"))
     churn = churn_label(rng, cust, end_dt)
     # Last activity: at or after the last order, before the end of the history.
     gap = pl.Series((rng.random(len(cust)) * 7 * 86400).astype(np.int64) * 1_000_000, dtype=pl.Duration("us"))
-    last_activity = pl.select(pl.min_horizontal(last_order + gap, pl.lit(end_dt))).to_series()
-    users = _users_frame(cust, last_activity, churn, rng, null_ids=True)
+    last_activity = pl.select(pl.min_horizontal(stats["last_order"] + gap, pl.lit(end_dt))).to_series()
+    users = _users_frame(cust, last_activity, churn)
     writer = LandingWriter(home, f"h{seed}", rows_per_file)
     bar = _progress(progress, len(users) + len(orders) + len(events), "generate")
     writer.write_json("users", users, rng, dirty_rate, bar)
@@ -342,7 +380,7 @@ def generate_history(
         bar.close()
     state = _state_dir(home)
     state.mkdir(parents=True, exist_ok=True)
-    cust.drop("n_items", "n_events").with_columns(churn=churn).write_parquet(state / "customers.parquet")
+    cust.drop("n_items", "n_events", "platform").with_columns(churn=churn).write_parquet(state / "customers.parquet")
     (state / "state.json").write_text(json.dumps({"seed": seed, "clock": end_dt.isoformat(), "increments": 0, "orders": len(orders)}))
     writer.report.clock = end_dt.isoformat()
     return writer.report
@@ -364,21 +402,21 @@ def generate_increment(home: Path, fraction: float = 0.01, dirty_rate: float = 0
     n_resent = n_users - n_new
     n_orders = max(1, round(state["orders"] * fraction))
 
-    new = _customers(rng, n_new, start, end, monthly=False)
-    # Orders: every new customer orders once; the rest go to existing customers.
+    # Every new customer orders once in its first hour; the other orders go to existing customers.
+    new = _customers(rng, n_new, start, end, monthly=False).with_columns(n_orders=pl.lit(1, dtype=pl.Int64))
     existing_idx = rng.integers(0, len(known), max(0, n_orders - n_new))
     buyers = pl.concat([new, known.select(new.columns)[existing_idx]])
     counts = np.ones(len(buyers), dtype=np.int64)
     lo = pl.Series([start] * len(buyers), dtype=pl.Datetime("us"))
-    orders, events = _orders_and_events(rng, buyers, lo, end, counts)
-    new = new.with_columns(n_items=pl.lit(0), n_events=pl.lit(1))
+    orders, events, stats = _orders_and_events(rng, buyers, lo, end, counts)
+    new = new.with_columns(stats.head(n_new).select("n_items", "n_events", "platform"))
     churn_new = churn_label(rng, new, end)
     resent = known[rng.choice(len(known), n_resent, replace=False)]
     act = lo.head(n_new + n_resent) + pl.Series((rng.random(n_new + n_resent) * 3600).astype(np.int64) * 1_000_000, dtype=pl.Duration("us"))
     users = pl.concat(
         [
-            _users_frame(new, act.head(n_new), churn_new, rng, null_ids=False),
-            _users_frame(resent, act.tail(n_resent), resent["churn"], rng, null_ids=False),
+            _users_frame(new, act.head(n_new), churn_new),
+            _users_frame(resent, act.tail(n_resent), resent["churn"]),
         ]
     )
     writer = LandingWriter(home, f"i{k:06d}-{start.strftime('%Y%m%dT%H')}")
@@ -388,7 +426,9 @@ def generate_increment(home: Path, fraction: float = 0.01, dirty_rate: float = 0
     writer.write_csv("events", _ts_columns(events, ["date"]), rng, dirty_rate, bar)
     if bar:
         bar.close()
-    pl.concat([known, new.drop("n_items", "n_events").with_columns(churn=churn_new)]).write_parquet(state_dir / "customers.parquet")
+    pl.concat([known, new.drop("n_items", "n_events", "platform").with_columns(churn=churn_new)]).write_parquet(
+        state_dir / "customers.parquet"
+    )
     state.update(clock=end.isoformat(), increments=k, orders=state["orders"] + len(orders))
     (state_dir / "state.json").write_text(json.dumps(state))
     writer.report.clock = end.isoformat()

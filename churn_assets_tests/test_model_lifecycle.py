@@ -1,0 +1,157 @@
+"""Retraining, MLflow tracking and registry, champion/challenger, scoring: with a real
+DuckDB file and a real MLflow store (SQLite, as embedded by default)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from churn_assets.generator import generate_history, generate_increment
+from churn_assets.resources import MLflowResource, ModelPolicyResource
+from churn_assets_tests.conftest import materialize, one, query
+
+AS_OF = "2026-11-01T12:00:00"
+SHUFFLE_ALL = {"ops": {"ml__churn_model": {"config": {"shuffle_labels_fraction": 1.0}}}}
+
+
+def client(home) -> MlflowClient:
+    uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def metadata(result, key: str) -> dict:
+    return {
+        e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+        for e in result.get_asset_materialization_events()
+    }.get(key, {})
+
+
+def predictions(home) -> list[tuple]:
+    return query(home, "SELECT user_id, churn_probability, churn_prediction, model_version FROM gold.churn_prediction ORDER BY user_id")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A warehouse with one cycle run: champion v1 serving."""
+    home = tmp_path_factory.mktemp("ml")
+    generate_history(home, customers=30_000, seed=13, end=date(2026, 11, 1), progress=False)
+    result = materialize(home, as_of=AS_OF)
+    assert result.success
+    return home, result
+
+
+def test_first_model_is_tracked_registered_and_champion(trained):
+    home, result = trained
+    meta = metadata(result, "ml/churn_model")
+    assert meta["trained"] is True and meta["model_version"] == "1"
+    # Generated data carries the reference's label rule: learnable like the reference (0.79 there).
+    assert meta["holdout_roc_auc"] >= 0.76
+    c = client(home)
+    champion = c.get_model_version_by_alias("churn_model", "champion")
+    assert str(champion.version) == "1"
+    assert champion.tags["decision"] == "promoted"
+    run = c.get_run(champion.run_id)
+    for metric in ("holdout_roc_auc", "holdout_pr_auc", "holdout_f1", "holdout_precision", "holdout_recall", "holdout_log_loss"):
+        assert metric in run.data.metrics
+    assert abs(run.data.metrics["holdout_roc_auc"] - meta["holdout_roc_auc"]) < 1e-9
+    assert {"num_leaves", "learning_rate", "num_boost_round", "threshold"} <= set(run.data.params)
+    assert run.data.tags["data.as_of"] == "2026-11-01T12:00:00"
+    assert int(run.data.tags["data.rows"]) == one(home, "SELECT count(*) FROM gold.churn_features")
+    assert run.data.tags["data.latest_ingest"] != "None"
+    artifacts = {a.path for a in c.list_artifacts(champion.run_id)}
+    assert "feature_importance.png" in artifacts
+    model_info = mlflow.models.get_model_info(f"models:/churn_model/{champion.version}")
+    assert model_info.signature is not None and model_info.saved_input_example_info is not None
+    assert [i.name for i in model_info.signature.inputs][:3] == ["canal", "country", "platform"]
+    # The holdout is a deterministic hash split: ~20 % of customers, the same every retrain.
+    assert 0.18 < meta["rows_holdout"] / (meta["rows_holdout"] + meta["rows_train"]) < 0.22
+
+
+def test_every_customer_scored_by_the_champion(trained):
+    home, _ = trained
+    assert one(home, "SELECT count(*) FROM gold.churn_prediction") == one(home, "SELECT count(*) FROM gold.churn_features")
+    assert one(home, "SELECT count(DISTINCT user_id) FROM gold.churn_prediction") == one(home, "SELECT count(*) FROM gold.churn_prediction")
+    assert one(home, "SELECT count(*) FROM gold.churn_features f ANTI JOIN gold.churn_prediction p USING (user_id)") == 0
+    assert query(home, "SELECT DISTINCT model_name, model_version FROM gold.churn_prediction") == [("churn_model", "1")]
+    threshold = float(client(home).get_model_version("churn_model", "1").tags["threshold"])
+    assert one(home, "SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction <> (churn_probability >= ?)::INT", [threshold]) == 0
+    assert 0 < one(home, "SELECT avg(churn_prediction) FROM gold.churn_prediction") < 1
+
+
+def test_no_better_than_chance_challenger_is_blocked(trained):
+    home, _ = trained
+    before = predictions(home)
+    result = materialize(home, "ml/churn_model+", as_of=AS_OF, run_config=SHUFFLE_ALL, raise_on_error=False)
+    meta = metadata(result, "ml/churn_model")
+    assert meta["trained"] is True and meta["holdout_roc_auc"] < 0.55
+    check = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert check["churn_model_better_than_chance"] is False
+    # Blocked: neither promotion nor scoring ran; the champion and its predictions stay.
+    assert "ml/churn_model_champion" not in {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert client(home).get_model_version_by_alias("churn_model", "champion").version == 1
+    assert predictions(home) == before
+
+
+def test_worse_challenger_keeps_the_old_champion(trained):
+    home, _ = trained
+    # 40 % of labels shuffled: above the chance floor, below the champion.
+    config = {"ops": {"ml__churn_model": {"config": {"shuffle_labels_fraction": 0.4, "num_boost_round": 60}}}}
+    result = materialize(home, "ml/churn_model+", as_of=AS_OF, run_config=config)
+    challenger = metadata(result, "ml/churn_model")["model_version"]
+    decision = metadata(result, "ml/churn_model_champion")
+    assert decision["decision"] == "kept challenger"
+    assert 0.55 <= decision["challenger_holdout_roc_auc"] < decision["champion_holdout_roc_auc"]
+    c = client(home)
+    assert c.get_model_version_by_alias("churn_model", "champion").version == 1
+    assert c.get_model_version_by_alias("churn_model", "challenger").version == int(challenger)
+    tags = c.get_model_version("churn_model", challenger).tags
+    assert tags["decision"] == "kept challenger" and tags["compared_with_version"] == "1"
+    assert float(tags["champion_holdout_roc_auc"]) == pytest.approx(decision["champion_holdout_roc_auc"])
+    assert query(home, "SELECT DISTINCT model_version FROM gold.churn_prediction") == [("1",)]
+
+
+def test_better_challenger_is_promoted_and_serves(trained):
+    home, _ = trained
+    generate_increment(home, fraction=0.05)
+    config = {"ops": {"ml__churn_model": {"config": {"num_boost_round": 200}}}}
+    result = materialize(home, as_of=AS_OF, run_config=config, model_policy=ModelPolicyResource(promotion_tolerance=0.01))
+    assert result.success
+    version = metadata(result, "ml/churn_model")["model_version"]
+    assert metadata(result, "ml/churn_model_champion")["decision"] == "promoted"
+    assert client(home).get_model_version_by_alias("churn_model", "champion").version == int(version)
+    assert query(home, "SELECT DISTINCT model_version FROM gold.churn_prediction") == [(version,)]
+
+
+def test_retrain_policy_skips_training_but_still_scores(trained):
+    home, _ = trained
+    champion = str(client(home).get_model_version_by_alias("churn_model", "champion").version)
+    versions = len(client(home).search_model_versions("name = 'churn_model'"))
+    result = materialize(home, as_of=AS_OF, model_policy=ModelPolicyResource(retrain_min_new_rows=10**9))
+    assert result.success
+    assert metadata(result, "ml/churn_model")["trained"] is False
+    assert metadata(result, "ml/churn_model_champion")["decision"] == "no new candidate"
+    assert len(client(home).search_model_versions("name = 'churn_model'")) == versions
+    assert metadata(result, "gold/churn_prediction")["model_version"] == champion
+
+
+@pytest.mark.parametrize("store", ["unreachable", "corrupt"])
+def test_broken_store_fails_clearly_and_leaves_predictions(trained, tmp_path, store):
+    home, _ = trained
+    before = predictions(home)
+    if store == "unreachable":
+        resource = MLflowResource(tracking_uri="http://127.0.0.1:9", artifact_root=str(tmp_path), http_timeout=2, http_retries=0)
+    else:
+        bad = tmp_path / "mlflow.db"
+        bad.write_bytes(b"this is not a database" * 100)
+        resource = MLflowResource(tracking_uri=f"sqlite:///{bad}", artifact_root=str(tmp_path))
+    result = materialize(home, "gold/churn_prediction", as_of=AS_OF, raise_on_error=False, mlflow_store=resource)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.step_failure_data.user_failure_data.description
+    assert "MLflow store at" in message and "unreachable or corrupt" in message and "nothing was changed" in message
+    assert predictions(home) == before
