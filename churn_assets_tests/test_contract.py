@@ -8,38 +8,17 @@ from __future__ import annotations
 
 import hashlib
 
-import duckdb
 import pytest
 
+from churn_assets_tests import reference_oracle
 from churn_assets_tests.conftest import SAMPLE, land_sample, materialize, needs_sample, one, query
 
 pytestmark = needs_sample
 
-P = "'%m-%d-%Y %H:%M:%S'"
 
 
-def oracle(as_of: str) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.execute(f"""CREATE TABLE u AS SELECT * FROM read_json('{SAMPLE}/users/*.json', format='newline_delimited',
-        columns={{'id':'VARCHAR','firstname':'VARCHAR','lastname':'VARCHAR','email':'VARCHAR','canal':'VARCHAR','country':'VARCHAR',
-                  'creation_date':'VARCHAR','last_activity_date':'VARCHAR','gender':'DOUBLE','age_group':'DOUBLE','churn':'BOOLEAN'}})""")
-    con.execute(f"""CREATE TABLE o AS SELECT * FROM read_json('{SAMPLE}/orders/*.json', format='newline_delimited',
-        columns={{'id':'VARCHAR','user_id':'VARCHAR','transaction_date':'VARCHAR','item_count':'DOUBLE','amount':'DOUBLE'}})""")
-    con.execute(f"CREATE TABLE e AS SELECT * FROM read_csv('{SAMPLE}/events/*.csv', all_varchar=true, header=true)")
-    con.execute(f"""CREATE TABLE expected AS
-        WITH ord AS (SELECT user_id, count(*) n, sum(amount::INT) amt, sum(item_count::INT) items,
-                            max(strptime(transaction_date, {P})) last_tx
-                     FROM o WHERE id IS NOT NULL AND user_id IS NOT NULL GROUP BY user_id),
-             ev AS (SELECT user_id, count(*) n, count(DISTINCT session_id) sessions, max(strptime(date, {P})) last_ev
-                    FROM e WHERE user_id IS NOT NULL GROUP BY user_id)
-        SELECT u.id AS user_id, ord.n AS order_count, ord.amt AS total_amount, ord.items AS total_item,
-               ord.last_tx AS last_transaction, ev.n AS event_count, ev.sessions AS session_count, ev.last_ev AS last_event,
-               u.churn::INT AS churn, u.gender::INT AS gender, u.age_group::INT AS age_group, u.canal, u.country,
-               datediff('day', strptime(u.creation_date, {P})::DATE, DATE '{as_of[:10]}') AS days_since_creation,
-               datediff('day', strptime(u.last_activity_date, {P})::DATE, DATE '{as_of[:10]}') AS days_since_last_activity,
-               datediff('day', ev.last_ev::DATE, DATE '{as_of[:10]}') AS days_last_event
-        FROM u JOIN ord ON ord.user_id = u.id JOIN ev ON ev.user_id = u.id WHERE u.id IS NOT NULL""")
-    return con
+def oracle(as_of: str):
+    return reference_oracle.oracle(SAMPLE, as_of)
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +42,8 @@ def test_layer_counts(built):
 
 
 def test_every_customer_equals_plain_sql(built):
-    cols = ["user_id", "order_count", "total_amount", "total_item", "last_transaction", "event_count", "session_count",
-            "last_event", "churn", "gender", "age_group", "canal", "country", "days_since_creation",
-            "days_since_last_activity", "days_last_event"]
-    got = query(built, f"SELECT {', '.join(cols)} FROM gold.churn_features ORDER BY user_id")
-    expected = oracle("2023-06-10").execute(f"SELECT {', '.join(cols)} FROM expected ORDER BY user_id").fetchall()
-    assert len(got) == len(expected) == 450
-    mismatches = [(g, e) for g, e in zip(got, expected) if tuple(g) != tuple(e)]
+    expected, got, mismatches = reference_oracle.compare(SAMPLE, built / "warehouse.duckdb", "2023-06-10")
+    assert expected == got == 450
     assert mismatches == []
 
 
@@ -104,3 +78,13 @@ def test_quality_table_counts_per_expectation(built):
     assert rows[("silver.churn_orders", "order_valid_user_id")] == (2150, 23, 23)
     assert rows[("bronze.churn_users_bronze", "correct_schema")] == (2086, 0, 0)
     assert rows[("gold.churn_features", "one_row_per_customer")] == (450, 0, 0)
+
+
+def test_reference_check_script_on_the_sample(capsys):
+    # The one command that checks the full reference dataset, run here on its slice.
+    from benchmarks.reference_check import main
+
+    assert main([str(SAMPLE), "--skip-model"]) == 0
+    out = capsys.readouterr().out
+    assert "silver.churn_orders              2,106" in out
+    assert "pipeline: 450; mismatching customers: 0" in out
