@@ -59,8 +59,10 @@ class LandingZoneResource(dg.ConfigurableResource):
 
 
 class PipelineSettingsResource(dg.ConfigurableResource):
-    """The as-of instant (``CHURN_AS_OF``, empty = now) and the pseudonymization key."""
+    """The data root, the as-of instant (``CHURN_AS_OF``, empty = now) and the
+    pseudonymization key."""
 
+    home: str = "./data"
     as_of: str = ""
     pseudonym_key: str = settings.DEV_PSEUDONYM_KEY
 
@@ -124,6 +126,7 @@ def default_resources(home: Path | None = None, *, as_of: str | None = None, set
             batch_bytes=ingest.batch_bytes,
         ),
         "pipeline_settings": PipelineSettingsResource(
+            home=str(home),
             as_of=as_of if as_of is not None else env_or("CHURN_AS_OF", ""),
             pseudonym_key=env_or("CHURN_PSEUDONYM_KEY", settings.DEV_PSEUDONYM_KEY),
         ),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import dagster as dg
+
 from churn_assets.definitions import defs
 from churn_assets_tests.conftest import REPO
 
@@ -14,7 +16,14 @@ def test_asset_graph_snapshot():
     got = {
         key.to_user_string(): (graph.get(key).group_name, sorted(graph.get(key).kinds), sorted(p.to_user_string() for p in graph.get(key).parent_keys))
         for key in graph.get_all_asset_keys()
+        if key.path[0] != "dashboard"
     }
+    dashboard = {k.to_user_string() for k in graph.get_all_asset_keys() if k.path[0] == "dashboard"}
+    assert dashboard == {f"dashboard/{name}" for name in (
+        "kpis", "revenue_by_month", "churn_by_platform", "churn_by_gender", "revenue_by_channel",
+        "predicted_churn_by_country", "predicted_churn_by_channel", "predicted_churn_by_tenure", "at_risk_customers",
+        "data_quality_daily", "ingestion_daily", "layer_freshness", "alerts", "pipeline_runs", "page")}
+    assert all(graph.get(dg.AssetKey(k.split("/"))).group_name == "dashboard" for k in dashboard)
     assert got == {
         "bronze/churn_users_bronze": ("bronze", ["duckdb", "python"], []),
         "bronze/churn_orders_bronze": ("bronze", ["duckdb", "python"], []),

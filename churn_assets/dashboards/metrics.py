@@ -1,0 +1,141 @@
+"""Every figure of the reference's dashboards as one SQL query over the warehouse.
+
+Each becomes a table ``dashboard.<name>``; ``deps`` are the asset keys it reads, so the
+asset graph shows what each figure depends on. Queries take one parameter, ``$as_of``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SILVER_USERS = ("silver", "churn_users")
+SILVER_ORDERS = ("silver", "churn_orders")
+FEATURES = ("gold", "churn_features")
+PREDICTION = ("gold", "churn_prediction")
+BRONZE = (("bronze", "churn_users_bronze"), ("bronze", "churn_orders_bronze"), ("bronze", "churn_app_events"))
+
+# The latest calendar month present in the orders (the reference's "MRR" month).
+LATEST_MONTH = "(SELECT date_trunc('month', max(creation_date)) FROM silver.churn_orders)"
+TENURE = """CASE WHEN m < 3 THEN '0-2 months' WHEN m < 6 THEN '3-5 months' WHEN m < 12 THEN '6-11 months'
+                 WHEN m < 24 THEN '12-23 months' ELSE '24+ months' END"""
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    dashboard: str  # churn analysis | churn prediction | data quality | pipeline health
+    deps: tuple[tuple[str, ...], ...]
+    sql: str
+    description: str
+
+
+METRICS = [
+    Metric(
+        "kpis", "all", (SILVER_USERS, SILVER_ORDERS, PREDICTION),
+        f"""
+        SELECT name, value, $as_of::TIMESTAMP AS as_of, detail FROM (
+          SELECT 'customers' AS name, count(*)::DOUBLE AS value, NULL AS detail, 1 AS o FROM silver.churn_users
+          UNION ALL SELECT 'customers_churned', count(*) FILTER (churn = 1), NULL, 2 FROM silver.churn_users
+          UNION ALL SELECT 'churn_rate', avg(churn), NULL, 3 FROM silver.churn_users
+          UNION ALL SELECT 'revenue_latest_month', coalesce(sum(amount), 0), strftime({LATEST_MONTH}, '%Y-%m'), 4
+                    FROM silver.churn_orders WHERE date_trunc('month', creation_date) = {LATEST_MONTH}
+          UNION ALL SELECT 'customers_at_risk', count(*) FILTER (churn_prediction = 1), NULL, 5 FROM gold.churn_prediction
+          UNION ALL SELECT 'revenue_at_risk', coalesce(sum(o.amount), 0), strftime({LATEST_MONTH}, '%Y-%m'), 6
+                    FROM silver.churn_orders o JOIN gold.churn_prediction p USING (user_id)
+                    WHERE p.churn_prediction = 1 AND date_trunc('month', o.creation_date) = {LATEST_MONTH}
+        ) ORDER BY o""",
+        "Headline numbers: customers, customers churned, churn rate, revenue of the latest month (MRR), "
+        "customers at risk and the latest month's revenue from them.",
+    ),
+    Metric(
+        "revenue_by_month", "churn analysis", (SILVER_ORDERS,),
+        """SELECT date_trunc('month', creation_date)::DATE AS month, sum(amount)::BIGINT AS revenue, count(*) AS orders
+           FROM silver.churn_orders WHERE creation_date IS NOT NULL GROUP BY 1 ORDER BY 1""",
+        "Revenue (sum of order amounts) per calendar month over the whole history.",
+    ),
+    Metric(
+        "churn_by_platform", "churn analysis", (FEATURES,),
+        """SELECT coalesce(platform, 'unknown') AS platform, CASE WHEN churn = 1 THEN 'churned' ELSE 'stayed' END AS status,
+                  count(*) AS customers
+           FROM gold.churn_features GROUP BY ALL ORDER BY 1, 2""",
+        "Customers per first platform seen, churned vs not.",
+    ),
+    Metric(
+        "churn_by_gender", "churn analysis", (SILVER_USERS,),
+        """SELECT coalesce(gender::VARCHAR, 'unknown') AS gender, CASE WHEN churn = 1 THEN 'churned' ELSE 'stayed' END AS status,
+                  count(*) AS customers
+           FROM silver.churn_users GROUP BY ALL ORDER BY 1, 2""",
+        "Customers per gender (0/1 as in the source), churned vs not.",
+    ),
+    Metric(
+        "revenue_by_channel", "churn analysis", (SILVER_ORDERS, SILVER_USERS),
+        """SELECT coalesce(u.canal, 'unknown') AS canal, sum(o.amount)::BIGINT AS revenue, count(*) AS orders
+           FROM silver.churn_orders o JOIN silver.churn_users u USING (user_id) GROUP BY 1 ORDER BY 2 DESC""",
+        "Revenue per acquisition channel (canal).",
+    ),
+    Metric(
+        "predicted_churn_by_country", "churn prediction", (PREDICTION, FEATURES),
+        """SELECT f.country, count(*) AS customers, count(*) FILTER (p.churn_prediction = 1) AS at_risk,
+                  round(avg(p.churn_prediction), 4) AS at_risk_share
+           FROM gold.churn_prediction p JOIN gold.churn_features f USING (user_id) GROUP BY 1 ORDER BY 1""",
+        "Customers predicted to churn, per country.",
+    ),
+    Metric(
+        "predicted_churn_by_channel", "churn prediction", (PREDICTION, FEATURES),
+        """SELECT coalesce(f.canal, 'unknown') AS canal, count(*) AS customers, count(*) FILTER (p.churn_prediction = 1) AS at_risk,
+                  round(avg(p.churn_prediction), 4) AS at_risk_share
+           FROM gold.churn_prediction p JOIN gold.churn_features f USING (user_id) GROUP BY 1 ORDER BY 1""",
+        "Customers predicted to churn, per channel.",
+    ),
+    Metric(
+        "predicted_churn_by_tenure", "churn prediction", (PREDICTION, FEATURES),
+        f"""SELECT {TENURE} AS tenure, min(m) AS from_months, count(*) AS customers,
+                   count(*) FILTER (churn_prediction = 1) AS at_risk, round(avg(churn_prediction), 4) AS at_risk_share
+            FROM (SELECT p.churn_prediction, date_diff('month', f.creation_date, $as_of::TIMESTAMP) AS m
+                  FROM gold.churn_prediction p JOIN gold.churn_features f USING (user_id))
+            GROUP BY 1 ORDER BY 2""",
+        "Customers predicted to churn, per tenure (whole months since account creation at the as-of date).",
+    ),
+    Metric(
+        "at_risk_customers", "churn prediction", (PREDICTION, FEATURES),
+        """SELECT p.user_id, f.country, coalesce(f.canal, 'unknown') AS canal, f.platform,
+                  round(p.churn_probability, 4) AS churn_probability, f.total_amount, f.order_count,
+                  f.days_last_event, round(p.churn_probability * f.total_amount, 2) AS value_at_risk
+           FROM gold.churn_prediction p JOIN gold.churn_features f USING (user_id)
+           WHERE p.churn_prediction = 1
+           ORDER BY p.churn_probability DESC, f.total_amount DESC, p.user_id LIMIT 100""",
+        "The 100 customers predicted to churn with the highest risk, then the highest value (pseudonymous ids).",
+    ),
+    Metric(
+        "data_quality_daily", "data quality", (*BRONZE, SILVER_USERS, SILVER_ORDERS, FEATURES),
+        """SELECT checked_at::DATE AS day, table_name, expectation, sum(passed)::BIGINT AS passed,
+                  sum(failed)::BIGINT AS failed, sum(dropped)::BIGINT AS dropped,
+                  round(sum(failed) / nullif(sum(passed) + sum(failed), 0), 6) AS failure_rate
+           FROM ops.data_quality GROUP BY ALL ORDER BY 1, 2, 3""",
+        "Per table, expectation and day: records passed, failed and dropped, and the failure rate.",
+    ),
+    Metric(
+        "ingestion_daily", "data quality", BRONZE,
+        """SELECT ingested_at::DATE AS day, source, count(*) AS files, sum(records)::BIGINT AS records_landed,
+                  sum(rows_loaded)::BIGINT AS rows_loaded, sum(rows_rescued)::BIGINT AS rows_rescued,
+                  sum(rows_quarantined)::BIGINT AS rows_quarantined,
+                  round(sum(rows_rescued) / nullif(sum(rows_loaded), 0), 6) AS rescued_share
+           FROM bronze.ingest_manifest GROUP BY ALL ORDER BY 1, 2""",
+        "Per source and day: files and records ingested, rescued (schema did not fit) and quarantined.",
+    ),
+    Metric(
+        "layer_freshness", "pipeline health", (*BRONZE, SILVER_USERS, SILVER_ORDERS, FEATURES, PREDICTION),
+        """SELECT * FROM (
+             SELECT 'bronze' AS layer, max(ingested_at) AS updated_at FROM bronze.ingest_manifest
+             UNION ALL SELECT 'silver', max(updated_at) FROM ops.watermarks WHERE consumer LIKE 'silver.%'
+             UNION ALL SELECT 'gold', max(built_at) FROM ops.gold_state
+             UNION ALL SELECT 'prediction', max(scored_at) FROM gold.churn_prediction
+           ) ORDER BY CASE layer WHEN 'bronze' THEN 1 WHEN 'silver' THEN 2 WHEN 'gold' THEN 3 ELSE 4 END""",
+        "When each layer last took in new data (UTC).",
+    ),
+    Metric(
+        "alerts", "pipeline health", (),
+        """SELECT raised_at, kind, job_name, run_id, reason, link FROM ops.alerts ORDER BY raised_at DESC LIMIT 200""",
+        "Alerts raised by the cycle's monitoring (failed runs, abnormally long runs, cadence switches).",
+    ),
+]
