@@ -4,6 +4,7 @@
 import dagster as dg
 
 from churn_assets.bronze import assets as bronze
+from churn_assets.campaigns import assets as campaigns
 from churn_assets.dashboards import assets as dashboards
 from churn_assets.gold import assets as gold
 from churn_assets.ml import assets as ml
@@ -13,11 +14,11 @@ from churn_assets.silver import assets as silver
 churn_cycle = dg.define_asset_job(
     "churn_cycle",
     selection=dg.AssetSelection.all(),
-    description="The whole loop: bronze -> silver -> gold -> dashboards, model retraining, promotion and scoring.",
+    description="The whole loop: bronze -> silver -> gold -> dashboards, model retraining and scoring -> retention campaign.",
 )
 
 defs = dg.Definitions(
-    assets=[*bronze.assets, *silver.assets, *gold.assets, *ml.assets, *dashboards.assets],
+    assets=[*bronze.assets, *silver.assets, *gold.assets, *ml.assets, *dashboards.assets, *campaigns.assets],
     asset_checks=[*gold.asset_checks, *ml.asset_checks],
     jobs=[churn_cycle],
     resources=default_resources(),

@@ -108,6 +108,51 @@ class ModelPolicyResource(dg.ConfigurableResource):
     min_auc: float = 0.55
 
 
+class AnthropicResource(dg.ConfigurableResource):
+    """Claude through the official SDK. The key comes only from ``ANTHROPIC_API_KEY``;
+    without it the campaign step writes with the offline templates."""
+
+    api_key: str | None = None
+    base_url: str | None = None  # ANTHROPIC_BASE_URL, e.g. a proxy or a test server
+    # A current low-cost model that the installed SDK lists.
+    model: str = "claude-haiku-5-5"
+    max_concurrency: int = 4
+    max_retries: int = 4  # the SDK's own: 408/409/429/5xx and timeouts, with backoff and retry-after
+    timeout_seconds: float = 30.0
+    max_tokens: int = 700
+    run_budget_usd: float = 5.0
+    # USD per million tokens; set them to the price list of the model in use.
+    input_usd_per_mtok: float = 1.0
+    output_usd_per_mtok: float = 5.0
+    cache_write_usd_per_mtok: float = 1.25
+    cache_read_usd_per_mtok: float = 0.10
+
+    @property
+    def offline(self) -> bool:
+        return not self.api_key
+
+    def writer(self):
+        import anthropic
+
+        from churn_assets.campaigns.writer import Budget, ClaudeWriter, Prices
+
+        client = anthropic.Anthropic(
+            api_key=self.api_key, base_url=self.base_url or None, max_retries=self.max_retries, timeout=self.timeout_seconds
+        )
+        prices = Prices(self.input_usd_per_mtok, self.output_usd_per_mtok, self.cache_write_usd_per_mtok, self.cache_read_usd_per_mtok)
+        return ClaudeWriter(client, self.model, prices, Budget(self.run_budget_usd), self.max_tokens)
+
+
+class CampaignPolicyResource(dg.ConfigurableResource):
+    """Contact limits of the retention campaign."""
+
+    cooldown_days: int = 7
+    max_messages_per_run: int = 1000
+    # A model text that fails twice (or a refusal, or an API failure) is replaced by the
+    # rule-following template; off, such customers get no message this run.
+    fallback_to_template: bool = True
+
+
 def default_resources(home: Path | None = None, *, as_of: str | None = None, settle_seconds: float | None = None) -> dict:
     """The resources of a code location rooted at ``home`` (default ``CHURN_HOME``).
 
@@ -133,6 +178,16 @@ def default_resources(home: Path | None = None, *, as_of: str | None = None, set
         "mlflow_store": MLflowResource(
             tracking_uri=env_or("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
             artifact_root=str(home / "mlflow" / "artifacts"),
+        ),
+        "anthropic": AnthropicResource(
+            api_key=dg.EnvVar("ANTHROPIC_API_KEY") if os.environ.get("ANTHROPIC_API_KEY") else None,
+            base_url=dg.EnvVar("ANTHROPIC_BASE_URL") if os.environ.get("ANTHROPIC_BASE_URL") else None,
+            model=os.environ.get("CHURN_CLAUDE_MODEL", "claude-haiku-5-5"),
+            run_budget_usd=float(os.environ.get("CHURN_CAMPAIGN_BUDGET_USD", "5")),
+        ),
+        "campaign_policy": CampaignPolicyResource(
+            cooldown_days=int(os.environ.get("CHURN_CAMPAIGN_COOLDOWN_DAYS", "7")),
+            max_messages_per_run=int(os.environ.get("CHURN_CAMPAIGN_MAX_MESSAGES", "1000")),
         ),
         "model_policy": ModelPolicyResource(
             retrain_min_new_rows=int(os.environ.get("CHURN_RETRAIN_MIN_NEW_ROWS", "0")),

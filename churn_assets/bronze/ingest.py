@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from churn_assets.faults import fault_point
 from churn_assets.warehouse import registered, scalar, transaction
 
 TIMESTAMP_REGEX = r"\d{2}-\d{2}-\d{4} \d{2}:\d{2}:\d{2}"
@@ -132,27 +132,6 @@ class IngestResult:
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-_fault_hits: dict[str, int] = {}
-
-
-def fault_point(name: str) -> None:
-    """Test hook: ``CHURN_TEST_KILL_AT=name[:n]`` makes the process SIGKILL itself the
-    n-th time (default first) it passes here.
-
-    The crash-safety tests use it to stop ingestion at exact points; it does nothing
-    unless that variable names this point.
-    """
-    target = os.environ.get("CHURN_TEST_KILL_AT")
-    if not target:
-        return
-    point, _, nth = target.partition(":")
-    if point != name:
-        return
-    _fault_hits[name] = _fault_hits.get(name, 0) + 1
-    if _fault_hits[name] >= int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def is_candidate_name(name: str) -> bool:

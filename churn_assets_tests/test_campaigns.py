@@ -1,0 +1,289 @@
+"""Retention campaigns: decisions in code, words from Claude (the real SDK against a fake
+Messages server on 127.0.0.1) or offline templates, validation, cost and contact limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from datetime import date
+
+import pytest
+
+from churn_assets.campaigns.decide import Decision, decide, offer_for, season_for
+from churn_assets.campaigns.templates import template_copy
+from churn_assets.campaigns.validate import problems
+from churn_assets.generator import generate_history
+from churn_assets.resources import AnthropicResource, CampaignPolicyResource
+from churn_assets_tests.conftest import materialize, one, query
+from churn_assets_tests.fake_anthropic import FakeAnthropic
+
+AS_OF = "2026-11-01T06:00:00"
+SELECT = "campaigns/retention_messages"
+
+
+# --- decisions (pure) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "amount, items, days, offer",
+    [
+        (40, 2, 10, "discount"),        # discount (amount), bundle (items), discount (recency): 2 votes
+        (40, 2, 45, "free_shipping"),   # the rules' own conflict: 1-1-1, ties go to free shipping
+        (150, 2, 10, "free_shipping"),  # free shipping, bundle, discount: tie -> free shipping
+        (150, 6, 45, "free_shipping"),  # unanimous
+        (40, 6, 10, "discount"),        # discount, free shipping, discount
+        (100, 5, 30, "discount"),       # no rule votes: discount
+        (100, 2, 30, "bundle"),         # only the items rule votes
+    ],
+)
+def test_offer_precedence(amount, items, days, offer):
+    assert offer_for(amount, items, days) == offer
+
+
+def test_decisions_follow_the_rules():
+    d = decide(canal="PHONE", country="FR", last_amount=40, last_items=2, days_since_last_order=10, at_risk=True, today=date(2026, 7, 1))
+    assert d == Decision("short", ("en", "fr"), "discount", "urgent", "summer")
+    d = decide(canal="WEBAPP", country="USA", last_amount=40, last_items=2, days_since_last_order=10, at_risk=True, today=date(2026, 1, 5))
+    assert (d.style, d.languages, d.season) == ("long", ("en",), "winter")
+    assert decide(canal="MOBILE", country="SPAIN", last_amount=1, last_items=1, days_since_last_order=1, at_risk=True,
+                  today=date(2026, 4, 1)).languages == ("en", "es")
+    assert season_for(date(2026, 7, 1), "AU") == "winter" and season_for(date(2026, 10, 1), "FR") == "autumn"
+    assert d.key("v1", "m") == Decision(*d.__dict__.values()).key("v1", "m") != d.key("v2", "m")
+
+
+def test_validation_catches_each_rule():
+    d = Decision("short", ("en", "fr"), "discount", "urgent", "winter")
+    good = {"en": "Hi {{first_name}}, 15% off until Sunday with our warm knits.", "fr": "Bonjour {{first_name}}, 15 % de remise avec nos mailles."}
+    assert problems(d, None, good) == []
+    assert "mentions churn or risk" in problems(d, None, {**good, "en": "Hi {{first_name}}, you are at risk of leaving!"})
+    assert "mentions country" in problems(d, None, {**good, "en": "Hi {{first_name}}, the best of France for you."})
+    assert "mentions country" in problems(d, None, {**good, "en": "Hi {{first_name}}, shipping across the USA."})
+    assert "mentions channel" in problems(d, None, {**good, "en": "Hi {{first_name}}, open the app for 15% off."})
+    assert "mentions gender" in problems(d, None, {**good, "fr": "Bonjour madame {{first_name}}, 15 % de remise."})
+    assert any("at most 160" in p for p in problems(d, None, {**good, "en": "Hi {{first_name}}, " + "x" * 200}))
+    assert any("languages" in p for p in problems(d, None, {"en": good["en"]}))
+    assert any("closing" in p for p in problems(d, None, {**good, "en": "Hi {{first_name}}, 15% off. Best regards"}))
+    assert any("greet" in p for p in problems(d, None, {**good, "en": "15% off for you {{first_name}}, with our knits and more"}))
+    assert any("subject" in p for p in problems(Decision("long", ("en",), "discount", "urgent", "winter"), None, {"en": "Hi {{first_name}}, " + "y " * 150}))
+
+
+# --- a warehouse with predictions, copied for each test ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    home = tmp_path_factory.mktemp("scored")
+    generate_history(home, customers=6_000, seed=31, end=date(2026, 11, 1), progress=False)
+    assert materialize(home, "*gold/churn_prediction", as_of=AS_OF).success
+    return home
+
+
+@pytest.fixture
+def home(scored, tmp_path):
+    shutil.copy(scored / "warehouse.duckdb", tmp_path / "warehouse.duckdb")
+    return tmp_path
+
+
+def campaign(home, fake: FakeAnthropic | None = None, cap: int = 1000, raise_on_error: bool = True, **anthropic):
+    resources = {"campaign_policy": CampaignPolicyResource(max_messages_per_run=cap)}
+    if fake is not None:
+        resources["anthropic"] = AnthropicResource(api_key="test-key-not-a-secret", base_url=fake.url, **anthropic)
+    result = materialize(home, SELECT, as_of=AS_OF, raise_on_error=raise_on_error, **resources)
+    meta = {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+            for e in result.get_asset_materialization_events()}
+    return result, meta.get(SELECT, {})
+
+
+def messages(home) -> list[dict]:
+    cur_cols = [r[0] for r in query(home, "SELECT column_name FROM information_schema.columns WHERE table_schema='campaigns' AND table_name='retention_messages' ORDER BY ordinal_position")]
+    return [dict(zip(cur_cols, r)) for r in query(home, "SELECT * FROM campaigns.retention_messages ORDER BY created_at")]
+
+
+def at_risk(home) -> int:
+    return one(home, "SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction = 1")
+
+
+def decision_of(m) -> Decision:
+    return Decision(m["style"], tuple(m["languages"].split(",")), m["offer"], m["urgency"], m["season"])
+
+
+def assert_all_valid(home, msgs):
+    names = dict(query(home, "SELECT user_id, firstname FROM silver.churn_users"))
+    for m in msgs:
+        texts = json.loads(m["texts"])
+        name = names[m["user_id"]]
+        unpersonalized = {k: v.replace(name, "{{first_name}}", 1) for k, v in texts.items()}
+        assert problems(decision_of(m), m["subject"], unpersonalized) == [], m
+
+
+# --- offline ----------------------------------------------------------------------------------------
+
+
+def test_offline_every_at_risk_customer_within_the_cap_gets_a_valid_message(home):
+    result, meta = campaign(home, cap=300)
+    assert meta["mode"].startswith("offline") and meta["api_calls"] == 0
+    msgs = messages(home)
+    assert len(msgs) == 300 == meta["customers_targeted"] and {m["status"] for m in msgs} == {"ready"}
+    assert len({m["user_id"] for m in msgs}) == 300
+    # The 300 highest-risk customers (then value).
+    expected = [r[0] for r in query(home, """SELECT p.user_id FROM gold.churn_prediction p JOIN gold.churn_features f USING (user_id)
+        WHERE churn_prediction = 1 ORDER BY churn_probability DESC, total_amount DESC, p.user_id LIMIT 300""")]
+    assert sorted(m["user_id"] for m in msgs) == sorted(expected)
+    assert_all_valid(home, msgs)
+    assert meta["validation_pass_rate"] == 1.0
+    # The outbox: every ready message, pseudonymous ids only, nothing else.
+    outbox = [json.loads(line) for line in open(meta["outbox"])]
+    assert len(outbox) == 300 and {o["user_id"] for o in outbox} == {m["user_id"] for m in msgs}
+    emails = {r[0] for r in query(home, "SELECT email FROM bronze.churn_users_bronze")}
+    raw = open(meta["outbox"]).read()
+    assert not any(e in raw for e in list(emails)[:2000]) and "address" not in raw and "email" not in raw
+    # A second cycle, unchanged data: nobody inside the cooldown is written to again.
+    _, meta2 = campaign(home, cap=300)
+    assert meta2["customers_in_cooldown"] == 300 and len(messages(home)) == 300 + meta2["customers_targeted"]
+    assert not {m["user_id"] for m in messages(home)[300:]} & {m["user_id"] for m in msgs}
+
+
+# --- against the fake API, through the real SDK --------------------------------------------------------
+
+
+def test_success_no_pii_cached_rules_and_dedup(home):
+    with FakeAnthropic() as fake:
+        _, meta = campaign(home, fake)
+    msgs = messages(home)
+    assert len(msgs) == min(1000, at_risk(home)) and {m["status"] for m in msgs} == {"ready"}
+    assert {m["generator"] for m in msgs} == {"claude-haiku-5-5"}
+    assert_all_valid(home, msgs)
+    # One call per distinct decision, not per customer.
+    assert meta["api_calls"] == len(fake.requests) == meta["distinct_decisions"] == len({decision_of(m) for m in msgs}) < len(msgs) / 5
+    assert sum(m["cost_usd"] for m in msgs) == pytest.approx(meta["cost_usd"]) and meta["cost_usd"] > 0
+    for r in fake.requests:
+        assert r["headers"]["Authorization"] == "Bearer test-key-not-a-secret"
+        system = r["body"]["system"]
+        assert system[0]["cache_control"] == {"type": "ephemeral"} and "apparel retailer" in system[0]["text"]
+        assert "temperature" not in r["body"]
+    bodies = "\n".join(json.dumps(r["body"], ensure_ascii=False) for r in fake.requests)
+    people = query(home, "SELECT id, firstname, lastname, email, address FROM bronze.churn_users_bronze")
+    for user_id, first, last, email, address in people:
+        for value in (user_id, email, address, f'"{first}"', f" {first},", f" {last} ", f'"{last}"'):
+            assert value not in bodies
+    # Next cycle, unchanged data: nobody new to write to inside the cooldown, zero calls.
+    with FakeAnthropic() as fake2:
+        _, meta2 = campaign(home, fake2)
+    assert len(fake2.requests) == 0 and meta2["api_calls"] == 0
+
+
+def test_identical_decisions_are_not_asked_again_next_cycle(home):
+    with FakeAnthropic() as fake:
+        campaign(home, fake, cap=200)
+        first = len(fake.requests)
+        campaign(home, fake, cap=200)  # 200 other customers, mostly the same decisions
+    assert first > 0 and len(fake.requests) - first < first
+    assert len(set(fake.decisions_requested())) == len(fake.decisions_requested())  # never the same decision twice
+
+
+@pytest.mark.parametrize("error", ["429", "529", "500"])
+def test_transient_errors_are_retried_by_the_sdk(home, error):
+    with FakeAnthropic() as fake:
+        fake.script.extend([error, error])
+        _, meta = campaign(home, fake, cap=20, max_concurrency=1)
+    assert {m["status"] for m in messages(home)} == {"ready"}
+    assert {m["generator"] for m in messages(home)} == {"claude-haiku-5-5"}
+    assert len(fake.requests) == meta["distinct_decisions"] + 2
+    if error == "429":  # retry-after: 1 is obeyed
+        assert fake.requests[1]["at"] - fake.requests[0]["at"] >= 0.9
+
+
+def test_a_timeout_is_retried(home):
+    with FakeAnthropic() as fake:
+        fake.script.append("sleep3")
+        _, meta = campaign(home, fake, cap=10, max_concurrency=1, timeout_seconds=1.0)
+    assert {m["status"] for m in messages(home)} == {"ready"} and len(fake.requests) == meta["distinct_decisions"] + 1
+
+
+def test_malformed_output_gets_one_corrective_turn_then_the_template(home):
+    with FakeAnthropic() as fake:
+        fake.script.extend(["malformed", "ok"])  # the first decision: fixed on the corrective turn
+        fake.script.extend(["invalid", "malformed"])  # the second: template
+        _, meta = campaign(home, fake, cap=50, max_concurrency=1)
+    msgs = messages(home)
+    assert {m["status"] for m in msgs} == {"ready"}
+    corrective = fake.requests[1]["body"]["messages"]
+    assert len(corrective) == 3 and "broke these rules" in corrective[2]["content"]
+    fallbacks = [m for m in msgs if m["generator"] == "template"]
+    assert fallbacks and all("template after model invalid" in m["detail"] for m in fallbacks)
+    assert len({m["input_hash"] for m in fallbacks}) == 1
+    assert_all_valid(home, msgs)
+
+
+def test_a_refusal_falls_back_to_the_template(home):
+    with FakeAnthropic() as fake:
+        fake.script.append("refusal")
+        campaign(home, fake, cap=20, max_concurrency=1)
+    refused = [m for m in messages(home) if m["detail"] and "refused" in m["detail"]]
+    assert refused and {m["generator"] for m in refused} == {"template"} and {m["status"] for m in refused} == {"ready"}
+
+
+def test_without_fallback_statuses_say_what_happened(home):
+    with FakeAnthropic() as fake:
+        fake.script.extend(["refusal", "invalid", "invalid"])
+        materialize(home, SELECT, as_of=AS_OF,
+                    anthropic=AnthropicResource(api_key="k", base_url=fake.url, max_concurrency=1),
+                    campaign_policy=CampaignPolicyResource(max_messages_per_run=40, fallback_to_template=False))
+    statuses = {m["status"] for m in messages(home)}
+    assert {"refused", "invalid", "ready"} <= statuses
+    assert all(m["outbox"] is None for m in messages(home) if m["status"] != "ready")
+
+
+def test_spend_limit_stops_the_run_cleanly_without_retrying(home):
+    with FakeAnthropic() as fake:
+        fake.script.append("spend_limit")
+        result, meta = campaign(home, fake, cap=100, max_concurrency=1)
+    assert result.success
+    assert len(fake.requests) == 1  # not retried, and no call after it
+    assert "spend limit" in meta["stopped_early"]
+    assert {m["status"] for m in messages(home)} == {"skipped_budget"}
+    assert meta["customers_targeted"] == len(messages(home))
+
+
+def test_the_budget_holds(home):
+    with FakeAnthropic() as fake:
+        # One call costs ~0.0035 $ (1,500 cached-write tokens + output); 0.01 $ pays for two.
+        _, meta = campaign(home, fake, cap=500, max_concurrency=2, run_budget_usd=0.01)
+    assert 0 < meta["cost_usd"] <= 0.01
+    statuses = {m["status"] for m in messages(home)}
+    assert statuses == {"ready", "skipped_budget"}
+    assert len(fake.requests) <= 3
+
+
+def test_a_killed_run_loses_nothing_and_does_not_ask_again(home, tmp_path):
+    env = {**os.environ, "CHURN_HOME": str(home), "DAGSTER_HOME": str(tmp_path / "dh"), "CHURN_AS_OF": AS_OF,
+           "ANTHROPIC_API_KEY": "test-key", "CHURN_CAMPAIGN_MAX_MESSAGES": "400"}
+    with FakeAnthropic(latency=0.05) as fake:
+        env["ANTHROPIC_BASE_URL"] = fake.url
+        cmd = [sys.executable, "-m", "churn_assets.cli", "run", "--select", SELECT]
+        killed = subprocess.run(cmd, env={**env, "CHURN_TEST_KILL_AT": "after_generation:5"}, capture_output=True)
+        assert killed.returncode == -signal.SIGKILL
+        before = messages(home)
+        asked_first = list(fake.decisions_requested())
+        assert len(before) > 0 and all(m["outbox"] is None for m in before)
+        rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+    after = messages(home)
+    # Nothing generated before the kill was lost or asked for again...
+    assert {m["message_id"] for m in before} <= {m["message_id"] for m in after}
+    generated_before = {m["input_hash"] for m in before}
+    asked_again = [d for d in fake.decisions_requested()[len(asked_first):]]
+    assert not {json.dumps(json.loads(d), sort_keys=True) for d in asked_again} & {
+        json.dumps({"style": m["style"], "languages": m["languages"].split(","), "offer": m["offer"], "urgency": m["urgency"],
+                    "season": m["season"]}, sort_keys=True) for m in before}
+    assert generated_before
+    # ...no customer got two messages (the re-run is a run of its own: its cap of 400 goes
+    # to customers not yet written to), and every ready message reached an outbox.
+    assert len(after) == len({m["user_id"] for m in after}) == len(before) + 400
+    assert all(m["outbox"] for m in after if m["status"] == "ready")
+    lines = [json.loads(line) for f in (home / "outbox").glob("*.jsonl") for line in open(f)]
+    assert sorted(o["message_id"] for o in lines) == sorted(m["message_id"] for m in after if m["status"] == "ready")
