@@ -21,6 +21,10 @@ def _dagster_home() -> Path:
     """``DAGSTER_HOME``, defaulting to a persistent folder inside the data root."""
     home = Path(os.environ.get("DAGSTER_HOME") or settings.churn_home() / "dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        # Nothing is sent anywhere from this machine; say so instead of trying.
+        config.write_text("telemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -56,25 +60,36 @@ def run_cycle(selection: str | None = None) -> tuple[bool, float, str]:
     _dagster_home()
     instance = dg.DagsterInstance.get()
     t0 = time.perf_counter()
+    quiet = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     if selection:
         result = dg.materialize(
-            [*defs.assets, *defs.asset_checks], selection=selection, instance=instance, resources=defs.resources
+            [*defs.assets, *defs.asset_checks], selection=selection, instance=instance, resources=defs.resources,
+            run_config=quiet, raise_on_error=False,
         )
     else:
-        result = defs.resolve_job_def("churn_cycle").execute_in_process(instance=instance, raise_on_error=False)
-    return result.success, time.perf_counter() - t0, result.run_id
+        result = defs.resolve_job_def("churn_cycle").execute_in_process(instance=instance, raise_on_error=False, run_config=quiet)
+    return result.success, time.perf_counter() - t0, result.run_id, _champion_auc(result)
 
 
-def summary() -> str:
+def _champion_auc(result) -> float | None:
+    for event in result.get_asset_materialization_events():
+        if event.asset_key.to_user_string() == "ml/churn_model_champion":
+            meta = event.materialization.metadata
+            value = meta.get("challenger_holdout_roc_auc") if meta.get("decision") and meta["decision"].value == "promoted" else meta.get("champion_holdout_roc_auc")
+            return float(value.value) if value is not None and isinstance(value.value, (int, float)) else None
+    return None
+
+
+def summary(champion_auc: float | None = None) -> str:
     from churn_assets.summary import cycle_summary
 
-    return cycle_summary(settings.churn_home())
+    return cycle_summary(settings.churn_home(), champion_auc)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    ok, took, run_id = run_cycle(args.select)
+    ok, took, run_id, auc = run_cycle(args.select)
     print(f"\nrun {run_id} {'succeeded' if ok else 'FAILED'} in {took:.1f}s")
-    print(summary())
+    print(summary(auc))
     return 0 if ok else 1
 
 

@@ -12,28 +12,39 @@ from churn_assets.warehouse import scalar, table_exists
 LAYERS = [
     ("bronze", ["churn_users_bronze", "churn_orders_bronze", "churn_app_events", "quarantine"]),
     ("silver", ["churn_users", "churn_orders"]),
-    ("gold", ["churn_features"]),
+    ("gold", ["churn_features", "churn_prediction"]),
 ]
 
 
-def cycle_summary(home: Path) -> str:
+def cycle_summary(home: Path, champion_auc: float | None = None) -> str:
     path = warehouse_path(home)
     if not path.exists():
         return f"no warehouse yet at {path}"
     con = duckdb.connect(str(path), read_only=True)
     try:
-        lines = [f"warehouse: {path}"]
+        lines = [f"warehouse  {path}"]
         for schema, tables in LAYERS:
-            counts = [
-                f"{t} {scalar(con, f'SELECT count(*) FROM {schema}.{t}'):,}"
-                for t in tables
-                if table_exists(con, schema, t)
-            ]
+            counts = [f"{t} {scalar(con, f'SELECT count(*) FROM {schema}.{t}'):,}" for t in tables if table_exists(con, schema, t)]
             lines.append(f"  {schema:<7} " + ", ".join(counts))
-        files = con.execute(
-            "SELECT status, count(*) FROM bronze.ingest_manifest GROUP BY status ORDER BY status"
-        ).fetchall()
+        files = con.execute("SELECT status, count(*) FROM bronze.ingest_manifest GROUP BY status ORDER BY status").fetchall()
         lines.append("  files   " + ", ".join(f"{s} {n}" for s, n in files))
-        return "\n".join(lines)
+        if table_exists(con, "gold", "churn_prediction"):
+            version, at_risk = con.execute(
+                "SELECT any_value(model_version), count(*) FILTER (churn_prediction = 1) FROM gold.churn_prediction"
+            ).fetchall()[0]
+            auc = f", holdout ROC AUC {champion_auc:.3f}" if champion_auc is not None else ""
+            lines.append(f"model      churn_model v{version} (champion{auc}); customers at risk {at_risk:,}")
+        if table_exists(con, "campaigns", "retention_messages"):
+            rows = con.execute("SELECT status, generator, count(*) FROM campaigns.retention_messages GROUP BY ALL ORDER BY 1, 2").fetchall()
+            lines.append("messages   " + ", ".join(f"{n:,} {s} ({g})" for s, g, n in rows))
     finally:
         con.close()
+    dashboard = home / "dashboard" / "index.html"
+    outboxes = sorted((home / "outbox").glob("*.jsonl"), key=lambda p: p.stat().st_mtime) if (home / "outbox").is_dir() else []
+    if dashboard.exists():
+        lines.append(f"dashboard  {dashboard.as_uri()}")
+    if outboxes:
+        lines.append(f"outbox     {outboxes[-1]}")
+    lines.append(f"MLflow     mlflow ui --backend-store-uri sqlite:///{home / 'mlflow' / 'mlflow.db'} --port 5000")
+    lines.append("Dagster UI dagster dev   (then http://127.0.0.1:3000)")
+    return "\n".join(lines)
