@@ -34,9 +34,25 @@ def test_asset_graph_snapshot():
         "ml/churn_model": ("ml", ["lightgbm", "mlflow"], ["gold/churn_features"]),
         "ml/churn_model_champion": ("ml", ["mlflow"], ["ml/churn_model"]),
         "gold/churn_prediction": ("gold", ["duckdb", "mlflow"], ["gold/churn_features", "ml/churn_model_champion"]),
+        "campaigns/retention_messages": ("campaigns", ["anthropic", "duckdb"],
+                                         ["gold/churn_features", "gold/churn_prediction", "silver/churn_orders", "silver/churn_users"]),
     }
     for key in graph.get_all_asset_keys():
         assert graph.get(key).description
+
+
+def test_cycle_job_covers_every_asset_and_runs_in_one_process():
+    job = defs.resolve_job_def("churn_cycle")
+    graph = defs.resolve_asset_graph()
+    assert set(job.asset_layer.executable_asset_keys) == set(graph.get_all_asset_keys())
+    assert job.executor_def.name == "in_process"
+
+
+def test_network_steps_retry():
+    graph = defs.resolve_asset_graph()
+    campaign = defs.resolve_assets_def(dg.AssetKey(["campaigns", "retention_messages"]))
+    assert campaign.op.retry_policy is not None and campaign.op.retry_policy.max_retries == 2
+    assert graph.get(dg.AssetKey(["campaigns", "retention_messages"])).group_name == "campaigns"
 
 
 def test_checks_and_blocking():
