@@ -23,8 +23,8 @@ def _dagster_home() -> Path:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        # Nothing is sent anywhere from this machine; say so instead of trying.
-        config.write_text("telemetry:\n  enabled: false\n")
+        # The project's instance settings: one run at a time, run monitoring, run retries.
+        config.write_text((Path(__file__).parent / "automation" / "dagster.yaml").read_text())
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -111,6 +111,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_run(argparse.Namespace(select=None))
 
 
+def cmd_mode(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from churn_assets.automation import mode as modes
+
+    _dagster_home()
+    with dg.DagsterInstance.get() as instance:
+        if args.mode:
+            on = modes.set_mode(instance, args.mode)
+            print(f"cadence: {', '.join(on)} (switched; the daemon of `churn ui` / `dagster dev` applies it)")
+        else:
+            on = modes.current_modes(instance)
+            print(f"cadence: {', '.join(on) or 'none (every trigger is off)'}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """`dagster dev` (webserver and daemon) on the project's persistent instance."""
+    home = _dagster_home()
+    os.environ.setdefault("CHURN_HOME", str(settings.churn_home()))
+    print(f"DAGSTER_HOME={home}; the UI on http://{args.host}:{args.port}")
+    os.execvp("dagster", ["dagster", "dev", "-m", "churn_assets.definitions", "-h", args.host, "-p", str(args.port)])
+    return 0
+
+
 def cmd_summary(_args: argparse.Namespace) -> int:
     print(summary())
     return 0
@@ -137,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="generate reference-scale data if landing is empty, then run the cycle")
     d.add_argument("--customers", type=int, default=100_000)
     d.set_defaults(func=cmd_demo)
+
+    m = sub.add_parser("mode", help="show or switch the cadence: hourly | continuous | auto")
+    m.add_argument("mode", nargs="?", choices=["hourly", "continuous", "auto"])
+    m.set_defaults(func=cmd_mode)
+
+    u = sub.add_parser("ui", help="the Dagster UI and daemon (dagster dev) on the persistent instance")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=3000)
+    u.set_defaults(func=cmd_ui)
 
     s = sub.add_parser("summary", help="rows per layer and where the outputs are")
     s.set_defaults(func=cmd_summary)

@@ -20,7 +20,7 @@ from churn_assets import settings
 from churn_assets.warehouse import connect, ensure_schema
 
 
-def env_or(name: str, default: str):
+def env_or(name: str, default: str | None):
     """``dg.EnvVar(name)`` where the variable is set, else the documented default."""
     return dg.EnvVar(name) if os.environ.get(name) else default
 
@@ -153,6 +153,18 @@ class CampaignPolicyResource(dg.ConfigurableResource):
     fallback_to_template: bool = True
 
 
+def _alerts(home: Path):
+    from churn_assets.automation.alerts import AlertsResource
+
+    return AlertsResource(
+        store_path=str(home / "ops" / "alerts.db"),
+        webhook_url=env_or("CHURN_ALERT_WEBHOOK", None),
+        slack_token=env_or("SLACK_BOT_TOKEN", None),
+        slack_channel=os.environ.get("CHURN_SLACK_CHANNEL"),
+        ui_url=os.environ.get("CHURN_UI_URL", "http://127.0.0.1:3000"),
+    )
+
+
 def default_resources(home: Path | None = None, *, as_of: str | None = None, settle_seconds: float | None = None) -> dict:
     """The resources of a code location rooted at ``home`` (default ``CHURN_HOME``).
 
@@ -189,6 +201,7 @@ def default_resources(home: Path | None = None, *, as_of: str | None = None, set
             cooldown_days=int(os.environ.get("CHURN_CAMPAIGN_COOLDOWN_DAYS", "7")),
             max_messages_per_run=int(os.environ.get("CHURN_CAMPAIGN_MAX_MESSAGES", "1000")),
         ),
+        "alerts": _alerts(home),
         "model_policy": ModelPolicyResource(
             retrain_min_new_rows=int(os.environ.get("CHURN_RETRAIN_MIN_NEW_ROWS", "0")),
             promotion_tolerance=float(os.environ.get("CHURN_PROMOTION_TOLERANCE", "0")),

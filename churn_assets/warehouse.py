@@ -52,10 +52,6 @@ DDL = [
     "CREATE TABLE IF NOT EXISTS ops.gold_pending_users (user_id VARCHAR)",
     # What gold was last built against (its as-of date decides whether day counts move).
     """CREATE TABLE IF NOT EXISTS ops.gold_state (table_name VARCHAR, as_of TIMESTAMP, built_at TIMESTAMP)""",
-    # Alerts raised by the monitoring sensors; the pipeline-health dashboard reads it.
-    """CREATE TABLE IF NOT EXISTS ops.alerts (
-        alert_id VARCHAR, raised_at TIMESTAMP, kind VARCHAR, job_name VARCHAR, run_id VARCHAR,
-        reason VARCHAR, link VARCHAR, delivered_to VARCHAR)""",
     # Per run, per table, per expectation: the data-quality dashboard reads this.
     """CREATE TABLE IF NOT EXISTS ops.data_quality (
         run_id VARCHAR, checked_at TIMESTAMP, layer VARCHAR, table_name VARCHAR,

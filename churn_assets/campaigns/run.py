@@ -18,7 +18,7 @@ from churn_assets.campaigns.decide import Decision, decide
 from churn_assets.campaigns.prompts import PROMPT_VERSION
 from churn_assets.campaigns.templates import PLACEHOLDER
 from churn_assets.campaigns.validate import problems
-from churn_assets.campaigns.writer import Generation, template_generation
+from churn_assets.campaigns.generation import Generation, template_generation
 from churn_assets.faults import fault_point
 
 DDL = [

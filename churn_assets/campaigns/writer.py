@@ -9,13 +9,13 @@ template. Every call's cost is reserved against the run's budget before it is ma
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anthropic
 
 from churn_assets.campaigns.decide import Decision
 from churn_assets.campaigns.prompts import RULES, corrective_message, parse_answer, system_blocks, user_message
-from churn_assets.campaigns.templates import template_copy
+from churn_assets.campaigns.generation import Generation
 from churn_assets.campaigns.validate import problems
 
 
@@ -33,20 +33,6 @@ class Prices:
             + (getattr(usage, "cache_creation_input_tokens", 0) or 0) * self.cache_write_per_mtok
             + (getattr(usage, "cache_read_input_tokens", 0) or 0) * self.cache_read_per_mtok
         ) / 1_000_000
-
-
-@dataclass
-class Generation:
-    decision: Decision
-    generator: str
-    status: str  # ok | invalid | refused | failed | skipped_budget
-    subject: str | None = None
-    texts: dict[str, str] = field(default_factory=dict)
-    api_calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    detail: str | None = None
 
 
 class Budget:
@@ -74,11 +60,6 @@ class Budget:
 def is_spend_limit(exc: anthropic.APIStatusError) -> bool:
     text = str(getattr(exc, "message", "") or exc).lower()
     return exc.status_code == 429 and any(w in text for w in ("spend limit", "credit balance", "billing", "usage limit"))
-
-
-def template_generation(decision: Decision) -> Generation:
-    subject, texts = template_copy(decision)
-    return Generation(decision, "template", "ok", subject, texts)
 
 
 class ClaudeWriter:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from churn_assets.automation.alerts import AlertsResource
 from churn_assets.dashboards.metrics import METRICS, Metric
 from churn_assets.dashboards.page import markdown_image, png_of, render
 from churn_assets.metadata import table_metadata
@@ -68,8 +69,30 @@ def pipeline_runs(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         return dg.MaterializeResult(metadata=table_metadata(con, "dashboard.pipeline_runs"))
 
 
+@dg.asset(
+    key=["dashboard", "alerts"],
+    group_name="dashboard",
+    kinds={"duckdb", "sqlite"},
+    pool="duckdb_warehouse",
+    description="Alerts raised by the cycle's monitoring (failed and abnormally long runs, cadence switches), "
+    "copied from the alerts store the sensors write (table dashboard.alerts).",
+)
+def alerts_figure(warehouse: WarehouseResource, alerts: AlertsResource) -> dg.MaterializeResult:
+    import polars as pl
+
+    rows = alerts.store().all()[:200]
+    frame = pl.DataFrame(
+        [{k: r[k] for k in ("raised_at", "kind", "job_name", "run_id", "reason", "link")} for r in rows],
+        schema={"raised_at": pl.Utf8, "kind": pl.Utf8, "job_name": pl.Utf8, "run_id": pl.Utf8, "reason": pl.Utf8, "link": pl.Utf8},
+    ).with_columns(pl.col("raised_at").str.to_datetime(strict=False))
+    with warehouse.get_connection() as con:
+        with transaction(con), registered(con, "_alerts", frame):
+            con.execute("CREATE OR REPLACE TABLE dashboard.alerts AS SELECT * FROM _alerts ORDER BY raised_at DESC")
+        return dg.MaterializeResult(metadata=table_metadata(con, "dashboard.alerts"))
+
+
 metric_assets = [_metric_asset(m) for m in METRICS]
-FIGURES = [m.name for m in METRICS] + ["pipeline_runs"]
+FIGURES = [m.name for m in METRICS] + ["pipeline_runs", "alerts"]
 
 
 @dg.asset(
@@ -112,4 +135,4 @@ def dashboard_page(warehouse: WarehouseResource, pipeline_settings: PipelineSett
     )
 
 
-assets = [*metric_assets, pipeline_runs, dashboard_page]
+assets = [*metric_assets, pipeline_runs, alerts_figure, dashboard_page]

@@ -133,9 +133,4 @@ METRICS = [
            ) ORDER BY CASE layer WHEN 'bronze' THEN 1 WHEN 'silver' THEN 2 WHEN 'gold' THEN 3 ELSE 4 END""",
         "When each layer last took in new data (UTC).",
     ),
-    Metric(
-        "alerts", "pipeline health", (),
-        """SELECT raised_at, kind, job_name, run_id, reason, link FROM ops.alerts ORDER BY raised_at DESC LIMIT 200""",
-        "Alerts raised by the cycle's monitoring (failed runs, abnormally long runs, cadence switches).",
-    ),
 ]

@@ -10,13 +10,13 @@ import numpy as np
 import polars as pl
 
 from churn_assets.metadata import markdown_table, table_metadata
-from churn_assets.ml import registry
 from churn_assets.ml.features import FEATURES, LABEL, load_features, to_model_frame
-from churn_assets.ml.train import best_threshold, evaluate, feature_importance, train
 from churn_assets.resources import MLflowResource, ModelPolicyResource, PipelineSettingsResource, WarehouseResource
 from churn_assets.warehouse import registered, scalar, transaction
 
 MODEL_KEY = dg.AssetKey(["ml", "churn_model"])
+# MLflow, LightGBM and scikit-learn are imported inside the steps that use them: every
+# run and every sensor tick loads this module, and they cost ~2 s to import.
 
 
 class TrainConfig(dg.Config):
@@ -70,6 +70,9 @@ def churn_model(
     model_policy: ModelPolicyResource,
     pipeline_settings: PipelineSettingsResource,
 ) -> dg.MaterializeResult:
+    from churn_assets.ml import registry
+    from churn_assets.ml.train import best_threshold, evaluate, feature_importance, train
+
     client, experiment_id = mlflow_store.open()
     with warehouse.get_connection() as con:
         landed = _landed_rows(con)
@@ -157,6 +160,8 @@ def churn_model_better_than_chance(context: dg.AssetCheckExecutionContext, model
 def _holdout_auc(model_name: str, version: str, frame, labels) -> float:
     from sklearn.metrics import roc_auc_score
 
+    from churn_assets.ml import registry
+
     return float(roc_auc_score(labels, registry.load_model(model_name, version).predict(frame)))
 
 
@@ -165,6 +170,7 @@ def _holdout_auc(model_name: str, version: str, frame, labels) -> float:
     deps=[MODEL_KEY],
     group_name="ml",
     kinds={"mlflow"},
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
     description="Champion / challenger: the new version gets the alias 'champion' only if its holdout ROC AUC, "
     "scored now from the registry on the current holdout, is not worse than the current champion's on the same "
     "rows (within the policy's tolerance); otherwise it keeps 'challenger'. The first model becomes champion.",
@@ -175,6 +181,8 @@ def churn_model_champion(
     mlflow_store: MLflowResource,
     model_policy: ModelPolicyResource,
 ) -> dg.MaterializeResult:
+    from churn_assets.ml import registry
+
     client, _ = mlflow_store.open()
     name = mlflow_store.model_name
     champion = registry.version_by_alias(client, name, registry.CHAMPION)
@@ -220,11 +228,15 @@ def churn_model_champion(
     group_name="gold",
     kinds={"duckdb", "mlflow"},
     pool="duckdb_warehouse",
+    # A remote MLflow store is a network dependency: a transient fault retries the step.
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
     description="Every customer of gold.churn_features scored by models:/churn_model@champion, loaded from the "
     "registry (so a champion from an earlier run serves): churn probability, predicted label at the threshold "
     "chosen on the holdout, model name and version, scoring time. Replaced whole, only after scoring succeeded.",
 )
 def churn_prediction(context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow_store: MLflowResource) -> dg.MaterializeResult:
+    from churn_assets.ml import registry
+
     client, _ = mlflow_store.open()
     name = mlflow_store.model_name
     try:

@@ -1,0 +1,175 @@
+"""The cadence triggers and the monitoring, unit by unit (Dagster's build contexts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import dagster as dg
+import pytest
+
+from churn_assets.automation.alerts import AlertsResource, duration_verdict
+from churn_assets.automation.settings import Cadence
+from churn_assets.automation.triggers import (
+    AutoState, auto_cadence, churn_failure_alerts, churn_hourly, churn_landing_sensor, run_key_for,
+)
+from churn_assets.resources import LandingZoneResource
+
+
+@pytest.fixture
+def instance():
+    # A real (temporary) instance: schedule contexts need one they can reload.
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def land(root, rel, age_seconds=60.0):
+    path = root / "landing" / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"id":"x"}\n')
+    t = time.time() - age_seconds
+    os.utime(path, (t, t))
+    return path
+
+
+def sensor_context(home, instance, cursor=None):
+    return dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"landing": LandingZoneResource(root=str(home / "landing"), settle_seconds=5)}
+    )
+
+
+def add_run(instance, status):
+    run = dg.DagsterRun(job_name="churn_cycle", run_id=f"run-{status.value.lower()}", status=status)
+    instance.add_run(run)
+    return run
+
+
+def test_landing_sensor_takes_complete_files_once_in_one_run(tmp_path, instance):
+    land(tmp_path, "users/a.json", age_seconds=61)
+    land(tmp_path, "orders/b.json", age_seconds=60)
+    land(tmp_path, "events/.c.csv.tmp")  # a writer's temporary: never data
+    young = land(tmp_path, "events/d.csv", age_seconds=1)  # still settling
+    result = churn_landing_sensor(sensor_context(tmp_path, instance))
+    assert isinstance(result, dg.RunRequest)
+    assert result.tags["churn/files"] == "2" and result.tags["churn/trigger"] == "landing_sensor"
+    ctx = sensor_context(tmp_path, instance)
+    result = churn_landing_sensor(ctx)
+    cursor = ctx.cursor
+    assert json.loads(cursor)[1] == "orders/b.json"  # up to the newest file taken
+    # Nothing new: skip, whatever the number of ticks.
+    assert isinstance(churn_landing_sensor(sensor_context(tmp_path, instance, cursor)), dg.SkipReason)
+    # Once settled, the young file is taken, alone, under another run key.
+    old = time.time() - 30
+    os.utime(young, (old, old))
+    nxt = churn_landing_sensor(sensor_context(tmp_path, instance, cursor))
+    assert isinstance(nxt, dg.RunRequest) and nxt.tags["churn/files"] == "1" and nxt.run_key != result.run_key
+
+
+def test_run_key_is_the_file_set():
+    class F:
+        def __init__(self, p):
+            self.relpath = p
+
+    assert run_key_for([F("a"), F("b")]) == run_key_for([F("b"), F("a")]) != run_key_for([F("a")])
+
+
+@pytest.mark.parametrize("status", [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED])
+def test_no_run_while_a_cycle_is_pending_and_the_files_wait(tmp_path, status, instance):
+    land(tmp_path, "users/a.json")
+    add_run(instance, status)
+    ctx = sensor_context(tmp_path, instance)
+    result = churn_landing_sensor(ctx)
+    assert isinstance(result, dg.SkipReason) and "wait" in result.skip_message
+    assert ctx.cursor is None  # not consumed: the next tick takes them
+    assert isinstance(churn_hourly(dg.build_schedule_context(instance=instance)), dg.SkipReason)
+
+
+def test_hourly_schedule_requests_the_whole_cycle(instance):
+    add_run(instance, dg.DagsterRunStatus.SUCCESS)  # finished runs do not count
+    request = churn_hourly(dg.build_schedule_context(instance=instance))
+    assert isinstance(request, dg.RunRequest) and request.asset_selection is None
+    assert churn_hourly.cron_schedule == "0 * * * *" and churn_hourly.execution_timezone == "UTC"
+
+
+def test_expensive_steps_only_when_due(tmp_path, instance):
+    land(tmp_path, "users/a.json")
+    first = churn_landing_sensor(sensor_context(tmp_path, instance))
+    assert first.asset_selection is None and first.tags["churn/skipped"] == "none"  # nothing ever trained: due
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=["ml", "churn_model"]))
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=["campaigns", "retention_messages"]))
+    land(tmp_path, "users/b.json")
+    later = churn_landing_sensor(sensor_context(tmp_path, instance))
+    keys = {k.to_user_string() for k in later.asset_selection}
+    assert later.tags["churn/skipped"] == "retraining,campaign"
+    assert "gold/churn_prediction" in keys and "dashboard/page" in keys and "bronze/churn_users_bronze" in keys
+    assert not keys & {"ml/churn_model", "ml/churn_model_champion", "campaigns/retention_messages"}
+
+
+def test_duration_rule():
+    history = [10.0, 12.0, 11.0, 9.0]
+    assert duration_verdict(20, history, 3, 3, 0) is None
+    assert "3 x the median 10.5s" in duration_verdict(40, history, 3, 3, 0)
+    assert duration_verdict(40, history[:2], 3, 3, 0) is None  # too little history to judge
+    assert "ceiling of 30s" in duration_verdict(31, [], 3, 3, 30)
+
+
+def test_auto_cadence_switches_with_hysteresis():
+    c = Cadence(auto_up_files_per_minute=1.0, auto_window_minutes=10, auto_quiet_minutes=30)
+    now = 100_000.0
+    state, reason = auto_cadence(AutoState(), [now - 60 * i for i in range(5)], now, c)
+    assert state.mode == "hourly" and reason is None  # 0.5 files/min
+    state, reason = auto_cadence(state, [now - 30 * i for i in range(12)], now, c)
+    assert state.mode == "continuous" and "files/min" in reason
+    # Slower, but files still come: stays continuous (no flapping)...
+    state2, reason = auto_cadence(state, [now + 600], now + 700, c)
+    assert state2.mode == "continuous" and reason is None
+    # ...until a quiet period without any file.
+    state3, reason = auto_cadence(state2, [now + 600], now + 600 + 31 * 60, c)
+    assert state3.mode == "hourly" and "no file for 30 min" in reason
+
+
+class Hook:
+    def __init__(self):
+        self.received = []
+        hook = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                hook.received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_failed_run_raises_exactly_one_alert(tmp_path, instance):
+    hook = Hook()
+    alerts = AlertsResource(store_path=str(tmp_path / "alerts.db"), webhook_url=hook.url, ui_url="http://ui")
+
+    @dg.asset
+    def broken():
+        raise RuntimeError("the disk is full")
+
+    result = dg.materialize([broken], instance=instance, raise_on_error=False)
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+    context = dg.build_run_status_sensor_context(
+        sensor_name="churn_failure_alerts", dagster_instance=instance, dagster_run=result.dagster_run, dagster_event=failure,
+        resources={"alerts": alerts},
+    ).for_run_failure()
+    churn_failure_alerts(context)
+    churn_failure_alerts(context)  # the same failure seen twice: still one alert
+    assert len(hook.received) == 1
+    alert = hook.received[0]
+    assert alert["kind"] == "failure" and alert["run_id"] == result.run_id and alert["job_name"] == result.dagster_run.job_name
+    assert alert["link"] == f"http://ui/runs/{result.run_id}" and alert["reason"]
+    stored = alerts.store().all()
+    assert len(stored) == 1 and stored[0]["delivered_to"] == "table,webhook"
+    hook.server.shutdown()
