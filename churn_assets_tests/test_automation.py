@@ -35,9 +35,9 @@ def land(root, rel, age_seconds=60.0):
     return path
 
 
-def sensor_context(home, instance, cursor=None):
+def sensor_context(home, instance, cursor=None, settle=5):
     return dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"landing": LandingZoneResource(root=str(home / "landing"), settle_seconds=5)}
+        instance=instance, cursor=cursor, resources={"landing": LandingZoneResource(root=str(home / "landing"), settle_seconds=settle)}
     )
 
 
@@ -66,6 +66,23 @@ def test_landing_sensor_takes_complete_files_once_in_one_run(tmp_path, instance)
     os.utime(young, (old, old))
     nxt = churn_landing_sensor(sensor_context(tmp_path, instance, cursor))
     assert isinstance(nxt, dg.RunRequest) and nxt.tags["churn/files"] == "1" and nxt.run_key != result.run_key
+
+
+def test_a_new_sensor_does_not_replay_what_the_last_cycle_saw(tmp_path, instance):
+    @dg.op
+    def noop():
+        pass
+
+    @dg.job(name="churn_cycle")
+    def a_cycle():
+        noop()
+
+    land(tmp_path, "users/old.json", age_seconds=600)
+    assert a_cycle.execute_in_process(instance=instance).success  # a successful cycle saw old.json
+    assert isinstance(churn_landing_sensor(sensor_context(tmp_path, instance, settle=0)), dg.SkipReason)
+    land(tmp_path, "users/new.json", age_seconds=0)
+    request = churn_landing_sensor(sensor_context(tmp_path, instance, settle=0))
+    assert isinstance(request, dg.RunRequest) and request.tags["churn/files"] == "1"
 
 
 def test_run_key_is_the_file_set():

@@ -79,6 +79,15 @@ def auto_cadence(state: AutoState, arrivals: list[float], now: float, cadence: C
 # --- helpers on the instance ---------------------------------------------------------------------
 
 
+def default_after(instance: dg.DagsterInstance) -> tuple[float, str] | None:
+    """Where a sensor without a cursor starts: after the files the last successful cycle
+    could already see (its start), so switching to continuous does not replay history."""
+    records = instance.get_run_records(
+        dg.RunsFilter(job_name=churn_cycle.name, statuses=[dg.DagsterRunStatus.SUCCESS]), limit=1
+    )
+    return (records[0].start_time, "") if records and records[0].start_time else None
+
+
 def pending_runs(instance: dg.DagsterInstance) -> int:
     return len(instance.get_run_ids(dg.RunsFilter(job_name=churn_cycle.name, statuses=PENDING)))
 
@@ -144,7 +153,7 @@ def churn_hourly(context: dg.ScheduleEvaluationContext):
     "set); never starts a run while a cycle is pending. Retraining and the campaign run only when due.",
 )
 def churn_landing_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource):
-    after = json.loads(context.cursor) if context.cursor else None
+    after = json.loads(context.cursor) if context.cursor else default_after(context.instance)
     files = new_files(Path(landing.root), after, landing.settle_seconds, time.time())
     if not files:
         return dg.SkipReason("no new complete file")
@@ -172,7 +181,7 @@ def churn_auto_cadence(context: dg.SensorEvaluationContext, landing: LandingZone
     if reason:
         context.log.info(f"cadence switched to {state.mode}: {reason}")
         alerts.raise_alert("mode_switch", churn_cycle.name, f"auto-{int(now)}", f"cadence switched to {state.mode}: {reason}", context.log)
-    after = cursor.get("after")
+    after = cursor.get("after") or default_after(context.instance)
     request = None
     if pending_runs(context.instance) < CADENCE.max_pending_runs:
         if state.mode == "continuous":
@@ -191,6 +200,7 @@ def churn_auto_cadence(context: dg.SensorEvaluationContext, landing: LandingZone
 
 @dg.run_failure_sensor(
     name="churn_failure_alerts",
+    minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="One alert per failed run (run id, job, reason, link): alerts table, webhook, Slack.",
 )

@@ -1,0 +1,149 @@
+"""A live Dagster deployment for end-to-end tests and benchmarks: the real webserver and
+daemon (``dagster dev``) on 127.0.0.1, on a persistent instance configured like
+production (the project's dagster.yaml), with a webhook receiver for alerts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import dagster as dg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Webhook:
+    """Records every JSON body POSTed to it."""
+
+    def __init__(self):
+        self.received: list[dict] = []
+        hook = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                hook.received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class LiveDagster:
+    def __init__(self, churn_home: Path, env: dict | None = None):
+        self.churn_home = churn_home
+        self.dagster_home = churn_home / "dagster_home"
+        self.dagster_home.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "churn_assets" / "automation" / "dagster.yaml", self.dagster_home / "dagster.yaml")
+        self.port = free_port()
+        self.webhook = Webhook()
+        self.env = {
+            **os.environ,
+            "CHURN_HOME": str(churn_home),
+            "DAGSTER_HOME": str(self.dagster_home),
+            "CHURN_SETTLE_SECONDS": "0.5",
+            "CHURN_SENSOR_INTERVAL_SECONDS": "2",
+            "CHURN_ALERT_WEBHOOK": self.webhook.url,
+            "CHURN_UI_URL": f"http://127.0.0.1:{self.port}",
+            "DAGSTER_DISABLE_TELEMETRY": "1",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen | None = None
+        self.log = open(churn_home / "dagster-dev.log", "wb")
+
+    def __enter__(self) -> LiveDagster:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dagster", "dev", "-m", "churn_assets.definitions", "-h", "127.0.0.1", "-p", str(self.port)],
+            cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/server_info", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        else:
+            raise RuntimeError("dagster dev did not come up: " + (self.churn_home / "dagster-dev.log").read_text()[-3000:])
+        os.environ["DAGSTER_HOME"] = str(self.dagster_home)
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.webhook.close()
+        self.log.close()
+
+    # --- talking to it -----------------------------------------------------------------------------
+
+    def graphql(self):
+        from dagster_graphql import DagsterGraphQLClient
+
+        return DagsterGraphQLClient("127.0.0.1", port_number=self.port)
+
+    def submit(self, run_config: dict | None = None) -> str:
+        return self.graphql().submit_job_execution("churn_cycle", run_config=run_config or {})
+
+    def instance(self) -> dg.DagsterInstance:
+        from dagster._core.instance.ref import InstanceRef
+
+        return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.dagster_home)))
+
+    def churn(self, *args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "churn_assets.cli", *args], env=self.env, cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
+
+    def wait_run(self, run_id: str, timeout: float = 240) -> dg.DagsterRunStatus:
+        done = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+        deadline = time.time() + timeout
+        with self.instance() as instance:
+            while time.time() < deadline:
+                run = instance.get_run_by_id(run_id)
+                if run and run.status in done:
+                    return run.status
+                time.sleep(1)
+        raise TimeoutError(f"run {run_id} did not finish in {timeout}s")
+
+    def wait_for(self, predicate, timeout: float = 240, every: float = 1.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(every)
+        raise TimeoutError(f"condition not met in {timeout}s; log tail: {(self.churn_home / 'dagster-dev.log').read_text()[-3000:]}")
+
+    def runs(self, **tags) -> list:
+        with self.instance() as instance:
+            return instance.get_run_records(dg.RunsFilter(job_name="churn_cycle", tags=tags or None))

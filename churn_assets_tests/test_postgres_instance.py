@@ -1,0 +1,73 @@
+"""The production instance: Dagster's storage on a real PostgreSQL server (dagster-postgres),
+started by the test on 127.0.0.1, configured by the project's dagster.postgres.yaml."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from churn_assets.definitions import defs
+from churn_assets.generator import generate_history
+from churn_assets.resources import default_resources
+from churn_assets_tests.conftest import REPO
+from churn_assets_tests.live import free_port
+
+BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    if not BIN or not shutil.which("runuser"):
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: .ci/run installs Debian's postgresql package")
+        pytest.skip("no PostgreSQL server binaries")
+    # Outside pytest's root-only tmp tree: the server runs as the postgres user.
+    data = Path(tempfile.mkdtemp(prefix="churn-pg-"))
+    shutil.chown(data, "postgres", "postgres")
+    port = free_port()
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_pg, f"{BIN[-1]}/initdb", "-D", str(data), "-A", "trust", "-U", "dagster"], check=True, capture_output=True)
+    subprocess.run([*as_pg, f"{BIN[-1]}/pg_ctl", "-D", str(data), "-w", "-l", str(data / "log"), "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    subprocess.run([*as_pg, f"{BIN[-1]}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "dagster", "dagster"], check=True)
+    try:
+        yield port
+    finally:
+        subprocess.run([*as_pg, f"{BIN[-1]}/pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_runs_and_events_are_stored_in_postgres(postgres, tmp_path, monkeypatch):
+    import psycopg2
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "churn_assets" / "automation" / "dagster.postgres.yaml", home / "dagster.yaml")
+    for k, v in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(postgres), "DAGSTER_PG_DB": "dagster",
+                 "DAGSTER_PG_USER": "dagster", "DAGSTER_PG_PASSWORD": "unused-with-trust"}.items():
+        monkeypatch.setenv(k, v)
+    churn_home = tmp_path / "churn"
+    generate_history(churn_home, customers=1_500, seed=8, end=date(2026, 11, 1), progress=False)
+    from dagster._core.instance.ref import InstanceRef
+
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks], selection="*gold/churn_features", instance=instance,
+            resources=default_resources(churn_home, as_of="2026-11-01", settle_seconds=0),
+        )
+        assert result.success
+        assert instance.get_latest_materialization_event(dg.AssetKey(["gold", "churn_features"])) is not None
+    with psycopg2.connect(host="127.0.0.1", port=postgres, dbname="dagster", user="dagster") as db, db.cursor() as cur:
+        cur.execute("SELECT status FROM runs WHERE run_id = %s", [result.run_id])
+        assert cur.fetchone()[0] == "SUCCESS"
+        cur.execute("SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION'", [result.run_id])
+        assert cur.fetchone()[0] == 6  # three bronze, two silver, one gold
