@@ -14,7 +14,7 @@ def _f(name: str, default: str) -> float:
 class Cadence:
     cron: str = field(default_factory=lambda: os.environ.get("CHURN_SCHEDULE_CRON", "0 * * * *"))
     timezone: str = field(default_factory=lambda: os.environ.get("CHURN_SCHEDULE_TIMEZONE", "UTC"))
-    sensor_interval_seconds: int = field(default_factory=lambda: int(_f("CHURN_SENSOR_INTERVAL_SECONDS", "5")))
+    sensor_interval_seconds: int = field(default_factory=lambda: int(_f("CHURN_SENSOR_INTERVAL_SECONDS", "3")))
     # Continuous mode: the expensive steps run only when due.
     retrain_every_minutes: float = field(default_factory=lambda: _f("CHURN_CONTINUOUS_RETRAIN_MINUTES", "60"))
     campaign_every_minutes: float = field(default_factory=lambda: _f("CHURN_CONTINUOUS_CAMPAIGN_MINUTES", "60"))
