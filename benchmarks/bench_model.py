@@ -30,6 +30,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import step_seconds  # noqa: E402
 from churn_assets.definitions import defs  # noqa: E402
 from churn_assets.generator import generate_history  # noqa: E402
 from churn_assets.ml.features import LABEL, load_features, to_model_frame  # noqa: E402
@@ -37,19 +38,6 @@ from churn_assets.ml.train import train  # noqa: E402
 from churn_assets.resources import default_resources  # noqa: E402
 
 AS_OF = "2026-11-01T06:00:00"
-
-
-def step_seconds(instance, run_id: str) -> dict[str, float]:
-    starts, out = {}, {}
-    for record in instance.all_logs(run_id):
-        ev = record.dagster_event
-        if ev is None:
-            continue
-        if ev.event_type_value == "STEP_START":
-            starts[ev.step_key] = record.timestamp
-        elif ev.event_type_value == "STEP_SUCCESS":
-            out[ev.step_key] = record.timestamp - starts[ev.step_key]
-    return out
 
 
 def run(home: Path, selection: str, instance) -> dict[str, float]:

@@ -31,6 +31,7 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import step_seconds  # noqa: E402
 from churn_assets.definitions import defs  # noqa: E402
 from churn_assets.generator import generate_history, generate_increment  # noqa: E402
 from churn_assets.resources import default_resources  # noqa: E402
@@ -91,16 +92,7 @@ def dagster_run(home: Path) -> tuple[float, float, dict[str, float], int]:
     )
     wall = time.perf_counter() - t0
     assert result.success
-    steps: dict[str, float] = {}
-    starts: dict[str, float] = {}
-    for record in instance.all_logs(result.run_id):
-        ev = record.dagster_event
-        if ev is None:
-            continue
-        if ev.event_type_value == "STEP_START":
-            starts[ev.step_key] = record.timestamp
-        elif ev.event_type_value == "STEP_SUCCESS":
-            steps[ev.step_key] = record.timestamp - starts[ev.step_key]
+    steps = step_seconds(instance, result.run_id)
     con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
     rows = con.execute("SELECT count(*) FROM gold.churn_features").fetchall()[0][0]
     con.close()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 import pytest
@@ -17,6 +15,7 @@ from churn_assets.automation.triggers import (
     AutoState, auto_cadence, churn_failure_alerts, churn_hourly, churn_landing_sensor, run_key_for,
 )
 from churn_assets.resources import LandingZoneResource
+from churn_assets_tests.live import Webhook
 
 
 @pytest.fixture
@@ -148,27 +147,8 @@ def test_auto_cadence_switches_with_hysteresis():
     assert state3.mode == "hourly" and "no file for 30 min" in reason
 
 
-class Hook:
-    def __init__(self):
-        self.received = []
-        hook = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                hook.received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 def test_a_failed_run_raises_exactly_one_alert(tmp_path, instance):
-    hook = Hook()
+    hook = Webhook()
     alerts = AlertsResource(store_path=str(tmp_path / "alerts.db"), webhook_url=hook.url, ui_url="http://ui")
 
     @dg.asset
@@ -189,4 +169,4 @@ def test_a_failed_run_raises_exactly_one_alert(tmp_path, instance):
     assert alert["link"] == f"http://ui/runs/{result.run_id}" and alert["reason"]
     stored = alerts.store().all()
     assert len(stored) == 1 and stored[0]["delivered_to"] == "table,webhook"
-    hook.server.shutdown()
+    hook.close()
