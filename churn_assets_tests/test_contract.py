@@ -88,3 +88,23 @@ def test_reference_check_script_on_the_sample(capsys):
     out = capsys.readouterr().out
     assert "silver.churn_orders              2,106" in out
     assert "pipeline: 450; mismatching customers: 0" in out
+
+
+def test_dashboard_kpis_on_the_reference_slice(tmp_path):
+    """customers_churned and revenue_latest_month on real reference data, against SQL on
+    silver and against SQL straight from the landed files."""
+    (tmp_path / "landing").mkdir()
+    land_sample(tmp_path)
+    assert materialize(tmp_path, "*dashboard/kpis").success
+    kpis = dict(query(tmp_path, "SELECT name, value FROM dashboard.kpis"))
+    assert kpis["customers_churned"] == one(tmp_path, "SELECT count(*) FROM silver.churn_users WHERE churn = 1")
+    latest = one(tmp_path, "SELECT max(date_trunc('month', creation_date)) FROM silver.churn_orders")
+    assert kpis["revenue_latest_month"] == one(
+        tmp_path, "SELECT sum(amount) FROM silver.churn_orders WHERE date_trunc('month', creation_date) = ?", [latest])
+    raw = oracle("2023-06-10")
+    churned = raw.execute("SELECT count(DISTINCT id) FROM u WHERE id IS NOT NULL AND churn").fetchall()[0][0]
+    revenue = raw.execute("""
+        WITH v AS (SELECT trunc(amount)::INT AS amount, strptime(transaction_date, '%m-%d-%Y %H:%M:%S') AS t
+                   FROM o WHERE id IS NOT NULL AND user_id IS NOT NULL)
+        SELECT sum(amount) FROM v WHERE date_trunc('month', t) = (SELECT max(date_trunc('month', t)) FROM v)""").fetchall()[0][0]
+    assert (kpis["customers_churned"], kpis["revenue_latest_month"]) == (churned, revenue) == (1303, 105762)
