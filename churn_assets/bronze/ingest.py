@@ -127,7 +127,6 @@ class IngestResult:
     rows_loaded: int = 0
     rows_rescued: int = 0
     rows_quarantined: int = 0
-    file_ids: list[int] = field(default_factory=list)
 
 
 def _utcnow() -> datetime:
@@ -381,7 +380,6 @@ def _load_batch(con, spec: SourceSpec, batch: list[LandedFile], hashes: dict[str
             result.rows_loaded += loaded
             result.rows_rescued += rescued
             result.rows_quarantined += quarantined
-            result.file_ids.append(file_id)
         con.executemany("INSERT INTO bronze.ingest_manifest VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", manifest)
         fault_point("after_file_before_commit")
     hashes.update(batch_hashes)
