@@ -17,7 +17,7 @@ import duckdb
 from pydantic import PrivateAttr
 
 from churn_assets import settings
-from churn_assets.warehouse import connect, ensure_schema
+from churn_assets.warehouse import connect, ensure_schema, start_run
 
 
 def env_or(name: str, default: str | None):
@@ -30,18 +30,25 @@ class WarehouseResource(dg.ConfigurableResource):
     ``duckdb_warehouse`` pool and the job runs its steps in one process.
 
     The steps of a run share one connection, opened on first use and closed when the run
-    ends: no per-step reconnect, and DuckDB checkpoints once rather than at every step.
+    ends: no per-step reconnect.
+
+    Once every ``compact_every_hours`` a run also compacts the tables it writes (see
+    ``warehouse.start_run``); the others write only new row groups.
     """
 
     path: str
     memory_limit: str = "3GB"
+    compact_every_hours: float = 24.0
     _con: duckdb.DuckDBPyConnection | None = PrivateAttr(default=None)
 
     @contextlib.contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         if self._con is None:
-            self._con = connect(self.path, memory_limit=self.memory_limit)
-            ensure_schema(self._con)
+            con = connect(self.path, memory_limit=self.memory_limit)
+            ensure_schema(con)
+            if start_run(con, self.compact_every_hours):
+                dg.get_dagster_logger().info("warehouse compaction due: this run's checkpoints merge row groups")
+            self._con = con
         yield self._con
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
@@ -176,6 +183,7 @@ def default_resources(home: Path | None = None, *, as_of: str | None = None, set
         "warehouse": WarehouseResource(
             path=str(settings.warehouse_path(home)),
             memory_limit=os.environ.get("CHURN_DUCKDB_MEMORY_LIMIT", "3GB"),
+            compact_every_hours=float(os.environ.get("CHURN_COMPACT_EVERY_HOURS", "24")),
         ),
         "landing": LandingZoneResource(
             root=str(settings.landing_dir(home)),

@@ -9,7 +9,7 @@ import duckdb
 
 from churn_assets.generator import generate_history, generate_increment
 from churn_assets.gold.features import FEATURE_COLUMNS, churn_features_sql
-from churn_assets_tests.conftest import materialize, query
+from churn_assets_tests.conftest import materialize, one, query
 
 COLS = ", ".join(FEATURE_COLUMNS)
 
@@ -58,4 +58,34 @@ def test_an_order_moved_to_another_customer_updates_both(home):
     after = dict(query(home, "SELECT user_id, order_count FROM gold.churn_features"))
     assert after[new_user] == before[new_user] + 1
     assert after.get(old_user, 0) == before[old_user] - 1
+    assert gold(home) == from_scratch(home, "2023-06-10T00:00:00")
+
+
+def row_groups(home, table: str) -> dict[int, int]:
+    """row group -> first block id of its first column: a rewritten row group gets new blocks."""
+    return dict(query(home, f"SELECT row_group_id, min(block_id) FROM pragma_storage_info('{table}') "
+                            "WHERE column_id = 0 AND segment_type <> 'VALIDITY' GROUP BY ALL"))
+
+
+def test_hourly_commits_write_only_new_row_groups_and_a_due_run_compacts(home, monkeypatch):
+    generate_history(home, customers=20_000, seed=23, end=date(2026, 11, 1), progress=False)
+    assert materialize(home, "*gold/churn_features").success
+    start = {t: row_groups(home, t) for t in ("gold.churn_features", "bronze.churn_app_events")}
+    for _ in range(3):
+        generate_increment(home, fraction=0.01)
+        assert materialize(home, "*gold/churn_features").success
+    later = {t: row_groups(home, t) for t in start}
+    for table, groups in start.items():
+        # Every row group written by the first load is still where it was (only deletion
+        # marks changed), and the increments added row groups instead of rewriting any.
+        assert {g: later[table][g] for g in groups} == groups, table
+        assert len(later[table]) > len(groups), table
+    assert one(home, "SELECT count(*) FROM ops.compactions") == 1  # the first load's 'new warehouse'
+
+    monkeypatch.setenv("CHURN_COMPACT_EVERY_HOURS", "0")
+    generate_increment(home, fraction=0.01)
+    assert materialize(home, "*gold/churn_features").success
+    assert query(home, "SELECT reason FROM ops.compactions ORDER BY compacted_at") == [("new warehouse",), ("due",)]
+    compacted = row_groups(home, "gold.churn_features")
+    assert len(compacted) < len(later["gold.churn_features"])
     assert gold(home) == from_scratch(home, "2023-06-10T00:00:00")

@@ -51,7 +51,7 @@ def _define_macros(con) -> None:
 
 
 def _upsert(con, *, consumer: str, source: str, key: str, target: str, target_key: str,
-            valid: str, select: str, params: list, changed_users_sql: str | None = None) -> tuple[int, int, int, int]:
+            valid: str, select: str, params: list, tell_gold: bool = False) -> tuple[int, int, int, int]:
     """Upsert the new bronze rows of ``source`` into ``target``; latest arrival per key wins.
 
     Returns (rows read, keys written, keys that replaced an existing row, high watermark).
@@ -73,11 +73,16 @@ def _upsert(con, *, consumer: str, source: str, key: str, target: str, target_ke
         new = f"(SELECT * FROM {new} WHERE {valid})"
     replaced = 0
     if scalar(con, f"SELECT count(*) > 0 FROM {target}"):
-        keys = f"(SELECT {key} FROM {new})"
-        if changed_users_sql:
-            con.execute(changed_users_sql.format(keys=keys))
-        replaced = scalar(con, f"SELECT count(*) FROM {target} WHERE {target_key} IN {keys}")
-        con.execute(f"DELETE FROM {target} WHERE {target_key} IN {keys}")
+        # One scan of the target finds the rows being replaced; the rest works on them.
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _replaced AS SELECT rowid AS row_id, user_id FROM {target}
+                WHERE {target_key} IN (SELECT {key} FROM {new})"""
+        )
+        if tell_gold:
+            con.execute("INSERT INTO ops.gold_pending_users SELECT DISTINCT user_id FROM _replaced")
+        replaced = scalar(con, "SELECT count(*) FROM _replaced")
+        con.execute(f"DELETE FROM {target} WHERE rowid IN (SELECT row_id FROM _replaced)")
+        con.execute("DROP TABLE _replaced")
     con.execute(f"INSERT INTO {target} {select.format(new=new)}", params)
     return read, distinct, replaced, high
 
@@ -122,8 +127,7 @@ def build_churn_orders(con: duckdb.DuckDBPyConnection) -> SilverResult:
             params=[],
             # An order re-sent under another customer changes that customer's aggregates
             # too: gold is told, since the new version no longer names them.
-            changed_users_sql="""INSERT INTO ops.gold_pending_users
-                SELECT DISTINCT user_id FROM silver.churn_orders WHERE order_id IN {keys}""",
+            tell_gold=True,
         )
         advance(con, "silver.churn_orders", source, high)
         total = scalar(con, "SELECT count(*) FROM silver.churn_orders")
