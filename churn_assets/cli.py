@@ -132,7 +132,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     home = _dagster_home()
     os.environ.setdefault("CHURN_HOME", str(settings.churn_home()))
     print(f"DAGSTER_HOME={home}; the UI on http://{args.host}:{args.port}")
-    os.execvp("dagster", ["dagster", "dev", "-m", "churn_assets.definitions", "-h", args.host, "-p", str(args.port)])
+    # The interpreter running this command, so that the venv's dagster is used even when
+    # the venv is not activated.
+    os.execv(sys.executable, [sys.executable, "-m", "dagster", "dev", "-m", "churn_assets.definitions",
+                              "-h", args.host, "-p", str(args.port)])
     return 0
 
 

@@ -1,5 +1,7 @@
 """The Dagster code location: every asset, check, job, schedule, sensor and resource."""
 
+import os
+
 import dagster as dg
 
 from churn_assets.automation import triggers
@@ -12,6 +14,21 @@ from churn_assets.ml import assets as ml
 from churn_assets.resources import default_resources
 from churn_assets.silver import assets as silver
 
+
+def executor() -> dg.ExecutorDefinition:
+    """In-process by default: one DuckDB file, one writer, so the steps of a run share one
+    process and never contend for the file lock (and start without a subprocess each).
+
+    ``CHURN_EXECUTOR=multiprocess`` runs each step in its own process (isolation: a step
+    that crashes or leaks memory takes only itself down), one at a time, because every
+    step opens the single-writer DuckDB file. Steps can only run side by side once the
+    warehouse is a server that takes concurrent writers (see the README).
+    """
+    if os.environ.get("CHURN_EXECUTOR", "in_process") == "multiprocess":
+        return dg.multiprocess_executor.configured({"max_concurrent": 1}, name="churn_multiprocess")
+    return dg.in_process_executor
+
+
 defs = dg.Definitions(
     assets=[*bronze.assets, *silver.assets, *gold.assets, *ml.assets, *dashboards.assets, *campaigns.assets],
     asset_checks=[*gold.asset_checks, *ml.asset_checks],
@@ -19,7 +36,5 @@ defs = dg.Definitions(
     schedules=triggers.schedules,
     sensors=triggers.sensors,
     resources=default_resources(),
-    # One DuckDB file, one writer: the steps of a run share one process, so they
-    # never contend for the file lock (and start without a subprocess each).
-    executor=dg.in_process_executor,
+    executor=executor(),
 )

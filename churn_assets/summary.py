@@ -46,5 +46,5 @@ def cycle_summary(home: Path, champion_auc: float | None = None) -> str:
     if outboxes:
         lines.append(f"outbox     {outboxes[-1]}")
     lines.append(f"MLflow     mlflow ui --backend-store-uri sqlite:///{home / 'mlflow' / 'mlflow.db'} --port 5000")
-    lines.append("Dagster UI dagster dev   (then http://127.0.0.1:3000)")
+    lines.append(f"Dagster UI CHURN_HOME={home} churn ui   (then http://127.0.0.1:3000)")
     return "\n".join(lines)

@@ -1,0 +1,206 @@
+"""The README's UI command, opened in a real browser.
+
+`churn ui` starts the real webserver and daemon on 127.0.0.1 with DAGSTER_HOME inside the
+data folder; headless Chromium (Debian's) opens the global asset graph and the automation
+page and reads what a person would see there. With CHURN_UPDATE_SCREENSHOTS=1 the graph's
+screenshot replaces docs/asset-graph.png, the picture in the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from churn_assets.definitions import defs
+from churn_assets_tests.browser import launch
+from churn_assets_tests.live import REPO, free_port
+
+GROUPS = {"bronze", "silver", "gold", "ml", "dashboard", "campaigns"}
+# The UI's one-time newsletter prompt on localhost, marked as seen.
+NO_PROMPT = "localStorage.setItem('communityNux', JSON.stringify('1'));"
+
+
+def expected_graph() -> dict[str, set[str]]:
+    out: dict[str, set[str]] = defaultdict(set)
+    for spec in defs.resolve_all_asset_specs():
+        out[spec.group_name].add(spec.key.path[-1])
+    return dict(out)
+
+
+def label_matches(label: str, name: str) -> bool:
+    """A node shows its name, or at small zoom the name cut in the middle ("churn_orde…_bronze")."""
+    if "…" not in label:
+        return label == name
+    head, tail = label.split("…", 1)
+    return name.startswith(head) and name.endswith(tail) and len(name) > len(head) + len(tail)
+
+
+def graphql(port: int, query: str) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())["data"]
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    home = tmp_path_factory.mktemp("ui") / "data"
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CHURN_AS_OF")}
+    env.update(CHURN_HOME=str(home), DAGSTER_DISABLE_TELEMETRY="1")
+    churn = [sys.executable, "-m", "churn_assets.cli"]
+    subprocess.run([*churn, "generate", "--customers", "2000", "--quiet"], env=env, cwd=REPO, check=True,
+                   capture_output=True)
+    # One cycle first, so that the graph shows materialized assets as a user sees them.
+    subprocess.run([*churn, "run"], env=env, cwd=REPO, check=True, capture_output=True, timeout=600)
+    port = free_port()
+    log = open(home / "ui.log", "wb")
+    proc = subprocess.Popen([*churn, "ui", "--port", str(port)], env=env, cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+                    break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("churn ui did not come up: " + (home / "ui.log").read_text()[-3000:])
+                time.sleep(1)
+        yield home, port, env
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_ui_runs_webserver_and_daemon_on_the_persistent_instance(ui):
+    home, port, _ = ui
+    assert (home / "dagster_home" / "dagster.yaml").exists()
+    # The run made by `churn run` is in the instance the UI serves: it is persistent.
+    runs = graphql(port, '{ runsOrError { ... on Runs { results { jobName status } } } }')["runsOrError"]["results"]
+    assert {"jobName": "churn_cycle", "status": "SUCCESS"} in runs
+    statuses = graphql(port, "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }")
+    daemons = {d["daemonType"]: d for d in statuses["instance"]["daemonHealth"]["allDaemonStatuses"] if d["required"]}
+    assert {"SCHEDULER", "SENSOR", "QUEUED_RUN_COORDINATOR"} <= set(daemons)
+
+    def healthy():
+        s = graphql(port, "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }")
+        return all(d["healthy"] for d in s["instance"]["daemonHealth"]["allDaemonStatuses"] if d["required"])
+
+    deadline = time.time() + 60
+    while not healthy():
+        assert time.time() < deadline, "the daemon never reported healthy"
+        time.sleep(2)
+
+
+def test_asset_graph_shows_every_group_with_its_assets(ui, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    _, port, _ = ui
+    expected = expected_graph()
+    assert set(expected) == GROUPS
+    url = f"http://127.0.0.1:{port}/asset-groups"
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1600, "height": 900}, device_scale_factor=2)
+        # The UI keeps these view settings in local storage: top-down layout, every group
+        # open, navigation folded, the newsletter prompt seen (what the README's picture shows).
+        open_groups = ",".join(f"global@global:{g}" for g in sorted(GROUPS))
+        page.add_init_script(f"""
+            localStorage.setItem('asset-graph-direction', JSON.stringify('vertical'));
+            localStorage.setItem('asset-graph-open-graph-nodes-global-__GLOBAL__', JSON.stringify({{expanded: '{open_groups}'}}));
+            localStorage.setItem('dagster-nav-collapsed', 'true');
+            {NO_PROMPT}""")
+        page.goto(url)
+        page.wait_for_function("() => document.querySelectorAll('foreignObject.group').length >= 6", timeout=60_000)
+        page.locator("input[placeholder^='Jump to']").locator("xpath=following::button[1]").click()
+        viewport = page.locator("[data-svg-viewport='1']")
+        box = viewport.bounding_box()
+        viewport.dblclick(position={"x": 10, "y": box["height"] - 10})  # zoom to fit
+        page.wait_for_timeout(1500)
+        drawn = page.evaluate("""() => {
+            const rect = fo => ['x', 'y', 'width', 'height'].map(a => +fo.getAttribute(a));
+            const groups = [...document.querySelectorAll('foreignObject.group')].map(fo => ({
+                name: fo.querySelector('[data-tooltip]')?.getAttribute('data-tooltip'), rect: rect(fo)}));
+            const nodes = [...document.querySelectorAll('foreignObject')]
+                .filter(fo => fo.querySelector('[class*="AssetNode_assetName"]'))
+                .map(fo => ({label: fo.querySelector('[class*="AssetNode_assetName"]').textContent.trim(), rect: rect(fo)}));
+            return {groups, nodes};
+        }""")
+        shot = tmp_path / "asset-graph.png"
+        page.screenshot(path=str(shot))
+        browser.close()
+
+    def inside(inner, outer):
+        x, y, w, h = inner
+        gx, gy, gw, gh = outer
+        return gx <= x and gy <= y and x + w <= gx + gw and y + h <= gy + gh
+
+    shown: dict[str, list[str]] = defaultdict(list)
+    for node in drawn["nodes"]:
+        (group,) = [g["name"] for g in drawn["groups"] if inside(node["rect"], g["rect"])]
+        shown[group].append(node["label"])
+    assert set(shown) == GROUPS
+    for group, names in expected.items():
+        labels = shown[group]
+        assert len(labels) == len(names), (group, labels)
+        for name in names:
+            assert any(label_matches(label, name) for label in labels), (group, name, labels)
+    assert shot.stat().st_size > 50_000
+    if os.environ.get("CHURN_UPDATE_SCREENSHOTS"):
+        shutil.copy(shot, REPO / "docs" / "asset-graph.png")
+
+
+def automation_states(port: int) -> dict[str, bool]:
+    """Name -> the on/off switch of its row, as the Automation page shows it."""
+    from playwright.sync_api import sync_playwright
+
+    names = [s.name for s in defs.schedules] + [s.name for s in defs.sensors]
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.add_init_script(NO_PROMPT)
+        page.goto(f"http://127.0.0.1:{port}/automation")
+        # Loaded: a "select all" box, then per row a selection box and an enabled switch
+        # (the switches are disabled while their state loads).
+        page.wait_for_function(
+            """n => { const boxes = [...document.querySelectorAll('input[type=checkbox]')];
+                      return boxes.length === 1 + 2 * n && boxes.every(b => !b.disabled); }""",
+            arg=len(names), timeout=60_000,
+        )
+        states = page.evaluate("""names => Object.fromEntries(names.map(name => {
+            let row = [...document.querySelectorAll('*')].find(e => e.children.length === 0 && e.textContent.trim() === name);
+            // A row holds two checkboxes: the row's selection, then the on/off switch.
+            while (row && row.querySelectorAll('input[type=checkbox]').length < 2) row = row.parentElement;
+            return [name, row.querySelectorAll('input[type=checkbox]')[1].checked];
+        }))""", names)
+        browser.close()
+    return states
+
+
+def test_schedule_and_sensors_are_listed_with_their_state(ui):
+    _, port, env = ui
+    assert automation_states(port) == {
+        "churn_hourly": True, "churn_landing_sensor": False, "churn_auto_cadence": False,
+        "churn_failure_alerts": True, "churn_duration_alerts": True,
+    }
+    # The operator switches cadence from the shell; the page shows it.
+    subprocess.run([sys.executable, "-m", "churn_assets.cli", "mode", "continuous"], env=env, cwd=REPO,
+                   capture_output=True, check=True)
+    assert automation_states(port) == {
+        "churn_hourly": False, "churn_landing_sensor": True, "churn_auto_cadence": False,
+        "churn_failure_alerts": True, "churn_duration_alerts": True,
+    }
