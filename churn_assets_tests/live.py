@@ -53,6 +53,30 @@ class Webhook:
         self.server.server_close()
 
 
+def wait_until_serving(port: int, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Until the webserver on ``port`` answers; a clear error with the log's tail if it never does."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+                return
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError("the Dagster webserver did not come up: " + log.read_text()[-3000:]) from None
+            time.sleep(1)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a process started with ``start_new_session=True`` and all it started."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 class LiveDagster:
     def __init__(self, churn_home: Path, env: dict | None = None):
         self.churn_home = churn_home
@@ -80,26 +104,13 @@ class LiveDagster:
             [sys.executable, "-m", "dagster", "dev", "-m", "churn_assets.definitions", "-h", "127.0.0.1", "-p", str(self.port)],
             cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/server_info", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        else:
-            raise RuntimeError("dagster dev did not come up: " + (self.churn_home / "dagster-dev.log").read_text()[-3000:])
+        wait_until_serving(self.port, self.proc, self.churn_home / "dagster-dev.log")
         os.environ["DAGSTER_HOME"] = str(self.dagster_home)
         return self
 
     def __exit__(self, *exc):
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc:
+            stop(self.proc)
         self.webhook.close()
         self.log.close()
 

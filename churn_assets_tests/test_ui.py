@@ -11,19 +11,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
 from churn_assets.definitions import defs
 from churn_assets_tests.browser import launch
-from churn_assets_tests.live import REPO, free_port
+from churn_assets_tests.live import REPO, free_port, stop, wait_until_serving
 
 GROUPS = {"bronze", "silver", "gold", "ml", "dashboard", "campaigns"}
 # The UI's one-time newsletter prompt on localhost, marked as seen.
@@ -67,22 +65,10 @@ def ui(tmp_path_factory):
     proc = subprocess.Popen([*churn, "ui", "--port", str(port)], env=env, cwd=REPO, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
-                    break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("churn ui did not come up: " + (home / "ui.log").read_text()[-3000:])
-                time.sleep(1)
+        wait_until_serving(port, proc, home / "ui.log")
         yield home, port, env
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop(proc)
         log.close()
 
 
@@ -92,16 +78,14 @@ def test_ui_runs_webserver_and_daemon_on_the_persistent_instance(ui):
     # The run made by `churn run` is in the instance the UI serves: it is persistent.
     runs = graphql(port, '{ runsOrError { ... on Runs { results { jobName status } } } }')["runsOrError"]["results"]
     assert {"jobName": "churn_cycle", "status": "SUCCESS"} in runs
-    statuses = graphql(port, "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }")
-    daemons = {d["daemonType"]: d for d in statuses["instance"]["daemonHealth"]["allDaemonStatuses"] if d["required"]}
-    assert {"SCHEDULER", "SENSOR", "QUEUED_RUN_COORDINATOR"} <= set(daemons)
 
-    def healthy():
+    def required_daemons() -> dict[str, bool]:
         s = graphql(port, "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }")
-        return all(d["healthy"] for d in s["instance"]["daemonHealth"]["allDaemonStatuses"] if d["required"])
+        return {d["daemonType"]: d["healthy"] for d in s["instance"]["daemonHealth"]["allDaemonStatuses"] if d["required"]}
 
+    assert {"SCHEDULER", "SENSOR", "QUEUED_RUN_COORDINATOR"} <= set(required_daemons())
     deadline = time.time() + 60
-    while not healthy():
+    while not all(required_daemons().values()):
         assert time.time() < deadline, "the daemon never reported healthy"
         time.sleep(2)
 
