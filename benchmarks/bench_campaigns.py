@@ -30,10 +30,11 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from churn_assets.campaigns.run import decision_for, select_targets  # noqa: E402
-from churn_assets.definitions import defs  # noqa: E402
+from churn_assets.defs.campaigns.run import decision_for, select_targets  # noqa: E402
 from churn_assets.generator import generate_history  # noqa: E402
-from churn_assets.resources import AnthropicResource, CampaignPolicyResource, default_resources  # noqa: E402
+from churn_assets.defs.campaigns.resources import AnthropicResource, CampaignPolicyResource  # noqa: E402
+from churn_assets.settings import Settings  # noqa: E402
+from churn_assets_tests.helpers import load_defs  # noqa: E402
 from churn_assets_tests.fake_anthropic import FakeAnthropic  # noqa: E402
 
 AS_OF = "2026-11-01T06:00:00"
@@ -49,25 +50,26 @@ def main() -> None:
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
     home = Path(tempfile.mkdtemp(prefix="churn-bench-campaign-"))
     generate_history(home, customers=20_000, seed=42, end=date(2026, 11, 1), progress=False)
-    res = default_resources(home, as_of=AS_OF, settle_seconds=0)
+    defs = load_defs(home, AS_OF)
+    res = defs.resources
     dg.materialize([*defs.assets, *defs.asset_checks], selection="*gold/churn_prediction", resources=res,
                    instance=dg.DagsterInstance.ephemeral())
     con = duckdb.connect(str(home / "warehouse.duckdb"))
     at_risk = con.execute("SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction = 1").fetchall()[0][0]
     assert at_risk >= args.customers, f"only {at_risk} at-risk customers"
     con.execute("CREATE SCHEMA IF NOT EXISTS campaigns")
-    from churn_assets.campaigns.run import ensure_tables
+    from churn_assets.defs.campaigns.run import ensure_tables
 
     ensure_tables(con)
     targets, _ = select_targets(con, 7, args.customers)
     con.close()
 
     with FakeAnthropic(latency=args.latency, error_rate=args.error_rate, seed=1) as fake:
-        anthropic = AnthropicResource(api_key="bench-key", base_url=fake.url)
+        anthropic = AnthropicResource.from_settings(Settings.load(), api_key="bench-key", base_url=fake.url)
         t0 = time.perf_counter()
         result = dg.materialize(
             [*defs.assets, *defs.asset_checks], selection="campaigns/retention_messages",
-            resources={**res, "anthropic": anthropic, "campaign_policy": CampaignPolicyResource(max_messages_per_run=args.customers)},
+            resources={**res, "anthropic": anthropic, "campaign_policy": CampaignPolicyResource.from_settings(Settings.load(), max_messages_per_run=args.customers)},
             instance=dg.DagsterInstance.ephemeral(),
         )
         took = time.perf_counter() - t0
@@ -88,7 +90,7 @@ def main() -> None:
 
     # Baseline: one call per customer, no de-duplication, same SDK settings.
     with FakeAnthropic(latency=args.latency, error_rate=args.error_rate, seed=2) as fake:
-        writer = AnthropicResource(api_key="bench-key", base_url=fake.url).writer()
+        writer = AnthropicResource.from_settings(Settings.load(), api_key="bench-key", base_url=fake.url).writer()
         sample = targets[: args.baseline_customers]
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=4) as pool:

@@ -31,19 +31,18 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import step_seconds  # noqa: E402
-from churn_assets.definitions import defs  # noqa: E402
 from churn_assets.generator import generate_history  # noqa: E402
-from churn_assets.ml.features import LABEL, load_features, to_model_frame  # noqa: E402
-from churn_assets.ml.train import train  # noqa: E402
-from churn_assets.resources import default_resources  # noqa: E402
+from churn_assets.defs.ml.features import LABEL, load_features, to_model_frame  # noqa: E402
+from churn_assets.defs.ml.train import train  # noqa: E402
+from churn_assets_tests.helpers import load_defs  # noqa: E402
 
 AS_OF = "2026-11-01T06:00:00"
 
 
 def run(home: Path, selection: str, instance) -> dict[str, float]:
+    defs = load_defs(home, AS_OF)
     result = dg.materialize(
-        [*defs.assets, *defs.asset_checks], selection=selection, instance=instance,
-        resources=default_resources(home, as_of=AS_OF, settle_seconds=0),
+        [*defs.assets, *defs.asset_checks], selection=selection, instance=instance, resources=defs.resources,
     )
     assert result.success
     return step_seconds(instance, result.run_id)

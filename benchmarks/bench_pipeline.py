@@ -32,9 +32,8 @@ import duckdb
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import step_seconds  # noqa: E402
-from churn_assets.definitions import defs  # noqa: E402
 from churn_assets.generator import generate_history, generate_increment  # noqa: E402
-from churn_assets.resources import default_resources  # noqa: E402
+from churn_assets_tests.helpers import load_defs  # noqa: E402
 
 AS_OF = "2026-11-01T06:00:00"
 P = "'%m-%d-%Y %H:%M:%S'"
@@ -84,10 +83,11 @@ def baseline(landing: Path, db: Path) -> float:
 def dagster_run(home: Path) -> tuple[float, float, dict[str, float], int]:
     instance = dg.DagsterInstance.ephemeral()
     t0 = time.perf_counter()
+    defs = load_defs(home, AS_OF)
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],
         selection="*gold/churn_features",  # the data layers: what the baseline script does
-        resources=default_resources(home, as_of=AS_OF, settle_seconds=0),
+        resources=defs.resources,
         instance=instance,
     )
     wall = time.perf_counter() - t0

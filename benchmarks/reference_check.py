@@ -25,8 +25,7 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from churn_assets.definitions import defs  # noqa: E402
-from churn_assets.resources import default_resources  # noqa: E402
+from churn_assets_tests.helpers import load_defs  # noqa: E402
 from churn_assets_tests.reference_oracle import compare  # noqa: E402
 
 
@@ -42,9 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         for source in ("users", "orders", "events"):
             shutil.copytree(args.landing / source, home / "landing" / source, copy_function=os.link)
         selection = "*gold/churn_features" if args.skip_model else "*"
+        defs = load_defs(home, args.as_of)
         result = dg.materialize(
             [*defs.assets, *defs.asset_checks], selection=selection, instance=dg.DagsterInstance.ephemeral(),
-            resources=default_resources(home, as_of=args.as_of, settle_seconds=0), raise_on_error=False,
+            resources=defs.resources, raise_on_error=False,
         )
         con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
         for table in ("bronze.churn_users_bronze", "bronze.churn_orders_bronze", "bronze.churn_app_events",

@@ -14,17 +14,17 @@ import time
 from datetime import date
 from pathlib import Path
 
-from churn_assets import settings
+from churn_assets.settings import SOURCES, Settings
 
 
 def _dagster_home() -> Path:
     """``DAGSTER_HOME``, defaulting to a persistent folder inside the data root."""
-    home = Path(os.environ.get("DAGSTER_HOME") or settings.churn_home() / "dagster_home").resolve()
+    home = Path(os.environ.get("DAGSTER_HOME") or Settings.load().dagster_home).resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
         # The project's instance settings: one run at a time, run monitoring, run retries.
-        config.write_text((Path(__file__).parent / "automation" / "dagster.yaml").read_text())
+        config.write_text((Path(__file__).parent / "defs" / "automation" / "dagster.yaml").read_text())
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -32,7 +32,7 @@ def _dagster_home() -> Path:
 def cmd_generate(args: argparse.Namespace) -> int:
     from churn_assets.generator import generate_history, generate_increment
 
-    home = settings.churn_home()
+    home = Settings.load().home
     t0 = time.perf_counter()
     if args.increment:
         report = generate_increment(home, fraction=args.fraction, dirty_rate=args.dirty_rate, progress=not args.quiet)
@@ -55,8 +55,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def run_cycle(selection: str | None = None) -> tuple[bool, float, str]:
     import dagster as dg
 
-    from churn_assets.definitions import defs
+    from churn_assets.definitions import defs as load_defs
 
+    defs = load_defs()
     _dagster_home()
     instance = dg.DagsterInstance.get()
     t0 = time.perf_counter()
@@ -83,7 +84,7 @@ def _champion_auc(result) -> float | None:
 def summary(champion_auc: float | None = None) -> str:
     from churn_assets.summary import cycle_summary
 
-    return cycle_summary(settings.churn_home(), champion_auc)
+    return cycle_summary(Settings.load().warehouse_path, champion_auc)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -94,15 +95,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    landing = settings.landing_dir()
-    if not any((landing / s).glob("*") for s in settings.SOURCES if (landing / s).exists()):
+    landing = Settings.load().landing_dir
+    if not any((landing / s).glob("*") for s in SOURCES if (landing / s).exists()):
         gen = argparse.Namespace(
             increment=False, customers=args.customers, seed=42, end=None, dirty_rate=0.0, quiet=False, fraction=0.01
         )
         cmd_generate(gen)
         # Files younger than the settle time are taken as still being written; the
         # demo waits them out rather than ingest the history in two cycles.
-        wait = settings.IngestSettings().settle_seconds
+        wait = Settings.load().settle_seconds
         if wait > 0:
             print(f"waiting {wait:.0f}s for the new files to settle (CHURN_SETTLE_SECONDS)")
             time.sleep(wait + 0.5)
@@ -114,7 +115,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_mode(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from churn_assets.automation import mode as modes
+    from churn_assets.defs.automation import mode as modes
 
     _dagster_home()
     with dg.DagsterInstance.get() as instance:
@@ -130,7 +131,7 @@ def cmd_mode(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     """`dagster dev` (webserver and daemon) on the project's persistent instance."""
     home = _dagster_home()
-    os.environ.setdefault("CHURN_HOME", str(settings.churn_home()))
+    os.environ.setdefault("CHURN_HOME", str(Settings.load().home))
     print(f"DAGSTER_HOME={home}; the UI on http://{args.host}:{args.port}")
     # The interpreter running this command, so that the venv's dagster is used even when
     # the venv is not activated.

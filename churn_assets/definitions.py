@@ -1,21 +1,16 @@
-"""The Dagster code location: every asset, check, job, schedule, sensor and resource."""
+"""The Dagster code location: the ``defs/`` folder (one folder per domain, each bringing
+its own assets, checks and resources), plus what every domain shares: the warehouse, the
+landing zone, the pipeline settings, alerts, and the executor."""
 
-import os
+from pathlib import Path
 
 import dagster as dg
 
-from churn_assets.automation import triggers
-from churn_assets.automation.jobs import churn_cycle
-from churn_assets.bronze import assets as bronze
-from churn_assets.campaigns import assets as campaigns
-from churn_assets.dashboards import assets as dashboards
-from churn_assets.gold import assets as gold
-from churn_assets.ml import assets as ml
-from churn_assets.resources import default_resources
-from churn_assets.silver import assets as silver
+from churn_assets.resources import shared_resources
+from churn_assets.settings import Settings
 
 
-def executor() -> dg.ExecutorDefinition:
+def executor(settings: Settings) -> dg.ExecutorDefinition:
     """In-process by default: one DuckDB file, one writer, so the steps of a run share one
     process and never contend for the file lock (and start without a subprocess each).
 
@@ -24,17 +19,15 @@ def executor() -> dg.ExecutorDefinition:
     step opens the single-writer DuckDB file. Steps can only run side by side once the
     warehouse is a server that takes concurrent writers (see the README).
     """
-    if os.environ.get("CHURN_EXECUTOR", "in_process") == "multiprocess":
+    if settings.executor == "multiprocess":
         return dg.multiprocess_executor.configured({"max_concurrent": 1}, name="churn_multiprocess")
     return dg.in_process_executor
 
 
-defs = dg.Definitions(
-    assets=[*bronze.assets, *silver.assets, *gold.assets, *ml.assets, *dashboards.assets, *campaigns.assets],
-    asset_checks=[*gold.asset_checks, *ml.asset_checks],
-    jobs=[churn_cycle],
-    schedules=triggers.schedules,
-    sensors=triggers.sensors,
-    resources=default_resources(),
-    executor=executor(),
-)
+@dg.definitions
+def defs() -> dg.Definitions:
+    settings = Settings.load()
+    return dg.Definitions.merge(
+        dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
+        dg.Definitions(resources=shared_resources(settings), executor=executor(settings)),
+    )

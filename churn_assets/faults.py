@@ -7,12 +7,14 @@ import os
 import signal
 import threading
 
+from churn_assets.settings import Settings
+
 _hits: dict[str, int] = {}
 _lock = threading.Lock()
 
 
 def fault_point(name: str) -> None:
-    target = os.environ.get("CHURN_TEST_KILL_AT")
+    target = Settings.read_one("test_kill_at")
     if not target:
         return
     point, _, nth = target.partition(":")

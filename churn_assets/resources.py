@@ -1,13 +1,14 @@
-"""Every resource of the project, in one place.
+"""The resources every domain shares: the warehouse, the landing zone, the pipeline settings.
 
-Paths and settings come from the environment through ``dg.EnvVar`` when set, so the UI
-shows the variable's name, never its value, and a run reads it at launch time.
+Each is built from ``Settings`` (``from_settings``) when the code location loads, which
+for a run is when its worker starts; a domain's own resources live in its folder
+(``defs/ml/resources.py``, ``defs/campaigns/resources.py``). Secrets are passed as
+``dg.EnvVar``, so the UI shows the variable's name, never its value.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -16,13 +17,10 @@ import dagster as dg
 import duckdb
 from pydantic import PrivateAttr
 
-from churn_assets import settings
+from churn_assets.ops.alerts import AlertsResource
+from churn_assets.settings import Settings
+from churn_assets.timeutil import parse_as_of
 from churn_assets.warehouse import connect, ensure_schema, start_run
-
-
-def env_or(name: str, default: str | None):
-    """``dg.EnvVar(name)`` where the variable is set, else the documented default."""
-    return dg.EnvVar(name) if os.environ.get(name) else default
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -37,8 +35,8 @@ class WarehouseResource(dg.ConfigurableResource):
     """
 
     path: str
-    memory_limit: str = "3GB"
-    compact_every_hours: float = 24.0
+    memory_limit: str
+    compact_every_hours: float
     _con: duckdb.DuckDBPyConnection | None = PrivateAttr(default=None)
 
     @contextlib.contextmanager
@@ -51,6 +49,11 @@ class WarehouseResource(dg.ConfigurableResource):
             self._con = con
         yield self._con
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WarehouseResource:
+        return cls(path=str(settings.warehouse_path), memory_limit=settings.duckdb_memory_limit,
+                   compact_every_hours=settings.compact_every_hours)
+
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._con is not None:
             self._con.close()
@@ -61,157 +64,37 @@ class LandingZoneResource(dg.ConfigurableResource):
     """Where source systems drop files: ``<root>/{users,orders,events}/``."""
 
     root: str
-    settle_seconds: float = 2.0
-    batch_bytes: int = 256 * 1024 * 1024
+    settle_seconds: float
+    batch_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LandingZoneResource:
+        return cls(root=str(settings.landing_dir), settle_seconds=settings.settle_seconds,
+                   batch_bytes=settings.batch_bytes)
 
 
 class PipelineSettingsResource(dg.ConfigurableResource):
     """The data root, the as-of instant (``CHURN_AS_OF``, empty = now) and the
     pseudonymization key."""
 
-    home: str = "./data"
-    as_of: str = ""
-    pseudonym_key: str = settings.DEV_PSEUDONYM_KEY
+    home: str
+    as_of: str
+    pseudonym_key: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PipelineSettingsResource:
+        return cls(home=str(settings.home), as_of=settings.as_of_text,
+                   pseudonym_key=settings.secret("pseudonym_key"))
 
     def as_of_datetime(self) -> datetime:
-        return settings.parse_as_of(self.as_of)
+        return parse_as_of(self.as_of)
 
 
-class MLflowResource(dg.ConfigurableResource):
-    """Where models are tracked and registered. Embedded by default: a SQLite store under
-    ``$CHURN_HOME/mlflow/`` with artifacts beside it; ``MLFLOW_TRACKING_URI`` overrides."""
-
-    tracking_uri: str
-    artifact_root: str
-    experiment: str = "churn"
-    model_name: str = "churn_model"
-    http_timeout: int = 10
-    http_retries: int = 1
-
-    def store(self):
-        from churn_assets.ml.registry import Store
-
-        return Store(self.tracking_uri, self.artifact_root, self.experiment, self.model_name)
-
-    def open(self):
-        """(client, experiment id); a clear ``dg.Failure`` when the store cannot be used."""
-        from churn_assets.ml.registry import ModelStoreUnavailable, open_store
-
-        try:
-            return open_store(self.store(), self.http_timeout, self.http_retries)
-        except ModelStoreUnavailable as exc:
-            raise dg.Failure(description=str(exc), allow_retries=True) from exc
-
-
-class ModelPolicyResource(dg.ConfigurableResource):
-    """When to retrain and when a new model may replace the champion."""
-
-    # 0 = retrain every cycle; N = only once N new bronze rows have landed since the last
-    # registered model (the near-continuous mode wants this).
-    retrain_min_new_rows: int = 0
-    # A challenger is promoted when its holdout ROC AUC >= champion's - tolerance.
-    promotion_tolerance: float = 0.0
-    # Below this holdout ROC AUC a model is no better than chance: never promoted.
-    min_auc: float = 0.55
-
-
-class AnthropicResource(dg.ConfigurableResource):
-    """Claude through the official SDK. The key comes only from ``ANTHROPIC_API_KEY``;
-    without it the campaign step writes with the offline templates."""
-
-    api_key: str | None = None
-    base_url: str | None = None  # ANTHROPIC_BASE_URL, e.g. a proxy or a test server
-    # A current low-cost model that the installed SDK lists.
-    model: str = "claude-haiku-5-5"
-    max_concurrency: int = 4
-    max_retries: int = 4  # the SDK's own: 408/409/429/5xx and timeouts, with backoff and retry-after
-    timeout_seconds: float = 30.0
-    max_tokens: int = 700
-    run_budget_usd: float = 5.0
-    # USD per million tokens; set them to the price list of the model in use.
-    input_usd_per_mtok: float = 1.0
-    output_usd_per_mtok: float = 5.0
-    cache_write_usd_per_mtok: float = 1.25
-    cache_read_usd_per_mtok: float = 0.10
-
-    @property
-    def offline(self) -> bool:
-        return not self.api_key
-
-    def writer(self):
-        import anthropic
-
-        from churn_assets.campaigns.writer import Budget, ClaudeWriter, Prices
-
-        client = anthropic.Anthropic(
-            api_key=self.api_key, base_url=self.base_url or None, max_retries=self.max_retries, timeout=self.timeout_seconds
-        )
-        prices = Prices(self.input_usd_per_mtok, self.output_usd_per_mtok, self.cache_write_usd_per_mtok, self.cache_read_usd_per_mtok)
-        return ClaudeWriter(client, self.model, prices, Budget(self.run_budget_usd), self.max_tokens)
-
-
-class CampaignPolicyResource(dg.ConfigurableResource):
-    """Contact limits of the retention campaign."""
-
-    cooldown_days: int = 7
-    max_messages_per_run: int = 1000
-    # A model text that fails twice (or a refusal, or an API failure) is replaced by the
-    # rule-following template; off, such customers get no message this run.
-    fallback_to_template: bool = True
-
-
-def _alerts(home: Path):
-    from churn_assets.automation.alerts import AlertsResource
-
-    return AlertsResource(
-        store_path=str(home / "ops" / "alerts.db"),
-        webhook_url=env_or("CHURN_ALERT_WEBHOOK", None),
-        slack_token=env_or("SLACK_BOT_TOKEN", None),
-        slack_channel=os.environ.get("CHURN_SLACK_CHANNEL"),
-        ui_url=os.environ.get("CHURN_UI_URL", "http://127.0.0.1:3000"),
-    )
-
-
-def default_resources(home: Path | None = None, *, as_of: str | None = None, settle_seconds: float | None = None) -> dict:
-    """The resources of a code location rooted at ``home`` (default ``CHURN_HOME``).
-
-    Tests and benchmarks pass ``home``/``as_of``/``settle_seconds`` instead of the environment.
-    """
-    home = home or settings.churn_home()
-    ingest = settings.IngestSettings()
+def shared_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """The resources every domain's assets may ask for, bound once for the code location."""
     return {
-        "warehouse": WarehouseResource(
-            path=str(settings.warehouse_path(home)),
-            memory_limit=os.environ.get("CHURN_DUCKDB_MEMORY_LIMIT", "3GB"),
-            compact_every_hours=float(os.environ.get("CHURN_COMPACT_EVERY_HOURS", "24")),
-        ),
-        "landing": LandingZoneResource(
-            root=str(settings.landing_dir(home)),
-            settle_seconds=ingest.settle_seconds if settle_seconds is None else settle_seconds,
-            batch_bytes=ingest.batch_bytes,
-        ),
-        "pipeline_settings": PipelineSettingsResource(
-            home=str(home),
-            as_of=as_of if as_of is not None else env_or("CHURN_AS_OF", ""),
-            pseudonym_key=env_or("CHURN_PSEUDONYM_KEY", settings.DEV_PSEUDONYM_KEY),
-        ),
-        "mlflow_store": MLflowResource(
-            tracking_uri=env_or("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
-            artifact_root=str(home / "mlflow" / "artifacts"),
-        ),
-        "anthropic": AnthropicResource(
-            api_key=dg.EnvVar("ANTHROPIC_API_KEY") if os.environ.get("ANTHROPIC_API_KEY") else None,
-            base_url=dg.EnvVar("ANTHROPIC_BASE_URL") if os.environ.get("ANTHROPIC_BASE_URL") else None,
-            model=os.environ.get("CHURN_CLAUDE_MODEL", "claude-haiku-5-5"),
-            run_budget_usd=float(os.environ.get("CHURN_CAMPAIGN_BUDGET_USD", "5")),
-        ),
-        "campaign_policy": CampaignPolicyResource(
-            cooldown_days=int(os.environ.get("CHURN_CAMPAIGN_COOLDOWN_DAYS", "7")),
-            max_messages_per_run=int(os.environ.get("CHURN_CAMPAIGN_MAX_MESSAGES", "1000")),
-        ),
-        "alerts": _alerts(home),
-        "model_policy": ModelPolicyResource(
-            retrain_min_new_rows=int(os.environ.get("CHURN_RETRAIN_MIN_NEW_ROWS", "0")),
-            promotion_tolerance=float(os.environ.get("CHURN_PROMOTION_TOLERANCE", "0")),
-        ),
+        "warehouse": WarehouseResource.from_settings(settings),
+        "landing": LandingZoneResource.from_settings(settings),
+        "pipeline_settings": PipelineSettingsResource.from_settings(settings),
+        "alerts": AlertsResource.from_settings(settings),
     }

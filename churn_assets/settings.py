@@ -1,4 +1,9 @@
-"""Process-wide settings, read from the environment with documented defaults.
+"""Every setting of the project in one place: its environment name, its default, what it means.
+
+``Settings.load()`` reads the environment when it is called (a command starting, a code
+location loading, a run starting), never at import; it is the only reader of
+``os.environ`` in the package. A bad value is reported as one line naming the variable
+and what it accepts, all problems at once (``SettingsError``).
 
 Only two settings matter to run the project: ``CHURN_HOME`` (the data root) and
 ``CHURN_AS_OF`` (the instant day counts are measured against). Everything else has a
@@ -7,58 +12,246 @@ default that works on a laptop.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+from churn_assets.timeutil import parse_as_of
 
 SOURCES = ("users", "orders", "events")
-
-# Development default for the e-mail pseudonymization key. Documented in the README;
-# production sets CHURN_PSEUDONYM_KEY so that pseudonyms cannot be recomputed by
-# anyone who only has this source code.
-DEV_PSEUDONYM_KEY = "churn-assets-development-key"
+EXECUTORS = ("in_process", "multiprocess")
 
 
-def churn_home() -> Path:
-    return Path(os.environ.get("CHURN_HOME", "./data")).expanduser().resolve()
+class SettingsError(ValueError):
+    """One or more settings are invalid; ``str()`` is one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
-def warehouse_path(home: Path | None = None) -> Path:
-    return (home or churn_home()) / "warehouse.duckdb"
+def _setting(env: str, default: Any, help: str, parse: Callable[[str], Any] = str,
+             choices: tuple[str, ...] | None = None, secret: bool = False):
+    return field(default=default, metadata={"env": env, "help": help, "parse": parse, "choices": choices,
+                                            "secret": secret})
 
 
-def landing_dir(home: Path | None = None) -> Path:
-    return (home or churn_home()) / "landing"
+def _optional(text: str) -> str | None:
+    return text or None
 
 
-def parse_as_of(value: str | None) -> datetime:
-    """Parse ``CHURN_AS_OF`` (ISO date or date-time); empty or ``now`` means the wall clock.
-
-    Returned as a naive UTC datetime, which is how every timestamp in the warehouse is kept.
-    """
-    if value is None or value.strip() == "" or value.strip().lower() == "now":
-        return datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
-    text = value.strip().replace("Z", "+00:00")
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise ValueError(
-            f"CHURN_AS_OF={value!r} is not an ISO date or date-time (e.g. 2023-06-10 or 2023-06-10T12:00:00)"
-        ) from exc
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
-    return parsed
-
-
-def as_of() -> datetime:
-    return parse_as_of(os.environ.get("CHURN_AS_OF"))
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str):
+        value = kind(text)
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
 
 
 @dataclass(frozen=True)
-class IngestSettings:
-    # A file is taken only once it has not been modified for this long: writers that do
-    # not rename into place (cp, rsync, Spark) are still writing while the mtime moves.
-    settle_seconds: float = float(os.environ.get("CHURN_SETTLE_SECONDS", "2"))
-    # Files loaded in one transaction (bounded so that memory does not follow history).
-    batch_bytes: int = int(os.environ.get("CHURN_BATCH_BYTES", str(256 * 1024 * 1024)))
+class Settings:
+    # --- data ---------------------------------------------------------------------------------
+    home: Path = _setting("CHURN_HOME", Path("./data"),
+                          "data root: landing/, warehouse.duckdb, dashboard/, mlflow/, outbox/, dagster_home/",
+                          lambda t: Path(t).expanduser().resolve())
+    as_of_text: str = _setting("CHURN_AS_OF", "",
+                               "as-of instant for day counts, ISO (2023-06-10 or 2023-06-10T12:00:00); empty = now")
+    pseudonym_key: str | None = _setting("CHURN_PSEUDONYM_KEY", None,
+                                         "key of the e-mail pseudonym (default: a random key kept in CHURN_HOME)",
+                                         _optional, secret=True)
+    # --- ingestion ----------------------------------------------------------------------------
+    settle_seconds: float = _setting("CHURN_SETTLE_SECONDS", 2.0,
+                                     "a file modified more recently than this is taken as still being written",
+                                     _positive(float))
+    batch_bytes: int = _setting("CHURN_BATCH_BYTES", 256 * 1024 * 1024, "landed bytes loaded per transaction",
+                                _positive(int))
+    # --- warehouse ----------------------------------------------------------------------------
+    duckdb_memory_limit: str = _setting("CHURN_DUCKDB_MEMORY_LIMIT", "3GB", "DuckDB's memory limit")
+    compact_every_hours: float = _setting("CHURN_COMPACT_EVERY_HOURS", 24.0,
+                                          "how often a run also compacts the warehouse tables it writes",
+                                          _positive(float))
+    executor: str = _setting("CHURN_EXECUTOR", "in_process",
+                             "in_process, or multiprocess: each step in its own process", choices=EXECUTORS)
+    # --- model --------------------------------------------------------------------------------
+    mlflow_tracking_uri: str | None = _setting("MLFLOW_TRACKING_URI", None,
+                                               "MLflow store (default sqlite:///$CHURN_HOME/mlflow/mlflow.db)",
+                                               _optional)
+    retrain_min_new_rows: int = _setting("CHURN_RETRAIN_MIN_NEW_ROWS", 0,
+                                         "retrain only once this many new bronze rows have landed (0 = every cycle)",
+                                         _positive(int))
+    promotion_tolerance: float = _setting("CHURN_PROMOTION_TOLERANCE", 0.0,
+                                          "a challenger is promoted when its holdout ROC AUC >= champion's - this",
+                                          _positive(float))
+    # --- campaign -----------------------------------------------------------------------------
+    anthropic_api_key: str | None = _setting("ANTHROPIC_API_KEY", None,
+                                             "Claude writes the campaign copy when set (else offline templates)",
+                                             _optional, secret=True)
+    anthropic_base_url: str | None = _setting("ANTHROPIC_BASE_URL", None,
+                                              "another endpoint for the Messages API (a proxy, a test server)",
+                                              _optional)
+    claude_model: str = _setting("CHURN_CLAUDE_MODEL", "claude-haiku-5-5", "the model that writes the copy")
+    campaign_budget_usd: float = _setting("CHURN_CAMPAIGN_BUDGET_USD", 5.0, "the most one run may spend on the API",
+                                          _positive(float))
+    campaign_max_messages: int = _setting("CHURN_CAMPAIGN_MAX_MESSAGES", 1000, "messages per run, at most",
+                                          _positive(int))
+    campaign_cooldown_days: int = _setting("CHURN_CAMPAIGN_COOLDOWN_DAYS", 7,
+                                           "no customer is written to again within this many days", _positive(int))
+    # --- cadence ------------------------------------------------------------------------------
+    schedule_cron: str = _setting("CHURN_SCHEDULE_CRON", "0 * * * *", "when the hourly schedule runs the cycle")
+    schedule_timezone: str = _setting("CHURN_SCHEDULE_TIMEZONE", "UTC", "time zone of CHURN_SCHEDULE_CRON")
+    sensor_interval_seconds: int = _setting("CHURN_SENSOR_INTERVAL_SECONDS", 3,
+                                            "how often the landing sensor looks for new files", _positive(int))
+    continuous_retrain_minutes: float = _setting("CHURN_CONTINUOUS_RETRAIN_MINUTES", 60.0,
+                                                 "continuous mode: retrain at most this often", _positive(float))
+    continuous_campaign_minutes: float = _setting("CHURN_CONTINUOUS_CAMPAIGN_MINUTES", 60.0,
+                                                  "continuous mode: run the campaign at most this often",
+                                                  _positive(float))
+    max_pending_runs: int = _setting("CHURN_MAX_PENDING_RUNS", 1,
+                                     "cycles queued or running at most: a trigger skips beyond it", _positive(int))
+    auto_up_files_per_minute: float = _setting("CHURN_AUTO_UP_FILES_PER_MINUTE", 1.0,
+                                               "auto mode: arrival rate that switches to continuous", _positive(float))
+    auto_window_minutes: float = _setting("CHURN_AUTO_WINDOW_MINUTES", 10.0,
+                                          "auto mode: window the arrival rate is measured over", _positive(float))
+    auto_quiet_minutes: float = _setting("CHURN_AUTO_QUIET_MINUTES", 30.0,
+                                         "auto mode: minutes without a file before going back to hourly",
+                                         _positive(float))
+    # --- monitoring ---------------------------------------------------------------------------
+    alert_duration_factor: float = _setting("CHURN_ALERT_DURATION_FACTOR", 3.0,
+                                            "a run is abnormally long past this x the median of recent successes",
+                                            _positive(float))
+    alert_duration_history: int = _setting("CHURN_ALERT_DURATION_HISTORY", 10,
+                                           "successful runs the median is taken over", _positive(int))
+    alert_duration_min_history: int = _setting("CHURN_ALERT_DURATION_MIN_HISTORY", 3,
+                                               "successful runs needed before the median is used", _positive(int))
+    alert_duration_ceiling_seconds: float = _setting("CHURN_ALERT_DURATION_CEILING_SECONDS", 1800.0,
+                                                     "a run longer than this is abnormally long (0 = no ceiling)",
+                                                     _positive(float))
+    max_runtime_seconds: int = _setting("CHURN_MAX_RUNTIME_SECONDS", 3600,
+                                        "hard timeout of a run (dagster/max_runtime)", _positive(int))
+    ui_url: str = _setting("CHURN_UI_URL", "http://127.0.0.1:3000", "the Dagster UI, for links in alerts")
+    alert_webhook: str | None = _setting("CHURN_ALERT_WEBHOOK", None, "alerts are POSTed here as JSON when set",
+                                         _optional, secret=True)
+    slack_bot_token: str | None = _setting("SLACK_BOT_TOKEN", None, "alerts go to Slack when set",
+                                           _optional, secret=True)
+    slack_channel: str | None = _setting("CHURN_SLACK_CHANNEL", None, "the Slack channel for alerts", _optional)
+    # --- tooling ------------------------------------------------------------------------------
+    cache_dir: Path = _setting("XDG_CACHE_HOME", Path.home() / ".cache",
+                               "cache for the dashboard's chart library", lambda t: Path(t).expanduser())
+    test_kill_at: str | None = _setting("CHURN_TEST_KILL_AT", None,
+                                        "crash tests only: the fault point where the process kills itself", _optional)
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings as the environment has them now; ``SettingsError`` lists every bad one."""
+        env = os.environ if environ is None else environ
+        values, problems = {}, []
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            raw = env.get(meta["env"], "").strip()
+            if not raw:
+                if isinstance(f.default, Path):
+                    values[f.name] = meta["parse"](str(f.default))
+                continue
+            if meta["choices"] and raw not in meta["choices"]:
+                problems.append(f"{meta['env']}={raw!r} is not one of {', '.join(meta['choices'])}")
+                continue
+            try:
+                values[f.name] = meta["parse"](raw)
+            except (TypeError, ValueError) as exc:
+                kind = getattr(meta["parse"], "__name__", "")
+                shown = "(set)" if meta["secret"] else repr(raw)
+                problems.append(f"{meta['env']}={shown} is not valid"
+                                + (f" ({kind}: {exc})" if kind in ("int", "float") else f": {exc}"))
+        settings = cls(**values)
+        try:
+            settings.as_of
+        except ValueError as exc:
+            problems.append(str(exc))
+        if problems:
+            raise SettingsError(problems)
+        return settings
+
+    @classmethod
+    def read_one(cls, name: str, environ: Mapping[str, str] | None = None):
+        """One setting, without reading the others (for hot paths such as a fault point)."""
+        f = next(f for f in dataclasses.fields(cls) if f.name == name)
+        raw = (os.environ if environ is None else environ).get(f.metadata["env"], "").strip()
+        return f.metadata["parse"](raw) if raw else f.default
+
+    @staticmethod
+    def env_name(name: str) -> str:
+        """The environment variable of the setting ``name``."""
+        return next(f.metadata["env"] for f in dataclasses.fields(Settings) if f.name == name)
+
+    @staticmethod
+    def reference() -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) of every setting, for help texts and the README."""
+        rows = []
+        for f in dataclasses.fields(Settings):
+            default = "unset" if f.default is None else str(f.default) if f.default != "" else "empty"
+            rows.append((f.metadata["env"], default, f.metadata["help"]))
+        return rows
+
+    def secret(self, name: str):
+        """A secret setting as ``dg.EnvVar`` when it is set, else None: resources get the
+        variable's name, so the value never enters their config, the UI or the event log."""
+        import dagster as dg
+
+        return dg.EnvVar(self.env_name(name)) if getattr(self, name) else None
+
+    def replace(self, **changes) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    # --- derived facts ------------------------------------------------------------------------
+    @property
+    def as_of(self) -> datetime:
+        return parse_as_of(self.as_of_text)
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.home / "warehouse.duckdb"
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.home / "landing"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster_home"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.home / "mlflow" / "artifacts"
+
+    @property
+    def alerts_db(self) -> Path:
+        return self.home / "ops" / "alerts.db"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.home / "outbox"
+
+    @property
+    def dashboard_dir(self) -> Path:
+        return self.home / "dashboard"
+
+
+def environment_with(**values: str | None) -> dict[str, str]:
+    """A copy of the environment with these variables set (None removes one): for a child process."""
+    env = dict(os.environ)
+    for name, value in values.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import duckdb
 
-from churn_assets.settings import warehouse_path
+
 from churn_assets.warehouse import scalar, table_exists
 
 LAYERS = [
@@ -16,8 +16,7 @@ LAYERS = [
 ]
 
 
-def cycle_summary(home: Path, champion_auc: float | None = None) -> str:
-    path = warehouse_path(home)
+def cycle_summary(path: Path, champion_auc: float | None = None) -> str:
     if not path.exists():
         return f"no warehouse yet at {path}"
     con = duckdb.connect(str(path), read_only=True)

@@ -82,7 +82,7 @@ class LiveDagster:
         self.churn_home = churn_home
         self.dagster_home = churn_home / "dagster_home"
         self.dagster_home.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / "churn_assets" / "automation" / "dagster.yaml", self.dagster_home / "dagster.yaml")
+        shutil.copy(REPO / "churn_assets" / "defs" / "automation" / "dagster.yaml", self.dagster_home / "dagster.yaml")
         self.port = free_port()
         self.webhook = Webhook()
         self.env = {

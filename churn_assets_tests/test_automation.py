@@ -9,13 +9,21 @@ import time
 import dagster as dg
 import pytest
 
-from churn_assets.automation.alerts import AlertsResource, duration_verdict
-from churn_assets.automation.settings import Cadence
-from churn_assets.automation.triggers import (
-    AutoState, auto_cadence, churn_failure_alerts, churn_hourly, churn_landing_sensor, run_key_for,
-)
-from churn_assets.resources import LandingZoneResource
+from churn_assets.ops.alerts import AlertsResource, duration_verdict
+from churn_assets.defs.automation import triggers
+from churn_assets.defs.automation.jobs import cycle_job
+from churn_assets.defs.automation.triggers import AutoState, auto_cadence, run_key_for
+from churn_assets.settings import Settings
+from churn_assets_tests.helpers import load_defs
 from churn_assets_tests.live import Webhook
+
+
+# The schedule and sensors as the code location builds them, with the default settings.
+_schedules, _sensors = triggers.build(Settings(), cycle_job(Settings()))
+TRIGGERS = {t.name: t for t in [*_schedules, *_sensors]}
+churn_hourly = TRIGGERS["churn_hourly"]
+churn_landing_sensor = TRIGGERS["churn_landing_sensor"]
+churn_failure_alerts = TRIGGERS["churn_failure_alerts"]
 
 
 @pytest.fixture
@@ -25,7 +33,7 @@ def instance():
         yield inst
 
 
-def land(root, rel, age_seconds=60.0):
+def land(root, rel, age_seconds=600.0):
     path = root / "landing" / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('{"id":"x"}\n')
@@ -34,10 +42,12 @@ def land(root, rel, age_seconds=60.0):
     return path
 
 
-def sensor_context(home, instance, cursor=None, settle=5):
-    return dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"landing": LandingZoneResource(root=str(home / "landing"), settle_seconds=settle)}
-    )
+def sensor_context(home, instance, cursor=None, settle=120):
+    # The definitions as the code location loads them for this home. The settle time is long: loading
+    # them takes seconds on a busy machine, and a file landed 1 s earlier must still be settling.
+    loaded = load_defs(home, CHURN_SETTLE_SECONDS=str(settle))
+    return dg.build_sensor_context(instance=instance, cursor=cursor, definitions=loaded,
+                                   resources={k: loaded.resources[k] for k in ("landing", "alerts")})
 
 
 def add_run(instance, status):
@@ -47,8 +57,8 @@ def add_run(instance, status):
 
 
 def test_landing_sensor_takes_complete_files_once_in_one_run(tmp_path, instance):
-    land(tmp_path, "users/a.json", age_seconds=61)
-    land(tmp_path, "orders/b.json", age_seconds=60)
+    land(tmp_path, "users/a.json", age_seconds=301)
+    land(tmp_path, "orders/b.json", age_seconds=300)
     land(tmp_path, "events/.c.csv.tmp")  # a writer's temporary: never data
     young = land(tmp_path, "events/d.csv", age_seconds=1)  # still settling
     result = churn_landing_sensor(sensor_context(tmp_path, instance))
@@ -61,7 +71,7 @@ def test_landing_sensor_takes_complete_files_once_in_one_run(tmp_path, instance)
     # Nothing new: skip, whatever the number of ticks.
     assert isinstance(churn_landing_sensor(sensor_context(tmp_path, instance, cursor)), dg.SkipReason)
     # Once settled, the young file is taken, alone, under another run key.
-    old = time.time() - 30
+    old = time.time() - 200
     os.utime(young, (old, old))
     nxt = churn_landing_sensor(sensor_context(tmp_path, instance, cursor))
     assert isinstance(nxt, dg.RunRequest) and nxt.tags["churn/files"] == "1" and nxt.run_key != result.run_key
@@ -133,7 +143,7 @@ def test_duration_rule():
 
 
 def test_auto_cadence_switches_with_hysteresis():
-    c = Cadence(auto_up_files_per_minute=1.0, auto_window_minutes=10, auto_quiet_minutes=30)
+    c = Settings(auto_up_files_per_minute=1.0, auto_window_minutes=10, auto_quiet_minutes=30)
     now = 100_000.0
     state, reason = auto_cadence(AutoState(), [now - 60 * i for i in range(5)], now, c)
     assert state.mode == "hourly" and reason is None  # 0.5 files/min

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from churn_assets_tests.conftest import materialize, one, query
+from churn_assets_tests.helpers import materialize, one, query
 
 GOOD_USER = {"id": "u-1", "firstname": "ann", "lastname": "lee", "email": "a@x.org", "address": "1 St\nTown",
              "canal": "WEBAPP", "country": "FR", "creation_date": "01-30-2023 00:00:00",

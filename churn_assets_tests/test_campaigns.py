@@ -13,12 +13,12 @@ from datetime import date
 
 import pytest
 
-from churn_assets.campaigns.decide import Decision, decide, offer_for, season_for
-from churn_assets.campaigns.templates import template_copy
-from churn_assets.campaigns.validate import problems
+from churn_assets.defs.campaigns.decide import Decision, decide, offer_for, season_for
+from churn_assets.defs.campaigns.templates import template_copy
+from churn_assets.defs.campaigns.validate import problems
 from churn_assets.generator import generate_history
-from churn_assets.resources import AnthropicResource, CampaignPolicyResource
-from churn_assets_tests.conftest import materialize, one, query
+from churn_assets.defs.campaigns.resources import AnthropicResource, CampaignPolicyResource
+from churn_assets_tests.helpers import materialize, one, query
 from churn_assets_tests.fake_anthropic import FakeAnthropic
 
 AS_OF = "2026-11-01T06:00:00"

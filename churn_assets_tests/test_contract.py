@@ -11,7 +11,7 @@ import hashlib
 import pytest
 
 from churn_assets_tests import reference_oracle
-from churn_assets_tests.conftest import SAMPLE, land_sample, materialize, needs_sample, one, query
+from churn_assets_tests.helpers import SAMPLE, land_sample, materialize, needs_sample, one, query
 
 pytestmark = needs_sample
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from churn_assets.dashboards.assets import FIGURES
+from churn_assets.defs.dashboards.assets import FIGURES
 from churn_assets.generator import generate_history
 from churn_assets_tests.browser import launch
-from churn_assets_tests.conftest import REPO, materialize, one, query
+from churn_assets_tests.helpers import REPO, materialize, one, query
 
 AS_OF = "2026-11-01T06:00:00"
 
@@ -77,7 +77,7 @@ def parse(home: Path) -> PageParser:
 def sql_rows(home, name):
     con_rows = query(home, f"SELECT * FROM dashboard.{name}")
     cols = [r[0] for r in query(home, f"SELECT column_name FROM information_schema.columns WHERE table_schema='dashboard' AND table_name='{name}' ORDER BY ordinal_position")]
-    from churn_assets.dashboards.page import records
+    from churn_assets.defs.dashboards.page import records
 
     return records([dict(zip(cols, r)) for r in con_rows])
 
@@ -89,7 +89,9 @@ def test_every_figure_is_a_table_downstream_of_what_it_reads(cycle):
     kpis = dict(query(home, "SELECT name, value FROM dashboard.kpis"))
     assert {"customers_churned", "revenue_latest_month", "customers_at_risk", "revenue_at_risk"} <= set(kpis)
     assert query(home, "SELECT DISTINCT as_of FROM dashboard.kpis")[0][0].isoformat() == AS_OF
-    from churn_assets.definitions import defs
+    from churn_assets.definitions import defs as load_defs
+
+    defs = load_defs()
 
     graph = defs.resolve_asset_graph()
     parents = lambda k: {p.to_user_string() for p in graph.get(__import__("dagster").AssetKey(k.split("/"))).parent_keys}  # noqa: E731

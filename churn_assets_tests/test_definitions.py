@@ -7,8 +7,10 @@ import sys
 
 import dagster as dg
 
-from churn_assets.definitions import defs
-from churn_assets_tests.conftest import REPO
+from churn_assets.definitions import defs as load_defs
+from churn_assets_tests.helpers import REPO
+
+defs = load_defs()
 
 
 def test_asset_graph_snapshot():

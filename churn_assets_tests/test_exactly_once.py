@@ -7,9 +7,9 @@ import shutil
 import time
 from datetime import date
 
-from churn_assets.bronze.ingest import discover
+from churn_assets.defs.bronze.ingest import discover
 from churn_assets.generator import generate_history, generate_increment
-from churn_assets_tests.conftest import materialize, one, query
+from churn_assets_tests.helpers import materialize, one, query
 
 DATA = "*gold/churn_features"  # the data layers; the model has tests of its own
 

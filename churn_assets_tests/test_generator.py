@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from churn_assets.generator import generate_history, generate_increment
-from churn_assets_tests.conftest import SAMPLE, needs_sample
+from churn_assets_tests.helpers import SAMPLE, needs_sample
 
 TS = re.compile(r"^\d{2}-\d{2}-\d{4} \d{2}:\d{2}:\d{2}$")
 

@@ -8,8 +8,8 @@ from datetime import date
 import duckdb
 
 from churn_assets.generator import generate_history, generate_increment
-from churn_assets.gold.features import FEATURE_COLUMNS, churn_features_sql
-from churn_assets_tests.conftest import materialize, one, query
+from churn_assets.defs.gold.features import FEATURE_COLUMNS, churn_features_sql
+from churn_assets_tests.helpers import materialize, one, query
 
 COLS = ", ".join(FEATURE_COLUMNS)
 

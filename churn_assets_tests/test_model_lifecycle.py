@@ -10,8 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from churn_assets.generator import generate_history, generate_increment
-from churn_assets.resources import MLflowResource, ModelPolicyResource
-from churn_assets_tests.conftest import materialize, one, query
+from churn_assets.defs.ml.resources import MLflowResource, ModelPolicyResource
+from churn_assets_tests.helpers import materialize, one, query
 
 AS_OF = "2026-11-01T12:00:00"
 SHUFFLE_ALL = {"ops": {"ml__churn_model": {"config": {"shuffle_labels_fraction": 1.0}}}}

@@ -15,10 +15,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from churn_assets.definitions import defs
 from churn_assets.generator import generate_history
-from churn_assets.resources import default_resources
-from churn_assets_tests.conftest import REPO
+from churn_assets_tests.helpers import REPO, materialize
 from churn_assets_tests.live import free_port
 
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
@@ -51,7 +49,7 @@ def test_runs_and_events_are_stored_in_postgres(postgres, tmp_path, monkeypatch)
 
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(REPO / "churn_assets" / "automation" / "dagster.postgres.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "churn_assets" / "defs" / "automation" / "dagster.postgres.yaml", home / "dagster.yaml")
     for k, v in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(postgres), "DAGSTER_PG_DB": "dagster",
                  "DAGSTER_PG_USER": "dagster", "DAGSTER_PG_PASSWORD": "unused-with-trust"}.items():
         monkeypatch.setenv(k, v)
@@ -61,10 +59,7 @@ def test_runs_and_events_are_stored_in_postgres(postgres, tmp_path, monkeypatch)
 
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-        result = dg.materialize(
-            [*defs.assets, *defs.asset_checks], selection="*gold/churn_features", instance=instance,
-            resources=default_resources(churn_home, as_of="2026-11-01", settle_seconds=0),
-        )
+        result = materialize(churn_home, "*gold/churn_features", as_of="2026-11-01", instance=instance)
         assert result.success
         assert instance.get_latest_materialization_event(dg.AssetKey(["gold", "churn_features"])) is not None
     with psycopg2.connect(host="127.0.0.1", port=postgres, dbname="dagster", user="dagster") as db, db.cursor() as cur:
@@ -79,7 +74,7 @@ def test_multiprocess_executor_on_the_postgres_instance(postgres, tmp_path, monk
 
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(REPO / "churn_assets" / "automation" / "dagster.postgres.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "churn_assets" / "defs" / "automation" / "dagster.postgres.yaml", home / "dagster.yaml")
     churn_home = tmp_path / "churn"
     generate_history(churn_home, customers=1_500, seed=9, end=date(2026, 11, 1), progress=False)
     # What a deployment sets for every process (webserver, daemon, run worker, step).

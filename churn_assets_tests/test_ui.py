@@ -19,9 +19,11 @@ from collections import defaultdict
 
 import pytest
 
-from churn_assets.definitions import defs
+from churn_assets.definitions import defs as load_defs
 from churn_assets_tests.browser import launch
 from churn_assets_tests.live import REPO, free_port, stop, wait_until_serving
+
+defs = load_defs()
 
 GROUPS = {"bronze", "silver", "gold", "ml", "dashboard", "campaigns"}
 # The UI's one-time newsletter prompt on localhost, marked as seen.

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-TS = "%m-%d-%Y %H:%M:%S"
+from churn_assets.timeutil import LANDING_TS_FORMAT as TS
 
 FIRST = (
     "Mary James Patricia Robert Jennifer John Linda Michael Elizabeth David Barbara William Susan Richard "

@@ -1,0 +1,253 @@
+"""What starts the cycle, and what watches it.
+
+Two cadences, exactly one of them on at a time (``churn mode``):
+- ``churn_hourly`` (schedule, on by default): every hour, the whole cycle.
+- ``churn_landing_sensor`` (off by default): every few seconds, complete new landing
+  files -> one run for all of them; retraining and the campaign only when due.
+- ``churn_auto_cadence`` (off by default): watches the arrival rate and behaves as one or
+  the other, with hysteresis; each switch is logged and alerted.
+Watching: ``churn_failure_alerts`` and ``churn_duration_alerts`` (on by default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+
+from churn_assets.defs.automation.jobs import CYCLE_JOB
+from churn_assets.defs.bronze.ingest import discover
+from churn_assets.defs.campaigns.assets import retention_messages
+from churn_assets.defs.ml.assets import churn_model, churn_model_champion
+from churn_assets.ops.alerts import AlertsResource, duration_verdict
+from churn_assets.resources import LandingZoneResource
+from churn_assets.settings import SOURCES, Settings
+
+PENDING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+TRAINING = [churn_model.key, churn_model_champion.key]
+CAMPAIGN = [retention_messages.key]
+
+
+# --- pure decisions ----------------------------------------------------------------------------------
+
+
+def new_files(landing_root: Path, after: tuple[float, str] | None, settle_seconds: float, now: float) -> list:
+    """Complete landing files newer than the cursor (mtime, path), oldest first.
+
+    Only a trigger: a file the cursor passes over (landed with an old mtime) is still
+    ingested by the next run, since bronze reads its own manifest, not this cursor.
+    """
+    found = [f for s in SOURCES for f in discover(landing_root, s, set(), settle_seconds, now)]
+    found = [f for f in found if after is None or (f.mtime, f.relpath) > tuple(after)]
+    return sorted(found, key=lambda f: (f.mtime, f.relpath))
+
+
+def run_key_for(files: list) -> str:
+    return "files-" + hashlib.sha1("\n".join(sorted(f.relpath for f in files)).encode()).hexdigest()[:16]
+
+
+def is_due(last_materialized: float | None, every_minutes: float, now: float) -> bool:
+    return last_materialized is None or now - last_materialized >= every_minutes * 60
+
+
+@dataclass
+class AutoState:
+    mode: str = "hourly"
+    switched_at: float = 0.0
+
+
+def auto_cadence(state: AutoState, arrivals: list[float], now: float, cadence: Settings) -> tuple[AutoState, str | None]:
+    """The effective cadence from the landing arrival times (file mtimes), with hysteresis:
+    up to continuous when the rate over the window reaches the threshold; back to hourly
+    only after a quiet period with no arrival at all."""
+    window = cadence.auto_window_minutes * 60
+    rate = sum(1 for t in arrivals if now - t <= window) / cadence.auto_window_minutes
+    if state.mode == "hourly" and rate >= cadence.auto_up_files_per_minute:
+        return AutoState("continuous", now), f"{rate:.1f} files/min over {cadence.auto_window_minutes:g} min >= {cadence.auto_up_files_per_minute:g}"
+    last = max(arrivals, default=0.0)
+    if state.mode == "continuous" and now - last >= cadence.auto_quiet_minutes * 60 and now - state.switched_at >= cadence.auto_quiet_minutes * 60:
+        return AutoState("hourly", now), f"no file for {cadence.auto_quiet_minutes:g} min"
+    return state, None
+
+
+# --- helpers on the instance ---------------------------------------------------------------------
+
+
+def default_after(instance: dg.DagsterInstance) -> tuple[float, str] | None:
+    """Where a sensor without a cursor starts: after the files the last successful cycle
+    could already see (its start), so switching to continuous does not replay history."""
+    records = instance.get_run_records(
+        dg.RunsFilter(job_name=CYCLE_JOB, statuses=[dg.DagsterRunStatus.SUCCESS]), limit=1
+    )
+    return (records[0].start_time, "") if records and records[0].start_time else None
+
+
+def pending_runs(instance: dg.DagsterInstance) -> int:
+    return len(instance.get_run_ids(dg.RunsFilter(job_name=CYCLE_JOB, statuses=PENDING)))
+
+
+def last_materialized(instance: dg.DagsterInstance, key: dg.AssetKey) -> float | None:
+    event = instance.get_latest_materialization_event(key)
+    return event.timestamp if event else None
+
+
+def not_due(instance: dg.DagsterInstance, now: float, settings: Settings) -> tuple[list[dg.AssetKey], list[str]]:
+    """Retraining and the campaign when they are not due in continuous mode: (keys, names)."""
+    skipped = []
+    excluded: list[dg.AssetKey] = []
+    if not is_due(last_materialized(instance, TRAINING[0]), settings.continuous_retrain_minutes, now):
+        excluded += TRAINING
+        skipped.append("retraining")
+    if not is_due(last_materialized(instance, CAMPAIGN[0]), settings.continuous_campaign_minutes, now):
+        excluded += CAMPAIGN
+        skipped.append("campaign")
+    return excluded, skipped
+
+
+def _request_for_files(context, files: list, trigger: str) -> dg.RunRequest:
+    now = time.time()
+    excluded, skipped = not_due(context.instance, now, Settings.load())
+    # None = every asset; else the code location's own graph less what is not due.
+    selection = sorted(k for k in context.repository_def.asset_graph.get_all_asset_keys()
+                       if k not in excluded) if excluded else None
+    return dg.RunRequest(
+        run_key=run_key_for(files),
+        asset_selection=selection,
+        tags={"churn/trigger": trigger, "churn/files": str(len(files)), "churn/skipped": ",".join(skipped) or "none",
+              "churn/newest_file_mtime": f"{files[-1].mtime:.3f}"},
+    )
+
+
+# --- the triggers --------------------------------------------------------------------------------
+
+
+def churn_hourly(context: dg.ScheduleEvaluationContext):
+    if pending_runs(context.instance) >= Settings.load().max_pending_runs:
+        return dg.SkipReason("a cycle is already queued or running")
+    return dg.RunRequest(tags={"churn/trigger": "hourly"})
+
+
+def churn_landing_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource):
+    after = json.loads(context.cursor) if context.cursor else default_after(context.instance)
+    files = new_files(Path(landing.root), after, landing.settle_seconds, time.time())
+    if not files:
+        return dg.SkipReason("no new complete file")
+    if pending_runs(context.instance) >= Settings.load().max_pending_runs:
+        # The cursor stays: these files trigger the next run.
+        return dg.SkipReason(f"{len(files)} new files wait: a cycle is already queued or running")
+    context.update_cursor(json.dumps([files[-1].mtime, files[-1].relpath]))
+    return _request_for_files(context, files, "landing_sensor")
+
+
+def churn_auto_cadence(context: dg.SensorEvaluationContext, landing: LandingZoneResource, alerts: AlertsResource):
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    state = AutoState(cursor.get("mode", "hourly"), cursor.get("switched_at", 0.0))
+    now = time.time()
+    files = new_files(Path(landing.root), None, 0, now)
+    settings = Settings.load()
+    state, reason = auto_cadence(state, [f.mtime for f in files], now, settings)
+    if reason:
+        context.log.info(f"cadence switched to {state.mode}: {reason}")
+        alerts.raise_alert("mode_switch", CYCLE_JOB, f"auto-{int(now)}", f"cadence switched to {state.mode}: {reason}", context.log)
+    after = cursor.get("after") or default_after(context.instance)
+    request = None
+    if pending_runs(context.instance) < settings.max_pending_runs:
+        if state.mode == "continuous":
+            fresh = new_files(Path(landing.root), after, landing.settle_seconds, now)
+            if fresh:
+                after = [fresh[-1].mtime, fresh[-1].relpath]
+                request = _request_for_files(context, fresh, "auto_continuous")
+        else:
+            hour = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H")
+            if cursor.get("last_hour") != hour:
+                cursor["last_hour"] = hour
+                request = dg.RunRequest(run_key=f"auto-hourly-{hour}", tags={"churn/trigger": "auto_hourly"})
+    context.update_cursor(json.dumps({**cursor, "mode": state.mode, "switched_at": state.switched_at, "after": after}))
+    return request or dg.SkipReason(f"auto cadence: {state.mode}, nothing to start")
+
+
+def churn_failure_alerts(context: dg.RunFailureSensorContext, alerts: AlertsResource):
+    run = context.dagster_run
+    reason = context.failure_event.message or "run failed"
+    alerts.raise_alert("failure", run.job_name, run.run_id, reason, context.log)
+
+
+def churn_duration_alerts(context: dg.SensorEvaluationContext, alerts: AlertsResource):
+    settings = Settings.load()
+    now = time.time()
+    since = datetime.fromtimestamp(now - 3600, timezone.utc)
+    records = context.instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    records += context.instance.get_run_records(
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE], updated_after=since), limit=50
+    )
+    raised = 0
+    for record in records:
+        if not record.start_time:
+            continue
+        duration = (record.end_time or now) - record.start_time
+        history = [
+            r.end_time - r.start_time
+            for r in context.instance.get_run_records(
+                dg.RunsFilter(job_name=record.dagster_run.job_name, statuses=[dg.DagsterRunStatus.SUCCESS]),
+                limit=settings.alert_duration_history + 1,
+            )
+            if r.dagster_run.run_id != record.dagster_run.run_id and r.start_time and r.end_time
+        ][: settings.alert_duration_history]
+        reason = duration_verdict(duration, history, settings.alert_duration_factor, settings.alert_duration_min_history,
+                                  settings.alert_duration_ceiling_seconds)
+        if reason and alerts.raise_alert("slow", record.dagster_run.job_name, record.dagster_run.run_id, reason, context.log):
+            raised += 1
+    return dg.SkipReason(f"{raised} duration alerts raised" if raised else "no abnormal duration")
+
+
+# --- the definitions: names, intervals and default states (read when the code location loads) -------
+
+
+def build(settings: Settings, job) -> tuple[list[dg.ScheduleDefinition], list[dg.SensorDefinition]]:
+    """The schedule and sensors around the tick functions above. Intervals and the cron come
+    from the settings as the code location loads; what a tick decides, it reads at the tick."""
+    hourly = dg.schedule(
+        name="churn_hourly",
+        job=job,
+        cron_schedule=settings.schedule_cron,
+        execution_timezone=settings.schedule_timezone,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Efficient cycles: the whole cycle every hour (CHURN_SCHEDULE_CRON, CHURN_SCHEDULE_TIMEZONE). "
+        "Skips a tick while a cycle is already pending, so runs never pile up.",
+    )(churn_hourly)
+    landing = dg.sensor(
+        name="churn_landing_sensor",
+        job=job,
+        minimum_interval_seconds=settings.sensor_interval_seconds,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Always-on: polls the landing zone; all complete new files go into one run (run key = the file "
+        "set); never starts a run while a cycle is pending. Retraining and the campaign run only when due.",
+    )(churn_landing_sensor)
+    auto = dg.sensor(
+        name="churn_auto_cadence",
+        job=job,
+        minimum_interval_seconds=settings.sensor_interval_seconds,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Auto cadence: continuous while files arrive fast (CHURN_AUTO_UP_FILES_PER_MINUTE over "
+        "CHURN_AUTO_WINDOW_MINUTES), back to hourly after CHURN_AUTO_QUIET_MINUTES without a file. "
+        "Switches are alerted.",
+    )(churn_auto_cadence)
+    failures = dg.run_failure_sensor(
+        name="churn_failure_alerts",
+        minimum_interval_seconds=5,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="One alert per failed run (run id, job, reason, link): alerts table, webhook, Slack.",
+    )(churn_failure_alerts)
+    durations = dg.sensor(
+        name="churn_duration_alerts",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=15,
+        description="Flags a running or finished run whose time exceeds CHURN_ALERT_DURATION_FACTOR x the median "
+        "of the job's last successful runs, or CHURN_ALERT_DURATION_CEILING_SECONDS, without stopping it.",
+    )(churn_duration_alerts)
+    return [hourly], [landing, auto, failures, durations]

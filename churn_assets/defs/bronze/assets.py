@@ -1,0 +1,88 @@
+"""Bronze assets: landing files -> ``bronze.<table>``, each file exactly once."""
+
+
+from pathlib import Path
+
+import dagster as dg
+
+from churn_assets.defs.bronze.ingest import SPECS, ingest_source
+from churn_assets.metadata import table_metadata
+from churn_assets.resources import LandingZoneResource, WarehouseResource
+from churn_assets.warehouse import record_quality
+
+DESCRIPTIONS = {
+    "users": "Customer profiles (CRM) as landed: newline-delimited JSON from landing/users.",
+    "orders": "Orders (ERP) as landed: newline-delimited JSON from landing/orders.",
+    "events": "App and web events as landed: CSV from landing/events. Read directly by gold, like the reference.",
+}
+
+
+def _bronze_asset(source: str) -> dg.AssetsDefinition:
+    spec = SPECS[source]
+
+    @dg.asset(
+        key=["bronze", spec.table],
+        group_name="bronze",
+        kinds={"duckdb", "python"},
+        pool="duckdb_warehouse",
+        description=DESCRIPTIONS[source]
+        + " Incremental: only files the manifest has not seen; records that do not fit the schema keep their"
+        " raw text in _rescued_data; unparseable records go to bronze.quarantine.",
+        check_specs=[
+            dg.AssetCheckSpec("correct_schema", asset=["bronze", spec.table], description="_rescued_data IS NULL (warn only, as the reference)"),
+            dg.AssetCheckSpec("records_parseable", asset=["bronze", spec.table], description="no landed record of this run went to quarantine (warn only)"),
+        ],
+    )
+    def _asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource) -> dg.MaterializeResult:
+        with warehouse.get_connection() as con:
+            result = ingest_source(
+                con, Path(landing.root), source, context.run_id,
+                settle_seconds=landing.settle_seconds, batch_bytes=landing.batch_bytes,
+            )
+            fit = result.rows_loaded - result.rows_rescued
+            record_quality(
+                con, context.run_id, "bronze", f"bronze.{spec.table}",
+                [
+                    ("correct_schema", fit, result.rows_rescued, 0, None),
+                    ("records_parseable", result.rows_loaded, result.rows_quarantined, result.rows_quarantined, None),
+                ],
+            )
+            metadata = table_metadata(con, f"bronze.{spec.table}")
+        context.log.info(
+            f"{source}: {result.files_loaded} files loaded, {result.files_duplicate} duplicate, "
+            f"{result.rows_loaded} rows, {result.rows_quarantined} quarantined"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                **metadata,
+                "rows_new": result.rows_loaded,
+                "files_ingested": result.files_loaded + result.files_quarantined + result.files_empty,
+                "files_duplicate": result.files_duplicate,
+                "records_landed": result.records,
+                "rows_rescued": result.rows_rescued,
+                "records_quarantined": result.rows_quarantined,
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="correct_schema",
+                    passed=result.rows_rescued == 0,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    metadata={"passed": fit, "failed": result.rows_rescued},
+                ),
+                dg.AssetCheckResult(
+                    check_name="records_parseable",
+                    passed=result.rows_quarantined == 0,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    metadata={"loaded": result.rows_loaded, "quarantined": result.rows_quarantined},
+                ),
+            ],
+        )
+
+    return _asset
+
+
+churn_users_bronze = _bronze_asset("users")
+churn_orders_bronze = _bronze_asset("orders")
+churn_app_events = _bronze_asset("events")
+
+assets = [churn_users_bronze, churn_orders_bronze, churn_app_events]

@@ -1,0 +1,74 @@
+"""The retention campaign: Claude writes, code decides, the outbox delivers."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from churn_assets.defs.campaigns.prompts import PROMPT_VERSION
+from churn_assets.defs.campaigns.run import run_campaign
+from churn_assets.metadata import table_metadata
+from churn_assets.defs.campaigns.resources import AnthropicResource, CampaignPolicyResource
+from churn_assets.resources import PipelineSettingsResource, WarehouseResource
+
+
+@dg.asset(
+    key=["campaigns", "retention_messages"],
+    deps=[["gold", "churn_prediction"], ["gold", "churn_features"], ["silver", "churn_users"], ["silver", "churn_orders"]],
+    group_name="campaigns",
+    kinds={"anthropic", "duckdb"},
+    pool="duckdb_warehouse",
+    # Network-bound: a transient fault of the API retries the step (the SDK already
+    # retried each call); what was generated before is cached and not asked again.
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL),
+    description="A personalized retention message for each customer predicted to churn (highest risk and value first, "
+    "at most max_messages_per_run, none within cooldown_days of the last one). Offer, urgency, season and languages "
+    "are decided in code; Claude writes the words (offline templates without ANTHROPIC_API_KEY); every text is "
+    "validated. Ready messages go to $CHURN_HOME/outbox/<run>.jsonl for a downstream sender.",
+)
+def retention_messages(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    anthropic: AnthropicResource,
+    campaign_policy: CampaignPolicyResource,
+    pipeline_settings: PipelineSettingsResource,
+) -> dg.MaterializeResult:
+    writer = None if anthropic.offline else anthropic.writer()
+    with warehouse.get_connection() as con:
+        result = run_campaign(
+            con,
+            run_id=context.run_id,
+            as_of=pipeline_settings.as_of_datetime(),
+            outbox_dir=Path(pipeline_settings.home) / "outbox",
+            writer=writer,
+            model_name=anthropic.model,
+            concurrency=anthropic.max_concurrency,
+            cooldown_days=campaign_policy.cooldown_days,
+            cap=campaign_policy.max_messages_per_run,
+            fallback_to_template=campaign_policy.fallback_to_template,
+        )
+        metadata = table_metadata(con, "campaigns.retention_messages")
+    if result.stopped:
+        context.log.warning(f"campaign stopped early: {result.stopped}")
+    return dg.MaterializeResult(
+        metadata={
+            **metadata,
+            "mode": "offline templates (no ANTHROPIC_API_KEY)" if anthropic.offline else f"Claude {anthropic.model}",
+            "prompt_version": PROMPT_VERSION,
+            "customers_targeted": result.targets,
+            "customers_in_cooldown": result.in_cooldown,
+            "distinct_decisions": result.decisions,
+            "cache_hits": result.cache_hits,
+            "api_calls": result.api_calls,
+            "input_tokens": result.input_tokens,
+            "output_tokens": result.output_tokens,
+            "cost_usd": dg.MetadataValue.float(round(result.cost_usd, 6)),
+            **{f"messages_{status}": n for status, n in sorted(result.statuses.items())},
+            "validation_pass_rate": dg.MetadataValue.float(result.valid / result.validated if result.validated else 1.0),
+            "outbox": dg.MetadataValue.path(result.outbox) if result.outbox else "none (nothing ready)",
+            "messages_outboxed": result.outboxed,
+            "stopped_early": result.stopped or "",
+        }
+    )
+
+
+assets = [retention_messages]

@@ -1,0 +1,27 @@
+"""A generated copy and where it came from (kept free of the SDK: imported by every run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from churn_assets.defs.campaigns.decide import Decision
+from churn_assets.defs.campaigns.templates import template_copy
+
+
+@dataclass
+class Generation:
+    decision: Decision
+    generator: str
+    status: str  # ok | invalid | refused | failed | skipped_budget
+    subject: str | None = None
+    texts: dict[str, str] = field(default_factory=dict)
+    api_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    detail: str | None = None
+
+
+def template_generation(decision: Decision) -> Generation:
+    subject, texts = template_copy(decision)
+    return Generation(decision, "template", "ok", subject, texts)

@@ -1,0 +1,138 @@
+"""Dashboard assets: one DuckDB table per figure, and the page that draws them all."""
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+
+from churn_assets.ops.alerts import AlertsResource
+from churn_assets.defs.dashboards.metrics import METRICS, Metric
+from churn_assets.defs.dashboards.page import markdown_image, png_of, render
+from churn_assets.metadata import table_metadata
+from churn_assets.resources import PipelineSettingsResource, WarehouseResource
+from churn_assets.warehouse import registered, transaction
+
+# The charts whose PNG goes into the page asset's metadata, for the Dagster UI.
+KEY_CHARTS = ["revenue_by_month", "churn_by_platform", "predicted_churn_by_country", "data_quality_daily"]
+
+
+def _metric_asset(metric: Metric) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=["dashboard", metric.name],
+        deps=[list(d) for d in metric.deps],
+        group_name="dashboard",
+        kinds={"duckdb"},
+        pool="duckdb_warehouse",
+        description=f"{metric.description} ({metric.dashboard}; table dashboard.{metric.name})",
+    )
+    def _asset(warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource) -> dg.MaterializeResult:
+        with warehouse.get_connection() as con:
+            with transaction(con):
+                con.execute(
+                    f"CREATE OR REPLACE TABLE dashboard.{metric.name} AS {metric.sql}",
+                    {"as_of": pipeline_settings.as_of_datetime()} if "$as_of" in metric.sql else None,
+                )
+            return dg.MaterializeResult(metadata=table_metadata(con, f"dashboard.{metric.name}"))
+
+    return _asset
+
+
+@dg.asset(
+    key=["dashboard", "pipeline_runs"],
+    group_name="dashboard",
+    kinds={"duckdb", "dagster"},
+    pool="duckdb_warehouse",
+    description="Run history from the Dagster instance: job, status, start, duration of the latest 200 runs "
+    "(pipeline health; table dashboard.pipeline_runs).",
+)
+def pipeline_runs(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    import polars as pl
+
+    now = datetime.now(timezone.utc).timestamp()
+    rows = []
+    for record in context.instance.get_run_records(limit=200):
+        run = record.dagster_run
+        start = record.start_time or record.create_timestamp.timestamp()
+        end = record.end_time
+        rows.append({
+            "run_id": run.run_id, "job_name": run.job_name, "status": run.status.value,
+            "started_at": datetime.fromtimestamp(start, timezone.utc).replace(tzinfo=None),
+            "ended_at": datetime.fromtimestamp(end, timezone.utc).replace(tzinfo=None) if end else None,
+            "duration_seconds": round((end or now) - start, 3),
+        })
+    frame = pl.DataFrame(rows, schema={"run_id": pl.Utf8, "job_name": pl.Utf8, "status": pl.Utf8, "started_at": pl.Datetime,
+                                       "ended_at": pl.Datetime, "duration_seconds": pl.Float64})
+    with warehouse.get_connection() as con:
+        with transaction(con), registered(con, "_runs", frame):
+            con.execute("CREATE OR REPLACE TABLE dashboard.pipeline_runs AS SELECT * FROM _runs ORDER BY started_at")
+        return dg.MaterializeResult(metadata=table_metadata(con, "dashboard.pipeline_runs"))
+
+
+@dg.asset(
+    key=["dashboard", "alerts"],
+    group_name="dashboard",
+    kinds={"duckdb", "sqlite"},
+    pool="duckdb_warehouse",
+    description="Alerts raised by the cycle's monitoring (failed and abnormally long runs, cadence switches), "
+    "copied from the alerts store the sensors write (table dashboard.alerts).",
+)
+def alerts_figure(warehouse: WarehouseResource, alerts: AlertsResource) -> dg.MaterializeResult:
+    import polars as pl
+
+    rows = alerts.store().all()[:200]
+    frame = pl.DataFrame(
+        [{k: r[k] for k in ("raised_at", "kind", "job_name", "run_id", "reason", "link")} for r in rows],
+        schema={"raised_at": pl.Utf8, "kind": pl.Utf8, "job_name": pl.Utf8, "run_id": pl.Utf8, "reason": pl.Utf8, "link": pl.Utf8},
+    ).with_columns(pl.col("raised_at").str.to_datetime(strict=False))
+    with warehouse.get_connection() as con:
+        with transaction(con), registered(con, "_alerts", frame):
+            con.execute("CREATE OR REPLACE TABLE dashboard.alerts AS SELECT * FROM _alerts ORDER BY raised_at DESC")
+        return dg.MaterializeResult(metadata=table_metadata(con, "dashboard.alerts"))
+
+
+metric_assets = [_metric_asset(m) for m in METRICS]
+FIGURES = [m.name for m in METRICS] + ["pipeline_runs", "alerts"]
+
+
+@dg.asset(
+    key=["dashboard", "page"],
+    deps=[["dashboard", name] for name in FIGURES],
+    group_name="dashboard",
+    kinds={"html"},
+    description="The dashboards as one self-contained page, $CHURN_HOME/dashboard/index.html: every figure drawn "
+    "(Vega-Lite, inlined), the as-of time, the production model's version, each layer's freshness. Opens from "
+    "disk with no network and no database.",
+)
+def dashboard_page(warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource) -> dg.MaterializeResult:
+    with warehouse.get_connection() as con:
+        fig = {}
+        for name in FIGURES:
+            cur = con.execute(f"SELECT * FROM dashboard.{name}")
+            cols = [d[0] for d in cur.description]
+            fig[name] = [dict(zip(cols, row)) for row in cur.fetchall()]
+        versions = con.execute("SELECT DISTINCT model_version FROM gold.churn_prediction").fetchall()
+    model_version = ", ".join(sorted(str(v) for (v,) in versions)) or "none"
+    page, specs = render(
+        fig, as_of=pipeline_settings.as_of_datetime(), model_version=model_version,
+        generated_at=datetime.now(timezone.utc).replace(tzinfo=None),
+    )
+    out = Path(pipeline_settings.home) / "dashboard" / "index.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(".index.html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)  # a reader never sees half a page
+    images = {f"chart_{name}": dg.MetadataValue.md(markdown_image(png_of(specs[name]), name)) for name in KEY_CHARTS}
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(out)),
+            "url": dg.MetadataValue.url(out.as_uri()),
+            "bytes": len(page.encode()),
+            "figures": len(FIGURES),
+            "model_version": model_version,
+            **images,
+        }
+    )
+
+
+assets = [*metric_assets, pipeline_runs, alerts_figure, dashboard_page]

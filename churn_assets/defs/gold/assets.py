@@ -1,0 +1,63 @@
+"""Gold ``churn_features`` and its blocking quality check."""
+
+
+import dagster as dg
+
+from churn_assets.defs.gold.features import build_churn_features, gold_quality
+from churn_assets.metadata import table_metadata
+from churn_assets.resources import PipelineSettingsResource, WarehouseResource
+from churn_assets.warehouse import record_quality, scalar, table_exists
+
+
+@dg.asset(
+    key=["gold", "churn_features"],
+    deps=[["silver", "churn_users"], ["silver", "churn_orders"], ["bronze", "churn_app_events"]],
+    group_name="gold",
+    kinds={"duckdb"},
+    pool="duckdb_warehouse",
+    description="One row per customer with at least one order and one event: the customer, order aggregates, "
+    "event aggregates (first platform, events, sessions, last event) and day counts to the as-of instant "
+    "(CHURN_AS_OF, default now).",
+)
+def churn_features(context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource):
+    as_of = pipeline_settings.as_of_datetime()
+    with warehouse.get_connection() as con:
+        before = scalar(con, "SELECT count(*) FROM gold.churn_features") if table_exists(con, "gold", "churn_features") else 0
+        result = build_churn_features(con, as_of)
+        metadata = table_metadata(con, "gold.churn_features")
+    return dg.MaterializeResult(
+        metadata={
+            **metadata,
+            "rows_new": result.rows_total - before,
+            "customers_recomputed": result.customers_recomputed,
+            "build_mode": result.mode,
+            "day_counts_refreshed": result.day_counts_refreshed,
+            "as_of": as_of.isoformat(),
+        }
+    )
+
+
+@dg.asset_check(
+    asset=churn_features,
+    blocking=True,
+    description="One row per customer and sane values (counts >= 1, amounts >= 0, sessions <= events, "
+    "binary label). Blocking: a failure stops the cycle before the model reads gold.",
+)
+def churn_features_valid(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.get_connection() as con:
+        results = gold_quality(con)
+        record_quality(
+            con, context.op_execution_context.run_id, "gold", "gold.churn_features",
+            [(name, passed, failed, 0, None) for name, (passed, failed) in results.items()],
+        )
+    failed = {name: f for name, (_, f) in results.items() if f}
+    return dg.AssetCheckResult(
+        passed=not failed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={name: dg.MetadataValue.int(f) for name, (_, f) in results.items()},
+        description="all expectations hold" if not failed else f"failed: {failed}",
+    )
+
+
+assets = [churn_features]
+asset_checks = [churn_features_valid]

@@ -1,0 +1,1 @@
+"""Operations: alerts raised by automation and read by the dashboards."""
