@@ -84,7 +84,7 @@ def _champion_auc(result) -> float | None:
 def summary(champion_auc: float | None = None) -> str:
     from churn_assets.summary import cycle_summary
 
-    return cycle_summary(Settings.load().warehouse_path, champion_auc)
+    return cycle_summary(Settings.load(), champion_auc)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 
 import dagster as dg
 import duckdb

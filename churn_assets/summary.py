@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import duckdb
 
-
+from churn_assets.settings import Settings
 from churn_assets.warehouse import scalar, table_exists
 
 LAYERS = [
@@ -16,7 +15,8 @@ LAYERS = [
 ]
 
 
-def cycle_summary(path: Path, champion_auc: float | None = None) -> str:
+def cycle_summary(settings: Settings, champion_auc: float | None = None) -> str:
+    home, path = settings.home, settings.warehouse_path
     if not path.exists():
         return f"no warehouse yet at {path}"
     con = duckdb.connect(str(path), read_only=True)
@@ -38,12 +38,12 @@ def cycle_summary(path: Path, champion_auc: float | None = None) -> str:
             lines.append("messages   " + ", ".join(f"{n:,} {s} ({g})" for s, g, n in rows))
     finally:
         con.close()
-    dashboard = home / "dashboard" / "index.html"
-    outboxes = sorted((home / "outbox").glob("*.jsonl"), key=lambda p: p.stat().st_mtime) if (home / "outbox").is_dir() else []
+    dashboard = settings.dashboard_dir / "index.html"
+    outboxes = sorted(settings.outbox_dir.glob("*.jsonl"), key=lambda p: p.stat().st_mtime) if settings.outbox_dir.is_dir() else []
     if dashboard.exists():
         lines.append(f"dashboard  {dashboard.as_uri()}")
     if outboxes:
         lines.append(f"outbox     {outboxes[-1]}")
-    lines.append(f"MLflow     mlflow ui --backend-store-uri sqlite:///{home / 'mlflow' / 'mlflow.db'} --port 5000")
+    lines.append(f"MLflow     mlflow ui --backend-store-uri {settings.mlflow_uri} --port 5000")
     lines.append(f"Dagster UI CHURN_HOME={home} churn ui   (then http://127.0.0.1:3000)")
     return "\n".join(lines)

@@ -14,7 +14,6 @@ from datetime import date
 import pytest
 
 from churn_assets.defs.campaigns.decide import Decision, decide, offer_for, season_for
-from churn_assets.defs.campaigns.templates import template_copy
 from churn_assets.defs.campaigns.validate import problems
 from churn_assets.generator import generate_history
 from churn_assets.defs.campaigns.resources import AnthropicResource, CampaignPolicyResource

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from churn_assets.generator import generate_history
-from churn_assets_tests.helpers import one, query
+from churn_assets_tests.helpers import one
 
 TABLES = ("bronze.churn_users_bronze", "bronze.churn_orders_bronze", "bronze.churn_app_events", "bronze.quarantine")
 
