@@ -1,5 +1,8 @@
-"""Test hook for crash tests: ``CHURN_TEST_KILL_AT=name[:n]`` makes the process SIGKILL
-itself the n-th time (default first) it passes ``fault_point(name)``. Inert otherwise."""
+"""Test hooks for crash and retry tests, inert otherwise.
+
+``CHURN_TEST_KILL_AT=name[:n]`` makes the process SIGKILL itself the n-th time (default
+first) it passes ``fault_point(name)``; ``CHURN_TEST_RETRY_AT=name[:n]`` makes the n-th pass
+(only that one) ask Dagster to retry the step, as a transient fault would."""
 
 from __future__ import annotations
 
@@ -7,19 +10,29 @@ import os
 import signal
 import threading
 
-_hits: dict[str, int] = {}
+_hits: dict[tuple[str, str], int] = {}
 _lock = threading.Lock()
 
 
-def fault_point(name: str) -> None:
-    target = os.environ.get("CHURN_TEST_KILL_AT")
+def _passes(variable: str, name: str) -> tuple[int, int] | None:
+    """(passes so far including this one, n) when ``variable`` targets ``name``."""
+    target = os.environ.get(variable)
     if not target:
-        return
+        return None
     point, _, nth = target.partition(":")
     if point != name:
-        return
+        return None
     with _lock:
-        _hits[name] = _hits.get(name, 0) + 1
-        hit = _hits[name] >= int(nth or 1)
-    if hit:
+        _hits[variable, name] = _hits.get((variable, name), 0) + 1
+        return _hits[variable, name], int(nth or 1)
+
+
+def fault_point(name: str) -> None:
+    kill = _passes("CHURN_TEST_KILL_AT", name)
+    if kill and kill[0] >= kill[1]:
         os.kill(os.getpid(), signal.SIGKILL)
+    retry = _passes("CHURN_TEST_RETRY_AT", name)
+    if retry and retry[0] == retry[1]:
+        import dagster as dg
+
+        raise dg.RetryRequested(max_retries=1, seconds_to_wait=0)

@@ -16,6 +16,28 @@ LAYERS = [
 ]
 
 
+def campaign_line(con) -> str:
+    """The last campaign run in words, saying so when the model's copy was missing."""
+    from churn_assets.campaigns.run import degradation_text
+
+    run_id, messages, template = con.execute(
+        """WITH last AS (SELECT run_id FROM campaigns.retention_messages ORDER BY created_at DESC LIMIT 1)
+           SELECT any_value(run_id), count(*), count(*) FILTER (status = 'ready' AND generator = 'template')
+           FROM campaigns.retention_messages WHERE run_id = (SELECT run_id FROM last)"""
+    ).fetchall()[0]
+    errors = {}
+    if scalar(con, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'campaigns' "
+                   "AND table_name = 'retention_messages' AND column_name = 'model_error'"):
+        errors = dict(con.execute(
+            "SELECT model_error, count(*) FROM campaigns.retention_messages WHERE run_id = ? AND model_error IS NOT NULL "
+            "GROUP BY 1", [run_id]).fetchall())
+    if errors:
+        return f"campaign   last run DEGRADED: {degradation_text(errors, messages, template)}"
+    if messages and template == messages:
+        return f"campaign   last run {messages:,} messages, from the offline templates (no ANTHROPIC_API_KEY)"
+    return f"campaign   last run {messages:,} messages, all with the model's copy"
+
+
 def cycle_summary(home: Path, champion_auc: float | None = None) -> str:
     path = warehouse_path(home)
     if not path.exists():
@@ -37,6 +59,7 @@ def cycle_summary(home: Path, champion_auc: float | None = None) -> str:
         if table_exists(con, "campaigns", "retention_messages"):
             rows = con.execute("SELECT status, generator, count(*) FROM campaigns.retention_messages GROUP BY ALL ORDER BY 1, 2").fetchall()
             lines.append("messages   " + ", ".join(f"{n:,} {s} ({g})" for s, g, n in rows))
+            lines.append(campaign_line(con))
     finally:
         con.close()
     dashboard = home / "dashboard" / "index.html"
