@@ -11,6 +11,7 @@ import subprocess
 import sys
 from datetime import date
 
+import duckdb
 import pytest
 
 from churn_assets.campaigns.decide import Decision, decide, offer_for, season_for
@@ -19,7 +20,7 @@ from churn_assets.campaigns.validate import problems
 from churn_assets.generator import generate_history
 from churn_assets.resources import AnthropicResource, CampaignPolicyResource
 from churn_assets_tests.conftest import materialize, one, query
-from churn_assets_tests.fake_anthropic import FakeAnthropic
+from churn_assets_tests.fake_anthropic import FakeAnthropic, tamper
 
 AS_OF = "2026-11-01T06:00:00"
 SELECT = "campaigns/retention_messages"
@@ -287,3 +288,193 @@ def test_a_killed_run_loses_nothing_and_does_not_ask_again(home, tmp_path):
     assert all(m["outbox"] for m in after if m["status"] == "ready")
     lines = [json.loads(line) for f in (home / "outbox").glob("*.jsonl") for line in open(f)]
     assert sorted(o["message_id"] for o in lines) == sorted(m["message_id"] for m in after if m["status"] == "ready")
+
+
+# --- copy checked as strictly as a mailer would -------------------------------------------------------
+
+SHORT = Decision("short", ("en", "fr"), "free_shipping", "urgent", "winter")
+LONG = Decision("long", ("en",), "free_shipping", "normal", "summer")
+GOOD_SHORT = {"en": "Hi {{first_name}}, your next order ships free with our warm knits. Until Sunday only.",
+              "fr": "Bonjour {{first_name}}, la livraison offerte avec nos mailles chaudes."}
+GOOD_LONG_SUBJECT = "Your next order ships free"
+GOOD_LONG = {"en": "Hi {{first_name}},\n\nSummer is here and so are our linen shirts. Your next order ships free: "
+                   "pick your favourites whenever you like, and returns stay free for 30 days. Have a look at the "
+                   "new pieces and choose what you like best."}
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (" Claim it at https://evil.example/win", "link"),
+        (" Shop evil.example today.", "link"),
+        (" See www.x.com", "link"),
+        (" Write to win@evil.example", "link"),
+        (" <script>alert(1)</script>", "markup"),
+        (" <b>now</b>", "markup"),
+        (" &amp; more", "markup"),
+        (" [Shop now](shop)", "markup"),
+        (" Use {{discount_code}}", "placeholder"),
+        (" Dear [Name]", "placeholder"),
+        (" \x07", "control character"),
+        (" \u202eevil", "control character"),
+        (" 50% off everything", "percentage 50 %"),
+        (" 15% off too", "percentage 15 %"),  # 15 % is the discount, not this decision's free shipping
+        (" Save $20 today", "amount"),
+        (" Save 20 EUR today", "amount"),
+        (" Plus 3 for 2 on shirts", "offers bundle"),
+        (" And a discount code", "offers discount"),
+        (" Free gift inside", "not the decided one"),
+    ],
+)
+def test_each_mailer_rule(extra, expected):
+    assert problems(SHORT, None, GOOD_SHORT) == [] and problems(LONG, GOOD_LONG_SUBJECT, GOOD_LONG) == []
+    for decision, subject, texts in ((SHORT, None, GOOD_SHORT), (LONG, GOOD_LONG_SUBJECT, GOOD_LONG)):
+        found = problems(decision, subject, {**texts, "en": texts["en"] + extra})
+        assert any(expected in p for p in found), (extra, found)
+    if "\x07" not in extra and "\u202e" not in extra:  # a subject is checked the same way
+        found = problems(LONG, GOOD_LONG_SUBJECT + extra, GOOD_LONG)
+        assert any(expected in p for p in found), (extra, found)
+
+
+def test_subject_rules_and_placeholders():
+    for bad in ("Something new\nBcc: x@y.z", "Something new\r\nBcc: x@y.z", "New\u2028Bcc: x", "Ships free\x00"):
+        assert "subject has a line break or control character" in problems(LONG, bad, GOOD_LONG)
+    # The subject is never personalized: a placeholder there would reach the customer as is.
+    assert "has a leftover placeholder" in problems(LONG, "For you, {{first_name}}", GOOD_LONG)
+    # Line breaks stay allowed in a body; the offers of the decision itself pass.
+    assert problems(Decision("short", ("en",), "discount", "urgent", "winter"), None,
+                    {"en": "Hi {{first_name}},\n15% off your next order with our warm knits."}) == []
+    assert problems(Decision("short", ("en", "es"), "bundle", "urgent", "winter"), None,
+                    {"en": "Hi {{first_name}}, 3 pieces for the price of 2 with our warm knits.",
+                     "es": "Hola {{first_name}}, 3 prendas por el precio de 2 con nuestro punto cálido."}) == []
+    # No false alarm on a missing space after a full stop, decimals or "30 days".
+    assert problems(SHORT, None, {**GOOD_SHORT, "en": "Hi {{first_name}}, your next order ships free.Until Sunday, "
+                                                      "30 days of free returns."}) == []
+
+
+def test_length_uses_the_real_first_name():
+    text = {"en": "Hi {{first_name}}, your next order ships free with our warm knits, new coats and boots. "
+                  "Have a look and choose what you like."}
+    d = Decision("short", ("en",), "free_shipping", "urgent", "winter")
+    assert len(text["en"]) == 125
+    assert problems(d, None, text, first_name="Al") == []  # 113 characters to send
+    assert problems(d, None, text, first_name="Maximiliana Alexandrina Josefina-Marie") == []  # 38: 149
+    long_name = "X" * 40  # 151: still fits
+    assert problems(d, None, text, first_name=long_name) == []
+    longer = {"en": text["en"] + " Until Sunday."}  # 139 with the placeholder: the old check (a 20-character name) passed it
+    assert problems(d, None, longer, first_name="Al") == []
+    assert any("165 characters with a 40-character name" in p for p in problems(d, None, longer, first_name=long_name))
+    # Without a name (a copy shared by many customers), the longest name counts.
+    assert problems(d, None, longer) == problems(d, None, longer, first_name=long_name) != []
+    # Every template fits every name, in every language and decision.
+    for style in ("short", "long"):
+        for langs in (("en",), ("en", "fr"), ("en", "es")):
+            for offer in ("discount", "free_shipping", "bundle"):
+                for season in ("winter", "spring", "summer", "autumn"):
+                    for urgency in ("urgent", "normal"):
+                        dd = Decision(style, langs, offer, urgency, season)
+                        assert problems(dd, *template_copy(dd), first_name=long_name) == [], dd
+
+
+def test_a_text_with_any_problem_is_never_ready():
+    from churn_assets.campaigns.generation import Generation
+    from churn_assets.campaigns.run import choose_copy
+
+    d = Decision("short", ("en",), "free_shipping", "urgent", "winter")
+    fits_short_names = Generation(d, "claude", "ok", None, {"en": "Hi {{first_name}}, your " + "knits " * 20})  # 143
+    assert choose_copy(fits_short_names, "Al", True).copy is fits_short_names
+    long_name = choose_copy(fits_short_names, "X" * 40, True)
+    assert (long_name.status, long_name.copy.generator, long_name.model_error) == ("ready", "template", "invalid copy")
+    assert "characters with a 40-character name" in long_name.detail
+    no_fallback = choose_copy(fits_short_names, "X" * 40, False)
+    assert (no_fallback.status, no_fallback.copy) == ("invalid", None)
+    # Offline, a template with a problem is not sent either.
+    broken_template = Generation(d, "template", "ok", None, {"en": "Hi {{first_name}}, see www.x.com"})
+    assert (choose_copy(broken_template, "Al", True).status, choose_copy(broken_template, "Al", True).copy) == ("invalid", None)
+
+
+def _padded(decision: dict) -> dict:
+    """Short copy of 137 characters with the placeholder: 163 with a 40-character name."""
+    texts = {lang: (t + " Have a look" + " and more" * 20)[:136] + "." for lang, t in tamper(decision)["texts"].items()}
+    return {"subject": None, "texts": texts} if decision["style"] == "short" else tamper(decision)
+
+
+def _break(rule: str):
+    return {
+        "url": lambda d: tamper(d, en=" Claim it at https://evil.example/win"),
+        "bare domain": lambda d: tamper(d, en=" Shop evil.example today."),
+        "www": lambda d: tamper(d, en=" See www.x.com"),
+        "markup": lambda d: tamper(d, en=" <script>alert(1)</script>"),
+        "header injection": lambda d: {**tamper(d), "subject": "Something new\nBcc: x@y.z"},
+        "control character": lambda d: tamper(d, en=" \x1b[31m"),
+        "placeholder": lambda d: tamper(d, en=" Use {{discount_code}}."),
+        "wrong offer": lambda d: tamper(d, en=" 50% off everything!"),
+        "amount": lambda d: tamper(d, en=" Save $20 today."),
+        "length": _padded,
+    }[rule]
+
+
+@pytest.mark.parametrize("rule, evidence, problem", [
+    ("url", "evil.example", "link"),
+    ("bare domain", "evil.example", "link"),
+    ("www", "www.x.com", "link"),
+    ("markup", "<script>", "markup"),
+    ("header injection", "Bcc:", "line break"),
+    ("control character", "\x1b", "control character"),
+    ("placeholder", "{{discount_code}}", "placeholder"),
+    ("wrong offer", "50% off", "percentage 50 %"),
+    ("amount", "$20", "amount"),
+])
+def test_a_model_answer_breaking_a_rule_gets_a_corrective_turn_then_the_template(home, rule, evidence, problem):
+    with FakeAnthropic(answer=_break(rule)) as fake:
+        _, meta = campaign(home, fake, cap=60, max_concurrency=2)
+    msgs = messages(home)
+    assert len(msgs) == 60 and {m["status"] for m in msgs} == {"ready"}
+    # Every decision was asked twice (the answer, then the corrective turn), naming the problem.
+    assert len(fake.requests) == 2 * meta["distinct_decisions"]
+    corrective = [r["body"]["messages"][2]["content"] for r in fake.requests if len(r["body"]["messages"]) == 3]
+    assert len(corrective) == meta["distinct_decisions"] and all(problem in c for c in corrective)
+    # Then the template, said in the data and the metadata; the bad copy reached no outbox and no cache.
+    assert {m["generator"] for m in msgs} == {"template"} and {m["model_error"] for m in msgs} == {"invalid copy"}
+    assert all(problem in m["detail"] for m in msgs)
+    assert meta["messages_by_generator"] == {"template": 60} and meta["model_errors"] == {"invalid copy": 60}
+    assert meta["validation_pass_rate"] == 0.0
+    outbox_text = open(meta["outbox"], encoding="utf-8").read()
+    assert evidence not in outbox_text and len(outbox_text.splitlines()) == 60
+    assert one(home, "SELECT count(*) FROM campaigns.copy_cache") == 0
+    assert_all_valid(home, msgs)
+
+
+def test_copy_too_long_for_a_40_character_name_is_not_sent(home):
+    con = duckdb.connect(str(home / "warehouse.duckdb"))
+    con.execute("UPDATE silver.churn_users SET firstname = 'Alexandrina-Maximiliana Josefina Marieke'")  # 40
+    con.close()
+    with FakeAnthropic(answer=_break("length")) as fake:
+        _, meta = campaign(home, fake, cap=80, max_concurrency=2)
+    msgs = messages(home)
+    short = [m for m in msgs if m["style"] == "short"]
+    assert short and {m["status"] for m in msgs} == {"ready"}
+    # The answer had 137 characters with the placeholder: 163 with this name; it got the template.
+    assert {m["generator"] for m in short} == {"template"} and all("40-character name" in m["detail"] for m in short)
+    for m in short:
+        assert all(len(t) <= 160 and "Alexandrina-Maximiliana Josefina Marieke" in t for t in json.loads(m["texts"]).values())
+    assert {m["generator"] for m in msgs if m["style"] == "long"} == {"claude-haiku-5-5"}
+
+
+def test_cached_copy_is_checked_again_when_used(home):
+    with FakeAnthropic() as fake:
+        campaign(home, fake, cap=100)
+        # A bad copy in the cache (written by an older, laxer version, or tampered with).
+        con = duckdb.connect(str(home / "warehouse.duckdb"))
+        key, texts = con.execute("SELECT cache_key, texts FROM campaigns.copy_cache ORDER BY cache_key LIMIT 1").fetchall()[0]
+        bad = {lang: t + " https://evil.example/win" for lang, t in json.loads(texts).items()}
+        con.execute("UPDATE campaigns.copy_cache SET texts = ? WHERE cache_key = ?", [json.dumps(bad), key])
+        con.close()
+        asked = len(fake.requests)
+        _, meta = campaign(home, fake, cap=400)  # 400 other customers: most decisions are cached
+    msgs = [m for m in messages(home) if m["input_hash"] == key]
+    assert meta["cached_copies_rejected"] == 1 and meta["cache_hits"] == meta["distinct_decisions"] - (len(fake.requests) - asked)
+    assert len(fake.requests) > asked  # the rejected decision was written again
+    assert "evil.example" not in "".join(m["texts"] for m in messages(home))
+    assert "evil.example" not in "".join(r[0] for r in query(home, "SELECT texts FROM campaigns.copy_cache"))
+    assert msgs and {m["status"] for m in msgs} == {"ready"}
