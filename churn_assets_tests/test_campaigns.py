@@ -9,8 +9,10 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections import Counter
 from datetime import date
 
+import dagster as dg
 import duckdb
 import pytest
 
@@ -478,3 +480,150 @@ def test_cached_copy_is_checked_again_when_used(home):
     assert "evil.example" not in "".join(m["texts"] for m in messages(home))
     assert "evil.example" not in "".join(r[0] for r in query(home, "SELECT texts FROM campaigns.copy_cache"))
     assert msgs and {m["status"] for m in msgs} == {"ready"}
+
+
+# --- the outbox: every ready message in exactly one file ------------------------------------------------
+
+
+def outbox_files(home) -> tuple[dict[str, list[dict]], list[str]]:
+    folder = home / "outbox"
+    files = {f.name: [json.loads(line) for line in open(f, encoding="utf-8")] for f in folder.glob("*.jsonl")}
+    return files, sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def assert_exactly_once(home, taken: dict[str, list[dict]] | None = None) -> dict[str, list[dict]]:
+    """Every ready message in exactly one file (those on disk plus any a sender took away),
+    the file the warehouse records for it; no marker left, every file handed over."""
+    files, markers = outbox_files(home)
+    files.update(taken or {})
+    ready = {m["message_id"]: m for m in messages(home) if m["status"] == "ready"}
+    seen = Counter(o["message_id"] for lines in files.values() for o in lines)
+    assert set(seen) == set(ready) and set(seen.values()) == {1}, seen.most_common(3)
+    assert all(ready[o["message_id"]]["outbox"] == name for name, lines in files.items() for o in lines)
+    assert markers == [] and one(home, "SELECT count(*) FROM campaigns.outbox_files WHERE handed_over_at IS NULL") == 0
+    return files
+
+
+@pytest.mark.parametrize("point, sender_took_it", [
+    ("outbox_recorded", False),  # the file's name recorded on its messages, nothing written yet
+    ("outbox_file_written", False),  # written and fsynced under the hidden name, not renamed
+    ("outbox_renamed", False),  # renamed (handed over), not yet recorded as such
+    ("outbox_renamed", True),  # ... and the sender took the file away before the next run
+])
+def test_outbox_exactly_once_through_kills(home, tmp_path, point, sender_took_it):
+    env = {**os.environ, "CHURN_HOME": str(home), "DAGSTER_HOME": str(tmp_path / "dh"), "CHURN_AS_OF": AS_OF,
+           "CHURN_CAMPAIGN_MAX_MESSAGES": "120"}
+    cmd = [sys.executable, "-m", "churn_assets.cli", "run", "--select", SELECT]
+    killed = subprocess.run(cmd, env={**env, "CHURN_TEST_KILL_AT": point}, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    # The kill landed where intended.
+    (name, n), = query(home, "SELECT file_name, messages FROM campaigns.outbox_files WHERE handed_over_at IS NULL")
+    folder, marker = home / "outbox", home / "outbox" / f".{name}.tmp"
+    assert n == 120 == one(home, "SELECT count(*) FROM campaigns.retention_messages WHERE outbox = ?", [name])
+    if point == "outbox_recorded":
+        assert marker.stat().st_size == 0 and not (folder / name).exists()
+    elif point == "outbox_file_written":
+        assert len(marker.read_text().splitlines()) == 120 and not (folder / name).exists()
+    else:
+        assert not marker.exists() and len((folder / name).read_text().splitlines()) == 120
+    taken = {}
+    if sender_took_it:
+        taken[name] = [json.loads(line) for line in open(folder / name, encoding="utf-8")]
+        (folder / name).unlink()
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert len(messages(home)) == len({m["user_id"] for m in messages(home)}) == 240
+    files = assert_exactly_once(home, taken)
+    # The killed run's file holds its 120 messages (written again only when it never got
+    # its final name); the re-run's file holds the re-run's 120, none of the first run's.
+    assert sorted(len(lines) for lines in files.values()) == [120, 120] and name in files
+
+
+@pytest.mark.parametrize("point", ["after_generation:3", "outbox_recorded", "outbox_file_written", "outbox_renamed"])
+def test_outbox_exactly_once_through_a_step_retry(home, monkeypatch, point):
+    from churn_assets import faults
+
+    monkeypatch.setattr(faults, "_hits", {})
+    monkeypatch.setenv("CHURN_TEST_RETRY_AT", point)
+    result, meta = campaign(home, cap=120)
+    assert result.success
+    assert len([e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]) == 1
+    run_id = result.run_id
+    msgs = messages(home)
+    assert {m["run_id"] for m in msgs} == {run_id} and len(msgs) == len({m["user_id"] for m in msgs}) == 120
+    files = assert_exactly_once(home)
+    assert list(files) == [f"{run_id}.jsonl"]  # one file, never overwritten nor doubled
+    if point.startswith("outbox"):
+        # The retry found the first attempt's file and finished it; it had nothing new to write.
+        assert meta["outbox_files_recovered"] == 1 and meta["messages_outboxed"] == 0 and meta["customers_targeted"] == 0
+
+
+def test_a_retry_with_more_messages_never_overwrites_a_handed_over_file(home):
+    from datetime import datetime
+    from pathlib import Path
+
+    from churn_assets.campaigns.run import run_campaign
+
+    args = dict(run_id="run-a", as_of=datetime.fromisoformat(AS_OF), outbox_dir=home / "outbox", writer=None,
+                model_name="m", concurrency=1, cooldown_days=7)
+    con = duckdb.connect(str(home / "warehouse.duckdb"))
+    try:
+        first = run_campaign(con, cap=50, **args)
+        before = Path(first.outbox).read_bytes()
+        again = run_campaign(con, cap=80, **args)  # the same run once more, now allowed 30 more messages
+        assert Path(first.outbox).read_bytes() == before and first.outbox.endswith("run-a.jsonl")
+        assert again.outbox.endswith("run-a.2.jsonl") and (again.targets, again.outboxed) == (30, 30)
+        last = run_campaign(con, cap=80, **args)  # the run's cap is spent
+        assert (last.targets, last.outbox) == (0, None)
+    finally:
+        con.close()
+    assert sorted(len(v) for v in assert_exactly_once(home).values()) == [30, 50]
+    # The message id is what a sender de-duplicates on: the warehouse's, stable across rewrites.
+    assert {o["message_id"] for v in outbox_files(home)[0].values() for o in v} == {m["message_id"] for m in messages(home)}
+
+
+# --- degradation is visible -------------------------------------------------------------------------------
+
+
+def test_a_total_outage_is_visible(home):
+    from churn_assets.summary import cycle_summary
+
+    with FakeAnthropic(default="500") as fake:
+        result, meta = campaign(home, fake, cap=100, max_retries=1)
+    assert result.success
+    decisions = meta["distinct_decisions"]
+    assert decisions > 3 and len(fake.requests) == 2 * decisions  # each call, and the SDK's one retry
+    assert {m["status"] for m in messages(home)} == {"ready"}
+    assert meta["messages_by_generator"] == {"template": 100}
+    assert meta["model_errors"] == {"HTTP 500": 100} and meta["api_errors"] == {"HTTP 500": decisions}
+    assert "validation_pass_rate" not in meta  # nothing was checked: no rate that reads as a pass
+    expected = "100 of 100 messages without the model's copy (HTTP 500 100); 100 sent with the template instead"
+    assert meta["degraded"] == expected
+    (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "model_wrote_the_copy"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN and check.description == expected
+    assert [line for line in cycle_summary(home).splitlines() if line.startswith("campaign")] == [
+        f"campaign   last run DEGRADED: {expected}"]
+
+
+def test_a_partial_degradation_is_visible_and_a_healthy_run_passes(home):
+    from churn_assets.summary import cycle_summary
+
+    with FakeAnthropic() as fake:
+        fake.script.extend(["500", "500", "refusal"])  # the first decision fails, the second is refused
+        result, meta = campaign(home, fake, cap=100, max_retries=1, max_concurrency=1)
+    msgs = messages(home)
+    failed = [m for m in msgs if m["model_error"] == "HTTP 500"]
+    refused = [m for m in msgs if m["model_error"] == "refused"]
+    assert failed and refused and len({m["input_hash"] for m in failed}) == len({m["input_hash"] for m in refused}) == 1
+    assert meta["model_errors"] == {"HTTP 500": len(failed), "refused": len(refused)} and meta["api_errors"] == {"HTTP 500": 1}
+    assert meta["messages_by_generator"] == {"template": len(failed) + len(refused),
+                                             "claude-haiku-5-5": 100 - len(failed) - len(refused)}
+    (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "model_wrote_the_copy"]
+    assert not check.passed and "DEGRADED" in cycle_summary(home)
+    with FakeAnthropic() as fake:
+        result, meta = campaign(home, fake, cap=100)
+    (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "model_wrote_the_copy"]
+    assert check.passed and meta["degraded"] == "no" and meta["model_errors"] == {}
+    assert "campaign   last run 100 messages, all with the model's copy" in cycle_summary(home)
+    _, meta = campaign(home, cap=50)  # offline: the templates are the plan, not a degradation
+    assert meta["degraded"] == "no" and "from the offline templates" in cycle_summary(home)
