@@ -29,8 +29,8 @@ def campaign_line(con) -> str:
     if scalar(con, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'campaigns' "
                    "AND table_name = 'retention_messages' AND column_name = 'model_error'"):
         errors = dict(con.execute(
-            "SELECT model_error, count(*) FROM campaigns.retention_messages WHERE run_id = ? AND model_error IS NOT NULL "
-            "GROUP BY 1", [run_id]).fetchall())
+            "SELECT model_error, count(*) FROM campaigns.retention_messages "
+            "WHERE run_id = ? AND model_error IS NOT NULL GROUP BY 1", [run_id]).fetchall())
     if errors:
         return f"campaign   last run DEGRADED: {degradation_text(errors, messages, template)}"
     if messages and template == messages:

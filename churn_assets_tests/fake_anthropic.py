@@ -145,7 +145,8 @@ class FakeAnthropic:
     def _answer(self, handler, behaviour, body: dict) -> None:
         if callable(behaviour):
             answer = behaviour(json.loads(body["messages"][0]["content"]))
-            return self._message(handler, body, answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False))
+            text = answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)
+            return self._message(handler, body, text)
         if behaviour == "429":
             return self._error(handler, 429, "rate_limit_error", "Number of requests has exceeded your rate limit", {"retry-after": "1"})
         if behaviour == "529":

@@ -138,7 +138,7 @@ def test_offline_every_at_risk_customer_within_the_cap_gets_a_valid_message(home
     assert sorted(m["user_id"] for m in msgs) == sorted(expected)
     assert_all_valid(home, msgs)
     assert meta["validation_pass_rate"] == 1.0
-    # The outbox: every ready message, pseudonymous ids only, nothing else.
+    # The outbox: every ready message, the source system's customer id, no contact data.
     outbox = [json.loads(line) for line in open(meta["outbox"])]
     assert len(outbox) == 300 and {o["user_id"] for o in outbox} == {m["user_id"] for m in msgs}
     emails = {r[0] for r in query(home, "SELECT email FROM bronze.churn_users_bronze")}
@@ -363,7 +363,8 @@ def test_length_uses_the_real_first_name():
     assert problems(d, None, text, first_name="Maximiliana Alexandrina Josefina-Marie") == []  # 38: 149
     long_name = "X" * 40  # 151: still fits
     assert problems(d, None, text, first_name=long_name) == []
-    longer = {"en": text["en"] + " Until Sunday."}  # 139 with the placeholder: the old check (a 20-character name) passed it
+    # 139 with the placeholder: the old check (a 20-character name) passed it.
+    longer = {"en": text["en"] + " Until Sunday."}
     assert problems(d, None, longer, first_name="Al") == []
     assert any("165 characters with a 40-character name" in p for p in problems(d, None, longer, first_name=long_name))
     # Without a name (a copy shared by many customers), the longest name counts.
@@ -392,7 +393,8 @@ def test_a_text_with_any_problem_is_never_ready():
     assert (no_fallback.status, no_fallback.copy) == ("invalid", None)
     # Offline, a template with a problem is not sent either.
     broken_template = Generation(d, "template", "ok", None, {"en": "Hi {{first_name}}, see www.x.com"})
-    assert (choose_copy(broken_template, "Al", True).status, choose_copy(broken_template, "Al", True).copy) == ("invalid", None)
+    offline = choose_copy(broken_template, "Al", True)
+    assert (offline.status, offline.copy) == ("invalid", None)
 
 
 def _padded(decision: dict) -> dict:
@@ -459,7 +461,8 @@ def test_copy_too_long_for_a_40_character_name_is_not_sent(home):
     # The answer had 137 characters with the placeholder: 163 with this name; it got the template.
     assert {m["generator"] for m in short} == {"template"} and all("40-character name" in m["detail"] for m in short)
     for m in short:
-        assert all(len(t) <= 160 and "Alexandrina-Maximiliana Josefina Marieke" in t for t in json.loads(m["texts"]).values())
+        texts = json.loads(m["texts"]).values()
+        assert all(len(t) <= 160 and "Alexandrina-Maximiliana Josefina Marieke" in t for t in texts)
     assert {m["generator"] for m in msgs if m["style"] == "long"} == {"claude-haiku-5-5"}
 
 
@@ -468,14 +471,16 @@ def test_cached_copy_is_checked_again_when_used(home):
         campaign(home, fake, cap=100)
         # A bad copy in the cache (written by an older, laxer version, or tampered with).
         con = duckdb.connect(str(home / "warehouse.duckdb"))
-        key, texts = con.execute("SELECT cache_key, texts FROM campaigns.copy_cache ORDER BY cache_key LIMIT 1").fetchall()[0]
+        key, texts = con.execute(
+            "SELECT cache_key, texts FROM campaigns.copy_cache ORDER BY cache_key LIMIT 1").fetchall()[0]
         bad = {lang: t + " https://evil.example/win" for lang, t in json.loads(texts).items()}
         con.execute("UPDATE campaigns.copy_cache SET texts = ? WHERE cache_key = ?", [json.dumps(bad), key])
         con.close()
         asked = len(fake.requests)
         _, meta = campaign(home, fake, cap=400)  # 400 other customers: most decisions are cached
     msgs = [m for m in messages(home) if m["input_hash"] == key]
-    assert meta["cached_copies_rejected"] == 1 and meta["cache_hits"] == meta["distinct_decisions"] - (len(fake.requests) - asked)
+    assert meta["cached_copies_rejected"] == 1
+    assert meta["cache_hits"] == meta["distinct_decisions"] - (len(fake.requests) - asked)
     assert len(fake.requests) > asked  # the rejected decision was written again
     assert "evil.example" not in "".join(m["texts"] for m in messages(home))
     assert "evil.example" not in "".join(r[0] for r in query(home, "SELECT texts FROM campaigns.copy_cache"))
@@ -555,7 +560,7 @@ def test_outbox_exactly_once_through_a_step_retry(home, monkeypatch, point):
     assert list(files) == [f"{run_id}.jsonl"]  # one file, never overwritten nor doubled
     if point.startswith("outbox"):
         # The retry found the first attempt's file and finished it; it had nothing new to write.
-        assert meta["outbox_files_recovered"] == 1 and meta["messages_outboxed"] == 0 and meta["customers_targeted"] == 0
+        assert (meta["outbox_files_recovered"], meta["messages_outboxed"], meta["customers_targeted"]) == (1, 0, 0)
 
 
 def test_a_retry_with_more_messages_never_overwrites_a_handed_over_file(home):
@@ -579,7 +584,8 @@ def test_a_retry_with_more_messages_never_overwrites_a_handed_over_file(home):
         con.close()
     assert sorted(len(v) for v in assert_exactly_once(home).values()) == [30, 50]
     # The message id is what a sender de-duplicates on: the warehouse's, stable across rewrites.
-    assert {o["message_id"] for v in outbox_files(home)[0].values() for o in v} == {m["message_id"] for m in messages(home)}
+    handed_over = {o["message_id"] for v in outbox_files(home)[0].values() for o in v}
+    assert handed_over == {m["message_id"] for m in messages(home)}
 
 
 # --- degradation is visible -------------------------------------------------------------------------------
@@ -615,7 +621,8 @@ def test_a_partial_degradation_is_visible_and_a_healthy_run_passes(home):
     failed = [m for m in msgs if m["model_error"] == "HTTP 500"]
     refused = [m for m in msgs if m["model_error"] == "refused"]
     assert failed and refused and len({m["input_hash"] for m in failed}) == len({m["input_hash"] for m in refused}) == 1
-    assert meta["model_errors"] == {"HTTP 500": len(failed), "refused": len(refused)} and meta["api_errors"] == {"HTTP 500": 1}
+    assert meta["model_errors"] == {"HTTP 500": len(failed), "refused": len(refused)}
+    assert meta["api_errors"] == {"HTTP 500": 1}
     assert meta["messages_by_generator"] == {"template": len(failed) + len(refused),
                                              "claude-haiku-5-5": 100 - len(failed) - len(refused)}
     (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "model_wrote_the_copy"]

@@ -29,7 +29,7 @@ from churn_assets.resources import AnthropicResource, CampaignPolicyResource, Pi
     description="A personalized retention message for each customer predicted to churn (highest risk and value first, "
     "at most max_messages_per_run, none within cooldown_days of the last one). Offer, urgency, season and languages "
     "are decided in code; Claude writes the words (offline templates without ANTHROPIC_API_KEY); every text is "
-    "validated. Ready messages go to $CHURN_HOME/outbox/<run>.jsonl for a downstream sender.",
+    "validated. Each ready message goes to exactly one file $CHURN_HOME/outbox/<run>.jsonl for a downstream sender.",
 )
 def retention_messages(
     context: dg.AssetExecutionContext,
@@ -77,7 +77,8 @@ def retention_messages(
             "degraded": result.degradation() or "no",
             # Of the copies checked this run (the model's answers, cached copies, offline templates); absent when
             # none was (a total outage): a rate of nothing would read as a pass.
-            **({"validation_pass_rate": dg.MetadataValue.float(result.passed / result.checked)} if result.checked else {}),
+            **({"validation_pass_rate": dg.MetadataValue.float(result.passed / result.checked)}
+               if result.checked else {}),
             "cached_copies_rejected": result.cache_rejected,
             "outbox": dg.MetadataValue.path(result.outbox) if result.outbox else "none (nothing ready)",
             "messages_outboxed": result.outboxed,

@@ -105,7 +105,8 @@ def reconcile(con, folder: Path) -> tuple[int, int]:
 
 
 def _new_name(con, folder: Path, run_id: str) -> str:
-    taken = {r[0] for r in con.execute("SELECT file_name FROM campaigns.outbox_files WHERE run_id = ?", [run_id]).fetchall()}
+    taken = {r[0] for r in con.execute(
+        "SELECT file_name FROM campaigns.outbox_files WHERE run_id = ?", [run_id]).fetchall()}
     n = len(taken) + 1
     while True:
         # The run's first file is <run id>.jsonl; a step retry that has more adds <run id>.<n>.jsonl.
@@ -138,7 +139,8 @@ def write_outbox(con, folder: Path, run_id: str) -> tuple[str | None, int, int]:
     try:
         con.execute("INSERT INTO campaigns.outbox_files VALUES (?, ?, ?, ?, NULL)", [name, run_id, len(ids), _now()])
         con.execute(
-            "UPDATE campaigns.retention_messages SET outbox = ? WHERE outbox IS NULL AND message_id IN (SELECT unnest(?))",
+            "UPDATE campaigns.retention_messages SET outbox = ? "
+            "WHERE outbox IS NULL AND message_id IN (SELECT unnest(?))",
             [name, ids],
         )
         con.execute("COMMIT")

@@ -15,8 +15,9 @@ RULES = """You write retention marketing copy for a contemporary apparel retaile
 
 Each request gives you the decisions already taken for one group of customers, as JSON:
 - "style": "short" means SMS or push-notification copy, at most 120 characters per version
-  (counting the placeholder as written: a first name may be 40 characters), no subject; "long" means e-mail style copy of 250 to 900 characters per version, with a
-  subject line of at most 60 characters.
+  (counting the placeholder as written: a first name may be 40 characters), no subject;
+  "long" means e-mail style copy of 250 to 900 characters per version, with a subject
+  line of at most 60 characters.
 - "languages": the versions to write, as language codes ("en" English, "fr" French,
   "es" Spanish). Write one version for each code, each a full text in that language,
   and no other version.

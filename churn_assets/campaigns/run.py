@@ -209,7 +209,8 @@ def run_campaign(
     ensure_tables(con)
     result = CampaignResult()
     # A step retry is the same run: what an earlier attempt wrote counts against the cap.
-    written = con.execute("SELECT count(*) FROM campaigns.retention_messages WHERE run_id = ?", [run_id]).fetchall()[0][0]
+    written = con.execute(
+        "SELECT count(*) FROM campaigns.retention_messages WHERE run_id = ?", [run_id]).fetchall()[0][0]
     targets, result.in_cooldown = select_targets(con, cooldown_days, max(0, cap - written))
     result.targets = len(targets)
     generator_name = model_name if writer is not None else "template"
@@ -244,7 +245,8 @@ def run_campaign(
             rows.append([
                 str(uuid.uuid4()), run_id, customer["user_id"], customer["canal"], gen.decision.style,
                 ",".join(gen.decision.languages), gen.decision.offer, gen.decision.urgency, gen.decision.season,
-                sent.subject if sent else None, json.dumps(personalize(sent.texts, name) if sent else {}, ensure_ascii=False),
+                sent.subject if sent else None,
+                json.dumps(personalize(sent.texts, name) if sent else {}, ensure_ascii=False),
                 sent.generator if sent else gen.generator, PROMPT_VERSION, key, gen.input_tokens if first else 0,
                 gen.output_tokens if first else 0, gen.cost_usd if first else 0.0, choice.status, choice.detail, _now(),
                 None, choice.model_error,

@@ -53,7 +53,8 @@ OFFER_WORDS = {
     "discount": r"discount|\bcoupon|voucher|promo ?code|code promo|réduction|remise|rabais|descuento|rebaja|cupón",
     "free_shipping": (
         r"free (?:shipping|delivery)|ships? (?:for )?free|shipping (?:is |on us)|delivered (?:for )?free|"
-        r"livraison (?:offerte|gratuite)|livrée? gratuitement|frais de port|env[íi]o (?:gratis|gratuito)|entrega gratuita"
+        r"livraison (?:offerte|gratuite)|livrée? gratuitement|frais de port|"
+        r"env[íi]o (?:gratis|gratuito)|entrega gratuita"
     ),
     "bundle": (
         r"\bbundle|for the price of|pay for \d|\b(?:3|three) for (?:2|two)\b|\d\s*x\s*\d|offre group[ée]e|"
@@ -99,7 +100,9 @@ def offer_problems(decision: Decision, parts: list[str]) -> list[str]:
     return out
 
 
-def problems(decision: Decision, subject: str | None, texts: dict[str, str], first_name: str | None = None) -> list[str]:
+def problems(
+    decision: Decision, subject: str | None, texts: dict[str, str], first_name: str | None = None
+) -> list[str]:
     """Everything wrong with a copy whose texts still hold the placeholder; empty means it
     may be sent. Lengths count ``first_name`` in place of the placeholder: the customer's
     real name when known, else the longest one (NAME_MAX), so a copy shared by many
@@ -126,9 +129,11 @@ def problems(decision: Decision, subject: str | None, texts: dict[str, str], fir
             out.append(f"{lang}: must greet {PLACEHOLDER} once, at the start")
         size = len(text.replace(PLACEHOLDER, "X" * name_length))
         if decision.style == "short" and size > SHORT_MAX:
-            out.append(f"{lang}: {size} characters with a {name_length}-character name, short copy is at most {SHORT_MAX}")
+            out.append(f"{lang}: {size} characters with a {name_length}-character name, "
+                       f"short copy is at most {SHORT_MAX}")
         if decision.style == "long" and not LONG_MIN <= size <= LONG_MAX:
-            out.append(f"{lang}: {size} characters with a {name_length}-character name, long copy is {LONG_MIN} to {LONG_MAX}")
+            out.append(f"{lang}: {size} characters with a {name_length}-character name, "
+                       f"long copy is {LONG_MIN} to {LONG_MAX}")
         if re.search(CLOSINGS, text.strip(), re.IGNORECASE):
             out.append(f"{lang}: no closing greeting")
         if lang in LANGUAGE_MARKERS and not re.search(LANGUAGE_MARKERS[lang], text, re.IGNORECASE):

@@ -95,10 +95,12 @@ class ClaudeWriter:
                     self.stopped.set()
                     gen.status, gen.detail, gen.error = "skipped_budget", self.stop_reason, "spend limit"
                 else:
-                    gen.status, gen.detail, gen.error = "failed", f"rate limited after retries: {exc.message}", "HTTP 429"
+                    gen.status, gen.error = "failed", "HTTP 429"
+                    gen.detail = f"rate limited after retries: {exc.message}"
                 return gen
             except anthropic.APIStatusError as exc:
-                gen.status, gen.detail, gen.error = "failed", f"HTTP {exc.status_code} after retries", f"HTTP {exc.status_code}"
+                gen.status, gen.error = "failed", f"HTTP {exc.status_code}"
+                gen.detail = f"HTTP {exc.status_code} after retries"
                 return gen
             except anthropic.APIConnectionError as exc:  # APITimeoutError included
                 kind = "timeout" if isinstance(exc, anthropic.APITimeoutError) else "connection error"
