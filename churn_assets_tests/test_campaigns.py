@@ -500,11 +500,12 @@ def assert_exactly_once(home, taken: dict[str, list[dict]] | None = None) -> dic
     """Every ready message in exactly one file (those on disk plus any a sender took away),
     the file the warehouse records for it; no marker left, every file handed over."""
     files, markers = outbox_files(home)
-    files.update(taken or {})
+    handed = [*files.items(), *(taken or {}).items()]  # a file written again after the sender took it counts twice
     ready = {m["message_id"]: m for m in messages(home) if m["status"] == "ready"}
-    seen = Counter(o["message_id"] for lines in files.values() for o in lines)
+    seen = Counter(o["message_id"] for _, lines in handed for o in lines)
     assert set(seen) == set(ready) and set(seen.values()) == {1}, seen.most_common(3)
-    assert all(ready[o["message_id"]]["outbox"] == name for name, lines in files.items() for o in lines)
+    assert all(ready[o["message_id"]]["outbox"] == name for name, lines in handed for o in lines)
+    files.update(taken or {})
     assert markers == [] and one(home, "SELECT count(*) FROM campaigns.outbox_files WHERE handed_over_at IS NULL") == 0
     return files
 
