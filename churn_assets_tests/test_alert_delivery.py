@@ -81,8 +81,8 @@ def failure_context(instance, alerts):
     result = dg.materialize([broken], instance=instance, raise_on_error=False)
     failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
     return result.run_id, dg.build_run_status_sensor_context(
-        sensor_name="churn_failure_alerts", dagster_instance=instance, dagster_run=result.dagster_run, dagster_event=failure,
-        resources={"alerts": alerts},
+        sensor_name="churn_failure_alerts", dagster_instance=instance, dagster_run=result.dagster_run,
+        dagster_event=failure, resources={"alerts": alerts},
     ).for_run_failure()
 
 
@@ -121,14 +121,14 @@ def test_a_hanging_webhook_bounds_the_tick_and_gets_the_alert_once_it_recovers(t
     t0 = time.monotonic()
     churn_failure_alerts(context)
     took = time.monotonic() - t0
-    assert took < 2.5 + 0.5, f"the failure sensor's tick took {took:.1f}s"
+    assert took < 2.5 + 1, f"the failure sensor's tick took {took:.1f}s"  # budget + bookkeeping (the old single try: 5 s)
     (row,) = alerts.store().all()
     assert row["run_id"] == run_id and row["state"] == "pending" and row["delivered_at"] is None
     assert row["attempts"] == 2 and "webhook" in row["last_error"] and "timed out" in row["last_error"]
     assert receiver.received == [] and receiver.requests == 2
     # Still hanging: a later tick tries again, still within the bound.
     time.sleep(0.6)
-    assert duration_tick(instance, alerts) < 2.5 + 0.5
+    assert duration_tick(instance, alerts) < 2.5 + 1
     row = alerts.store().all()[0]
     assert row["state"] == "pending" and row["attempts"] >= 3 and receiver.received == []
     # The receiver recovers: the next due tick delivers, once.
@@ -151,12 +151,13 @@ def test_a_tick_with_many_undelivered_alerts_stays_within_its_budget(tmp_path, r
         alerts.raise_alert("slow", "churn_cycle", f"run-{i}", "slow", deliver=False)
     t0 = time.monotonic()
     report = alerts.deliver_pending()
-    assert time.monotonic() - t0 < 1.5 + 0.5
+    assert time.monotonic() - t0 < 1.5 + 1
     assert report.out_of_budget and len(report.pending) == 5 and not report.delivered
     receiver.hanging = False
     time.sleep(0.3)
     report = alerts.deliver_pending()
-    assert len(report.delivered) == 5 and sorted(b["run_id"] for b in receiver.received) == [f"run-{i}" for i in range(5)]
+    assert len(report.delivered) == 5
+    assert sorted(b["run_id"] for b in receiver.received) == [f"run-{i}" for i in range(5)]
 
 
 def test_an_alert_never_delivered_expires_and_is_recorded(tmp_path, receiver):
@@ -192,7 +193,8 @@ def test_an_alerts_store_of_the_previous_release_is_upgraded_without_resending(t
     with sqlite3.connect(path) as db:
         db.execute("""CREATE TABLE alerts (alert_id TEXT PRIMARY KEY, raised_at TEXT, kind TEXT, job_name TEXT,
                       run_id TEXT, reason TEXT, link TEXT, delivered_to TEXT, UNIQUE (kind, run_id))""")
-        db.execute("INSERT INTO alerts VALUES ('old', '2026-01-01T00:00:00', 'failure', 'j', 'r0', 'x', 'l', 'table,webhook')")
+        db.execute("INSERT INTO alerts VALUES ('old', '2026-01-01T00:00:00', 'failure', 'j', 'r0', 'x', 'l', "
+                   "'table,webhook')")
     alerts = AlertsResource(store_path=str(path), webhook_url=receiver.url)
     assert alerts.deliver_pending().delivered == [] and receiver.requests == 0
     assert alerts.store().all()[0]["state"] == "delivered"

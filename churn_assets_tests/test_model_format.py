@@ -47,7 +47,8 @@ def sample(tmp_path_factory):
         con.close()
     frame, labels = to_model_frame(df), df[LABEL].to_numpy().astype(int)
     model = train(frame, labels, num_boost_round=60)
-    resource = MLflowResource(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}", artifact_root=str(home / "mlflow" / "artifacts"))
+    resource = MLflowResource(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+                              artifact_root=str(home / "mlflow" / "artifacts"))
     client, experiment_id = resource.open()
     return home, resource, client, experiment_id, model, frame
 
@@ -74,7 +75,8 @@ def log_legacy(sample) -> str:
             registered_model_name=NAME, pip_requirements=registry._requirements(),
         )
     version = str(info.registered_model_version)
-    for key, value in {"threshold": "0.400000", "holdout_roc_auc": "0.700000", "decision": "promoted", "landed_rows": "123"}.items():
+    tags = {"threshold": "0.400000", "holdout_roc_auc": "0.700000", "decision": "promoted", "landed_rows": "123"}
+    for key, value in tags.items():
         client.set_model_version_tag(NAME, version, key, value)
     return version
 
@@ -140,7 +142,8 @@ def test_the_logged_model_holds_no_pickle_and_scores_like_the_trained_booster(sa
     flavor = Model.load(str(directory)).flavors["python_function"]
     assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in flavor
     assert "python_model.pkl" not in (directory / "MLmodel").read_text()
-    assert (directory / "pyfunc_model.py").read_text() == (Path(registry.__file__).parent / "pyfunc_model.py").read_text()
+    code = (Path(registry.__file__).parent / "pyfunc_model.py").read_text()
+    assert (directory / "pyfunc_model.py").read_text() == code
     assert (directory / "artifacts" / "booster.txt").read_text().startswith("tree\n")
     assert json.loads((directory / "artifacts" / "vocabulary.json").read_text()) == model.vocabulary
 
@@ -183,4 +186,5 @@ def test_a_pickled_champion_is_migrated_and_scores_as_before(sample, tmp_path):
     finally:
         con.close()
     assert {v for _, v in scored} == {new}
-    assert np.array_equal(np.array([p for p, _ in scored]), np.asarray(mlflow.pyfunc.load_model(f"models:/{NAME}/{legacy}").predict(to_model_frame(df))))
+    legacy_pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}/{legacy}")
+    assert np.array_equal(np.array([p for p, _ in scored]), np.asarray(legacy_pyfunc.predict(to_model_frame(df))))

@@ -131,7 +131,8 @@ class AlertStore:
         alert.raised_at = alert.raised_at or _utcnow().isoformat(timespec="seconds")
         with self._connect() as db:
             cur = db.execute(
-                """INSERT OR IGNORE INTO alerts (alert_id, raised_at, kind, job_name, run_id, reason, link, delivered_to, state)
+                """INSERT OR IGNORE INTO alerts
+                   (alert_id, raised_at, kind, job_name, run_id, reason, link, delivered_to, state)
                    VALUES (?, ?, ?, ?, ?, ?, ?, 'table', 'pending')""",
                 [alert.alert_id, alert.raised_at, alert.kind, alert.job_name, alert.run_id, alert.reason, alert.link],
             )
@@ -156,7 +157,8 @@ class AlertStore:
             if cur.rowcount != 1:
                 return None
             row = db.execute("SELECT * FROM alerts WHERE alert_id = ?", [alert_id]).fetchone()
-        alert = Alert(row["kind"], row["job_name"], row["run_id"], row["reason"], row["link"], row["alert_id"], row["raised_at"])
+        alert = Alert(row["kind"], row["job_name"], row["run_id"], row["reason"], row["link"], row["alert_id"],
+                      row["raised_at"])
         return alert, [t for t in (row["delivered_to"] or "").split(",") if t], int(row["failed_ticks"])
 
     def attempted(self, alert_id: str, delivered_to: list[str], tries: int, error: str, *, done: bool,
@@ -248,12 +250,14 @@ def deliver_due(store: AlertStore, senders: dict[str, Sender], policy: DeliveryP
                     time.sleep(pause)
         done = all(t in reached for t in senders)
         wait = 0.0 if done or not tries else retry_wait(failed_ticks + 1, policy)
-        store.attempted(alert.alert_id, reached, tries, "" if done else error, done=done, next_attempt_at=time.time() + wait)
+        store.attempted(alert.alert_id, reached, tries, "" if done else error, done=done,
+                        next_attempt_at=time.time() + wait)
         (report.delivered if done else report.pending).append(alert.alert_id)
         if log and done and tries:
             log.info(f"alert {alert.kind} for run {alert.run_id} delivered to {', '.join(reached)}")
         elif log and not done:
-            log.warning(f"alert {alert.kind} for run {alert.run_id} not delivered yet ({error or 'out of time this tick'}); "
+            log.warning(f"alert {alert.kind} for run {alert.run_id} not delivered yet "
+                        f"({error or 'out of time this tick'}); "
                         f"re-sent by a later tick in {wait:.0f}s")
     return report
 
@@ -261,7 +265,8 @@ def deliver_due(store: AlertStore, senders: dict[str, Sender], policy: DeliveryP
 def post_json(url: str, body: dict, timeout: float, headers: dict | None = None) -> None:
     """POST ``body`` as JSON; raises unless the answer is 2xx within ``timeout`` per socket operation."""
     request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"content-type": "application/json", **(headers or {})}, method="POST"
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"content-type": "application/json", **(headers or {})},
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:  # 4xx/5xx raise HTTPError
         if not 200 <= response.status < 300:
@@ -311,13 +316,15 @@ class AlertsResource(dg.ConfigurableResource):
                 client = SlackResource(token=token).get_client()
                 client.timeout = timeout
                 client.chat_postMessage(
-                    channel=channel, text=f":rotating_light: {alert.kind} · {alert.job_name} · {alert.reason}\n{alert.link}"
+                    channel=channel,
+                    text=f":rotating_light: {alert.kind} · {alert.job_name} · {alert.reason}\n{alert.link}",
                 )
 
             senders["slack"] = slack
         return senders
 
-    def raise_alert(self, kind: str, job_name: str, run_id: str, reason: str, log=None, *, deliver: bool = True) -> bool:
+    def raise_alert(self, kind: str, job_name: str, run_id: str, reason: str, log=None, *,
+                    deliver: bool = True) -> bool:
         """Record an alert once per (kind, run) and deliver it (with any other due one) within
         one tick's budget; False when it was already raised. ``deliver=False`` only records:
         the caller delivers once for several alerts with ``deliver_pending``."""

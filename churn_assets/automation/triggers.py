@@ -240,8 +240,8 @@ def churn_duration_alerts(context: dg.SensorEvaluationContext, alerts: AlertsRes
         ][: MONITORING.duration_history_runs]
         reason = duration_verdict(duration, history, MONITORING.duration_factor, MONITORING.duration_min_history,
                                   MONITORING.duration_ceiling_seconds)
-        if reason and alerts.raise_alert("slow", record.dagster_run.job_name, record.dagster_run.run_id, reason, context.log,
-                                         deliver=False):
+        run = record.dagster_run
+        if reason and alerts.raise_alert("slow", run.job_name, run.run_id, reason, context.log, deliver=False):
             raised += 1
     # Every tick also re-sends the alerts of any kind not delivered yet, within one time budget.
     report = alerts.deliver_pending(context.log)

@@ -104,7 +104,7 @@ def churn_model(
     fingerprint = {
         "data.rows": str(len(df)), "data.rows_train": str(len(train_df)), "data.rows_holdout": str(len(hold_df)),
         "data.as_of": as_of.isoformat(), "data.latest_ingest": str(latest_ingest),
-        "data.landed_rows": str(landed), "dagster.run_id": context.run_id,
+        "data.landed_rows": str(landed), "dagster.run_id": context.run.run_id,
     }
     version, run_id = registry.log_and_register(
         mlflow_store.store(), experiment_id, model,
@@ -188,7 +188,8 @@ def churn_model_champion(
     champion = registry.version_by_alias(client, name, registry.CHAMPION)
     if champion is not None:
         # A champion of an earlier release (a cloudpickle) is migrated, never unpickled.
-        migrated = registry.ensure_not_pickled(client, mlflow_store.store(), experiment_id, str(champion.version), context.log)
+        migrated = registry.ensure_not_pickled(client, mlflow_store.store(), experiment_id, str(champion.version),
+                                               context.log)
         champion = client.get_model_version(name, migrated)
     candidate = _latest_model_metadata(context.instance).get("model_version") or ""
     if not candidate or "decision" in client.get_model_version(name, candidate).tags:
@@ -247,7 +248,8 @@ def churn_prediction(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         champion = registry.version_by_alias(client, name, registry.CHAMPION)
         if champion is None:
             raise dg.Failure(description=f"no '{registry.CHAMPION}' version of {name} in the registry yet: nothing to score with")
-        migrated = registry.ensure_not_pickled(client, mlflow_store.store(), experiment_id, str(champion.version), context.log)
+        migrated = registry.ensure_not_pickled(client, mlflow_store.store(), experiment_id, str(champion.version),
+                                               context.log)
         champion = client.get_model_version(name, migrated)
         threshold = float(champion.tags["threshold"])
         model = registry.load_model(name, str(champion.version))

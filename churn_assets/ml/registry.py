@@ -198,7 +198,8 @@ def ensure_not_pickled(client: MlflowClient, store: Store, experiment_id: str, v
             meta = Model.load(str(root))
             example = meta.load_input_example(str(root)) if meta.saved_input_example_info else None
             with mlflow.start_run(experiment_id=experiment_id, tags={"migrated_from_version": version}):
-                info = _log_pyfunc(store, paths[model_format.BOOSTER], paths[model_format.VOCABULARY], meta.signature, example)
+                info = _log_pyfunc(store, paths[model_format.BOOSTER], paths[model_format.VOCABULARY], meta.signature,
+                                   example)
             new = str(info.registered_model_version)
             for key, value in old.tags.items():
                 client.set_model_version_tag(name, new, key, value)
