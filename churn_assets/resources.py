@@ -169,6 +169,13 @@ def _alerts(home: Path):
         slack_token=env_or("SLACK_BOT_TOKEN", None),
         slack_channel=os.environ.get("CHURN_SLACK_CHANNEL"),
         ui_url=os.environ.get("CHURN_UI_URL", "http://127.0.0.1:3000"),
+        # Delivery bounds: unset variables keep the resource's defaults.
+        **{field: float(os.environ[var]) for field, var in (
+            ("timeout_seconds", "CHURN_ALERT_TIMEOUT_SECONDS"),
+            ("tick_budget_seconds", "CHURN_ALERT_TICK_BUDGET_SECONDS"),
+            ("retry_after_seconds", "CHURN_ALERT_RETRY_AFTER_SECONDS"),
+            ("expire_after_hours", "CHURN_ALERT_EXPIRE_HOURS"),
+        ) if os.environ.get(var)},
     )
 
 

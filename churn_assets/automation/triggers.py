@@ -215,7 +215,8 @@ def churn_failure_alerts(context: dg.RunFailureSensorContext, alerts: AlertsReso
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=15,
     description="Flags a running or finished run whose time exceeds CHURN_ALERT_DURATION_FACTOR x the median of "
-    "the job's last successful runs, or CHURN_ALERT_DURATION_CEILING_SECONDS, without stopping it.",
+    "the job's last successful runs, or CHURN_ALERT_DURATION_CEILING_SECONDS, without stopping it. Each tick also "
+    "re-sends every alert not delivered yet (webhook or Slack down), until delivered or expired.",
 )
 def churn_duration_alerts(context: dg.SensorEvaluationContext, alerts: AlertsResource):
     now = time.time()
@@ -239,9 +240,13 @@ def churn_duration_alerts(context: dg.SensorEvaluationContext, alerts: AlertsRes
         ][: MONITORING.duration_history_runs]
         reason = duration_verdict(duration, history, MONITORING.duration_factor, MONITORING.duration_min_history,
                                   MONITORING.duration_ceiling_seconds)
-        if reason and alerts.raise_alert("slow", record.dagster_run.job_name, record.dagster_run.run_id, reason, context.log):
+        run = record.dagster_run
+        if reason and alerts.raise_alert("slow", run.job_name, run.run_id, reason, context.log, deliver=False):
             raised += 1
-    return dg.SkipReason(f"{raised} duration alerts raised" if raised else "no abnormal duration")
+    # Every tick also re-sends the alerts of any kind not delivered yet, within one time budget.
+    report = alerts.deliver_pending(context.log)
+    undelivered = f"; {len(report.pending)} alerts wait for delivery" if report.pending else ""
+    return dg.SkipReason((f"{raised} duration alerts raised" if raised else "no abnormal duration") + undelivered)
 
 
 schedules = [churn_hourly]

@@ -82,8 +82,9 @@ def alerts_figure(warehouse: WarehouseResource, alerts: AlertsResource) -> dg.Ma
 
     rows = alerts.store().all()[:200]
     frame = pl.DataFrame(
-        [{k: r[k] for k in ("raised_at", "kind", "job_name", "run_id", "reason", "link")} for r in rows],
-        schema={"raised_at": pl.Utf8, "kind": pl.Utf8, "job_name": pl.Utf8, "run_id": pl.Utf8, "reason": pl.Utf8, "link": pl.Utf8},
+        [{k: r[k] for k in ("raised_at", "kind", "job_name", "run_id", "reason", "link", "state")} for r in rows],
+        schema={"raised_at": pl.Utf8, "kind": pl.Utf8, "job_name": pl.Utf8, "run_id": pl.Utf8, "reason": pl.Utf8, "link": pl.Utf8,
+                "state": pl.Utf8},  # delivery: pending, delivered or expired
     ).with_columns(pl.col("raised_at").str.to_datetime(strict=False))
     with warehouse.get_connection() as con:
         with transaction(con), registered(con, "_alerts", frame):

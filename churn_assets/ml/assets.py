@@ -104,7 +104,7 @@ def churn_model(
     fingerprint = {
         "data.rows": str(len(df)), "data.rows_train": str(len(train_df)), "data.rows_holdout": str(len(hold_df)),
         "data.as_of": as_of.isoformat(), "data.latest_ingest": str(latest_ingest),
-        "data.landed_rows": str(landed), "dagster.run_id": context.run_id,
+        "data.landed_rows": str(landed), "dagster.run_id": context.run.run_id,
     }
     version, run_id = registry.log_and_register(
         mlflow_store.store(), experiment_id, model,
@@ -183,9 +183,14 @@ def churn_model_champion(
 ) -> dg.MaterializeResult:
     from churn_assets.ml import registry
 
-    client, _ = mlflow_store.open()
+    client, experiment_id = mlflow_store.open()
     name = mlflow_store.model_name
     champion = registry.version_by_alias(client, name, registry.CHAMPION)
+    if champion is not None:
+        # A champion of an earlier release (a cloudpickle) is migrated, never unpickled.
+        migrated = registry.ensure_not_pickled(client, mlflow_store.store(), experiment_id, str(champion.version),
+                                               context.log)
+        champion = client.get_model_version(name, migrated)
     candidate = _latest_model_metadata(context.instance).get("model_version") or ""
     if not candidate or "decision" in client.get_model_version(name, candidate).tags:
         return dg.MaterializeResult(metadata={"decision": "no new candidate", "champion_version": str(champion.version) if champion else ""})
@@ -237,12 +242,15 @@ def churn_model_champion(
 def churn_prediction(context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow_store: MLflowResource) -> dg.MaterializeResult:
     from churn_assets.ml import registry
 
-    client, _ = mlflow_store.open()
+    client, experiment_id = mlflow_store.open()
     name = mlflow_store.model_name
     try:
         champion = registry.version_by_alias(client, name, registry.CHAMPION)
         if champion is None:
             raise dg.Failure(description=f"no '{registry.CHAMPION}' version of {name} in the registry yet: nothing to score with")
+        migrated = registry.ensure_not_pickled(client, mlflow_store.store(), experiment_id, str(champion.version),
+                                               context.log)
+        champion = client.get_model_version(name, migrated)
         threshold = float(champion.tags["threshold"])
         model = registry.load_model(name, str(champion.version))
     except dg.Failure:
