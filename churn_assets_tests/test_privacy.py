@@ -169,6 +169,9 @@ def test_no_personal_value_outside_the_warehouse_and_the_outbox(tmp_path, monkey
     assert one(home, "SELECT count(*) FROM bronze.churn_users_bronze WHERE _rescued_data IS NOT NULL") == 1
     alerts = sqlite3.connect(home / "ops" / "alerts.db").execute("SELECT kind FROM alerts").fetchall()
     assert ("failure",) in alerts
+    # The page loses no figure's column to the list: every dashboard column is on it.
+    columns = query(home, "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'dashboard'")
+    assert len(columns) > 50 and [c for t, c in columns if not previewable([c], f"dashboard.{t}")] == []
 
     users, needles, skipped = needles_of_landed_users(SAMPLE / "users")
     kinds = {k: sum(n.kind == k for n in needles) for k in ("email", "address", "first name", "last name")}
