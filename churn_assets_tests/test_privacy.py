@@ -55,7 +55,8 @@ def _found(report) -> set[tuple[str, str, str]]:
 def test_needles_names_capitalized_as_silver_does_and_short_names_skipped():
     needles, skipped = needles_for(PEOPLE)
     values = {(n.kind, n.value) for n in needles}
-    assert {("first name", "josé"), ("first name", "José"), ("last name", "O'NEIL"), ("last name", "O'neil")} <= values
+    assert {("first name", "josé"), ("first name", "José"), ("last name", "O'NEIL"),
+            ("last name", "O'neil")} <= values
     assert ("address", "Hannahfurt, MP 53006") in values and ("email", "jo.se+1@example.org") in values
     # "Al" and "Li" are shorter than MIN_NAME_LENGTH; "X" is no address line.
     assert skipped == {"first name": 1, "last name": 1, "address": 1}
@@ -97,7 +98,8 @@ def test_scanner_finds_planted_values_in_every_kind_of_file(tmp_path):
 
 
 def test_previews_show_only_listed_columns():
-    personal = ["firstname", "lastname", "email", "address", "subject", "texts", "detail", "url", "_rescued_data", "raw"]
+    personal = ["firstname", "lastname", "email", "address", "subject", "texts", "detail", "url",
+                "_rescued_data", "raw"]
     assert not set(personal) & PREVIEW_COLUMNS
     assert previewable(["user_id", *personal, "canal"], "silver.churn_users") == ["user_id", "canal"]
     assert previewable(["name", "value", "detail"], "dashboard.kpis") == ["name", "value", "detail"]
@@ -153,8 +155,9 @@ def test_no_personal_value_outside_the_warehouse_and_the_outbox(tmp_path, monkey
         fake.script.extend(["invalid", "refusal", "malformed", "500", "500", "500", "500", "500"])
         anthropic = AnthropicResource(api_key="test-key-not-a-secret", base_url=fake.url)
         # A failed run first (a key that is too short), so that an alert is raised and drawn.
-        failed = materialize(home, ["bronze/churn_users_bronze", "silver/churn_users"], instance=instance, raise_on_error=False,
-                             pipeline_settings=PipelineSettingsResource(home=str(home), as_of=AS_OF, pseudonym_key="short"))
+        short_key = PipelineSettingsResource(home=str(home), as_of=AS_OF, pseudonym_key="short")
+        failed = materialize(home, ["bronze/churn_users_bronze", "silver/churn_users"], instance=instance,
+                             raise_on_error=False, pipeline_settings=short_key)
         assert not failed.success
         _evaluate_alert_sensors(instance, resources, failed)
         result = materialize(home, "*", instance=instance, anthropic=anthropic)
@@ -170,7 +173,8 @@ def test_no_personal_value_outside_the_warehouse_and_the_outbox(tmp_path, monkey
     alerts = sqlite3.connect(home / "ops" / "alerts.db").execute("SELECT kind FROM alerts").fetchall()
     assert ("failure",) in alerts
     # The page loses no figure's column to the list: every dashboard column is on it.
-    columns = query(home, "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'dashboard'")
+    columns = query(home, "SELECT table_name, column_name FROM information_schema.columns "
+                          "WHERE table_schema = 'dashboard'")
     assert len(columns) > 50 and [c for t, c in columns if not previewable([c], f"dashboard.{t}")] == []
 
     users, needles, skipped = needles_of_landed_users(SAMPLE / "users")
@@ -190,7 +194,8 @@ def test_no_personal_value_outside_the_warehouse_and_the_outbox(tmp_path, monkey
     for hit in report.hits[:20]:
         print("  HIT", hit)
     # The scan saw what it should: the event log, the run storage, MLflow, the page, alerts, the key.
-    for must in ("mlflow/mlflow.db", "dashboard/index.html", "ops/alerts.db", "secrets/pseudonym.key", "dagster_home/history/runs.db"):
+    for must in ("mlflow/mlflow.db", "dashboard/index.html", "ops/alerts.db", "secrets/pseudonym.key",
+                 "dagster_home/history/runs.db"):
         assert must in scanned, must
     assert any(p.startswith("dagster_home/history/runs/") for p in scanned)  # per-run event logs
     assert any(p.startswith("mlflow/artifacts/") and p.endswith("input_example.json") for p in scanned)
