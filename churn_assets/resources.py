@@ -67,14 +67,23 @@ class LandingZoneResource(dg.ConfigurableResource):
 
 class PipelineSettingsResource(dg.ConfigurableResource):
     """The data root, the as-of instant (``CHURN_AS_OF``, empty = now) and the
-    pseudonymization key."""
+    pseudonymization key (``CHURN_PSEUDONYM_KEY``; unset = this data root's own key file)."""
 
     home: str = "./data"
     as_of: str = ""
-    pseudonym_key: str = settings.DEV_PSEUDONYM_KEY
+    pseudonym_key: str | None = None
 
     def as_of_datetime(self) -> datetime:
         return settings.parse_as_of(self.as_of)
+
+    def email_pseudonym_key(self) -> str:
+        """Read (or, the first time, created) when a step needs it, never at load time."""
+        from churn_assets.pseudonym_key import PseudonymKeyError, pseudonym_key
+
+        try:
+            return pseudonym_key(Path(self.home), self.pseudonym_key)
+        except PseudonymKeyError as exc:
+            raise dg.Failure(description=str(exc)) from exc
 
 
 class MLflowResource(dg.ConfigurableResource):
@@ -200,7 +209,7 @@ def default_resources(home: Path | None = None, *, as_of: str | None = None, set
         "pipeline_settings": PipelineSettingsResource(
             home=str(home),
             as_of=as_of if as_of is not None else env_or("CHURN_AS_OF", ""),
-            pseudonym_key=env_or("CHURN_PSEUDONYM_KEY", settings.DEV_PSEUDONYM_KEY),
+            pseudonym_key=env_or("CHURN_PSEUDONYM_KEY", None),
         ),
         "mlflow_store": MLflowResource(
             tracking_uri=env_or("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),

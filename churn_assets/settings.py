@@ -14,12 +14,6 @@ from pathlib import Path
 
 SOURCES = ("users", "orders", "events")
 
-# Development default for the e-mail pseudonymization key. Documented in the README;
-# production sets CHURN_PSEUDONYM_KEY so that pseudonyms cannot be recomputed by
-# anyone who only has this source code.
-DEV_PSEUDONYM_KEY = "churn-assets-development-key"
-
-
 def churn_home() -> Path:
     return Path(os.environ.get("CHURN_HOME", "./data")).expanduser().resolve()
 

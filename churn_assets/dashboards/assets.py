@@ -9,7 +9,7 @@ import dagster as dg
 from churn_assets.automation.alerts import AlertsResource
 from churn_assets.dashboards.metrics import METRICS, Metric
 from churn_assets.dashboards.page import markdown_image, png_of, render
-from churn_assets.metadata import table_metadata
+from churn_assets.metadata import previewable, table_metadata
 from churn_assets.resources import PipelineSettingsResource, WarehouseResource
 from churn_assets.warehouse import registered, transaction
 
@@ -111,7 +111,8 @@ def dashboard_page(warehouse: WarehouseResource, pipeline_settings: PipelineSett
         for name in FIGURES:
             cur = con.execute(f"SELECT * FROM dashboard.{name}")
             cols = [d[0] for d in cur.description]
-            fig[name] = [dict(zip(cols, row)) for row in cur.fetchall()]
+            shown = previewable(cols, f"dashboard.{name}")  # the page leaves the warehouse
+            fig[name] = [{c: v for c, v in zip(cols, row) if c in shown} for row in cur.fetchall()]
         versions = con.execute("SELECT DISTINCT model_version FROM gold.churn_prediction").fetchall()
     model_version = ", ".join(sorted(str(v) for (v,) in versions)) or "none"
     page, specs = render(

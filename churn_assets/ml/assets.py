@@ -9,7 +9,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from churn_assets.metadata import markdown_table, table_metadata
+from churn_assets.metadata import markdown_table, shareable_example, table_metadata
 from churn_assets.ml.features import FEATURES, LABEL, load_features, to_model_frame
 from churn_assets.resources import MLflowResource, ModelPolicyResource, PipelineSettingsResource, WarehouseResource
 from churn_assets.warehouse import registered, scalar, transaction
@@ -111,7 +111,7 @@ def churn_model(
         metrics=metrics,
         params={**model.params, "num_boost_round": model.num_boost_round, "features": ",".join(FEATURES),
                 "shuffle_labels_fraction": config.shuffle_labels_fraction, "threshold": round(threshold, 6)},
-        tags=fingerprint, threshold=threshold, importance_png=png, input_example=hold_x.head(5),
+        tags=fingerprint, threshold=threshold, importance_png=png, input_example=shareable_example(hold_x.head(5)),
     )
     client.set_model_version_tag(mlflow_store.model_name, version, "landed_rows", str(landed))
     client.set_registered_model_alias(mlflow_store.model_name, registry.CHALLENGER, version)

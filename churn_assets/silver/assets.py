@@ -46,7 +46,7 @@ def _result(context, con, res: SilverResult) -> dg.MaterializeResult:
 )
 def churn_users(context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource):
     with warehouse.get_connection() as con:
-        return _result(context, con, build_churn_users(con, pipeline_settings.pseudonym_key))
+        return _result(context, con, build_churn_users(con, pipeline_settings.email_pseudonym_key()))
 
 
 @dg.asset(
