@@ -1,5 +1,8 @@
 """Test hook for crash tests: ``CHURN_TEST_KILL_AT=name[:n]`` makes the process SIGKILL
-itself the n-th time (default first) it passes ``fault_point(name)``. Inert otherwise."""
+itself the n-th time (default first) it passes ``fault_point(name)``. Inert otherwise.
+
+With ``CHURN_TEST_KILL_MARKER=<file>`` the point's name is written there just before the
+kill, so a test can tell that the process died where it meant, not elsewhere."""
 
 from __future__ import annotations
 
@@ -22,4 +25,10 @@ def fault_point(name: str) -> None:
         _hits[name] = _hits.get(name, 0) + 1
         hit = _hits[name] >= int(nth or 1)
     if hit:
+        marker = os.environ.get("CHURN_TEST_KILL_MARKER")
+        if marker:
+            with open(marker, "w") as f:
+                f.write(f"{name}:{_hits[name]}\n")
+                f.flush()
+                os.fsync(f.fileno())
         os.kill(os.getpid(), signal.SIGKILL)
