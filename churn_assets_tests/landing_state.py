@@ -45,9 +45,11 @@ def accounting(home: Path) -> list[tuple]:
     con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
     try:
         return con.execute("""
-            WITH cur AS (SELECT *, max(version) OVER (PARTITION BY source, path) AS current FROM bronze.ingest_manifest),
+            WITH cur AS (SELECT *, max(version) OVER (PARTITION BY source, path) AS current
+                         FROM bronze.ingest_manifest),
                  rows AS (SELECT _file_id, count(*) AS n FROM (
-                            SELECT _file_id FROM bronze.churn_users_bronze UNION ALL SELECT _file_id FROM bronze.churn_orders_bronze
+                            SELECT _file_id FROM bronze.churn_users_bronze
+                            UNION ALL SELECT _file_id FROM bronze.churn_orders_bronze
                             UNION ALL SELECT _file_id FROM bronze.churn_app_events) GROUP BY 1),
                  q AS (SELECT file_id, count(*) AS n FROM bronze.quarantine GROUP BY 1)
             SELECT path, records, rows_loaded, rows_quarantined, coalesce(rows.n, 0) AS in_bronze

@@ -87,7 +87,8 @@ def write_bad_files(landing: Path) -> dict[str, tuple[str, str | None, int]]:
     (users / "wrong.json.gz").write_bytes(b"BZh91AY&SY" + b"\x00" * 20)
     out["users/wrong.json.gz"] = ("quarantined", "bzip2", 1)
     # Valid and common: read as they are.
-    (users / "bom_crlf.json").write_bytes(b"\xef\xbb\xbf" + (user("u-bom-1") + "\r\n" + user("u-bom-2") + "\r\n").encode())
+    crlf = user("u-bom-1") + "\r\n" + user("u-bom-2") + "\r\n"
+    (users / "bom_crlf.json").write_bytes(b"\xef\xbb\xbf" + crlf.encode())
     out["users/bom_crlf.json"] = ("loaded", None, 2)
     (users / "empty.json").write_text("")
     out["users/empty.json"] = ("empty", None, 0)
@@ -97,17 +98,19 @@ def write_bad_files(landing: Path) -> dict[str, tuple[str, str | None, int]]:
     out["users/lines.ndjson"] = ("loaded", None, 1)
     (users / "packed.json.gz").write_bytes(gzip.compress((user("u-gz-1") + "\n" + user("u-gz-2") + "\n").encode()))
     out["users/packed.json.gz"] = ("loaded", None, 2)
-    (events / "case_dup.csv").write_text("user_id,USER_ID,platform,date,action,session_id,url\nu1,u2,ios,06-06-2023 20:54:21,log,s,https://x/\n")
+    (events / "case_dup.csv").write_text(
+        "user_id,USER_ID,platform,date,action,session_id,url\nu1,u2,ios,06-06-2023 20:54:21,log,s,https://x/\n")
     out["events/case_dup.csv"] = ("quarantined", "differ only in case", 1)
     (events / "whitespace.csv").write_text(HEADER + "\nu-ws,e-ws1,ios,06-06-2023 20:54:21,log,s1,https://x/\n   \n\t\n"
                                            "u-ws,e-ws2,ios,06-06-2023 20:55:21,log,s1,https://x/\n")
     out["events/whitespace.csv"] = ("loaded", None, 2)
     (events / "header_only.csv").write_text(HEADER + "\n")
     out["events/header_only.csv"] = ("empty", None, 0)
-    (events / "bom_crlf.csv").write_bytes(b"\xef\xbb\xbf" + (HEADER + "\r\nu-b,e-b1,ios,06-06-2023 20:54:21,log,s,https://x/\r\n").encode())
+    crlf = HEADER + "\r\nu-b,e-b1,ios,06-06-2023 20:54:21,log,s,https://x/\r\n"
+    (events / "bom_crlf.csv").write_bytes(b"\xef\xbb\xbf" + crlf.encode())
     out["events/bom_crlf.csv"] = ("loaded", None, 1)
-    (orders / "ok.json").write_text(json.dumps({"user_id": "u-1", "id": "o-bad-1", "transaction_date": "06-05-2023 12:07:59",
-                                                "item_count": 3.0, "amount": 57.0}) + "\n")
+    order = {"user_id": "u-1", "id": "o-bad-1", "transaction_date": "06-05-2023 12:07:59", "item_count": 3.0, "amount": 57.0}
+    (orders / "ok.json").write_text(json.dumps(order) + "\n")
     out["orders/ok.json"] = ("loaded", None, 1)
     # Writers' temporaries and markers are not data: never read.
     for name in ("users/tmp.json.part", "users/tmp.json.filepart", "events/tmp.csv.partial", "users/.hidden.json",
@@ -139,9 +142,10 @@ def test_every_bad_file_kind_is_quarantined_and_the_rest_loads(home):
     assert one(home, "SELECT reason FROM bronze.quarantine WHERE source_file = 'users/long_line.json'") == (
         f"line longer than {MAX_RECORD_BYTES} bytes")
     assert one(home, "SELECT row_no FROM bronze.quarantine WHERE source_file = 'users/long_line.json'") == 2
+    # Row numbers are line numbers: blank lines skipped, not renumbered.
     assert one(home, "SELECT max(_row_no) FROM bronze.churn_app_events WHERE _source_file = 'events/whitespace.csv'") == 4
-    assert sorted(r[0] for r in query(home, "SELECT id FROM bronze.churn_users_bronze WHERE id LIKE 'u-bom-%' OR id LIKE 'u-gz-%'")) == [
-        "u-bom-1", "u-bom-2", "u-gz-1", "u-gz-2"]
+    ids = query(home, "SELECT id FROM bronze.churn_users_bronze WHERE id LIKE 'u-bom-%' OR id LIKE 'u-gz-%' ORDER BY 1")
+    assert [r[0] for r in ids] == ["u-bom-1", "u-bom-2", "u-gz-1", "u-gz-2"]
     con = connect(home / "warehouse.duckdb", read_only=True)
     try:
         listed = {f["path"]: f for f in quarantined_files(con)}
@@ -241,7 +245,8 @@ def test_truncated_file_takes_its_extra_records_out_of_gold(home, fresh):
     e = lines_of(events)
     write_lines(home / "landing/events" / events.name, e + [x.replace(b",https:", b",https://extra") for x in e[1:20]])
     assert materialize(home, DATA).success
-    assert one(home, "SELECT count(*) FROM silver.churn_orders WHERE order_id LIKE 'extra-%'") == sum(1 for r in extra if r.get("user_id"))
+    extra_valid = sum(1 for r in extra if r.get("user_id"))
+    assert one(home, "SELECT count(*) FROM silver.churn_orders WHERE order_id LIKE 'extra-%'") == extra_valid
     for src in (orders, events):
         shutil.copy(src, home / "landing" / src.parent.name / src.name)
     assert materialize(home, DATA).success
@@ -263,7 +268,8 @@ def test_correction_redelivered_after_quarantine(home, fresh):
         shutil.copy(src, home / "landing" / src.parent.name / src.name)
     assert materialize(home, DATA).success
     assert changes(home) == sorted([(f"orders/{orders.name}", 2, "rewritten"), (f"users/{users.name}", 2, "rewritten")])
-    detail = one(home, "SELECT detail FROM bronze.ingest_manifest WHERE path = ? AND version = 2", [f"users/{users.name}"])
+    detail = one(home, "SELECT detail FROM bronze.ingest_manifest WHERE path = ? AND version = 2",
+                 [f"users/{users.name}"])
     assert "re-delivered after its version 1 was quarantined" in detail
     assert_equals_fresh(home, fresh)
 
@@ -296,7 +302,9 @@ def test_temporary_name_renamed_into_place_is_read_once(home, fresh):
     land_sample(home)
     old = time.time() - 600
     renames = []
-    for src, suffix in ((sample_file("events", 3), ".partial"), (sample_file("orders", 1), ".part"), (sample_file("users", 0), ".filepart")):
+    temps = ((sample_file("events", 3), ".partial"), (sample_file("orders", 1), ".part"),
+             (sample_file("users", 0), ".filepart"))
+    for src, suffix in temps:
         final = home / "landing" / src.parent.name / src.name
         final.unlink()
         temp = final.with_name(final.name + suffix)

@@ -23,8 +23,8 @@ DATA = "*gold/churn_features"
 
 
 def churn_run(home: Path, wait: float, select: str = DATA) -> subprocess.Popen:
-    env = {**os.environ, "CHURN_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"), "CHURN_SETTLE_SECONDS": "0",
-           "CHURN_AS_OF": "2026-11-02T00:00:00", "CHURN_WAREHOUSE_WAIT_SECONDS": str(wait)}
+    env = {**os.environ, "CHURN_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"),
+           "CHURN_SETTLE_SECONDS": "0", "CHURN_AS_OF": "2026-11-02T00:00:00", "CHURN_WAREHOUSE_WAIT_SECONDS": str(wait)}
     env.pop("CHURN_TEST_KILL_AT", None)
     return subprocess.Popen([sys.executable, "-m", "churn_assets.cli", "run", "--select", select], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -71,20 +71,24 @@ def test_two_cycles_at_once_load_each_file_once(tmp_path_factory):
     assert codes == (0, 0), (first.stderr.read(), second.stderr.read())
     assert differences(snapshot(home), snapshot(fresh)) == {}
     assert accounting(home) == []
-    counts = query(home, "SELECT count(*), count(DISTINCT path), count(*) FILTER (status = 'duplicate') FROM bronze.ingest_manifest")
-    assert counts[0][0] == counts[0][1] and counts[0][2] == 0
+    rows, paths, duplicates = query(
+        home, "SELECT count(*), count(DISTINCT path), count(*) FILTER (status = 'duplicate') FROM bronze.ingest_manifest")[0]
+    assert rows == paths == len(list((home / "landing").rglob("*.*"))) and duplicates == 0
 
 
 def test_the_manifest_refuses_a_file_version_twice(tmp_path):
     con = connect(tmp_path / "warehouse.duckdb")
     ensure_schema(con)
-    row = "(1, 'users', 'users/a.json', 10, now()::TIMESTAMP, 'h', 1, 1, 0, 0, 'loaded', NULL, 'r', now()::TIMESTAMP, 1, 'new', 0, 10, 'h', 'h')"
-    cols = ("file_id, source, path, size_bytes, mtime, content_hash, records, rows_loaded, rows_rescued, rows_quarantined, "
-            "status, detail, run_id, ingested_at, version, event, offset_start, offset_end, prefix_hash, dedup_key")
+    row = ("(1, 'users', 'users/a.json', 10, now()::TIMESTAMP, 'h', 1, 1, 0, 0, 'loaded', NULL, 'r', now()::TIMESTAMP, "
+           "1, 'new', 0, 10, 'h', 'h')")
+    cols = ("file_id, source, path, size_bytes, mtime, content_hash, records, rows_loaded, rows_rescued, "
+            "rows_quarantined, status, detail, run_id, ingested_at, version, event, offset_start, offset_end, "
+            "prefix_hash, dedup_key")
     con.execute(f"INSERT INTO bronze.ingest_manifest ({cols}) VALUES {row}")
-    for clash in (row.replace("(1,", "(2,", 1).replace("'h')", "NULL)"),  # same path, version and first byte
-                  row.replace("'users/a.json'", "'users/b.json'"),  # same file id
-                  row.replace("(1,", "(3,", 1).replace("'users/a.json'", "'users/c.json'")):  # same content, first arrival
+    same_segment = row.replace("(1,", "(2,", 1).replace("'h')", "NULL)")
+    same_file_id = row.replace("'users/a.json'", "'users/b.json'")
+    same_first_content = row.replace("(1,", "(3,", 1).replace("'users/a.json'", "'users/c.json'")
+    for clash in (same_segment, same_file_id, same_first_content):
         with pytest.raises(duckdb.ConstraintException):
             con.execute(f"INSERT INTO bronze.ingest_manifest ({cols}) VALUES {clash}")
     con.close()

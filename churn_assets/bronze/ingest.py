@@ -138,10 +138,6 @@ def data_kind(name: str, fmt: str) -> str | None:
     return None
 
 
-def is_candidate_name(name: str, fmt: str = "json") -> bool:
-    return data_kind(name, fmt) is not None
-
-
 @dataclass
 class LandedFile:
     path: Path
