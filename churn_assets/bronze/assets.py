@@ -28,8 +28,8 @@ def _bronze_asset(source: str) -> dg.AssetsDefinition:
         pool="duckdb_warehouse",
         description=DESCRIPTIONS[source]
         + " Incremental: only files the manifest has not seen, the appended tail of a file it has, or a new"
-        " version of a changed file (the earlier version's records retired); records that do not fit the schema keep their"
-        " raw text in _rescued_data; unparseable records go to bronze.quarantine.",
+        " version of a changed file (the earlier version's records retired); records that do not fit the schema"
+        " keep their raw text in _rescued_data; unparseable records go to bronze.quarantine.",
         check_specs=[
             dg.AssetCheckSpec("correct_schema", asset=["bronze", spec.table], description="_rescued_data IS NULL (warn only, as the reference)"),
             dg.AssetCheckSpec("records_parseable", asset=["bronze", spec.table], description="no landed record of this run went to quarantine (warn only)"),
@@ -60,7 +60,8 @@ def _bronze_asset(source: str) -> dg.AssetsDefinition:
             # Files are immutable by contract: a change is worth a warning, once per run and source.
             alerts.raise_alert(
                 f"file_changed_{source}", context.job_name, context.run_id,
-                f"{len(result.changes)} landed {source} file(s) changed after ingestion: " + "; ".join(result.changes[:10]),
+                f"{len(result.changes)} landed {source} file(s) changed after ingestion: "
+                + "; ".join(result.changes[:10]),
                 log=context.log,
             )
         return dg.MaterializeResult(

@@ -399,7 +399,8 @@ def _parse_segment(spec: SourceSpec, landed: LandedFile, content: bytes, start: 
         header, reason = csv_header(spec, header_line)
     if reason:
         quarantine = [(no, _shown(line), reason) for no, line in _numbered_nonblank(segment, first_no)]
-        return ParsedFile(landed, digest, len(quarantine), "quarantined", reason, quarantine=quarantine, whole=True, **done)
+        return ParsedFile(landed, digest, len(quarantine), "quarantined", reason, quarantine=quarantine, whole=True,
+                          **done)
     if not segment.strip():
         return ParsedFile(landed, digest, 0, "empty", "file has no records", header=header, **done)
     segment, long_lines = _blank_long_lines(segment, first_no)
@@ -455,7 +456,8 @@ def _row_numbers(kept: int, skipped: list[int], first_no: int, physical: np.ndar
     """Line numbers of the rows the reader kept: every line it counted but the ones its
     handler skipped, mapped to physical lines when it did not count empty ones."""
     if skipped:
-        numbers = np.setdiff1d(np.arange(1, kept + len(skipped) + 1, dtype=np.int64), np.asarray(skipped, dtype=np.int64))
+        counted = np.arange(1, kept + len(skipped) + 1, dtype=np.int64)
+        numbers = np.setdiff1d(counted, np.asarray(skipped, dtype=np.int64))
     else:
         numbers = np.arange(1, kept + 1, dtype=np.int64)
     if len(numbers) != kept:  # the reader counted otherwise: keep the order, not the numbers
@@ -518,7 +520,8 @@ def _parse_csv(landed: LandedFile, digest: str, data: bytes, first_no: int, name
     def invalid(row):
         skipped.append(row.number or 0)
         if row.text.strip():  # a whitespace-only line is no record
-            quarantine.append((row.number or 0, row.text, f"expected {row.expected_columns} columns, found {row.actual_columns}"))
+            reason = f"expected {row.expected_columns} columns, found {row.actual_columns}"
+            quarantine.append((row.number or 0, row.text, reason))
         return "skip"
 
     table = pacsv.read_csv(
@@ -534,7 +537,9 @@ def _parse_csv(landed: LandedFile, digest: str, data: bytes, first_no: int, name
     table = table.append_column("row_no", pa.array(_row_numbers(table.num_rows, skipped, first_no, physical)))
 
     def line_no(n: int) -> int:
-        return int(physical[n - 1]) + first_no - 1 if physical is not None and 0 < n <= len(physical) else n + first_no - 1
+        if physical is not None and 0 < n <= len(physical):
+            return int(physical[n - 1]) + first_no - 1
+        return n + first_no - 1
 
     quarantine = [(line_no(n), text, reason) for n, text, reason in quarantine]
     # Records are what the reader kept plus what it set aside: counted, never asserted.
@@ -621,7 +626,8 @@ def known_files(con: duckdb.DuckDBPyConnection, source: str) -> Known:
     rows = con.execute(
         """WITH m AS (
                SELECT path, coalesce(version, 1) AS version, file_id, size_bytes, epoch_us(mtime) / 1e6 AS mtime,
-                      coalesce(offset_end, size_bytes) AS offset_end, coalesce(prefix_hash, content_hash) AS prefix_hash,
+                      coalesce(offset_end, size_bytes) AS offset_end,
+                      coalesce(prefix_hash, content_hash) AS prefix_hash,
                       status, max(coalesce(version, 1)) OVER (PARTITION BY path) AS current
                FROM bronze.ingest_manifest WHERE source = ?)
            SELECT path, version, list(file_id ORDER BY file_id), arg_max(size_bytes, file_id), arg_max(mtime, file_id),
@@ -682,7 +688,8 @@ def _retire(con, spec: SourceSpec, file_ids: tuple[int, ...]) -> int:
     return n
 
 
-def _load_batch(con, spec: SourceSpec, batch: list[LandedFile], known: Known, run_id: str, result: IngestResult) -> None:
+def _load_batch(con, spec: SourceSpec, batch: list[LandedFile], known: Known, run_id: str,
+                result: IngestResult) -> None:
     # Parsing is pyarrow's C++ (GIL released): files of a batch are parsed side by side.
     with ThreadPoolExecutor(max_workers=PARSE_THREADS) as pool:
         parsed = [pf for pf in pool.map(lambda f: parse_file(spec, f, known.states.get(f.relpath)), batch) if pf]
@@ -752,7 +759,8 @@ def _load_batch(con, spec: SourceSpec, batch: list[LandedFile], known: Known, ru
             result.rows_rescued += rescued
             result.rows_quarantined += quarantined
         con.executemany(
-            f"INSERT INTO bronze.ingest_manifest ({', '.join(MANIFEST_COLUMNS)}) VALUES ({', '.join('?' * len(MANIFEST_COLUMNS))})",
+            f"INSERT INTO bronze.ingest_manifest ({', '.join(MANIFEST_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(MANIFEST_COLUMNS))})",
             manifest,
         )
         fault_point("after_file_before_commit")

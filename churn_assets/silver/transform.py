@@ -110,7 +110,8 @@ def _rederive_retired(con, *, source: str, key: str, target: str, target_key: st
     taken = scalar(con, "SELECT count(*) FROM _retired")
     if taken:
         con.execute(f"DELETE FROM {target} WHERE rowid IN (SELECT row_id FROM _retired)")
-        earlier = f"""(SELECT * FROM {source} WHERE _file_id <= {int(low)} AND {valid} AND {key} IN (SELECT k FROM _retired)
+        earlier = f"""(SELECT * FROM {source}
+                      WHERE _file_id <= {int(low)} AND {valid} AND {key} IN (SELECT k FROM _retired)
                       QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY _file_id DESC, _row_no DESC) = 1)"""
         con.execute(f"INSERT INTO {target} {select.format(new=earlier)}", params)
         con.execute(
