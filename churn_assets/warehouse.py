@@ -164,6 +164,21 @@ def busy_message(path: Path | str, wait_seconds: float) -> str | None:
     return None
 
 
+def when_free(read, path: Path | str, wait_seconds: float, poll_seconds: float = 0.5):
+    """``read()`` (something that opens the warehouse), retried while another process holds
+    it, for up to ``wait_seconds``; then the one line saying who holds it, as a string."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return read()
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() >= deadline:
+                return f"warehouse {path} is busy: held by {describe_holder(path, str(exc))}"
+            time.sleep(poll_seconds)
+
+
 VACUUM_TASKS_DEFAULT = 100  # DuckDB's default for max_vacuum_tasks
 
 
