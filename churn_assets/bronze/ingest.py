@@ -246,10 +246,6 @@ def discover(landing_root: Path, source: str, known: Mapping[str, tuple[int, flo
     return sorted(found, key=lambda f: f.relpath)
 
 
-def _nonblank_lines(data: bytes) -> list[bytes]:
-    return [line for line in data.split(b"\n") if line.strip()]
-
-
 def _numbered_nonblank(data: bytes, first_no: int) -> list[tuple[int, bytes]]:
     return [(first_no + i, line) for i, line in enumerate(data.split(b"\n")) if line.strip()]
 
