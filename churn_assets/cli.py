@@ -87,9 +87,16 @@ def summary(champion_auc: float | None = None) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from churn_assets.warehouse import busy_message, when_free, writer_wait_seconds
+
+    path = settings.warehouse_path(settings.churn_home())
+    busy = busy_message(path, writer_wait_seconds())
+    if busy:  # another process writes: one line, not a lock traceback
+        print(busy, file=sys.stderr)
+        return 75
     ok, took, run_id, auc = run_cycle(args.select)
     print(f"\nrun {run_id} {'succeeded' if ok else 'FAILED'} in {took:.1f}s")
-    print(summary(auc))
+    print(when_free(lambda: summary(auc), path, writer_wait_seconds()))
     return 0 if ok else 1
 
 

@@ -1,8 +1,10 @@
 """Test hooks for crash and retry tests, inert otherwise.
 
 ``CHURN_TEST_KILL_AT=name[:n]`` makes the process SIGKILL itself the n-th time (default
-first) it passes ``fault_point(name)``; ``CHURN_TEST_RETRY_AT=name[:n]`` makes the n-th pass
-(only that one) ask Dagster to retry the step, as a transient fault would."""
+first) it passes ``fault_point(name)``; with ``CHURN_TEST_KILL_MARKER=<file>`` the point's
+name is written there just before the kill, so a test can tell that the process died where
+it meant, not elsewhere. ``CHURN_TEST_RETRY_AT=name[:n]`` makes the n-th pass (only that
+one) ask Dagster to retry the step, as a transient fault would."""
 
 from __future__ import annotations
 
@@ -30,6 +32,12 @@ def _passes(variable: str, name: str) -> tuple[int, int] | None:
 def fault_point(name: str) -> None:
     kill = _passes("CHURN_TEST_KILL_AT", name)
     if kill and kill[0] >= kill[1]:
+        marker = os.environ.get("CHURN_TEST_KILL_MARKER")
+        if marker:
+            with open(marker, "w") as f:
+                f.write(f"{name}:{kill[0]}\n")
+                f.flush()
+                os.fsync(f.fileno())
         os.kill(os.getpid(), signal.SIGKILL)
     retry = _passes("CHURN_TEST_RETRY_AT", name)
     if retry and retry[0] == retry[1]:

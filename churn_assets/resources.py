@@ -17,7 +17,7 @@ import duckdb
 from pydantic import PrivateAttr
 
 from churn_assets import settings
-from churn_assets.warehouse import connect, ensure_schema, start_run
+from churn_assets.warehouse import WarehouseBusy, connect_writer, ensure_schema, start_run, writer_wait_seconds
 
 
 def env_or(name: str, default: str | None):
@@ -39,12 +39,23 @@ class WarehouseResource(dg.ConfigurableResource):
     path: str
     memory_limit: str = "3GB"
     compact_every_hours: float = 24.0
+    # How long a run waits for another process's hold on the file before failing with one
+    # line that names the holder.
+    wait_seconds: float = 60.0
     _con: duckdb.DuckDBPyConnection | None = PrivateAttr(default=None)
+    _run_id: str | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._run_id = context.run_id
 
     @contextlib.contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         if self._con is None:
-            con = connect(self.path, memory_limit=self.memory_limit)
+            try:
+                con = connect_writer(self.path, wait_seconds=self.wait_seconds, memory_limit=self.memory_limit,
+                                     holder=f"run {self._run_id}" if self._run_id else "a process")
+            except WarehouseBusy as exc:
+                raise dg.Failure(description=str(exc), allow_retries=True) from None
             ensure_schema(con)
             if start_run(con, self.compact_every_hours):
                 dg.get_dagster_logger().info("warehouse compaction due: this run's checkpoints merge row groups")
@@ -200,6 +211,7 @@ def default_resources(home: Path | None = None, *, as_of: str | None = None, set
             path=str(settings.warehouse_path(home)),
             memory_limit=os.environ.get("CHURN_DUCKDB_MEMORY_LIMIT", "3GB"),
             compact_every_hours=float(os.environ.get("CHURN_COMPACT_EVERY_HOURS", "24")),
+            wait_seconds=writer_wait_seconds(),
         ),
         "landing": LandingZoneResource(
             root=str(settings.landing_dir(home)),

@@ -29,8 +29,9 @@ def land(root, rel, age_seconds=60.0):
     path = root / "landing" / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('{"id":"x"}\n')
-    t = time.time() - age_seconds
-    os.utime(path, (t, t))
+    if age_seconds is not None:  # None: just written (setting an old mtime reads as a rename into place)
+        t = time.time() - age_seconds
+        os.utime(path, (t, t))
     return path
 
 
@@ -50,7 +51,7 @@ def test_landing_sensor_takes_complete_files_once_in_one_run(tmp_path, instance)
     land(tmp_path, "users/a.json", age_seconds=61)
     land(tmp_path, "orders/b.json", age_seconds=60)
     land(tmp_path, "events/.c.csv.tmp")  # a writer's temporary: never data
-    young = land(tmp_path, "events/d.csv", age_seconds=1)  # still settling
+    young = land(tmp_path, "events/d.csv", age_seconds=None)  # still being written
     result = churn_landing_sensor(sensor_context(tmp_path, instance))
     assert isinstance(result, dg.RunRequest)
     assert result.tags["churn/files"] == "2" and result.tags["churn/trigger"] == "landing_sensor"

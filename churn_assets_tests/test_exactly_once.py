@@ -85,10 +85,21 @@ def test_incomplete_and_hidden_files_are_not_picked_up(home):
     (folder / ".part-0001.json.tmp").write_text('{"id":"c"}\n')
     (folder / "_SUCCESS").write_text("")
     old = time.time() - 60
+    # Writers' temporary names are not on the allow-list of data extensions, however old.
+    for temp in ("x.json.part", "x.json.filepart", "x.json.partial", "x.json.crc", "notes.txt"):
+        (folder / temp).write_text('{"id":"d"}\n')
+        os.utime(folder / temp, (old, old))
     os.utime(folder / "ready.json", (old, old))
     os.utime(folder / ".part-0001.json.tmp", (old, old))
-    found = discover(home / "landing", "users", set(), settle_seconds=5)
+    found = discover(home / "landing", "users", {}, settle_seconds=5)
     assert [f.relpath for f in found] == ["users/ready.json"]
     # Once its mtime is older than the settle time, the file is complete.
     os.utime(folder / "writing.json", (old, old))
-    assert [f.relpath for f in discover(home / "landing", "users", {"users/ready.json"}, settle_seconds=5)] == ["users/writing.json"]
+    ready = found[0]
+    known = {"users/ready.json": (ready.size, ready.mtime)}
+    assert [f.relpath for f in discover(home / "landing", "users", known, settle_seconds=5)] == ["users/writing.json"]
+    # A file renamed into place is complete at once: the rename moved its ctime past its mtime.
+    (folder / "renamed.json.part").write_text('{"id":"e"}\n')
+    time.sleep(0.02)
+    os.replace(folder / "renamed.json.part", folder / "renamed.json")
+    assert "users/renamed.json" in [f.relpath for f in discover(home / "landing", "users", known, settle_seconds=5)]

@@ -15,6 +15,7 @@ from datetime import datetime
 
 import duckdb
 
+from churn_assets.faults import fault_point
 from churn_assets.silver.transform import TS_FORMAT, advance, watermark
 from churn_assets.warehouse import scalar, table_exists, transaction
 
@@ -121,6 +122,7 @@ def build_churn_features(con: duckdb.DuckDBPyConnection, as_of: datetime, full: 
         con.execute("DELETE FROM ops.gold_state WHERE table_name = ?", [CONSUMER])
         con.execute("INSERT INTO ops.gold_state VALUES (?, ?, now()::TIMESTAMP)", [CONSUMER, as_of])
         total = scalar(con, "SELECT count(*) FROM gold.churn_features")
+        fault_point("gold_before_commit")
     return GoldResult(mode, total, total if recomputed is None else recomputed, refreshed or mode == "full")
 
 
