@@ -219,11 +219,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print(f"DAGSTER_HOME={home}; the UI on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     # The venv's dg, beside this interpreter, so that it works without activating the venv.
     dg_cli = Path(sys.executable).with_name("dg")
-    command = [str(dg_cli), "dev", "--host", args.host, "--port", str(args.port)]
+    # -m: the code location `churn mode` and earlier runs know ("churn_assets.definitions").
+    command = [str(dg_cli), "dev", "-m", "churn_assets.definitions", "--host", args.host, "--port", str(args.port)]
     if args.verbose:
         command += ["--log-level", "debug"]
+    # As if the venv were activated: dg warns when the active venv is not the project's.
+    env = {**os.environ, "VIRTUAL_ENV": sys.prefix}
     # Its own process group: a terminal's Ctrl-C reaches us, and we stop the whole tree.
-    child = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], start_new_session=True)
+    child = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], env=env, start_new_session=True)
     stopping: list[int] = []
 
     def stop(signum, _frame):
