@@ -71,23 +71,27 @@ def _failures(result) -> list[str]:
 
 
 @contextlib.contextmanager
-def _stderr_to(path: Path | None):
-    """Everything written to stderr (Dagster's log, MLflow's and tqdm's output, by this process
-    or its children) goes to ``path`` for the block; None: left as it is."""
+def _output_to(path: Path | None, fds: tuple[int, ...] = (1, 2)):
+    """Everything written to these file descriptors (Dagster's log, MLflow's and tqdm's output,
+    by this process or its children) goes to ``path`` for the block; None: left as it is."""
     if path is None:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = {fd: os.dup(fd) for fd in fds}
     with open(path, "wb") as log:
-        os.dup2(log.fileno(), 2)
+        for fd in fds:
+            os.dup2(log.fileno(), fd)
     try:
         yield
     finally:
+        sys.stdout.flush()
         sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def run_cycle(selection: str | None = None, verbose: bool = False):
@@ -96,7 +100,7 @@ def run_cycle(selection: str | None = None, verbose: bool = False):
     Dagster's log goes to the terminal with ``verbose``, else to ``$CHURN_HOME/logs/last-run.log``.
     """
     log = None if verbose else settings.churn_home() / "logs" / "last-run.log"
-    with _stderr_to(log):
+    with _output_to(log, fds=(2,)):
         return _run_cycle(selection)
 
 
@@ -174,7 +178,9 @@ def cmd_mode(args: argparse.Namespace) -> int:
     _dagster_home()
     with dg.DagsterInstance.get() as instance:
         if args.mode:
-            on = modes.set_mode(instance, args.mode)
+            # The code server it starts logs to stdout and stderr: kept for --verbose.
+            with _output_to(None if args.verbose else settings.churn_home() / "logs" / "mode.log"):
+                on = modes.set_mode(instance, args.mode)
             print(f"cadence: {', '.join(on)} (switched; the daemon of `churn ui` / `dg dev` applies it)")
         else:
             on = modes.current_modes(instance)

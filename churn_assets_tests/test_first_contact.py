@@ -224,7 +224,8 @@ def test_readme_examples_run_after_the_demo_and_keep_day_counts_non_negative(pro
     assert len(blocks) >= 3 and any("dg launch" in b for b in blocks) and any("CHURN_AS_OF=" in b for b in blocks)
     # As the README says: activated venv (PATH), in the project folder. Reference-scale
     # customer counts are cut to keep the test short.
-    env = clean_env(PATH=f"{VENV_BIN}:{os.environ['PATH']}", CHURN_SETTLE_SECONDS="0")
+    env = clean_env(PATH=f"{project / '.venv' / 'bin'}:{os.environ['PATH']}", VIRTUAL_ENV=str(project / ".venv"),
+                    CHURN_SETTLE_SECONDS="0")
     for block in blocks:
         script = re.sub(r"--customers \d+", "--customers 2000", block)
         out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=project, env=env, capture_output=True,
@@ -242,3 +243,28 @@ def test_readme_examples_run_after_the_demo_and_keep_day_counts_non_negative(pro
         finally:
             con.close()
         assert low[1] > 0 and low[0] >= 0, (home, low)
+
+
+def test_mode_defaults_match_the_definitions():
+    from churn_assets.automation import triggers
+    from churn_assets.automation.mode import MODES, default_running
+
+    declared = {d.name: d.default_status.value == "RUNNING" for d in [*triggers.schedules, *triggers.sensors]}
+    assert default_running() == {name: declared[name] for _, name in MODES.values()}
+
+
+def test_churn_mode_answers_fast_and_quietly(project):
+    env = clean_env(CHURN_HOME=str(project / "data"))
+    t0 = time.perf_counter()
+    out = subprocess.run([str(VENV_BIN / "churn"), "mode"], env=env, cwd=project, capture_output=True, text=True,
+                         timeout=60)
+    took = time.perf_counter() - t0
+    assert out.returncode == 0 and out.stderr == ""
+    assert out.stdout.startswith("cadence: ") and len(out.stdout.splitlines()) == 1
+    print(f"churn mode answered in {took:.2f}s")
+    switched = subprocess.run([str(VENV_BIN / "churn"), "mode", "continuous"], env=env, cwd=project,
+                              capture_output=True, text=True, timeout=120)
+    assert switched.returncode == 0 and switched.stderr == "" and len(switched.stdout.splitlines()) == 1
+    now = subprocess.run([str(VENV_BIN / "churn"), "mode"], env=env, cwd=project, capture_output=True, text=True)
+    assert now.stdout == "cadence: continuous\n"
+    subprocess.run([str(VENV_BIN / "churn"), "mode", "hourly"], env=env, cwd=project, check=True, capture_output=True)
