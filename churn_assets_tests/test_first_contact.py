@@ -268,3 +268,35 @@ def test_churn_mode_answers_fast_and_quietly(project):
     now = subprocess.run([str(VENV_BIN / "churn"), "mode"], env=env, cwd=project, capture_output=True, text=True)
     assert now.stdout == "cadence: continuous\n"
     subprocess.run([str(VENV_BIN / "churn"), "mode", "hourly"], env=env, cwd=project, check=True, capture_output=True)
+
+
+def test_summary_names_quarantined_files_with_their_reason_and_stray_files(tmp_path):
+    from churn_assets.summary import cycle_summary
+    from churn_assets.warehouse import connect, ensure_schema
+
+    con = connect(tmp_path / "warehouse.duckdb")
+    ensure_schema(con)
+    manifest = "INSERT INTO bronze.ingest_manifest VALUES (?, ?, ?, 1, NULL, 'h', ?, ?, 0, ?, ?, ?, ?, NULL)"
+    con.execute(manifest, [1, "users", "/l/users/a.json", 3, 3, 0, "loaded", None, "r1"])
+    con.execute(manifest, [2, "users", "/l/users/b.json", 4, 1, 3, "loaded", None, "r1"])
+    con.execute(manifest, [3, "events", "/l/events/c.csv", 2, 0, 2, "quarantined", "not UTF-8", "r2"])
+    con.execute(manifest, [4, "users", "/l/users/d.json", 3, 0, 0, "duplicate", "same content as /l/users/a.json", "r2"])
+    quarantine = "INSERT INTO bronze.quarantine VALUES (?, ?, ?, ?, 'x', ?, ?, NULL)"
+    for row, reason in [(1, "not JSON"), (2, "not JSON"), (3, "not a JSON object")]:
+        con.execute(quarantine, ["users", 2, "/l/users/b.json", row, reason, "r1"])
+    for row in (1, 2):
+        con.execute(quarantine, ["events", 3, "/l/events/c.csv", row, "not UTF-8", "r2"])
+    con.close()
+    (tmp_path / "landing" / "users").mkdir(parents=True)
+    (tmp_path / "landing" / "stray.json").write_text("{}\n")
+
+    text = cycle_summary(tmp_path)
+    assert "  files   duplicate 1, loaded 2, quarantined 1" in text
+    assert "    /l/users/b.json: 2 × not JSON; 1 × not a JSON object" in text
+    assert "    /l/events/c.csv: 2 × not UTF-8" in text
+    assert "    /l/users/d.json: duplicate: same content as /l/users/a.json" in text
+    assert "/l/users/a.json:" not in text
+    assert "ignored    1 files outside landing/{users,orders,events}/: landing/stray.json" in text
+    # The run summary: only what that run ingested.
+    run = cycle_summary(tmp_path, run_id="r1")
+    assert "/l/users/b.json: 2 × not JSON" in run and "c.csv" not in run and "d.json" not in run
