@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", parents=[common],
                        help="generate reference-scale data if landing is empty, then run the cycle")
     d.add_argument("--customers", type=int, default=100_000,
-                   help="customers drawn when landing is empty (default 100,000; see `churn generate`)")
+                   help="customers drawn when landing is empty (default 100,000; see churn generate --help)")
     d.set_defaults(func=cmd_demo)
 
     m = sub.add_parser("mode", parents=[common], help="show or switch the cadence: hourly | continuous | auto")

@@ -300,3 +300,18 @@ def test_summary_names_quarantined_files_with_their_reason_and_stray_files(tmp_p
     # The run summary: only what that run ingested.
     run = cycle_summary(tmp_path, run_id="r1")
     assert "/l/users/b.json: 2 × not JSON" in run and "c.csv" not in run and "d.json" not in run
+
+
+def test_every_option_has_help_and_no_raw_markup():
+    import argparse
+
+    from churn_assets.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in [("churn", parser), *sub.choices.items()]:
+        text = command.format_help()
+        assert "`" not in text, (name, text)
+        for action in command._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"churn {name}: {action.option_strings or action.dest} has no help"
