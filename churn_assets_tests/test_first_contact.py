@@ -8,6 +8,7 @@ run after a demo-like setup and leave no negative day count in gold.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import duckdb
@@ -187,6 +189,11 @@ def test_churn_ui_without_a_terminal_stops_whole_on_sigterm(project):
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_until_serving(port, proc, log)
+        # The UI would open on the newsletter prompt if the instance did not turn it off.
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=b'{"query": "{ shouldShowNux }"}',
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert json.loads(r.read())["data"] == {"shouldShowNux": False}
         # the daemon and the code servers are up too
         deadline = time.time() + 60
         while len(descendants(proc.pid)) < 4 and time.time() < deadline:
