@@ -171,7 +171,8 @@ def problems(env: Mapping[str, str], *, home_must_exist: bool = True, needs_land
     found = setting_problems(env)
     found += home_problems(home, must_exist=home_must_exist)
     if home.is_dir():
-        if needs_landing:
+        # Only before the first ingestion: a warehouse may outlive landing files archived elsewhere.
+        if needs_landing and not settings.warehouse_path(home).exists():
             found += landing_problems(home)
         found += as_of_problems(home, env.get("CHURN_AS_OF"))
     return found

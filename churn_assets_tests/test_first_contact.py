@@ -322,3 +322,31 @@ def test_every_option_has_help_and_no_raw_markup():
         for action in command._actions:
             if not isinstance(action, argparse._SubParsersAction):
                 assert action.help, f"churn {name}: {action.option_strings or action.dest} has no help"
+
+
+def test_preflight_rules(tmp_path):
+    from churn_assets import preflight
+    from churn_assets.warehouse import connect, ensure_schema
+
+    assert preflight.setting_problems({"CHURN_DUCKDB_MEMORY_LIMIT": "3GB", "CHURN_EXECUTOR": "multiprocess",
+                                       "CHURN_AS_OF": "2026-11-01T06:00:00Z", "CHURN_BATCH_BYTES": "1000"}) == []
+    assert preflight.setting_problems({"CHURN_DUCKDB_MEMORY_LIMIT": "lots", "CHURN_BATCH_BYTES": "1.5",
+                                       "CHURN_CAMPAIGN_BUDGET_USD": "-1"}) == [
+        "CHURN_CAMPAIGN_BUDGET_USD='-1' is negative: set a value >= 0, or unset it",
+        "CHURN_BATCH_BYTES='1.5' is not a whole number: set a whole number (see the README's settings), or unset it",
+        "CHURN_DUCKDB_MEMORY_LIMIT='lots' is not a memory size: use e.g. 3GB or 512MB, or unset it",
+    ]
+    # A home that does not exist yet may be created by `churn generate`, where its parent is writable.
+    assert preflight.problems({"CHURN_HOME": str(tmp_path / "new")}, home_must_exist=False) == []
+    # An as-of is compared with the newest date in gold: on that day it is fine, a day before it is not.
+    con = connect(tmp_path / "warehouse.duckdb")
+    ensure_schema(con)
+    con.execute("CREATE TABLE gold.churn_features AS SELECT TIMESTAMP '2026-10-30 10:00' AS creation_date, "
+                "TIMESTAMP '2026-10-31 23:00' AS last_activity_date, TIMESTAMP '2026-10-29 08:00' AS last_event")
+    con.close()
+    assert preflight.as_of_problems(tmp_path, "2026-10-31") == []
+    assert preflight.as_of_problems(tmp_path, "now") == []
+    [line] = preflight.as_of_problems(tmp_path, "2026-10-30T23:59:00")
+    assert "newest date 2026-10-31" in line and "use an as-of on or after 2026-10-31" in line
+    # With a warehouse, an empty landing folder is no longer an error (files may be archived).
+    assert preflight.problems({}, home=tmp_path, needs_landing=True) == []
