@@ -59,9 +59,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _failures(result) -> list[str]:
-    """One line per failed step: the step and the innermost error's first line."""
+    """One line per failed check (with what failed) and per other failed step (the innermost
+    error's first line)."""
     lines = []
+    for evaluation in result.get_asset_check_evaluations():
+        if not evaluation.passed:
+            key = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+            lines.append(f"check {key} did not pass: {evaluation.description or 'see the log'}")
     for event in result.get_step_failure_events():
+        if lines and "AssetCheckFailedError" in str(event.step_failure_data.error.cls_name):
+            continue  # said above, with the reason
         error = event.step_failure_data.error
         while error is not None and error.cause is not None:
             error = error.cause
@@ -145,9 +152,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = "" if args.verbose else f" (Dagster's log: {settings.churn_home() / 'logs' / 'last-run.log'}, or --verbose)"
     print(f"running {what}{log} ...", flush=True)
     ok, took, run_id, auc, failures = run_cycle(args.select, verbose=args.verbose)
+    print(f"\nrun {run_id} {'succeeded' if ok else 'FAILED'} in {took:.1f}s", flush=True)
     for line in failures:
-        print(line, file=sys.stderr)
-    print(f"\nrun {run_id} {'succeeded' if ok else 'FAILED'} in {took:.1f}s")
+        print(line, file=sys.stderr, flush=True)
     print(summary(auc, run_id))
     return 0 if ok else 1
 

@@ -118,9 +118,11 @@ def test_every_number_on_the_page_equals_sql(cycle):
     specs = json.loads(page.json["specs"])
     for name in FIGURES:
         assert figures[name] == sql_rows(home, name), name
-    # What each chart draws is exactly that data.
+    # What each chart draws is exactly that data (a run not ended yet: as running, without a duration).
+    from churn_assets.dashboards.page import runs_for_page
+
     for name, spec in specs.items():
-        assert spec["data"]["values"] == figures[name], name
+        assert spec["data"]["values"] == (runs_for_page(figures[name]) if name == "pipeline_runs" else figures[name]), name
     # The KPI tiles.
     for name, value in dict(query(home, "SELECT name, value FROM dashboard.kpis")).items():
         assert page.kpis[name] == pytest.approx(value), name
