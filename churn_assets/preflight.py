@@ -35,7 +35,9 @@ NUMBERS = (
     "CHURN_AUTO_QUIET_MINUTES", "CHURN_SENSOR_INTERVAL_SECONDS", "CHURN_MAX_RUNTIME_SECONDS",
     "CHURN_ALERT_DURATION_HISTORY", "CHURN_ALERT_DURATION_MIN_HISTORY", "CHURN_MAX_PENDING_RUNS",
 )
-INTEGERS = ("CHURN_BATCH_BYTES", "CHURN_RETRAIN_MIN_NEW_ROWS", "CHURN_CAMPAIGN_COOLDOWN_DAYS", "CHURN_CAMPAIGN_MAX_MESSAGES")
+INTEGERS = (
+    "CHURN_BATCH_BYTES", "CHURN_RETRAIN_MIN_NEW_ROWS", "CHURN_CAMPAIGN_COOLDOWN_DAYS", "CHURN_CAMPAIGN_MAX_MESSAGES",
+)
 MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*(B|[KMGT]i?B)\s*$", re.IGNORECASE)
 
 
@@ -135,7 +137,8 @@ def newest_data_date(home: Path) -> date | None:
         return None
     try:
         if table_exists(con, "gold", "churn_features"):
-            sql = "SELECT greatest(max(creation_date), max(last_activity_date), max(last_event)) FROM gold.churn_features"
+            sql = ("SELECT greatest(max(creation_date), max(last_activity_date), max(last_event)) "
+                   "FROM gold.churn_features")
         elif table_exists(con, "silver", "churn_users"):
             sql = "SELECT greatest(max(creation_date), max(last_activity_date)) FROM silver.churn_users"
         else:

@@ -103,7 +103,8 @@ class LiveDagster:
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("dg")), "dev", "-m", "churn_assets.definitions", "-h", "127.0.0.1",
              "-p", str(self.port)],
-            cwd=REPO, env={**self.env, "VIRTUAL_ENV": sys.prefix}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO, env={**self.env, "VIRTUAL_ENV": sys.prefix}, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_until_serving(self.port, self.proc, self.churn_home / "dagster-dev.log")
         os.environ["DAGSTER_HOME"] = str(self.dagster_home)

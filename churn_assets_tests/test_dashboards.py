@@ -122,7 +122,8 @@ def test_every_number_on_the_page_equals_sql(cycle):
     from churn_assets.dashboards.page import runs_for_page
 
     for name, spec in specs.items():
-        assert spec["data"]["values"] == (runs_for_page(figures[name]) if name == "pipeline_runs" else figures[name]), name
+        expected = runs_for_page(figures[name]) if name == "pipeline_runs" else figures[name]
+        assert spec["data"]["values"] == expected, name
     # The KPI tiles.
     for name, value in dict(query(home, "SELECT name, value FROM dashboard.kpis")).items():
         assert page.kpis[name] == pytest.approx(value), name
@@ -201,9 +202,10 @@ def test_a_run_not_ended_is_shown_running_without_a_duration():
              "ended_at": None, "duration_seconds": 3.9}]
     shown = runs_for_page(rows)
     assert [(r["status"], r["duration_seconds"]) for r in shown] == [("SUCCESS", 32.0), ("RUNNING", None)]
-    spec = chart_specs({"pipeline_runs": rows, **{k: [] for k in (
-        "revenue_by_month", "churn_by_platform", "churn_by_gender", "revenue_by_channel", "predicted_churn_by_country",
-        "predicted_churn_by_channel", "predicted_churn_by_tenure", "data_quality_daily", "ingestion_daily")}})["pipeline_runs"]
+    others = ("revenue_by_month", "churn_by_platform", "churn_by_gender", "revenue_by_channel",
+              "predicted_churn_by_country", "predicted_churn_by_channel", "predicted_churn_by_tenure",
+              "data_quality_daily", "ingestion_daily")
+    spec = chart_specs({"pipeline_runs": rows, **{k: [] for k in others}})["pipeline_runs"]
     bars, marker = spec["layer"]
     assert bars["mark"]["type"] == "bar" and bars["transform"] == [{"filter": "datum.status != 'RUNNING'"}]
     assert marker["mark"]["type"] == "point" and marker["encoding"]["y"] == {"datum": 0}

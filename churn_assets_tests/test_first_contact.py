@@ -141,8 +141,8 @@ def project(tmp_path_factory, small_home) -> Path:
 
 def test_as_of_earlier_than_the_data_is_refused(project):
     home = project / "data"
-    line = refused(["run", "--select", "*gold/churn_features"], clean_env(CHURN_HOME=str(home), CHURN_AS_OF="2023-06-10"),
-                   home)
+    env = clean_env(CHURN_HOME=str(home), CHURN_AS_OF="2023-06-10")
+    line = refused(["run", "--select", "*gold/churn_features"], env, home)
     assert line.startswith("churn: CHURN_AS_OF=2023-06-10 is earlier than the data in ")
     assert "day counts would be negative" in line and "a CHURN_HOME of its own" in line
 
@@ -287,7 +287,8 @@ def test_summary_names_quarantined_files_with_their_reason_and_stray_files(tmp_p
     con.execute(manifest, [1, "users", "/l/users/a.json", 3, 3, 0, "loaded", None, "r1"])
     con.execute(manifest, [2, "users", "/l/users/b.json", 4, 1, 3, "loaded", None, "r1"])
     con.execute(manifest, [3, "events", "/l/events/c.csv", 2, 0, 2, "quarantined", "not UTF-8", "r2"])
-    con.execute(manifest, [4, "users", "/l/users/d.json", 3, 0, 0, "duplicate", "same content as /l/users/a.json", "r2"])
+    con.execute(manifest, [4, "users", "/l/users/d.json", 3, 0, 0, "duplicate", "same content as /l/users/a.json",
+                           "r2"])
     quarantine = "INSERT INTO bronze.quarantine VALUES (?, ?, ?, ?, 'x', ?, ?, NULL)"
     for row, reason in [(1, "not JSON"), (2, "not JSON"), (3, "not a JSON object")]:
         con.execute(quarantine, ["users", 2, "/l/users/b.json", row, reason, "r1"])

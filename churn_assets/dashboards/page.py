@@ -69,8 +69,9 @@ def _runs_chart(rows: list[dict]):
         y=alt.Y("duration_seconds:Q", title="seconds"),
         tooltip=["run_id:N", "job_name:N", "status:N", "started_at:T", alt.Tooltip("duration_seconds:Q", format=".1f")])
     # A running run is a marker on the axis, never a bar of its duration so far.
-    running = base.transform_filter("datum.status == 'RUNNING'").mark_point(shape="triangle-up", size=90, filled=True).encode(
-        y=alt.datum(0), tooltip=["run_id:N", "job_name:N", "status:N", "started_at:T"])
+    running = base.transform_filter("datum.status == 'RUNNING'").mark_point(
+        shape="triangle-up", size=90, filled=True,
+    ).encode(y=alt.datum(0), tooltip=["run_id:N", "job_name:N", "status:N", "started_at:T"])
     return alt.layer(finished, running)
 
 
