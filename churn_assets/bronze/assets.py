@@ -36,12 +36,12 @@ def _bronze_asset(source: str) -> dg.AssetsDefinition:
     def _asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource) -> dg.MaterializeResult:
         with warehouse.get_connection() as con:
             result = ingest_source(
-                con, Path(landing.root), source, context.run_id,
+                con, Path(landing.root), source, context.run.run_id,
                 settle_seconds=landing.settle_seconds, batch_bytes=landing.batch_bytes,
             )
             fit = result.rows_loaded - result.rows_rescued
             record_quality(
-                con, context.run_id, "bronze", f"bronze.{spec.table}",
+                con, context.run.run_id, "bronze", f"bronze.{spec.table}",
                 [
                     ("correct_schema", fit, result.rows_rescued, 0, None),
                     ("records_parseable", result.rows_loaded, result.rows_quarantined, result.rows_quarantined, None),

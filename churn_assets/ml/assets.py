@@ -104,7 +104,7 @@ def churn_model(
     fingerprint = {
         "data.rows": str(len(df)), "data.rows_train": str(len(train_df)), "data.rows_holdout": str(len(hold_df)),
         "data.as_of": as_of.isoformat(), "data.latest_ingest": str(latest_ingest),
-        "data.landed_rows": str(landed), "dagster.run_id": context.run_id,
+        "data.landed_rows": str(landed), "dagster.run_id": context.run.run_id,
     }
     version, run_id = registry.log_and_register(
         mlflow_store.store(), experiment_id, model,

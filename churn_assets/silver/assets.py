@@ -15,7 +15,7 @@ MAX_DROP_RATE = 0.10
 
 def _result(context, con, res: SilverResult) -> dg.MaterializeResult:
     record_quality(
-        con, context.run_id, "silver", res.table,
+        con, context.run.run_id, "silver", res.table,
         [(name, res.rows_read - dropped, dropped, dropped, None) for name, dropped in res.dropped.items()],
     )
     metadata = table_metadata(con, res.table)
