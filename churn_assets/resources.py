@@ -75,6 +75,12 @@ class LandingZoneResource(dg.ConfigurableResource):
     settle_seconds: float = 2.0
     batch_bytes: int = 256 * 1024 * 1024
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # A run started outside `churn` (dg launch, the UI) meets the same settings check first.
+        from churn_assets.preflight import require
+
+        require(os.environ, home=Path(self.root).parent, needs_landing=True)
+
 
 class PipelineSettingsResource(dg.ConfigurableResource):
     """The data root, the as-of instant (``CHURN_AS_OF``, empty = now) and the
@@ -95,6 +101,12 @@ class PipelineSettingsResource(dg.ConfigurableResource):
             return pseudonym_key(Path(self.home), self.pseudonym_key)
         except PseudonymKeyError as exc:
             raise dg.Failure(description=str(exc)) from exc
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # The as-of this run uses, checked against the data before a step runs (see preflight).
+        from churn_assets.preflight import require
+
+        require({**os.environ, "CHURN_AS_OF": self.as_of}, home=Path(self.home))
 
 
 class MLflowResource(dg.ConfigurableResource):

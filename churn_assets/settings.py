@@ -8,7 +8,7 @@ default that works on a laptop.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -53,6 +53,6 @@ def as_of() -> datetime:
 class IngestSettings:
     # A file is taken only once it has not been modified for this long: writers that do
     # not rename into place (cp, rsync, Spark) are still writing while the mtime moves.
-    settle_seconds: float = float(os.environ.get("CHURN_SETTLE_SECONDS", "2"))
+    settle_seconds: float = field(default_factory=lambda: float(os.environ.get("CHURN_SETTLE_SECONDS", "2")))
     # Files loaded in one transaction (bounded so that memory does not follow history).
-    batch_bytes: int = int(os.environ.get("CHURN_BATCH_BYTES", str(256 * 1024 * 1024)))
+    batch_bytes: int = field(default_factory=lambda: int(os.environ.get("CHURN_BATCH_BYTES", str(256 * 1024 * 1024))))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import duckdb
 
-from churn_assets.settings import warehouse_path
+from churn_assets.settings import SOURCES, landing_dir, warehouse_path
 from churn_assets.warehouse import scalar, table_exists
 
 LAYERS = [
@@ -38,7 +40,42 @@ def campaign_line(con) -> str:
     return f"campaign   last run {messages:,} messages, all with the model's copy"
 
 
-def cycle_summary(home: Path, champion_auc: float | None = None) -> str:
+SHOWN = 10  # files listed by name; the rest are counted
+
+
+def quarantine_lines(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> list[str]:
+    """One line per file with records in quarantine, or not loaded at all, and why
+    (``run_id``: only what that run ingested)."""
+    where, params = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
+    rows = con.execute(
+        f"""SELECT path, reason, n FROM (
+              SELECT source_file AS path, reason, count(*) AS n, min(file_id) AS f
+              FROM bronze.quarantine {where} GROUP BY ALL
+              UNION ALL
+              SELECT path, status || coalesce(': ' || detail, ''), 0, file_id
+              FROM bronze.ingest_manifest {where + (' AND' if where else 'WHERE')} status NOT IN ('loaded', 'empty')
+                AND (status <> 'quarantined' OR path NOT IN (SELECT source_file FROM bronze.quarantine))
+            ) ORDER BY f, path, n DESC, reason""",
+        params * 2,
+    ).fetchall()
+    by_file: dict[str, list[str]] = {}
+    for path, reason, n in rows:
+        by_file.setdefault(path, []).append(f"{n:,} × {reason}" if n else reason)
+    lines = [f"  {path}: {'; '.join(reasons)}" for path, reasons in list(by_file.items())[:SHOWN]]
+    if len(by_file) > SHOWN:
+        lines.append(f"  ... and {len(by_file) - SHOWN} more files (bronze.quarantine, bronze.ingest_manifest)")
+    return lines
+
+
+def stray_files(home: Path) -> list[Path]:
+    """Files in the landing folder but outside its source folders: never ingested."""
+    root = landing_dir(home)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in SOURCES)
+
+
+def cycle_summary(home: Path, champion_auc: float | None = None, run_id: str | None = None) -> str:
     path = warehouse_path(home)
     if not path.exists():
         return f"no warehouse yet at {path}"
@@ -50,6 +87,11 @@ def cycle_summary(home: Path, champion_auc: float | None = None) -> str:
             lines.append(f"  {schema:<7} " + ", ".join(counts))
         files = con.execute("SELECT status, count(*) FROM bronze.ingest_manifest GROUP BY status ORDER BY status").fetchall()
         lines.append("  files   " + ", ".join(f"{s} {n}" for s, n in files))
+        problems = quarantine_lines(con, run_id)
+        if problems:
+            scope = "this run's files" if run_id else "files"
+            lines.append(f"  {scope} with quarantined or refused records (file: records × reason):")
+            lines += ["  " + line for line in problems]
         if table_exists(con, "gold", "churn_prediction"):
             version, at_risk = con.execute(
                 "SELECT any_value(model_version), count(*) FILTER (churn_prediction = 1) FROM gold.churn_prediction"
@@ -62,12 +104,19 @@ def cycle_summary(home: Path, champion_auc: float | None = None) -> str:
             lines.append(campaign_line(con))
     finally:
         con.close()
+    strays = stray_files(home)
+    if strays:
+        names = ", ".join(str(p.relative_to(home)) for p in strays[:SHOWN]) + (" ..." if len(strays) > SHOWN else "")
+        lines.append(f"ignored    {len(strays)} files outside landing/{{{','.join(SOURCES)}}}/: {names}")
     dashboard = home / "dashboard" / "index.html"
     outboxes = sorted((home / "outbox").glob("*.jsonl"), key=lambda p: p.stat().st_mtime) if (home / "outbox").is_dir() else []
     if dashboard.exists():
         lines.append(f"dashboard  {dashboard.as_uri()}")
     if outboxes:
         lines.append(f"outbox     {outboxes[-1]}")
-    lines.append(f"MLflow     mlflow ui --backend-store-uri sqlite:///{home / 'mlflow' / 'mlflow.db'} --port 5000")
-    lines.append(f"Dagster UI CHURN_HOME={home} churn ui   (then http://127.0.0.1:3000)")
+    # Commands that work as printed from any folder, without activating the venv.
+    venv = Path(sys.executable).parent
+    store = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    lines.append(f"MLflow     {venv / 'mlflow'} ui --backend-store-uri {store} --host 127.0.0.1 --port 5000")
+    lines.append(f"Dagster UI CHURN_HOME={home} {venv / 'churn'} ui   (then http://127.0.0.1:3000)")
     return "\n".join(lines)

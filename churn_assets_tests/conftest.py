@@ -44,7 +44,8 @@ def materialize(home: Path, selection: str = "*", as_of: str = AS_OF, raise_on_e
     """
     return dg.materialize(
         [*defs.assets, *defs.asset_checks],
-        selection=selection,
+        # "*" parsed by Dagster passes a beta parameter (a BetaWarning); the selection object does not.
+        selection=dg.AssetSelection.all() if selection == "*" else selection,
         resources={**default_resources(home, as_of=as_of, settle_seconds=0), **resources},
         instance=instance or dg.DagsterInstance.ephemeral(),
         raise_on_error=raise_on_error,

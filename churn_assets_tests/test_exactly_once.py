@@ -12,6 +12,8 @@ from churn_assets.generator import generate_history, generate_increment
 from churn_assets_tests.conftest import materialize, one, query
 
 DATA = "*gold/churn_features"  # the data layers; the model has tests of its own
+# After the generated history (ending 2026-11-01) and its increments: no negative day count.
+AS_OF = "2026-11-02T00:00:00"
 
 
 def counts(home):
@@ -24,10 +26,10 @@ def counts(home):
 
 def test_second_run_ingests_nothing(home):
     generate_history(home, customers=2_000, seed=7, end=date(2026, 11, 1), progress=False)
-    assert materialize(home, DATA).success
+    assert materialize(home, DATA, as_of=AS_OF).success
     first = counts(home)
     manifest = one(home, "SELECT count(*) FROM bronze.ingest_manifest")
-    result = materialize(home, DATA)
+    result = materialize(home, DATA, as_of=AS_OF)
     assert result.success
     assert counts(home) == first
     assert one(home, "SELECT count(*) FROM bronze.ingest_manifest") == manifest
@@ -39,12 +41,12 @@ def test_second_run_ingests_nothing(home):
 
 def test_relanded_file_under_new_name_adds_nothing(home):
     generate_history(home, customers=1_000, seed=3, end=date(2026, 11, 1), progress=False)
-    assert materialize(home, DATA).success
+    assert materialize(home, DATA, as_of=AS_OF).success
     before = counts(home)
     for source, ext in (("users", "json"), ("orders", "json"), ("events", "csv")):
         original = sorted((home / "landing" / source).glob(f"*.{ext}"))[0]
         shutil.copy(original, home / "landing" / source / f"resent-copy.{ext}")
-    assert materialize(home, DATA).success
+    assert materialize(home, DATA, as_of=AS_OF).success
     assert counts(home) == before
     dup = query(home, "SELECT path, status, rows_loaded, detail FROM bronze.ingest_manifest WHERE path LIKE '%resent-copy%' ORDER BY path")
     assert [(p.split("/")[0], s, n) for p, s, n, _ in dup] == [("events", "duplicate", 0), ("orders", "duplicate", 0), ("users", "duplicate", 0)]
@@ -53,11 +55,11 @@ def test_relanded_file_under_new_name_adds_nothing(home):
 
 def test_increment_adds_exactly_its_records(home):
     generate_history(home, customers=3_000, seed=11, end=date(2026, 11, 1), progress=False)
-    assert materialize(home, DATA).success
+    assert materialize(home, DATA, as_of=AS_OF).success
     before = counts(home)
     silver_users_before = {r[0]: r[1] for r in query(home, "SELECT user_id, last_activity_date FROM silver.churn_users")}
     report = generate_increment(home, fraction=0.05)
-    assert materialize(home, DATA).success
+    assert materialize(home, DATA, as_of=AS_OF).success
     after = counts(home)
     assert after["bronze.churn_users_bronze"] - before["bronze.churn_users_bronze"] == report.records["users"]
     assert after["bronze.churn_orders_bronze"] - before["bronze.churn_orders_bronze"] == report.records["orders"]

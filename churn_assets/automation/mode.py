@@ -16,15 +16,19 @@ MODES = {
 DEFAULT_ON = "hourly"  # what a fresh instance runs (the definitions' default statuses)
 
 
+LOCATION = "churn_assets.definitions"  # the code location `churn ui` (dg dev -m ...) serves
+
+
 @contextmanager
 def remote_repository(instance: dg.DagsterInstance):
-    # Dagster's own CLI (`dagster sensor start`) loads the code location this way; one
-    # load serves every toggle of a switch.
+    # Starting an instigator that has no state yet needs its remote origin, which only a
+    # loaded code location gives (`dagster sensor start` loads it this way; a code server
+    # for a few seconds). Reading the state does not (see current_modes).
     from dagster._cli.workspace.cli_target import WorkspaceOpts, get_repository_from_cli_opts
     from dagster.version import __version__
 
     with get_repository_from_cli_opts(
-        instance, __version__, WorkspaceOpts(module_name=["churn_assets.definitions"]), None
+        instance, __version__, WorkspaceOpts(module_name=[LOCATION]), None
     ) as repo:
         yield repo
 
@@ -37,9 +41,33 @@ def _running(instance: dg.DagsterInstance, repo, kind: str, name: str) -> bool:
     return state.is_running
 
 
+def _location(state) -> str | None:
+    try:
+        return state.origin.repository_origin.code_location_origin.location_name
+    except AttributeError:
+        return None
+
+
+def running_from_states(states, defaults: dict[str, bool]) -> dict[str, bool]:
+    """Trigger name -> on, from the instance's instigator states (this code location's),
+    else the definition's default: what the daemon of `churn ui` goes by."""
+    out = dict(defaults)
+    for state in states:
+        if state.instigator_name in out and _location(state) in (LOCATION, None):
+            out[state.instigator_name] = state.is_running
+    return out
+
+
+def default_running() -> dict[str, bool]:
+    """What a fresh instance runs; the definitions' default statuses say the same (a test
+    checks), without importing them here: `churn mode` stays fast."""
+    return {name: mode == DEFAULT_ON for mode, (_, name) in MODES.items()}
+
+
 def current_modes(instance: dg.DagsterInstance) -> list[str]:
-    with remote_repository(instance) as repo:
-        return [mode for mode, (kind, name) in MODES.items() if _running(instance, repo, kind, name)]
+    # The stored states and the definitions' defaults: no code location to load (fast).
+    on = running_from_states(instance.all_instigator_state(), default_running())
+    return [mode for mode, (_, name) in MODES.items() if on.get(name)]
 
 
 def set_mode(instance: dg.DagsterInstance, mode: str) -> list[str]:

@@ -42,7 +42,7 @@ def retention_messages(
     with warehouse.get_connection() as con:
         result = run_campaign(
             con,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             as_of=pipeline_settings.as_of_datetime(),
             outbox_dir=Path(pipeline_settings.home) / "outbox",
             writer=writer,

@@ -135,6 +135,8 @@ SANE_VALUES = {
     "amounts_non_negative": "total_amount >= 0 AND total_item >= 0",
     "sessions_within_events": "session_count <= event_count",
     "label_is_binary": "churn IN (0, 1)",
+    # An as-of earlier than the data gives negative day counts; a missing date gives none.
+    "day_counts_non_negative": " AND ".join(f"coalesce({name} >= 0, true)" for name in DAY_COUNT_EXPRS),
 }
 
 
