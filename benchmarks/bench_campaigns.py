@@ -86,7 +86,8 @@ def main() -> None:
           f"{requests} (incl. retries) | per 1,000 customers: {meta['api_calls'] * per_k:.0f} calls, "
           f"{(meta['input_tokens'] + meta['output_tokens']) * per_k:,.0f} tokens, ${meta['cost_usd'] * per_k:.4f}")
     print(f"          messages {rows:,} for {users:,} customers ({ready:,} ready); lost {args.customers - users}, "
-          f"duplicated {rows - users}; validation pass rate {meta['validation_pass_rate']:.0%}")
+          f"duplicated {rows - users}; validation pass rate {meta.get('validation_pass_rate', 0):.0%}; "
+          f"degraded: {meta['degraded']}")
 
     # Baseline: one call per customer, no de-duplication, same SDK settings.
     with FakeAnthropic(latency=args.latency, error_rate=args.error_rate, seed=2) as fake:

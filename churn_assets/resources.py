@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -19,7 +20,9 @@ from pydantic import PrivateAttr
 from churn_assets.ops.alerts import AlertsResource
 from churn_assets.settings import Settings
 from churn_assets.timeutil import parse_as_of
-from churn_assets.warehouse import connect, ensure_schema, start_run
+from churn_assets.preflight import require
+from churn_assets.pseudonym_key import PseudonymKeyError, pseudonym_key
+from churn_assets.warehouse import WarehouseBusy, connect_writer, ensure_schema, start_run
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -36,12 +39,23 @@ class WarehouseResource(dg.ConfigurableResource):
     path: str
     memory_limit: str
     compact_every_hours: float
+    # How long a run waits for another process's hold on the file before failing with one
+    # line that names the holder.
+    wait_seconds: float
     _con: duckdb.DuckDBPyConnection | None = PrivateAttr(default=None)
+    _run_id: str | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._run_id = context.run_id
 
     @contextlib.contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         if self._con is None:
-            con = connect(self.path, memory_limit=self.memory_limit)
+            try:
+                con = connect_writer(self.path, wait_seconds=self.wait_seconds, memory_limit=self.memory_limit,
+                                     holder=f"run {self._run_id}" if self._run_id else "a process")
+            except WarehouseBusy as exc:
+                raise dg.Failure(description=str(exc), allow_retries=True) from None
             ensure_schema(con)
             if start_run(con, self.compact_every_hours):
                 dg.get_dagster_logger().info("warehouse compaction due: this run's checkpoints merge row groups")
@@ -51,7 +65,7 @@ class WarehouseResource(dg.ConfigurableResource):
     @classmethod
     def from_settings(cls, settings: Settings) -> WarehouseResource:
         return cls(path=str(settings.warehouse_path), memory_limit=settings.duckdb_memory_limit,
-                   compact_every_hours=settings.compact_every_hours)
+                   compact_every_hours=settings.compact_every_hours, wait_seconds=settings.warehouse_wait_seconds)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._con is not None:
@@ -71,10 +85,14 @@ class LandingZoneResource(dg.ConfigurableResource):
         return cls(root=str(settings.landing_dir), settle_seconds=settings.settle_seconds,
                    batch_bytes=settings.batch_bytes)
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # A run started outside `churn` (dg launch, the UI) meets the same settings check first.
+        require(home=Path(self.root).parent, needs_landing=True)
+
 
 class PipelineSettingsResource(dg.ConfigurableResource):
     """The data root, the as-of instant (``CHURN_AS_OF``, empty = now) and the
-    pseudonymization key."""
+    pseudonymization key (``CHURN_PSEUDONYM_KEY``; unset = this data root's own key file)."""
 
     home: str
     as_of: str
@@ -87,6 +105,17 @@ class PipelineSettingsResource(dg.ConfigurableResource):
 
     def as_of_datetime(self) -> datetime:
         return parse_as_of(self.as_of)
+
+    def email_pseudonym_key(self) -> str:
+        """Read (or, the first time, created) when a step needs it, never at load time."""
+        try:
+            return pseudonym_key(Path(self.home), self.pseudonym_key)
+        except PseudonymKeyError as exc:
+            raise dg.Failure(description=str(exc)) from exc
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # The as-of this run uses, checked against the data before a step runs (see preflight).
+        require(home=Path(self.home), overrides={"CHURN_AS_OF": self.as_of})
 
 
 def shared_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:

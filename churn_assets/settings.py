@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,14 +45,31 @@ def _optional(text: str) -> str | None:
     return text or None
 
 
+class _Invalid(ValueError):
+    """A value of the wrong kind; the message says what to set instead."""
+
+
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    wanted = "a whole number" if kind is int else "a number"
+
     def parse(text: str):
-        value = kind(text)
+        try:
+            value = kind(text)
+        except ValueError:
+            raise _Invalid(f"is not {wanted}: set {wanted} (see the README's settings), or unset it") from None
         if value < 0:
-            raise ValueError("must not be negative")
+            raise _Invalid("is negative: set a value >= 0, or unset it")
         return value
-    parse.__name__ = kind.__name__
     return parse
+
+
+_MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*(B|[KMGT]i?B)\s*$", re.IGNORECASE)
+
+
+def _memory(text: str) -> str:
+    if not _MEMORY.match(text):
+        raise _Invalid("is not a memory size: use e.g. 3GB or 512MB, or unset it")
+    return text
 
 
 @dataclass(frozen=True)
@@ -72,7 +90,10 @@ class Settings:
     batch_bytes: int = _setting("CHURN_BATCH_BYTES", 256 * 1024 * 1024, "landed bytes loaded per transaction",
                                 _positive(int))
     # --- warehouse ----------------------------------------------------------------------------
-    duckdb_memory_limit: str = _setting("CHURN_DUCKDB_MEMORY_LIMIT", "3GB", "DuckDB's memory limit")
+    duckdb_memory_limit: str = _setting("CHURN_DUCKDB_MEMORY_LIMIT", "3GB", "DuckDB's memory limit", _memory)
+    warehouse_wait_seconds: float = _setting("CHURN_WAREHOUSE_WAIT_SECONDS", 60.0,
+                                             "how long a writer waits for another process's hold on the warehouse",
+                                             _positive(float))
     compact_every_hours: float = _setting("CHURN_COMPACT_EVERY_HOURS", 24.0,
                                           "how often a run also compacts the warehouse tables it writes",
                                           _positive(float))
@@ -134,6 +155,17 @@ class Settings:
                                                      _positive(float))
     max_runtime_seconds: int = _setting("CHURN_MAX_RUNTIME_SECONDS", 3600,
                                         "hard timeout of a run (dagster/max_runtime)", _positive(int))
+    alert_timeout_seconds: float = _setting("CHURN_ALERT_TIMEOUT_SECONDS", 3.0,
+                                            "one delivery attempt of an alert (webhook, Slack), at most",
+                                            _positive(float))
+    alert_tick_budget_seconds: float = _setting("CHURN_ALERT_TICK_BUDGET_SECONDS", 10.0,
+                                                "all alert deliveries of one sensor tick, at most", _positive(float))
+    alert_retry_after_seconds: float = _setting("CHURN_ALERT_RETRY_AFTER_SECONDS", 5.0,
+                                                "first wait before an undelivered alert is sent again (then doubling)",
+                                                _positive(float))
+    alert_expire_hours: float = _setting("CHURN_ALERT_EXPIRE_HOURS", 24.0,
+                                         "an alert still undelivered after this long is given up (recorded)",
+                                         _positive(float))
     ui_url: str = _setting("CHURN_UI_URL", "http://127.0.0.1:3000", "the Dagster UI, for links in alerts")
     alert_webhook: str | None = _setting("CHURN_ALERT_WEBHOOK", None, "alerts are POSTed here as JSON when set",
                                          _optional, secret=True)
@@ -141,10 +173,19 @@ class Settings:
                                            _optional, secret=True)
     slack_channel: str | None = _setting("CHURN_SLACK_CHANNEL", None, "the Slack channel for alerts", _optional)
     # --- tooling ------------------------------------------------------------------------------
+    dagster_home_override: Path | None = _setting("DAGSTER_HOME", None,
+                                                  "Dagster's instance folder (churn commands: $CHURN_HOME/dagster_home)",
+                                                  lambda t: Path(t).expanduser().resolve())
     cache_dir: Path = _setting("XDG_CACHE_HOME", Path.home() / ".cache",
                                "cache for the dashboard's chart library", lambda t: Path(t).expanduser())
     test_kill_at: str | None = _setting("CHURN_TEST_KILL_AT", None,
                                         "crash tests only: the fault point where the process kills itself", _optional)
+    test_kill_marker: str | None = _setting("CHURN_TEST_KILL_MARKER", None,
+                                            "crash tests only: a file the killed point's name is written to",
+                                            _optional)
+    test_retry_at: str | None = _setting("CHURN_TEST_RETRY_AT", None,
+                                         "retry tests only: the fault point where a step asks to be retried",
+                                         _optional)
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -158,21 +199,22 @@ class Settings:
                 if isinstance(f.default, Path):
                     values[f.name] = meta["parse"](str(f.default))
                 continue
+            shown = "(set)" if meta["secret"] else repr(raw)
             if meta["choices"] and raw not in meta["choices"]:
-                problems.append(f"{meta['env']}={raw!r} is not one of {', '.join(meta['choices'])}")
+                problems.append(f"{meta['env']}={shown} is not a known value: use {' or '.join(meta['choices'])}, "
+                                "or unset it")
                 continue
             try:
                 values[f.name] = meta["parse"](raw)
+            except _Invalid as exc:
+                problems.append(f"{meta['env']}={shown} {exc}")
             except (TypeError, ValueError) as exc:
-                kind = getattr(meta["parse"], "__name__", "")
-                shown = "(set)" if meta["secret"] else repr(raw)
-                problems.append(f"{meta['env']}={shown} is not valid"
-                                + (f" ({kind}: {exc})" if kind in ("int", "float") else f": {exc}"))
+                problems.append(f"{meta['env']}={shown} is not valid ({exc}): fix it, or unset it")
         settings = cls(**values)
         try:
-            settings.as_of
+            settings.as_of  # noqa: B018 - parsing it is the check
         except ValueError as exc:
-            problems.append(str(exc))
+            problems.append(f"{exc}: fix it, or unset it for now")
         if problems:
             raise SettingsError(problems)
         return settings
@@ -182,7 +224,9 @@ class Settings:
         """One setting, without reading the others (for hot paths such as a fault point)."""
         f = next(f for f in dataclasses.fields(cls) if f.name == name)
         raw = (os.environ if environ is None else environ).get(f.metadata["env"], "").strip()
-        return f.metadata["parse"](raw) if raw else f.default
+        if raw:
+            return f.metadata["parse"](raw)
+        return f.metadata["parse"](str(f.default)) if isinstance(f.default, Path) else f.default
 
     @staticmethod
     def env_name(name: str) -> str:
@@ -223,7 +267,12 @@ class Settings:
 
     @property
     def dagster_home(self) -> Path:
-        return self.home / "dagster_home"
+        """``DAGSTER_HOME`` when set, else the persistent instance folder inside the data root."""
+        return self.dagster_home_override or self.home / "dagster_home"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
 
     @property
     def mlflow_uri(self) -> str:

@@ -6,7 +6,11 @@ tables that are appended to; tables rebuilt whole are created by their assets.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
@@ -19,7 +23,20 @@ DDL = [
         file_id BIGINT NOT NULL, source VARCHAR NOT NULL, path VARCHAR NOT NULL,
         size_bytes BIGINT, mtime TIMESTAMP, content_hash VARCHAR, records BIGINT,
         rows_loaded BIGINT, rows_rescued BIGINT, rows_quarantined BIGINT,
-        status VARCHAR NOT NULL, detail VARCHAR, run_id VARCHAR, ingested_at TIMESTAMP)""",
+        status VARCHAR NOT NULL, detail VARCHAR, run_id VARCHAR, ingested_at TIMESTAMP,
+        version INTEGER, event VARCHAR, offset_start BIGINT, offset_end BIGINT, prefix_hash VARCHAR,
+        dedup_key VARCHAR)""",
+    # Warehouses made before file versions: the columns a version and a tail need.
+    *(f"ALTER TABLE bronze.ingest_manifest ADD COLUMN IF NOT EXISTS {c}" for c in (
+        "version INTEGER", "event VARCHAR", "offset_start BIGINT", "offset_end BIGINT", "prefix_hash VARCHAR",
+        "dedup_key VARCHAR")),
+    # Exactly-once held by the warehouse, not only by the one writer: a file id, a segment
+    # of a file version (path, version, first byte) and the first arrival of a content
+    # (dedup_key) are each recorded once; a second writer's transaction fails instead.
+    "CREATE UNIQUE INDEX IF NOT EXISTS ingest_manifest_file_id ON bronze.ingest_manifest (file_id)",
+    """CREATE UNIQUE INDEX IF NOT EXISTS ingest_manifest_segment
+        ON bronze.ingest_manifest (source, path, version, offset_start)""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS ingest_manifest_content ON bronze.ingest_manifest (source, dedup_key)",
     # Records that could not become a bronze row, each with the reason.
     """CREATE TABLE IF NOT EXISTS bronze.quarantine (
         source VARCHAR, file_id BIGINT, source_file VARCHAR, row_no BIGINT, raw VARCHAR,
@@ -82,6 +99,79 @@ def connect(path: Path | str, *, read_only: bool = False, memory_limit: str | No
         # on for one run a day.
         con.execute("SET max_vacuum_tasks = 0")
     return con
+
+
+class WarehouseBusy(RuntimeError):
+    """Another process writes the warehouse; the message is one line naming it."""
+
+
+def holder_path(path: Path | str) -> Path:
+    """Beside the DuckDB file: who holds it (pid, run), written by each writer on open."""
+    return Path(f"{path}.holder")
+
+
+def describe_holder(path: Path | str, lock_error: str) -> str:
+    """Which process holds the warehouse: the holder note when its pid matches DuckDB's
+    lock message (a note left by a dead process is ignored), else DuckDB's pid."""
+    match = re.search(r"PID (\d+)", lock_error)
+    pid = match.group(1) if match else None
+    try:
+        note = holder_path(path).read_text().strip()
+    except OSError:
+        note = ""
+    if note and (pid is None or note.startswith(f"pid {pid} ")):
+        return note
+    return f"pid {pid}" if pid else "another process"
+
+
+def connect_writer(path: Path | str, *, wait_seconds: float, holder: str, memory_limit: str | None = None,
+                   poll_seconds: float = 0.5) -> duckdb.DuckDBPyConnection:
+    """``connect`` for a writer, waiting up to ``wait_seconds`` while another process holds
+    the file; then ``WarehouseBusy`` with one line naming the holder."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            con = connect(path, memory_limit=memory_limit)
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise WarehouseBusy(
+                    f"warehouse {path} is busy: held by {describe_holder(path, str(exc))}; "
+                    f"gave up after waiting {wait_seconds:g}s (CHURN_WAREHOUSE_WAIT_SECONDS)"
+                ) from None
+            time.sleep(poll_seconds)
+    since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    holder_path(path).write_text(f"pid {os.getpid()} ({holder}, since {since})\n")
+    return con
+
+
+def busy_message(path: Path | str, wait_seconds: float) -> str | None:
+    """None once the warehouse can be written (waiting up to ``wait_seconds``), else the
+    one line saying who holds it. For commands, before they start a run."""
+    if not Path(path).exists():
+        return None
+    try:
+        connect_writer(path, wait_seconds=wait_seconds, holder="a check before a run").close()
+    except WarehouseBusy as exc:
+        return str(exc)
+    return None
+
+
+def when_free(read, path: Path | str, wait_seconds: float, poll_seconds: float = 0.5):
+    """``read()`` (something that opens the warehouse), retried while another process holds
+    it, for up to ``wait_seconds``; then the one line saying who holds it, as a string."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return read()
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() >= deadline:
+                return f"warehouse {path} is busy: held by {describe_holder(path, str(exc))}"
+            time.sleep(poll_seconds)
 
 
 VACUUM_TASKS_DEFAULT = 100  # DuckDB's default for max_vacuum_tasks

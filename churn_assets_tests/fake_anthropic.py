@@ -5,6 +5,11 @@ rules prompt asks for, with usage (cache write on the first call, cache reads af
 or an error in the API's shape. What each request gets is scripted: ``script`` is
 consumed in order (one behaviour per request), then ``default`` applies; ``latency`` and
 ``error_rate`` make a slow, flaky API for the benchmark. Every request is recorded.
+
+A behaviour is a name (``"ok"``, ``"500"``, ``"refusal"``...) or a callable that gets the
+requested decision (a dict) and returns the answer: a dict (sent as its JSON) or raw text.
+``answer`` is the callable behind ``"ok"`` (by default ``copy_for``, copy that follows every
+rule); a test sets it to one that breaks a rule, e.g. ``lambda d: tamper(d, en=" https://evil.example/win")``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,18 @@ PHRASES = {
 }
 
 
+def tamper(decision: dict, subject: str | None = None, **append: str) -> dict:
+    """The good copy for ``decision`` with text appended to the versions named (``en=...``)
+    and, for long copy, to the subject."""
+    answer = copy_for(decision)
+    for lang, extra in append.items():
+        if lang in answer["texts"]:
+            answer["texts"][lang] += extra
+    if subject is not None and answer["subject"] is not None:
+        answer["subject"] += subject
+    return answer
+
+
 def copy_for(decision: dict) -> dict:
     texts = {}
     for lang in decision["languages"]:
@@ -52,9 +69,10 @@ def copy_for(decision: dict) -> dict:
 
 
 class FakeAnthropic:
-    def __init__(self, latency: float = 0.0, error_rate: float = 0.0, default: str = "ok", seed: int = 0):
-        self.script: deque[str] = deque()
+    def __init__(self, latency: float = 0.0, error_rate: float = 0.0, default="ok", seed: int = 0, answer=copy_for):
+        self.script: deque = deque()
         self.default = default
+        self.answer = answer
         self.latency = latency
         self.error_rate = error_rate
         self.requests: list[dict] = []
@@ -124,7 +142,11 @@ class FakeAnthropic:
             "content": content, "stop_reason": stop_reason, "stop_sequence": None, "usage": usage,
         })
 
-    def _answer(self, handler, behaviour: str, body: dict) -> None:
+    def _answer(self, handler, behaviour, body: dict) -> None:
+        if callable(behaviour):
+            answer = behaviour(json.loads(body["messages"][0]["content"]))
+            text = answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)
+            return self._message(handler, body, text)
         if behaviour == "429":
             return self._error(handler, 429, "rate_limit_error", "Number of requests has exceeded your rate limit", {"retry-after": "1"})
         if behaviour == "529":
@@ -144,8 +166,7 @@ class FakeAnthropic:
             return self._message(handler, body, "Sure! Here is a lovely message for your customer: Hi there, come back soon.")
         if behaviour == "invalid":
             return self._message(handler, body, json.dumps({"subject": None, "texts": {"en": "We noticed your churn risk is high!"}}))
-        decision = json.loads(body["messages"][0]["content"])
-        return self._message(handler, body, json.dumps(copy_for(decision), ensure_ascii=False))
+        return self._answer(handler, self.answer, body)
 
     # --- what the tests read -------------------------------------------------------------------
 

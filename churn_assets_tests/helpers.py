@@ -64,12 +64,13 @@ def materialize(home: Path, selection: str = "*", as_of: str = AS_OF, raise_on_e
     """Run the selected assets (and their checks) of the real definitions against ``home``.
 
     ``env`` sets further settings; keyword arguments replace resources
-    (e.g. ``mlflow_store=MLflowResource(...)``).
+    (e.g. ``mlflow_store=MLflowResource.from_settings(settings, ...)``).
     """
     loaded = load_defs(home, as_of, **(env or {}))
     return dg.materialize(
         [*loaded.assets, *loaded.asset_checks],
-        selection=selection,
+        # "*" parsed by Dagster passes a beta parameter (a BetaWarning); the selection object does not.
+        selection=dg.AssetSelection.all() if selection == "*" else selection,
         resources={**loaded.resources, **resources},
         instance=instance or dg.DagsterInstance.ephemeral(),
         raise_on_error=raise_on_error,
@@ -87,3 +88,13 @@ def query(home: Path, sql: str, params=None) -> list[tuple]:
 
 def one(home: Path, sql: str, params=None):
     return query(home, sql, params)[0][0]
+
+
+def trigger(name: str):
+    """A schedule or sensor of the project as the code location builds it (default settings)."""
+    from churn_assets.defs.automation import triggers
+    from churn_assets.defs.automation.jobs import cycle_job
+    from churn_assets.settings import Settings
+
+    schedules, sensors = triggers.build(Settings(), cycle_job(Settings()))
+    return next(t for t in [*schedules, *sensors] if t.name == name)

@@ -1,5 +1,5 @@
 """A live Dagster deployment for end-to-end tests and benchmarks: the real webserver and
-daemon (``dagster dev``) on 127.0.0.1, on a persistent instance configured like
+daemon (``dg dev``) on 127.0.0.1, on a persistent instance configured like
 production (the project's dagster.yaml), with a webhook receiver for alerts."""
 
 from __future__ import annotations
@@ -101,8 +101,10 @@ class LiveDagster:
 
     def __enter__(self) -> LiveDagster:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-m", "churn_assets.definitions", "-h", "127.0.0.1", "-p", str(self.port)],
-            cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            [str(Path(sys.executable).with_name("dg")), "dev", "-m", "churn_assets.definitions", "-h", "127.0.0.1",
+             "-p", str(self.port)],
+            cwd=REPO, env={**self.env, "VIRTUAL_ENV": sys.prefix}, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_until_serving(self.port, self.proc, self.churn_home / "dagster-dev.log")
         os.environ["DAGSTER_HOME"] = str(self.dagster_home)

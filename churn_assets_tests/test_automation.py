@@ -10,20 +10,14 @@ import dagster as dg
 import pytest
 
 from churn_assets.ops.alerts import AlertsResource, duration_verdict
-from churn_assets.defs.automation import triggers
-from churn_assets.defs.automation.jobs import cycle_job
 from churn_assets.defs.automation.triggers import AutoState, auto_cadence, run_key_for
 from churn_assets.settings import Settings
-from churn_assets_tests.helpers import load_defs
+from churn_assets_tests.helpers import load_defs, trigger
 from churn_assets_tests.live import Webhook
 
 
-# The schedule and sensors as the code location builds them, with the default settings.
-_schedules, _sensors = triggers.build(Settings(), cycle_job(Settings()))
-TRIGGERS = {t.name: t for t in [*_schedules, *_sensors]}
-churn_hourly = TRIGGERS["churn_hourly"]
-churn_landing_sensor = TRIGGERS["churn_landing_sensor"]
-churn_failure_alerts = TRIGGERS["churn_failure_alerts"]
+churn_hourly, churn_landing_sensor = trigger("churn_hourly"), trigger("churn_landing_sensor")
+churn_failure_alerts = trigger("churn_failure_alerts")
 
 
 @pytest.fixture
@@ -37,8 +31,9 @@ def land(root, rel, age_seconds=600.0):
     path = root / "landing" / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('{"id":"x"}\n')
-    t = time.time() - age_seconds
-    os.utime(path, (t, t))
+    if age_seconds is not None:  # None: just written (setting an old mtime reads as a rename into place)
+        t = time.time() - age_seconds
+        os.utime(path, (t, t))
     return path
 
 
@@ -60,7 +55,7 @@ def test_landing_sensor_takes_complete_files_once_in_one_run(tmp_path, instance)
     land(tmp_path, "users/a.json", age_seconds=301)
     land(tmp_path, "orders/b.json", age_seconds=300)
     land(tmp_path, "events/.c.csv.tmp")  # a writer's temporary: never data
-    young = land(tmp_path, "events/d.csv", age_seconds=1)  # still settling
+    young = land(tmp_path, "events/d.csv", age_seconds=None)  # still being written
     result = churn_landing_sensor(sensor_context(tmp_path, instance))
     assert isinstance(result, dg.RunRequest)
     assert result.tags["churn/files"] == "2" and result.tags["churn/trigger"] == "landing_sensor"
@@ -159,7 +154,7 @@ def test_auto_cadence_switches_with_hysteresis():
 
 def test_a_failed_run_raises_exactly_one_alert(tmp_path, instance):
     hook = Webhook()
-    alerts = AlertsResource(store_path=str(tmp_path / "alerts.db"), webhook_url=hook.url, ui_url="http://ui")
+    alerts = AlertsResource.from_settings(Settings(), store_path=str(tmp_path / "alerts.db"), webhook_url=hook.url, ui_url="http://ui")
 
     @dg.asset
     def broken():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import dagster as dg
+
 from churn_assets_tests.helpers import materialize, one, query
 
 GOOD_USER = {"id": "u-1", "firstname": "ann", "lastname": "lee", "email": "a@x.org", "address": "1 St\nTown",
@@ -45,7 +47,7 @@ def write_bad_files(home):
 
 def test_every_landed_record_is_in_a_table_or_in_quarantine(home):
     files = write_bad_files(home)
-    result = materialize(home, "group:bronze")
+    result = materialize(home, dg.AssetSelection.groups("bronze"))
     assert result.success
     for path in files:
         rel = f"{path.parent.name}/{path.name}"
@@ -60,7 +62,7 @@ def test_every_landed_record_is_in_a_table_or_in_quarantine(home):
 
 def test_what_happens_to_each_kind_of_bad_input(home):
     write_bad_files(home)
-    result = materialize(home, "group:bronze")
+    result = materialize(home, dg.AssetSelection.groups("bronze"))
     assert result.success
     reasons = dict(query(home, "SELECT source_file || ':' || row_no, reason FROM bronze.quarantine"))
     assert reasons["users/malformed.json:2"] == "malformed JSON"

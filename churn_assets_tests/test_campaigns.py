@@ -9,16 +9,21 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections import Counter
 from datetime import date
 
+import dagster as dg
+import duckdb
 import pytest
 
+from churn_assets.settings import Settings
 from churn_assets.defs.campaigns.decide import Decision, decide, offer_for, season_for
+from churn_assets.defs.campaigns.templates import template_copy
 from churn_assets.defs.campaigns.validate import problems
 from churn_assets.generator import generate_history
 from churn_assets.defs.campaigns.resources import AnthropicResource, CampaignPolicyResource
 from churn_assets_tests.helpers import materialize, one, query
-from churn_assets_tests.fake_anthropic import FakeAnthropic
+from churn_assets_tests.fake_anthropic import FakeAnthropic, tamper
 
 AS_OF = "2026-11-01T06:00:00"
 SELECT = "campaigns/retention_messages"
@@ -88,9 +93,9 @@ def home(scored, tmp_path):
 
 
 def campaign(home, fake: FakeAnthropic | None = None, cap: int = 1000, raise_on_error: bool = True, **anthropic):
-    resources = {"campaign_policy": CampaignPolicyResource(max_messages_per_run=cap)}
+    resources = {"campaign_policy": CampaignPolicyResource.from_settings(Settings(), max_messages_per_run=cap)}
     if fake is not None:
-        resources["anthropic"] = AnthropicResource(api_key="test-key-not-a-secret", base_url=fake.url, **anthropic)
+        resources["anthropic"] = AnthropicResource.from_settings(Settings(), api_key="test-key-not-a-secret", base_url=fake.url, **anthropic)
     result = materialize(home, SELECT, as_of=AS_OF, raise_on_error=raise_on_error, **resources)
     meta = {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
             for e in result.get_asset_materialization_events()}
@@ -134,7 +139,7 @@ def test_offline_every_at_risk_customer_within_the_cap_gets_a_valid_message(home
     assert sorted(m["user_id"] for m in msgs) == sorted(expected)
     assert_all_valid(home, msgs)
     assert meta["validation_pass_rate"] == 1.0
-    # The outbox: every ready message, pseudonymous ids only, nothing else.
+    # The outbox: every ready message, the source system's customer id, no contact data.
     outbox = [json.loads(line) for line in open(meta["outbox"])]
     assert len(outbox) == 300 and {o["user_id"] for o in outbox} == {m["user_id"] for m in msgs}
     emails = {r[0] for r in query(home, "SELECT email FROM bronze.churn_users_bronze")}
@@ -230,8 +235,8 @@ def test_without_fallback_statuses_say_what_happened(home):
     with FakeAnthropic() as fake:
         fake.script.extend(["refusal", "invalid", "invalid"])
         materialize(home, SELECT, as_of=AS_OF,
-                    anthropic=AnthropicResource(api_key="k", base_url=fake.url, max_concurrency=1),
-                    campaign_policy=CampaignPolicyResource(max_messages_per_run=40, fallback_to_template=False))
+                    anthropic=AnthropicResource.from_settings(Settings(), api_key="k", base_url=fake.url, max_concurrency=1),
+                    campaign_policy=CampaignPolicyResource.from_settings(Settings(), max_messages_per_run=40, fallback_to_template=False))
     statuses = {m["status"] for m in messages(home)}
     assert {"refused", "invalid", "ready"} <= statuses
     assert all(m["outbox"] is None for m in messages(home) if m["status"] != "ready")
@@ -286,3 +291,348 @@ def test_a_killed_run_loses_nothing_and_does_not_ask_again(home, tmp_path):
     assert all(m["outbox"] for m in after if m["status"] == "ready")
     lines = [json.loads(line) for f in (home / "outbox").glob("*.jsonl") for line in open(f)]
     assert sorted(o["message_id"] for o in lines) == sorted(m["message_id"] for m in after if m["status"] == "ready")
+
+
+# --- copy checked as strictly as a mailer would -------------------------------------------------------
+
+SHORT = Decision("short", ("en", "fr"), "free_shipping", "urgent", "winter")
+LONG = Decision("long", ("en",), "free_shipping", "normal", "summer")
+GOOD_SHORT = {"en": "Hi {{first_name}}, your next order ships free with our warm knits. Until Sunday only.",
+              "fr": "Bonjour {{first_name}}, la livraison offerte avec nos mailles chaudes."}
+GOOD_LONG_SUBJECT = "Your next order ships free"
+GOOD_LONG = {"en": "Hi {{first_name}},\n\nSummer is here and so are our linen shirts. Your next order ships free: "
+                   "pick your favourites whenever you like, and returns stay free for 30 days. Have a look at the "
+                   "new pieces and choose what you like best."}
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (" Claim it at https://evil.example/win", "link"),
+        (" Shop evil.example today.", "link"),
+        (" See www.x.com", "link"),
+        (" Write to win@evil.example", "link"),
+        (" <script>alert(1)</script>", "markup"),
+        (" <b>now</b>", "markup"),
+        (" &amp; more", "markup"),
+        (" [Shop now](shop)", "markup"),
+        (" Use {{discount_code}}", "placeholder"),
+        (" Dear [Name]", "placeholder"),
+        (" \x07", "control character"),
+        (" \u202eevil", "control character"),
+        (" 50% off everything", "percentage 50 %"),
+        (" 15% off too", "percentage 15 %"),  # 15 % is the discount, not this decision's free shipping
+        (" Save $20 today", "amount"),
+        (" Save 20 EUR today", "amount"),
+        (" Plus 3 for 2 on shirts", "offers bundle"),
+        (" And a discount code", "offers discount"),
+        (" Free gift inside", "not the decided one"),
+    ],
+)
+def test_each_mailer_rule(extra, expected):
+    assert problems(SHORT, None, GOOD_SHORT) == [] and problems(LONG, GOOD_LONG_SUBJECT, GOOD_LONG) == []
+    for decision, subject, texts in ((SHORT, None, GOOD_SHORT), (LONG, GOOD_LONG_SUBJECT, GOOD_LONG)):
+        found = problems(decision, subject, {**texts, "en": texts["en"] + extra})
+        assert any(expected in p for p in found), (extra, found)
+    if "\x07" not in extra and "\u202e" not in extra:  # a subject is checked the same way
+        found = problems(LONG, GOOD_LONG_SUBJECT + extra, GOOD_LONG)
+        assert any(expected in p for p in found), (extra, found)
+
+
+def test_subject_rules_and_placeholders():
+    for bad in ("Something new\nBcc: x@y.z", "Something new\r\nBcc: x@y.z", "New\u2028Bcc: x", "Ships free\x00"):
+        assert "subject has a line break or control character" in problems(LONG, bad, GOOD_LONG)
+    # The subject is never personalized: a placeholder there would reach the customer as is.
+    assert "has a leftover placeholder" in problems(LONG, "For you, {{first_name}}", GOOD_LONG)
+    # Line breaks stay allowed in a body; the offers of the decision itself pass.
+    assert problems(Decision("short", ("en",), "discount", "urgent", "winter"), None,
+                    {"en": "Hi {{first_name}},\n15% off your next order with our warm knits."}) == []
+    assert problems(Decision("short", ("en", "es"), "bundle", "urgent", "winter"), None,
+                    {"en": "Hi {{first_name}}, 3 pieces for the price of 2 with our warm knits.",
+                     "es": "Hola {{first_name}}, 3 prendas por el precio de 2 con nuestro punto cálido."}) == []
+    # No false alarm on a missing space after a full stop, decimals or "30 days".
+    assert problems(SHORT, None, {**GOOD_SHORT, "en": "Hi {{first_name}}, your next order ships free.Until Sunday, "
+                                                      "30 days of free returns."}) == []
+
+
+def test_length_uses_the_real_first_name():
+    text = {"en": "Hi {{first_name}}, your next order ships free with our warm knits, new coats and boots. "
+                  "Have a look and choose what you like."}
+    d = Decision("short", ("en",), "free_shipping", "urgent", "winter")
+    assert len(text["en"]) == 125
+    assert problems(d, None, text, first_name="Al") == []  # 113 characters to send
+    assert problems(d, None, text, first_name="Maximiliana Alexandrina Josefina-Marie") == []  # 38: 149
+    long_name = "X" * 40  # 151: still fits
+    assert problems(d, None, text, first_name=long_name) == []
+    # 139 with the placeholder: the old check (a 20-character name) passed it.
+    longer = {"en": text["en"] + " Until Sunday."}
+    assert problems(d, None, longer, first_name="Al") == []
+    assert any("165 characters with a 40-character name" in p for p in problems(d, None, longer, first_name=long_name))
+    # Without a name (a copy shared by many customers), the longest name counts.
+    assert problems(d, None, longer) == problems(d, None, longer, first_name=long_name) != []
+    # Every template fits every name, in every language and decision.
+    for style in ("short", "long"):
+        for langs in (("en",), ("en", "fr"), ("en", "es")):
+            for offer in ("discount", "free_shipping", "bundle"):
+                for season in ("winter", "spring", "summer", "autumn"):
+                    for urgency in ("urgent", "normal"):
+                        dd = Decision(style, langs, offer, urgency, season)
+                        assert problems(dd, *template_copy(dd), first_name=long_name) == [], dd
+
+
+def test_a_text_with_any_problem_is_never_ready():
+    from churn_assets.defs.campaigns.generation import Generation
+    from churn_assets.defs.campaigns.run import choose_copy
+
+    d = Decision("short", ("en",), "free_shipping", "urgent", "winter")
+    fits_short_names = Generation(d, "claude", "ok", None, {"en": "Hi {{first_name}}, your " + "knits " * 20})  # 143
+    assert choose_copy(fits_short_names, "Al", True).copy is fits_short_names
+    long_name = choose_copy(fits_short_names, "X" * 40, True)
+    assert (long_name.status, long_name.copy.generator, long_name.model_error) == ("ready", "template", "invalid copy")
+    assert "characters with a 40-character name" in long_name.detail
+    no_fallback = choose_copy(fits_short_names, "X" * 40, False)
+    assert (no_fallback.status, no_fallback.copy) == ("invalid", None)
+    # Offline, a template with a problem is not sent either.
+    broken_template = Generation(d, "template", "ok", None, {"en": "Hi {{first_name}}, see www.x.com"})
+    offline = choose_copy(broken_template, "Al", True)
+    assert (offline.status, offline.copy) == ("invalid", None)
+
+
+def _padded(decision: dict) -> dict:
+    """Short copy of 137 characters with the placeholder: 163 with a 40-character name."""
+    texts = {lang: (t + " Have a look" + " and more" * 20)[:136] + "." for lang, t in tamper(decision)["texts"].items()}
+    return {"subject": None, "texts": texts} if decision["style"] == "short" else tamper(decision)
+
+
+def _break(rule: str):
+    return {
+        "url": lambda d: tamper(d, en=" Claim it at https://evil.example/win"),
+        "bare domain": lambda d: tamper(d, en=" Shop evil.example today."),
+        "www": lambda d: tamper(d, en=" See www.x.com"),
+        "markup": lambda d: tamper(d, en=" <script>alert(1)</script>"),
+        "header injection": lambda d: {**tamper(d), "subject": "Something new\nBcc: x@y.z"},
+        "control character": lambda d: tamper(d, en=" \x1b[31m"),
+        "placeholder": lambda d: tamper(d, en=" Use {{discount_code}}."),
+        "wrong offer": lambda d: tamper(d, en=" 50% off everything!"),
+        "amount": lambda d: tamper(d, en=" Save $20 today."),
+        "length": _padded,
+    }[rule]
+
+
+@pytest.mark.parametrize("rule, evidence, problem", [
+    ("url", "evil.example", "link"),
+    ("bare domain", "evil.example", "link"),
+    ("www", "www.x.com", "link"),
+    ("markup", "<script>", "markup"),
+    ("header injection", "Bcc:", "line break"),
+    ("control character", "\x1b", "control character"),
+    ("placeholder", "{{discount_code}}", "placeholder"),
+    ("wrong offer", "50% off", "percentage 50 %"),
+    ("amount", "$20", "amount"),
+])
+def test_a_model_answer_breaking_a_rule_gets_a_corrective_turn_then_the_template(home, rule, evidence, problem):
+    with FakeAnthropic(answer=_break(rule)) as fake:
+        _, meta = campaign(home, fake, cap=60, max_concurrency=2)
+    msgs = messages(home)
+    assert len(msgs) == 60 and {m["status"] for m in msgs} == {"ready"}
+    # Every decision was asked twice (the answer, then the corrective turn), naming the problem.
+    assert len(fake.requests) == 2 * meta["distinct_decisions"]
+    corrective = [r["body"]["messages"][2]["content"] for r in fake.requests if len(r["body"]["messages"]) == 3]
+    assert len(corrective) == meta["distinct_decisions"] and all(problem in c for c in corrective)
+    # Then the template, said in the data and the metadata; the bad copy reached no outbox and no cache.
+    assert {m["generator"] for m in msgs} == {"template"} and {m["model_error"] for m in msgs} == {"invalid copy"}
+    assert all(problem in m["detail"] for m in msgs)
+    assert meta["messages_by_generator"] == {"template": 60} and meta["model_errors"] == {"invalid copy": 60}
+    assert meta["validation_pass_rate"] == 0.0
+    outbox_text = open(meta["outbox"], encoding="utf-8").read()
+    assert evidence not in outbox_text and len(outbox_text.splitlines()) == 60
+    assert one(home, "SELECT count(*) FROM campaigns.copy_cache") == 0
+    assert_all_valid(home, msgs)
+
+
+def test_copy_too_long_for_a_40_character_name_is_not_sent(home):
+    con = duckdb.connect(str(home / "warehouse.duckdb"))
+    con.execute("UPDATE silver.churn_users SET firstname = 'Alexandrina-Maximiliana Josefina Marieke'")  # 40
+    con.close()
+    with FakeAnthropic(answer=_break("length")) as fake:
+        _, meta = campaign(home, fake, cap=80, max_concurrency=2)
+    msgs = messages(home)
+    short = [m for m in msgs if m["style"] == "short"]
+    assert short and {m["status"] for m in msgs} == {"ready"}
+    # The answer had 137 characters with the placeholder: 163 with this name; it got the template.
+    assert {m["generator"] for m in short} == {"template"} and all("40-character name" in m["detail"] for m in short)
+    for m in short:
+        texts = json.loads(m["texts"]).values()
+        assert all(len(t) <= 160 and "Alexandrina-Maximiliana Josefina Marieke" in t for t in texts)
+    assert {m["generator"] for m in msgs if m["style"] == "long"} == {"claude-haiku-5-5"}
+
+
+def test_cached_copy_is_checked_again_when_used(home):
+    with FakeAnthropic() as fake:
+        campaign(home, fake, cap=100)
+        # A bad copy in the cache (written by an older, laxer version, or tampered with).
+        con = duckdb.connect(str(home / "warehouse.duckdb"))
+        key, texts = con.execute(
+            "SELECT cache_key, texts FROM campaigns.copy_cache ORDER BY cache_key LIMIT 1").fetchall()[0]
+        bad = {lang: t + " https://evil.example/win" for lang, t in json.loads(texts).items()}
+        con.execute("UPDATE campaigns.copy_cache SET texts = ? WHERE cache_key = ?", [json.dumps(bad), key])
+        con.close()
+        asked = len(fake.requests)
+        _, meta = campaign(home, fake, cap=400)  # 400 other customers: most decisions are cached
+    msgs = [m for m in messages(home) if m["input_hash"] == key]
+    assert meta["cached_copies_rejected"] == 1
+    assert meta["cache_hits"] == meta["distinct_decisions"] - (len(fake.requests) - asked)
+    assert len(fake.requests) > asked  # the rejected decision was written again
+    assert "evil.example" not in "".join(m["texts"] for m in messages(home))
+    assert "evil.example" not in "".join(r[0] for r in query(home, "SELECT texts FROM campaigns.copy_cache"))
+    assert msgs and {m["status"] for m in msgs} == {"ready"}
+
+
+# --- the outbox: every ready message in exactly one file ------------------------------------------------
+
+
+def outbox_files(home) -> tuple[dict[str, list[dict]], list[str]]:
+    folder = home / "outbox"
+    files = {f.name: [json.loads(line) for line in open(f, encoding="utf-8")] for f in folder.glob("*.jsonl")}
+    return files, sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def assert_exactly_once(home, taken: dict[str, list[dict]] | None = None) -> dict[str, list[dict]]:
+    """Every ready message in exactly one file (those on disk plus any a sender took away),
+    the file the warehouse records for it; no marker left, every file handed over."""
+    files, markers = outbox_files(home)
+    handed = [*files.items(), *(taken or {}).items()]  # a file written again after the sender took it counts twice
+    ready = {m["message_id"]: m for m in messages(home) if m["status"] == "ready"}
+    seen = Counter(o["message_id"] for _, lines in handed for o in lines)
+    assert set(seen) == set(ready) and set(seen.values()) == {1}, seen.most_common(3)
+    assert all(ready[o["message_id"]]["outbox"] == name for name, lines in handed for o in lines)
+    files.update(taken or {})
+    assert markers == [] and one(home, "SELECT count(*) FROM campaigns.outbox_files WHERE handed_over_at IS NULL") == 0
+    return files
+
+
+@pytest.mark.parametrize("point, sender_took_it", [
+    ("outbox_recorded", False),  # the file's name recorded on its messages, nothing written yet
+    ("outbox_file_written", False),  # written and fsynced under the hidden name, not renamed
+    ("outbox_renamed", False),  # renamed (handed over), not yet recorded as such
+    ("outbox_renamed", True),  # ... and the sender took the file away before the next run
+])
+def test_outbox_exactly_once_through_kills(home, tmp_path, point, sender_took_it):
+    env = {**os.environ, "CHURN_HOME": str(home), "DAGSTER_HOME": str(tmp_path / "dh"), "CHURN_AS_OF": AS_OF,
+           "CHURN_CAMPAIGN_MAX_MESSAGES": "120"}
+    cmd = [sys.executable, "-m", "churn_assets.cli", "run", "--select", SELECT]
+    killed = subprocess.run(cmd, env={**env, "CHURN_TEST_KILL_AT": point}, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    # The kill landed where intended.
+    (name, n), = query(home, "SELECT file_name, messages FROM campaigns.outbox_files WHERE handed_over_at IS NULL")
+    folder, marker = home / "outbox", home / "outbox" / f".{name}.tmp"
+    assert n == 120 == one(home, "SELECT count(*) FROM campaigns.retention_messages WHERE outbox = ?", [name])
+    if point == "outbox_recorded":
+        assert marker.stat().st_size == 0 and not (folder / name).exists()
+    elif point == "outbox_file_written":
+        assert len(marker.read_text().splitlines()) == 120 and not (folder / name).exists()
+    else:
+        assert not marker.exists() and len((folder / name).read_text().splitlines()) == 120
+    taken = {}
+    if sender_took_it:
+        taken[name] = [json.loads(line) for line in open(folder / name, encoding="utf-8")]
+        (folder / name).unlink()
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert len(messages(home)) == len({m["user_id"] for m in messages(home)}) == 240
+    files = assert_exactly_once(home, taken)
+    # The killed run's file holds its 120 messages (written again only when it never got
+    # its final name); the re-run's file holds the re-run's 120, none of the first run's.
+    assert sorted(len(lines) for lines in files.values()) == [120, 120] and name in files
+
+
+@pytest.mark.parametrize("point", ["after_generation:3", "outbox_recorded", "outbox_file_written", "outbox_renamed"])
+def test_outbox_exactly_once_through_a_step_retry(home, monkeypatch, point):
+    from churn_assets import faults
+
+    monkeypatch.setattr(faults, "_hits", {})
+    monkeypatch.setenv("CHURN_TEST_RETRY_AT", point)
+    result, meta = campaign(home, cap=120)
+    assert result.success
+    assert len([e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]) == 1
+    run_id = result.run_id
+    msgs = messages(home)
+    assert {m["run_id"] for m in msgs} == {run_id} and len(msgs) == len({m["user_id"] for m in msgs}) == 120
+    files = assert_exactly_once(home)
+    assert list(files) == [f"{run_id}.jsonl"]  # one file, never overwritten nor doubled
+    if point.startswith("outbox"):
+        # The retry found the first attempt's file and finished it; it had nothing new to write.
+        assert (meta["outbox_files_recovered"], meta["messages_outboxed"], meta["customers_targeted"]) == (1, 0, 0)
+
+
+def test_a_retry_with_more_messages_never_overwrites_a_handed_over_file(home):
+    from datetime import datetime
+    from pathlib import Path
+
+    from churn_assets.defs.campaigns.run import run_campaign
+
+    args = dict(run_id="run-a", as_of=datetime.fromisoformat(AS_OF), outbox_dir=home / "outbox", writer=None,
+                model_name="m", concurrency=1, cooldown_days=7)
+    con = duckdb.connect(str(home / "warehouse.duckdb"))
+    try:
+        first = run_campaign(con, cap=50, **args)
+        before = Path(first.outbox).read_bytes()
+        again = run_campaign(con, cap=80, **args)  # the same run once more, now allowed 30 more messages
+        assert Path(first.outbox).read_bytes() == before and first.outbox.endswith("run-a.jsonl")
+        assert again.outbox.endswith("run-a.2.jsonl") and (again.targets, again.outboxed) == (30, 30)
+        last = run_campaign(con, cap=80, **args)  # the run's cap is spent
+        assert (last.targets, last.outbox) == (0, None)
+    finally:
+        con.close()
+    assert sorted(len(v) for v in assert_exactly_once(home).values()) == [30, 50]
+    # The message id is what a sender de-duplicates on: the warehouse's, stable across rewrites.
+    handed_over = {o["message_id"] for v in outbox_files(home)[0].values() for o in v}
+    assert handed_over == {m["message_id"] for m in messages(home)}
+
+
+# --- degradation is visible -------------------------------------------------------------------------------
+
+
+def test_a_total_outage_is_visible(home):
+    from churn_assets.summary import cycle_summary
+
+    with FakeAnthropic(default="500") as fake:
+        result, meta = campaign(home, fake, cap=100, max_retries=1)
+    assert result.success
+    decisions = meta["distinct_decisions"]
+    assert decisions > 3 and len(fake.requests) == 2 * decisions  # each call, and the SDK's one retry
+    assert {m["status"] for m in messages(home)} == {"ready"}
+    assert meta["messages_by_generator"] == {"template": 100}
+    assert meta["model_errors"] == {"HTTP 500": 100} and meta["api_errors"] == {"HTTP 500": decisions}
+    assert "validation_pass_rate" not in meta  # nothing was checked: no rate that reads as a pass
+    expected = "100 of 100 messages without the model's copy (HTTP 500 100); 100 sent with the template instead"
+    assert meta["degraded"] == expected
+    (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "model_wrote_the_copy"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN and check.description == expected
+    assert [line for line in cycle_summary(Settings(home=home)).splitlines() if line.startswith("campaign")] == [
+        f"campaign   last run DEGRADED: {expected}"]
+
+
+def test_a_partial_degradation_is_visible_and_a_healthy_run_passes(home):
+    from churn_assets.summary import cycle_summary
+
+    with FakeAnthropic() as fake:
+        fake.script.extend(["500", "500", "refusal"])  # the first decision fails, the second is refused
+        result, meta = campaign(home, fake, cap=100, max_retries=1, max_concurrency=1)
+    msgs = messages(home)
+    failed = [m for m in msgs if m["model_error"] == "HTTP 500"]
+    refused = [m for m in msgs if m["model_error"] == "refused"]
+    assert failed and refused and len({m["input_hash"] for m in failed}) == len({m["input_hash"] for m in refused}) == 1
+    assert meta["model_errors"] == {"HTTP 500": len(failed), "refused": len(refused)}
+    assert meta["api_errors"] == {"HTTP 500": 1}
+    assert meta["messages_by_generator"] == {"template": len(failed) + len(refused),
+                                             "claude-haiku-5-5": 100 - len(failed) - len(refused)}
+    (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "model_wrote_the_copy"]
+    assert not check.passed and "DEGRADED" in cycle_summary(Settings(home=home))
+    with FakeAnthropic() as fake:
+        result, meta = campaign(home, fake, cap=100)
+    (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "model_wrote_the_copy"]
+    assert check.passed and meta["degraded"] == "no" and meta["model_errors"] == {}
+    assert "campaign   last run 100 messages, all with the model's copy" in cycle_summary(Settings(home=home))
+    _, meta = campaign(home, cap=50)  # offline: the templates are the plan, not a degradation
+    assert meta["degraded"] == "no" and "from the offline templates" in cycle_summary(Settings(home=home))

@@ -120,9 +120,12 @@ def test_every_number_on_the_page_equals_sql(cycle):
     specs = json.loads(page.json["specs"])
     for name in FIGURES:
         assert figures[name] == sql_rows(home, name), name
-    # What each chart draws is exactly that data.
+    # What each chart draws is exactly that data (a run not ended yet: as running, without a duration).
+    from churn_assets.defs.dashboards.page import runs_for_page
+
     for name, spec in specs.items():
-        assert spec["data"]["values"] == figures[name], name
+        expected = runs_for_page(figures[name]) if name == "pipeline_runs" else figures[name]
+        assert spec["data"]["values"] == expected, name
     # The KPI tiles.
     for name, value in dict(query(home, "SELECT name, value FROM dashboard.kpis")).items():
         assert page.kpis[name] == pytest.approx(value), name
@@ -174,13 +177,37 @@ def test_page_in_headless_chromium(cycle, tmp_path):
         page.evaluate("window.chartsRendered.then(results => results.length)")
         charts = page.eval_on_selector_all(
             "div.chart", "els => els.map(e => [e.dataset.figure, e.querySelectorAll('svg.marks .role-mark path, svg.marks .role-mark line').length])")
+        # Nothing cut: no label shortened with an ellipsis, no chart wider than its column.
+        texts = page.eval_on_selector_all("div.chart svg text", "els => els.map(e => e.textContent)")
+        overflow = page.eval_on_selector_all("div.chart", """els => els.filter(
+            e => e.querySelector('svg').getBoundingClientRect().width > e.getBoundingClientRect().width + 1)
+            .map(e => e.dataset.figure)""")
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert len(charts) == 10
+    assert [t for t in texts if "…" in t] == [] and overflow == []
     assert all(marks > 0 for _, marks in charts), charts
     assert errors == []
     assert requests == [page_file.as_uri()]  # the page itself, nothing else
     assert shot.stat().st_size > 100_000
     if os.environ.get("CHURN_UPDATE_SCREENSHOTS"):
         shutil.copy(shot, REPO / "docs" / "dashboard.png")
+
+
+def test_a_run_not_ended_is_shown_running_without_a_duration():
+    from churn_assets.defs.dashboards.page import chart_specs, runs_for_page
+
+    rows = [{"run_id": "done", "job_name": "churn_cycle", "status": "SUCCESS", "started_at": "2026-11-01T05:00:00",
+             "ended_at": "2026-11-01T05:00:32", "duration_seconds": 32.0},
+            {"run_id": "now", "job_name": "churn_cycle", "status": "STARTED", "started_at": "2026-11-01T06:00:00",
+             "ended_at": None, "duration_seconds": 3.9}]
+    shown = runs_for_page(rows)
+    assert [(r["status"], r["duration_seconds"]) for r in shown] == [("SUCCESS", 32.0), ("RUNNING", None)]
+    others = ("revenue_by_month", "churn_by_platform", "churn_by_gender", "revenue_by_channel",
+              "predicted_churn_by_country", "predicted_churn_by_channel", "predicted_churn_by_tenure",
+              "data_quality_daily", "ingestion_daily")
+    spec = chart_specs({"pipeline_runs": rows, **{k: [] for k in others}})["pipeline_runs"]
+    bars, marker = spec["layer"]
+    assert bars["mark"]["type"] == "bar" and bars["transform"] == [{"filter": "datum.status != 'RUNNING'"}]
+    assert marker["mark"]["type"] == "point" and marker["encoding"]["y"] == {"datum": 0}

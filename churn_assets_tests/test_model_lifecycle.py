@@ -9,6 +9,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from churn_assets.settings import Settings
 from churn_assets.generator import generate_history, generate_increment
 from churn_assets.defs.ml.resources import MLflowResource, ModelPolicyResource
 from churn_assets_tests.helpers import materialize, one, query
@@ -119,7 +120,7 @@ def test_better_challenger_is_promoted_and_serves(trained):
     home, _ = trained
     generate_increment(home, fraction=0.05)
     config = {"ops": {"ml__churn_model": {"config": {"num_boost_round": 200}}}}
-    result = materialize(home, as_of=AS_OF, run_config=config, model_policy=ModelPolicyResource(promotion_tolerance=0.01))
+    result = materialize(home, as_of=AS_OF, run_config=config, model_policy=ModelPolicyResource.from_settings(Settings(), promotion_tolerance=0.01))
     assert result.success
     version = metadata(result, "ml/churn_model")["model_version"]
     assert metadata(result, "ml/churn_model_champion")["decision"] == "promoted"
@@ -131,7 +132,7 @@ def test_retrain_policy_skips_training_but_still_scores(trained):
     home, _ = trained
     champion = str(client(home).get_model_version_by_alias("churn_model", "champion").version)
     versions = len(client(home).search_model_versions("name = 'churn_model'"))
-    result = materialize(home, as_of=AS_OF, model_policy=ModelPolicyResource(retrain_min_new_rows=10**9))
+    result = materialize(home, as_of=AS_OF, model_policy=ModelPolicyResource.from_settings(Settings(), retrain_min_new_rows=10**9))
     assert result.success
     assert metadata(result, "ml/churn_model")["trained"] is False
     assert metadata(result, "ml/churn_model_champion")["decision"] == "no new candidate"
@@ -144,11 +145,11 @@ def test_broken_store_fails_clearly_and_leaves_predictions(trained, tmp_path, st
     home, _ = trained
     before = predictions(home)
     if store == "unreachable":
-        resource = MLflowResource(tracking_uri="http://127.0.0.1:9", artifact_root=str(tmp_path), http_timeout=2, http_retries=0)
+        resource = MLflowResource.from_settings(Settings(), tracking_uri="http://127.0.0.1:9", artifact_root=str(tmp_path), http_timeout=2, http_retries=0)
     else:
         bad = tmp_path / "mlflow.db"
         bad.write_bytes(b"this is not a database" * 100)
-        resource = MLflowResource(tracking_uri=f"sqlite:///{bad}", artifact_root=str(tmp_path))
+        resource = MLflowResource.from_settings(Settings(), tracking_uri=f"sqlite:///{bad}", artifact_root=str(tmp_path))
     result = materialize(home, "gold/churn_prediction", as_of=AS_OF, raise_on_error=False, mlflow_store=resource)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")

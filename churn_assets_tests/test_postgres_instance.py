@@ -83,9 +83,8 @@ def test_multiprocess_executor_on_the_postgres_instance(postgres, tmp_path, monk
            "CHURN_HOME": str(churn_home), "CHURN_AS_OF": "2026-11-01", "CHURN_SETTLE_SECONDS": "0",
            "CHURN_EXECUTOR": "multiprocess"}
     # The documented CLI, in a fresh process: the definitions read CHURN_EXECUTOR as they load.
-    out = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "churn_assets.definitions",
-                          "--select", "*gold/churn_features"], env=env, cwd=REPO, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run([str(Path(sys.executable).with_name("dg")), "launch", "--assets", "*gold/churn_features"],
+                         env={**env, "VIRTUAL_ENV": sys.prefix}, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     from dagster._core.instance.ref import InstanceRef
 

@@ -198,11 +198,15 @@ def churn_duration_alerts(context: dg.SensorEvaluationContext, alerts: AlertsRes
             )
             if r.dagster_run.run_id != record.dagster_run.run_id and r.start_time and r.end_time
         ][: settings.alert_duration_history]
-        reason = duration_verdict(duration, history, settings.alert_duration_factor, settings.alert_duration_min_history,
-                                  settings.alert_duration_ceiling_seconds)
-        if reason and alerts.raise_alert("slow", record.dagster_run.job_name, record.dagster_run.run_id, reason, context.log):
+        reason = duration_verdict(duration, history, settings.alert_duration_factor,
+                                  settings.alert_duration_min_history, settings.alert_duration_ceiling_seconds)
+        run = record.dagster_run
+        if reason and alerts.raise_alert("slow", run.job_name, run.run_id, reason, context.log, deliver=False):
             raised += 1
-    return dg.SkipReason(f"{raised} duration alerts raised" if raised else "no abnormal duration")
+    # Every tick also re-sends the alerts of any kind not delivered yet, within one time budget.
+    report = alerts.deliver_pending(context.log)
+    undelivered = f"; {len(report.pending)} alerts wait for delivery" if report.pending else ""
+    return dg.SkipReason((f"{raised} duration alerts raised" if raised else "no abnormal duration") + undelivered)
 
 
 # --- the definitions: names, intervals and default states (read when the code location loads) -------
@@ -248,6 +252,7 @@ def build(settings: Settings, job) -> tuple[list[dg.ScheduleDefinition], list[dg
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=15,
         description="Flags a running or finished run whose time exceeds CHURN_ALERT_DURATION_FACTOR x the median "
-        "of the job's last successful runs, or CHURN_ALERT_DURATION_CEILING_SECONDS, without stopping it.",
+        "of the job's last successful runs, or CHURN_ALERT_DURATION_CEILING_SECONDS, without stopping it. Each tick "
+        "also re-sends every alert not delivered yet (webhook or Slack down), until delivered or expired.",
     )(churn_duration_alerts)
     return [hourly], [landing, auto, failures, durations]

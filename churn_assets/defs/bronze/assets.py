@@ -5,6 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from churn_assets.ops.alerts import AlertsResource
 from churn_assets.defs.bronze.ingest import SPECS, ingest_source
 from churn_assets.metadata import table_metadata
 from churn_assets.resources import LandingZoneResource, WarehouseResource
@@ -26,22 +27,24 @@ def _bronze_asset(source: str) -> dg.AssetsDefinition:
         kinds={"duckdb", "python"},
         pool="duckdb_warehouse",
         description=DESCRIPTIONS[source]
-        + " Incremental: only files the manifest has not seen; records that do not fit the schema keep their"
-        " raw text in _rescued_data; unparseable records go to bronze.quarantine.",
+        + " Incremental: only files the manifest has not seen, the appended tail of a file it has, or a new"
+        " version of a changed file (the earlier version's records retired); records that do not fit the schema"
+        " keep their raw text in _rescued_data; unparseable records go to bronze.quarantine.",
         check_specs=[
             dg.AssetCheckSpec("correct_schema", asset=["bronze", spec.table], description="_rescued_data IS NULL (warn only, as the reference)"),
             dg.AssetCheckSpec("records_parseable", asset=["bronze", spec.table], description="no landed record of this run went to quarantine (warn only)"),
         ],
     )
-    def _asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource) -> dg.MaterializeResult:
+    def _asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource,
+               alerts: AlertsResource) -> dg.MaterializeResult:
         with warehouse.get_connection() as con:
             result = ingest_source(
-                con, Path(landing.root), source, context.run_id,
+                con, Path(landing.root), source, context.run.run_id,
                 settle_seconds=landing.settle_seconds, batch_bytes=landing.batch_bytes,
             )
             fit = result.rows_loaded - result.rows_rescued
             record_quality(
-                con, context.run_id, "bronze", f"bronze.{spec.table}",
+                con, context.run.run_id, "bronze", f"bronze.{spec.table}",
                 [
                     ("correct_schema", fit, result.rows_rescued, 0, None),
                     ("records_parseable", result.rows_loaded, result.rows_quarantined, result.rows_quarantined, None),
@@ -50,8 +53,17 @@ def _bronze_asset(source: str) -> dg.AssetsDefinition:
             metadata = table_metadata(con, f"bronze.{spec.table}")
         context.log.info(
             f"{source}: {result.files_loaded} files loaded, {result.files_duplicate} duplicate, "
-            f"{result.rows_loaded} rows, {result.rows_quarantined} quarantined"
+            f"{result.rows_loaded} rows, {result.rows_quarantined} quarantined, {result.files_appended} appended to, "
+            f"{result.files_new_version} new versions ({result.rows_retired} rows retired)"
         )
+        if result.changes:
+            # Files are immutable by contract: a change is worth a warning, once per run and source.
+            alerts.raise_alert(
+                f"file_changed_{source}", context.job_name, context.run_id,
+                f"{len(result.changes)} landed {source} file(s) changed after ingestion: "
+                + "; ".join(result.changes[:10]),
+                log=context.log,
+            )
         return dg.MaterializeResult(
             metadata={
                 **metadata,
@@ -61,6 +73,10 @@ def _bronze_asset(source: str) -> dg.AssetsDefinition:
                 "records_landed": result.records,
                 "rows_rescued": result.rows_rescued,
                 "records_quarantined": result.rows_quarantined,
+                "files_appended": result.files_appended,
+                "files_new_version": result.files_new_version,
+                "rows_retired": result.rows_retired,
+                "files_waiting": result.files_waiting,
             },
             check_results=[
                 dg.AssetCheckResult(

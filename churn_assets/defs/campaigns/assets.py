@@ -20,10 +20,17 @@ from churn_assets.resources import PipelineSettingsResource, WarehouseResource
     # Network-bound: a transient fault of the API retries the step (the SDK already
     # retried each call); what was generated before is cached and not asked again.
     retry_policy=dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL),
+    check_specs=[
+        dg.AssetCheckSpec(
+            "model_wrote_the_copy", asset=["campaigns", "retention_messages"],
+            description="warns when messages meant for Claude's copy got the template or nothing (API errors, "
+            "refusals, invalid copy, budget); passes offline, where the templates are the plan",
+        )
+    ],
     description="A personalized retention message for each customer predicted to churn (highest risk and value first, "
     "at most max_messages_per_run, none within cooldown_days of the last one). Offer, urgency, season and languages "
     "are decided in code; Claude writes the words (offline templates without ANTHROPIC_API_KEY); every text is "
-    "validated. Ready messages go to $CHURN_HOME/outbox/<run>.jsonl for a downstream sender.",
+    "validated. Each ready message goes to exactly one file $CHURN_HOME/outbox/<run>.jsonl for a downstream sender.",
 )
 def retention_messages(
     context: dg.AssetExecutionContext,
@@ -36,7 +43,7 @@ def retention_messages(
     with warehouse.get_connection() as con:
         result = run_campaign(
             con,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             as_of=pipeline_settings.as_of_datetime(),
             outbox_dir=Path(pipeline_settings.home) / "outbox",
             writer=writer,
@@ -49,6 +56,8 @@ def retention_messages(
         metadata = table_metadata(con, "campaigns.retention_messages")
     if result.stopped:
         context.log.warning(f"campaign stopped early: {result.stopped}")
+    if result.degraded:
+        context.log.warning(f"campaign degraded: {result.degradation()}")
     return dg.MaterializeResult(
         metadata={
             **metadata,
@@ -63,11 +72,31 @@ def retention_messages(
             "output_tokens": result.output_tokens,
             "cost_usd": dg.MetadataValue.float(round(result.cost_usd, 6)),
             **{f"messages_{status}": n for status, n in sorted(result.statuses.items())},
-            "validation_pass_rate": dg.MetadataValue.float(result.valid / result.validated if result.validated else 1.0),
+            "messages_by_generator": dg.MetadataValue.json(result.by_generator),
+            "model_errors": dg.MetadataValue.json(result.model_errors),
+            "api_errors": dg.MetadataValue.json(result.api_errors),
+            "degraded": result.degradation() or "no",
+            # Of the copies checked this run (the model's answers, cached copies, offline templates); absent when
+            # none was (a total outage): a rate of nothing would read as a pass.
+            **({"validation_pass_rate": dg.MetadataValue.float(result.passed / result.checked)}
+               if result.checked else {}),
+            "cached_copies_rejected": result.cache_rejected,
             "outbox": dg.MetadataValue.path(result.outbox) if result.outbox else "none (nothing ready)",
             "messages_outboxed": result.outboxed,
+            "outbox_files_recovered": result.outbox_recovered,
             "stopped_early": result.stopped or "",
-        }
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="model_wrote_the_copy",
+                passed=not result.degraded,
+                severity=dg.AssetCheckSeverity.WARN,
+                description=result.degradation() or ("offline templates, as configured" if anthropic.offline
+                                                     else "every message has the model's copy"),
+                metadata={"messages_by_generator": dg.MetadataValue.json(result.by_generator),
+                          "model_errors": dg.MetadataValue.json(result.model_errors)},
+            )
+        ],
     )
 
 

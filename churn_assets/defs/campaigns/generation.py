@@ -20,6 +20,9 @@ class Generation:
     output_tokens: int = 0
     cost_usd: float = 0.0
     detail: str | None = None
+    error: str | None = None  # why the model's copy is missing: "HTTP 500", "timeout", "refused", "invalid copy"...
+    checked: int = 0  # model answers checked against the copy rules, and how many passed
+    passed: int = 0
 
 
 def template_generation(decision: Decision) -> Generation:

@@ -8,15 +8,16 @@ import json
 
 from churn_assets.defs.campaigns.decide import Decision
 
-PROMPT_VERSION = "retention-copy-v1"
+PROMPT_VERSION = "retention-copy-v2"
 LANGUAGE_NAMES = {"en": "English", "fr": "French", "es": "Spanish"}
 
 RULES = """You write retention marketing copy for a contemporary apparel retailer.
 
 Each request gives you the decisions already taken for one group of customers, as JSON:
-- "style": "short" means SMS or push-notification copy, at most 140 characters per version,
-  no subject; "long" means e-mail style copy of 250 to 900 characters per version, with a
-  subject line of at most 60 characters.
+- "style": "short" means SMS or push-notification copy, at most 120 characters per version
+  (counting the placeholder as written: a first name may be 40 characters), no subject;
+  "long" means e-mail style copy of 250 to 900 characters per version, with a subject
+  line of at most 60 characters.
 - "languages": the versions to write, as language codes ("en" English, "fr" French,
   "es" Spanish). Write one version for each code, each a full text in that language,
   and no other version.
@@ -39,8 +40,11 @@ Rules that always hold:
    app, phone, mobile, notification).
 4. Never mention or allude to the reader's gender.
 5. Never mention churn, risk, leaving, loyalty scores or any prediction about the reader.
-6. Be warm, specific and brief. No emojis, no hashtags, no all-caps words, no links.
+6. Be warm, specific and brief. No emojis, no hashtags, no all-caps words, no links, web
+   addresses or domain names, no HTML or other markup, no placeholder other than
+   {{first_name}}, and a subject on one line.
 7. The copy is the product: no explanations, notes or alternatives around it.
+8. Name no offer, percentage, price or amount of money other than the offer given.
 
 Answer with one JSON object and nothing else, in this form:
 {"subject": "<subject line, or null for short style>",

@@ -4,8 +4,8 @@ decision), validate, personalize, record, and hand the ready messages to the out
 from __future__ import annotations
 
 import json
-import os
 import re
+import unicodedata
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -17,8 +17,9 @@ import duckdb
 from churn_assets.defs.campaigns.decide import Decision, decide
 from churn_assets.defs.campaigns.prompts import PROMPT_VERSION
 from churn_assets.defs.campaigns.templates import PLACEHOLDER
-from churn_assets.defs.campaigns.validate import problems
+from churn_assets.defs.campaigns.validate import NAME_MAX, problems
 from churn_assets.defs.campaigns.generation import Generation, template_generation
+from churn_assets.defs.campaigns import outbox
 from churn_assets.faults import fault_point
 
 DDL = [
@@ -34,8 +35,15 @@ DDL = [
         languages VARCHAR, offer VARCHAR, urgency VARCHAR, season VARCHAR, subject VARCHAR, texts VARCHAR,
         generator VARCHAR, prompt_version VARCHAR, input_hash VARCHAR, input_tokens BIGINT,
         output_tokens BIGINT, cost_usd DOUBLE, status VARCHAR, detail VARCHAR, created_at TIMESTAMP,
-        outbox VARCHAR)""",
+        outbox VARCHAR, model_error VARCHAR)""",
+    # model_error: why a message meant for the model's copy has none (warehouses from before it get it here).
+    "ALTER TABLE campaigns.retention_messages ADD COLUMN IF NOT EXISTS model_error VARCHAR",
+    *outbox.DDL,
 ]
+MESSAGE_COLUMNS = (
+    "message_id, run_id, user_id, channel, style, languages, offer, urgency, season, subject, texts, generator, "
+    "prompt_version, input_hash, input_tokens, output_tokens, cost_usd, status, detail, created_at, outbox, model_error"
+)
 
 
 @dataclass
@@ -44,16 +52,37 @@ class CampaignResult:
     in_cooldown: int = 0
     decisions: int = 0
     cache_hits: int = 0
+    cache_rejected: int = 0  # cached copies that failed today's checks: written again
     api_calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
     statuses: dict[str, int] = field(default_factory=dict)
-    validated: int = 0
-    valid: int = 0
+    by_generator: dict[str, int] = field(default_factory=dict)  # ready messages by who wrote them
+    model_errors: dict[str, int] = field(default_factory=dict)  # messages meant for the model's copy without it, by why
+    api_errors: dict[str, int] = field(default_factory=dict)  # generations whose call failed after the SDK's retries
+    checked: int = 0  # model answers and cached copies checked against the rules, and how many passed
+    passed: int = 0
     outbox: str | None = None
     outboxed: int = 0
+    outbox_recovered: int = 0  # files an earlier, killed attempt left unfinished
     stopped: str | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.model_errors)
+
+    def degradation(self) -> str:
+        return degradation_text(self.model_errors, sum(self.statuses.values()), self.by_generator.get("template", 0))
+
+
+def degradation_text(model_errors: dict[str, int], messages: int, from_template: int) -> str:
+    """In words: how many messages lack the model's copy and why, or "" when none does."""
+    if not model_errors:
+        return ""
+    why = ", ".join(f"{kind} {n:,}" for kind, n in sorted(model_errors.items(), key=lambda kv: (-kv[1], kv[0])))
+    return (f"{sum(model_errors.values()):,} of {messages:,} messages without the model's copy ({why}); "
+            f"{from_template:,} sent with the template instead")
 
 
 def _now() -> datetime:
@@ -102,9 +131,11 @@ def decision_for(customer: dict, today) -> Decision:
 
 
 def first_name(raw: str | None) -> str:
-    """The first name as data: printable, one line, no braces, at most 40 characters."""
-    name = re.sub(r"[\x00-\x1f\x7f{}<>]", " ", raw or "").strip()
-    name = re.sub(r"\s+", " ", name)[:40].strip()
+    """The first name as data: printable, one line, no braces, at most NAME_MAX characters."""
+    # Controls, format characters (bidi, zero-width) and line separators become spaces.
+    name = "".join(" " if unicodedata.category(c)[0] in "CZ" else c for c in raw or "")
+    name = re.sub(r"[{}<>]", " ", name).strip()
+    name = re.sub(r"\s+", " ", name)[:NAME_MAX].strip()
     return name or "there"
 
 
@@ -112,9 +143,10 @@ def personalize(texts: dict[str, str], name: str) -> dict[str, str]:
     return {lang: text.replace(PLACEHOLDER, name) for lang, text in texts.items()}
 
 
-def _cached(con, key: str) -> Generation | None:
+def cached_copy(con, key: str) -> Generation | None:
     rows = con.execute(
-        "SELECT generator, decision, subject, texts FROM campaigns.copy_cache WHERE cache_key = ? ORDER BY created_at DESC LIMIT 1",
+        "SELECT generator, decision, subject, texts FROM campaigns.copy_cache WHERE cache_key = ? "
+        "ORDER BY created_at DESC LIMIT 1",
         [key],
     ).fetchall()
     if not rows:
@@ -123,6 +155,42 @@ def _cached(con, key: str) -> Generation | None:
     d = json.loads(decision)
     return Generation(Decision(d["style"], tuple(d["languages"]), d["offer"], d["urgency"], d["season"]),
                       generator, "ok", subject, json.loads(texts))
+
+
+@dataclass
+class Choice:
+    copy: Generation | None  # what the customer is sent; None: nothing may be sent
+    status: str
+    detail: str | None
+    model_error: str | None  # why the model's copy is not the one sent (None offline or when it is)
+
+
+def choose_copy(gen: Generation, name: str, fallback_to_template: bool, template: Generation | None = None) -> Choice:
+    """The copy one customer gets: the generated one if it passes every check with their
+    real first name; else, when allowed, the template if it passes; else nothing: a text
+    with any problem is never ``ready``."""
+    if gen.status == "skipped_budget":
+        return Choice(None, "skipped_budget", gen.detail, gen.error)
+    if gen.status == "ok":
+        wrong = problems(gen.decision, gen.subject, gen.texts, first_name=name)
+        if not wrong:
+            return Choice(gen, "ready", gen.detail, None)
+        status, error, detail = "invalid", "invalid copy", "; ".join(wrong)[:500]
+    else:
+        status, error, detail = gen.status, gen.error or gen.status, gen.detail
+    if gen.generator == "template":  # offline: there is no model, and no other copy to fall back to
+        return Choice(None, "invalid", f"template: {detail}", None)
+    if not fallback_to_template:
+        return Choice(None, status, detail, error)
+    template = template or template_generation(gen.decision)
+    wrong = problems(template.decision, template.subject, template.texts, first_name=name)
+    if wrong:
+        return Choice(None, "invalid", f"template after model {status}: {'; '.join(wrong)}"[:500], error)
+    return Choice(template, "ready", f"template after model {status}: {detail}", error)
+
+
+def _count(counts: dict[str, int], key: str, n: int = 1) -> None:
+    counts[key] = counts.get(key, 0) + n
 
 
 def run_campaign(
@@ -140,7 +208,10 @@ def run_campaign(
 ) -> CampaignResult:
     ensure_tables(con)
     result = CampaignResult()
-    targets, result.in_cooldown = select_targets(con, cooldown_days, cap)
+    # A step retry is the same run: what an earlier attempt wrote counts against the cap.
+    written = con.execute(
+        "SELECT count(*) FROM campaigns.retention_messages WHERE run_id = ?", [run_id]).fetchall()[0][0]
+    targets, result.in_cooldown = select_targets(con, cooldown_days, max(0, cap - written))
     result.targets = len(targets)
     generator_name = model_name if writer is not None else "template"
     by_key: dict[str, list[dict]] = {}
@@ -153,36 +224,42 @@ def run_campaign(
     result.decisions = len(decisions)
 
     def record(key: str, gen: Generation, from_cache: bool) -> None:
-        final = gen
-        fallback_reason = None
-        if gen.status != "ok" and gen.status != "skipped_budget" and fallback_to_template:
-            fallback_reason = gen.status
-            final = template_generation(gen.decision)
-        if final.status == "ok":
-            result.validated += 1
-            result.valid += not problems(final.decision, final.subject, final.texts)
-        if gen.status == "ok" and not from_cache:
+        if not from_cache:
+            result.checked += gen.checked
+            result.passed += gen.passed
+        if gen.status == "failed":
+            _count(result.api_errors, gen.error or "unknown")
+        if gen.status == "ok" and not from_cache and gen.generator != "template":
             con.execute(
                 "INSERT INTO campaigns.copy_cache VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [key, PROMPT_VERSION, gen.generator, gen.decision.as_json(), gen.subject, json.dumps(gen.texts),
                  gen.input_tokens, gen.output_tokens, gen.cost_usd, _now()],
             )
-        status = "ready" if final.status == "ok" else final.status
-        detail = f"template after model {fallback_reason}: {gen.detail}" if fallback_reason else gen.detail
+        template = template_generation(gen.decision) if gen.generator != "template" and fallback_to_template else None
         rows = []
         for i, customer in enumerate(by_key[key]):
-            texts = personalize(final.texts, first_name(customer["firstname"])) if status == "ready" else {}
+            name = first_name(customer["firstname"])
+            choice = choose_copy(gen, name, fallback_to_template, template)
+            sent = choice.copy
             first = i == 0 and not from_cache  # the generation's tokens and cost are counted once
             rows.append([
                 str(uuid.uuid4()), run_id, customer["user_id"], customer["canal"], gen.decision.style,
                 ",".join(gen.decision.languages), gen.decision.offer, gen.decision.urgency, gen.decision.season,
-                final.subject if status == "ready" else None, json.dumps(texts, ensure_ascii=False),
-                final.generator, PROMPT_VERSION, key, gen.input_tokens if first else 0,
-                gen.output_tokens if first else 0, gen.cost_usd if first else 0.0, status, detail, _now(), None,
+                sent.subject if sent else None,
+                json.dumps(personalize(sent.texts, name) if sent else {}, ensure_ascii=False),
+                sent.generator if sent else gen.generator, PROMPT_VERSION, key, gen.input_tokens if first else 0,
+                gen.output_tokens if first else 0, gen.cost_usd if first else 0.0, choice.status, choice.detail, _now(),
+                None, choice.model_error,
             ])
-            result.statuses[status] = result.statuses.get(status, 0) + 1
+            _count(result.statuses, choice.status)
+            if sent:
+                _count(result.by_generator, sent.generator)
+            if choice.model_error:
+                _count(result.model_errors, choice.model_error)
         # One statement per generation, committed on its own: a kill loses nothing written.
-        con.executemany(f"INSERT INTO campaigns.retention_messages VALUES ({', '.join('?' * 21)})", rows)
+        con.executemany(
+            f"INSERT INTO campaigns.retention_messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 22)})", rows
+        )
         result.api_calls += gen.api_calls if not from_cache else 0
         result.input_tokens += gen.input_tokens if not from_cache else 0
         result.output_tokens += gen.output_tokens if not from_cache else 0
@@ -191,7 +268,16 @@ def run_campaign(
 
     todo = []
     for key, decision in decisions.items():
-        cached = _cached(con, key)
+        cached = cached_copy(con, key)
+        if cached is not None:
+            # Checked again when used: the rules may have tightened since, or the copy was bad.
+            result.checked += 1
+            if problems(cached.decision, cached.subject, cached.texts):
+                con.execute("DELETE FROM campaigns.copy_cache WHERE cache_key = ?", [key])
+                result.cache_rejected += 1
+                cached = None
+            else:
+                result.passed += 1
         if cached is not None:
             result.cache_hits += 1
             record(key, cached, from_cache=True)
@@ -199,7 +285,9 @@ def run_campaign(
             todo.append(key)
     if writer is None:
         for key in todo:
-            record(key, template_generation(decisions[key]), from_cache=False)
+            gen = template_generation(decisions[key])
+            gen.checked, gen.passed = 1, int(not problems(gen.decision, gen.subject, gen.texts))
+            record(key, gen, from_cache=False)
     else:
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             futures = {pool.submit(writer.write, decisions[key]): key for key in todo}
@@ -207,36 +295,5 @@ def run_campaign(
             for future in as_completed(futures):
                 record(futures[future], future.result(), from_cache=False)
         result.stopped = writer.stop_reason
-    result.outbox, result.outboxed = write_outbox(con, outbox_dir, run_id)
+    result.outbox, result.outboxed, result.outbox_recovered = outbox.write_outbox(con, outbox_dir, run_id)
     return result
-
-
-def write_outbox(con, outbox_dir: Path, run_id: str) -> tuple[str | None, int]:
-    """Every ready message not yet handed over (this run's, and any a killed run left),
-    into a new file, atomically; then marked as handed over."""
-    cur = con.execute(
-        """SELECT message_id, user_id, channel, style, languages, offer, subject, texts, created_at
-           FROM campaigns.retention_messages WHERE status = 'ready' AND outbox IS NULL ORDER BY created_at, message_id"""
-    )
-    cols = [d[0] for d in cur.description]
-    rows = [dict(zip(cols, r)) for r in cur.fetchall()]
-    if not rows:
-        return None, 0
-    outbox_dir.mkdir(parents=True, exist_ok=True)
-    final = outbox_dir / f"{run_id}.jsonl"
-    tmp = outbox_dir / f".{run_id}.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps({
-                "message_id": r["message_id"], "user_id": r["user_id"], "channel": r["channel"], "style": r["style"],
-                "languages": r["languages"].split(","), "offer": r["offer"], "subject": r["subject"],
-                "texts": json.loads(r["texts"]), "created_at": r["created_at"].isoformat(),
-            }, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    con.execute(
-        "UPDATE campaigns.retention_messages SET outbox = ? WHERE status = 'ready' AND outbox IS NULL AND message_id IN (SELECT unnest(?))",
-        [final.name, [r["message_id"] for r in rows]],
-    )
-    return str(final), len(rows)

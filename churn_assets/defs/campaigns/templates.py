@@ -25,7 +25,7 @@ SEASON = {
     "summer": {"en": "linen shirts and summer dresses", "fr": "chemises en lin et robes d'été", "es": "camisas de lino y vestidos de verano"},
     "autumn": {"en": "new-season coats and boots", "fr": "manteaux et bottes de la nouvelle saison", "es": "abrigos y botas de nueva temporada"},
 }
-URGENT = {"en": "Only until Sunday.", "fr": "Jusqu'à dimanche seulement.", "es": "Solo hasta el domingo."}
+URGENT = {"en": "Only until Sunday.", "fr": "Jusqu'à dimanche.", "es": "Solo hasta el domingo."}
 LONG_BODY = {
     "en": ("We have just refreshed the collection with {season}, picked to go with what you chose last time. "
            "As a thank-you for shopping with us, enjoy {offer}. Browse the new pieces, save your favourites and "

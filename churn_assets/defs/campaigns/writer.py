@@ -79,10 +79,10 @@ class ClaudeWriter:
         messages = [{"role": "user", "content": user_message(decision)}]
         for attempt in (1, 2):
             if self.stopped.is_set():
-                gen.status, gen.detail = "skipped_budget", self.stop_reason
+                gen.status, gen.detail, gen.error = "skipped_budget", self.stop_reason, "spend limit"
                 return gen
             if not self.budget.reserve(self._estimate):
-                gen.status, gen.detail = "skipped_budget", "run budget reached"
+                gen.status, gen.detail, gen.error = "skipped_budget", "run budget reached", "run budget"
                 return gen
             response = None
             try:
@@ -93,15 +93,18 @@ class ClaudeWriter:
                 if is_spend_limit(exc):
                     self.stop_reason = f"spend limit reached: {exc.message}"
                     self.stopped.set()
-                    gen.status, gen.detail = "skipped_budget", self.stop_reason
+                    gen.status, gen.detail, gen.error = "skipped_budget", self.stop_reason, "spend limit"
                 else:
-                    gen.status, gen.detail = "failed", f"rate limited after retries: {exc.message}"
+                    gen.status, gen.error = "failed", "HTTP 429"
+                    gen.detail = f"rate limited after retries: {exc.message}"
                 return gen
             except anthropic.APIStatusError as exc:
-                gen.status, gen.detail = "failed", f"HTTP {exc.status_code} after retries"
+                gen.status, gen.error = "failed", f"HTTP {exc.status_code}"
+                gen.detail = f"HTTP {exc.status_code} after retries"
                 return gen
-            except anthropic.APIConnectionError as exc:
-                gen.status, gen.detail = "failed", f"{type(exc).__name__} after retries"
+            except anthropic.APIConnectionError as exc:  # APITimeoutError included
+                kind = "timeout" if isinstance(exc, anthropic.APITimeoutError) else "connection error"
+                gen.status, gen.detail, gen.error = "failed", f"{type(exc).__name__} after retries", kind
                 return gen
             finally:
                 # Failed calls are not billed; answered ones cost what their usage says.
@@ -113,7 +116,7 @@ class ClaudeWriter:
             gen.output_tokens += response.usage.output_tokens or 0
             gen.cost_usd += actual
             if response.stop_reason == "refusal":
-                gen.status, gen.detail = "refused", "the model declined to write this copy"
+                gen.status, gen.detail, gen.error = "refused", "the model declined to write this copy", "refused"
                 return gen
             text = "".join(getattr(block, "text", "") for block in response.content)
             try:
@@ -121,9 +124,11 @@ class ClaudeWriter:
                 wrong = problems(decision, subject, texts)
             except ValueError as exc:
                 subject, texts, wrong = None, {}, [f"unreadable answer ({exc})"]
+            gen.checked += 1
             if not wrong:
-                gen.status, gen.subject, gen.texts = "ok", subject, texts
+                gen.passed += 1
+                gen.status, gen.subject, gen.texts, gen.error = "ok", subject, texts, None
                 return gen
-            gen.status, gen.detail = "invalid", "; ".join(wrong)[:500]
+            gen.status, gen.detail, gen.error = "invalid", "; ".join(wrong)[:500], "invalid copy"
             messages += [{"role": "assistant", "content": text or "(empty)"}, {"role": "user", "content": corrective_message(wrong)}]
         return gen

@@ -9,7 +9,7 @@ import dagster as dg
 from churn_assets.ops.alerts import AlertsResource
 from churn_assets.defs.dashboards.metrics import METRICS, Metric
 from churn_assets.defs.dashboards.page import markdown_image, png_of, render
-from churn_assets.metadata import table_metadata
+from churn_assets.metadata import previewable, table_metadata
 from churn_assets.resources import PipelineSettingsResource, WarehouseResource
 from churn_assets.warehouse import registered, transaction
 
@@ -82,8 +82,9 @@ def alerts_figure(warehouse: WarehouseResource, alerts: AlertsResource) -> dg.Ma
 
     rows = alerts.store().all()[:200]
     frame = pl.DataFrame(
-        [{k: r[k] for k in ("raised_at", "kind", "job_name", "run_id", "reason", "link")} for r in rows],
-        schema={"raised_at": pl.Utf8, "kind": pl.Utf8, "job_name": pl.Utf8, "run_id": pl.Utf8, "reason": pl.Utf8, "link": pl.Utf8},
+        [{k: r[k] for k in ("raised_at", "kind", "job_name", "run_id", "reason", "link", "state")} for r in rows],
+        schema={"raised_at": pl.Utf8, "kind": pl.Utf8, "job_name": pl.Utf8, "run_id": pl.Utf8, "reason": pl.Utf8, "link": pl.Utf8,
+                "state": pl.Utf8},  # delivery: pending, delivered or expired
     ).with_columns(pl.col("raised_at").str.to_datetime(strict=False))
     with warehouse.get_connection() as con:
         with transaction(con), registered(con, "_alerts", frame):
@@ -110,7 +111,8 @@ def dashboard_page(warehouse: WarehouseResource, pipeline_settings: PipelineSett
         for name in FIGURES:
             cur = con.execute(f"SELECT * FROM dashboard.{name}")
             cols = [d[0] for d in cur.description]
-            fig[name] = [dict(zip(cols, row)) for row in cur.fetchall()]
+            shown = previewable(cols, f"dashboard.{name}")  # the page leaves the warehouse
+            fig[name] = [{c: v for c, v in zip(cols, row) if c in shown} for row in cur.fetchall()]
         versions = con.execute("SELECT DISTINCT model_version FROM gold.churn_prediction").fetchall()
     model_version = ", ".join(sorted(str(v) for (v,) in versions)) or "none"
     page, specs = render(

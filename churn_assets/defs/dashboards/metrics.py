@@ -119,9 +119,12 @@ METRICS = [
         """SELECT ingested_at::DATE AS day, source, count(*) AS files, sum(records)::BIGINT AS records_landed,
                   sum(rows_loaded)::BIGINT AS rows_loaded, sum(rows_rescued)::BIGINT AS rows_rescued,
                   sum(rows_quarantined)::BIGINT AS rows_quarantined,
-                  round(sum(rows_rescued) / nullif(sum(rows_loaded), 0), 6) AS rescued_share
+                  round(sum(rows_rescued) / nullif(sum(rows_loaded), 0), 6) AS rescued_share,
+                  count(*) FILTER (event = 'appended') AS files_appended,
+                  count(*) FILTER (event IN ('rewritten', 'truncated')) AS files_new_version
            FROM bronze.ingest_manifest GROUP BY ALL ORDER BY 1, 2""",
-        "Per source and day: files and records ingested, rescued (schema did not fit) and quarantined.",
+        "Per source and day: files and records ingested, rescued (schema did not fit) and quarantined; files"
+        " whose appended tail was read, and files re-read as a new version (earlier records retired).",
     ),
     Metric(
         "layer_freshness", "pipeline health", (*BRONZE, SILVER_USERS, SILVER_ORDERS, FEATURES, PREDICTION),

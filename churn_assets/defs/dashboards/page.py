@@ -44,6 +44,37 @@ def _status_color():
     return alt.Color("status:N", scale=alt.Scale(domain=list(PALETTE), range=list(PALETTE.values())), title=None)
 
 
+# Run states Dagster reports for a run that has not ended: its duration so far is no duration.
+UNFINISHED = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"}
+
+
+def runs_for_page(rows: list[dict]) -> list[dict]:
+    """Runs as the page shows them: a run that has not ended (this page's own run, while it is
+    being drawn) is RUNNING, with no duration."""
+    out = []
+    for row in records(rows):
+        if row.get("status") in UNFINISHED or row.get("ended_at") is None:
+            row = {**row, "status": "RUNNING", "duration_seconds": None}
+        out.append(row)
+    return out
+
+
+def _runs_chart(rows: list[dict]):
+    base = alt.Chart(alt.Data(values=runs_for_page(rows)), title="Runs: duration (latest 200)").encode(
+        x=alt.X("started_at:T", title="started (UTC)", axis=alt.Axis(format="%m-%d %H:%M", labelAngle=-40)),
+        color=alt.Color("status:N", legend=alt.Legend(orient="bottom", labelLimit=0), scale=alt.Scale(
+            domain=["SUCCESS", "FAILURE", "CANCELED", "RUNNING"], range=["#54A24B", "#E45756", "#9D755D", "#F58518"])),
+    )
+    finished = base.transform_filter("datum.status != 'RUNNING'").mark_bar(size=6).encode(
+        y=alt.Y("duration_seconds:Q", title="seconds"),
+        tooltip=["run_id:N", "job_name:N", "status:N", "started_at:T", alt.Tooltip("duration_seconds:Q", format=".1f")])
+    # A running run is a marker on the axis, never a bar of its duration so far.
+    running = base.transform_filter("datum.status == 'RUNNING'").mark_point(
+        shape="triangle-up", size=90, filled=True,
+    ).encode(y=alt.datum(0), tooltip=["run_id:N", "job_name:N", "status:N", "started_at:T"])
+    return alt.layer(finished, running)
+
+
 def chart_specs(fig: dict[str, list[dict]]) -> dict[str, dict]:
     """One Vega-Lite spec per charted figure, its data inlined."""
     def data(name):
@@ -74,18 +105,15 @@ def chart_specs(fig: dict[str, list[dict]]) -> dict[str, dict]:
         "data_quality_daily": alt.Chart(data("data_quality_daily"), title="Failure rate per table and expectation").mark_bar().encode(
             x=alt.X("failure_rate:Q", title="failed / (passed + failed)", axis=alt.Axis(format="%")),
             y=alt.Y("check:N", title=None, sort=None, axis=alt.Axis(labelLimit=320)),
-            color=alt.Color("day:N", title="day", legend=alt.Legend(labelLimit=200)),
+            # Below the chart, labels whole: beside it, the legend did not fit the page's column.
+            color=alt.Color("day:N", title="day", legend=alt.Legend(orient="bottom", labelLimit=0, columns=4)),
             tooltip=["day:N", "table_name:N", "expectation:N", "passed:Q", "failed:Q", "dropped:Q", alt.Tooltip("failure_rate:Q", format=".3%")],
         ).transform_calculate(check="datum.table_name + ' · ' + datum.expectation"),
         "ingestion_daily": alt.Chart(data("ingestion_daily"), title="Ingestion per day (records landed)").mark_bar().encode(
             x=alt.X("day:N", title=None), y=alt.Y("records_landed:Q", title="records"), color=alt.Color("source:N"),
             xOffset="source:N",
             tooltip=["day:N", "source:N", "files:Q", "records_landed:Q", "rows_rescued:Q", "rows_quarantined:Q", alt.Tooltip("rescued_share:Q", format=".3%")]),
-        "pipeline_runs": alt.Chart(data("pipeline_runs"), title="Runs: duration (latest 200)").mark_bar(size=6).encode(
-            x=alt.X("started_at:T", title="started (UTC)", axis=alt.Axis(format="%m-%d %H:%M", labelAngle=-40)),
-            y=alt.Y("duration_seconds:Q", title="seconds"),
-            color=alt.Color("status:N", scale=alt.Scale(domain=["SUCCESS", "FAILURE", "STARTED", "CANCELED"], range=["#54A24B", "#E45756", "#F58518", "#9D755D"])),
-            tooltip=["run_id:N", "job_name:N", "status:N", "started_at:T", alt.Tooltip("duration_seconds:Q", format=".1f")]),
+        "pipeline_runs": _runs_chart(fig["pipeline_runs"]),
     }
     return {name: c.properties(width=W, height=H).to_dict() for name, c in charts.items()}
 

@@ -41,7 +41,7 @@ def churn_features(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     asset=churn_features,
     blocking=True,
     description="One row per customer and sane values (counts >= 1, amounts >= 0, sessions <= events, "
-    "binary label). Blocking: a failure stops the cycle before the model reads gold.",
+    "binary label, day counts >= 0). Blocking: a failure stops the cycle before the model reads gold.",
 )
 def churn_features_valid(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     with warehouse.get_connection() as con:

@@ -15,6 +15,7 @@ from datetime import datetime
 
 import duckdb
 
+from churn_assets.faults import fault_point
 from churn_assets.defs.silver.transform import TS_FORMAT, advance, watermark
 from churn_assets.warehouse import scalar, table_exists, transaction
 
@@ -121,6 +122,7 @@ def build_churn_features(con: duckdb.DuckDBPyConnection, as_of: datetime, full: 
         con.execute("DELETE FROM ops.gold_state WHERE table_name = ?", [CONSUMER])
         con.execute("INSERT INTO ops.gold_state VALUES (?, ?, now()::TIMESTAMP)", [CONSUMER, as_of])
         total = scalar(con, "SELECT count(*) FROM gold.churn_features")
+        fault_point("gold_before_commit")
     return GoldResult(mode, total, total if recomputed is None else recomputed, refreshed or mode == "full")
 
 
@@ -133,6 +135,8 @@ SANE_VALUES = {
     "amounts_non_negative": "total_amount >= 0 AND total_item >= 0",
     "sessions_within_events": "session_count <= event_count",
     "label_is_binary": "churn IN (0, 1)",
+    # An as-of earlier than the data gives negative day counts; a missing date gives none.
+    "day_counts_non_negative": " AND ".join(f"coalesce({name} >= 0, true)" for name in DAY_COUNT_EXPRS),
 }
 
 

@@ -9,7 +9,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from churn_assets.metadata import markdown_table, table_metadata
+from churn_assets.metadata import markdown_table, shareable_example, table_metadata
 from churn_assets.defs.ml.features import FEATURES, LABEL, load_features, to_model_frame
 from churn_assets.defs.ml.resources import MLflowResource, ModelPolicyResource
 from churn_assets.resources import PipelineSettingsResource, WarehouseResource
@@ -105,14 +105,14 @@ def churn_model(
     fingerprint = {
         "data.rows": str(len(df)), "data.rows_train": str(len(train_df)), "data.rows_holdout": str(len(hold_df)),
         "data.as_of": as_of.isoformat(), "data.latest_ingest": str(latest_ingest),
-        "data.landed_rows": str(landed), "dagster.run_id": context.run_id,
+        "data.landed_rows": str(landed), "dagster.run_id": context.run.run_id,
     }
     version, run_id = registry.log_and_register(
         mlflow_store.store(), experiment_id, model,
         metrics=metrics,
         params={**model.params, "num_boost_round": model.num_boost_round, "features": ",".join(FEATURES),
                 "shuffle_labels_fraction": config.shuffle_labels_fraction, "threshold": round(threshold, 6)},
-        tags=fingerprint, threshold=threshold, importance_png=png, input_example=hold_x.head(5),
+        tags=fingerprint, threshold=threshold, importance_png=png, input_example=shareable_example(hold_x.head(5)),
     )
     client.set_model_version_tag(mlflow_store.model_name, version, "landed_rows", str(landed))
     client.set_registered_model_alias(mlflow_store.model_name, registry.CHALLENGER, version)
@@ -184,9 +184,14 @@ def churn_model_champion(
 ) -> dg.MaterializeResult:
     from churn_assets.defs.ml import registry
 
-    client, _ = mlflow_store.open()
+    client, experiment_id = mlflow_store.open()
     name = mlflow_store.model_name
     champion = registry.version_by_alias(client, name, registry.CHAMPION)
+    if champion is not None:
+        # A champion of an earlier release (a cloudpickle) is migrated, never unpickled.
+        migrated = registry.ensure_not_pickled(client, mlflow_store.store(), experiment_id, str(champion.version),
+                                               context.log)
+        champion = client.get_model_version(name, migrated)
     candidate = _latest_model_metadata(context.instance).get("model_version") or ""
     if not candidate or "decision" in client.get_model_version(name, candidate).tags:
         return dg.MaterializeResult(metadata={"decision": "no new candidate", "champion_version": str(champion.version) if champion else ""})
@@ -238,12 +243,15 @@ def churn_model_champion(
 def churn_prediction(context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow_store: MLflowResource) -> dg.MaterializeResult:
     from churn_assets.defs.ml import registry
 
-    client, _ = mlflow_store.open()
+    client, experiment_id = mlflow_store.open()
     name = mlflow_store.model_name
     try:
         champion = registry.version_by_alias(client, name, registry.CHAMPION)
         if champion is None:
             raise dg.Failure(description=f"no '{registry.CHAMPION}' version of {name} in the registry yet: nothing to score with")
+        migrated = registry.ensure_not_pickled(client, mlflow_store.store(), experiment_id, str(champion.version),
+                                               context.log)
+        champion = client.get_model_version(name, migrated)
         threshold = float(champion.tags["threshold"])
         model = registry.load_model(name, str(champion.version))
     except dg.Failure:

@@ -1,28 +1,55 @@
-"""The churn model as an MLflow pyfunc: plain columns in, churn probabilities out.
+"""The churn model as MLflow stores it: LightGBM's own text format plus JSON, no pickle.
 
-The LightGBM booster is stored as its own text format and the categorical vocabulary as
-JSON, so the registered model needs no pickle of training-time objects: any process with
-this package installed loads ``models:/churn_model@champion`` and scores.
+A registered version is an MLflow pyfunc logged as "models from code": the directory holds
+``booster.txt`` (``Booster.save_model``), ``vocabulary.json`` (the category lists of the
+categorical features, in training order) and ``pyfunc_model.py`` (the few lines that
+build ``ChurnModel`` from this package). Nothing in it is a pickle, so loading it never
+unpickles. The pipeline itself scores without even running that file: ``load_scorer``
+reads the booster and the vocabulary only.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+BOOSTER = "booster"  # artifact names inside the logged model (MLmodel -> python_function.artifacts)
+VOCABULARY = "vocabulary"
+CODE_FILE = Path(__file__).with_name("pyfunc_model.py")
+
+
+def score(booster, vocabulary: dict[str, list[str]], frame: pd.DataFrame) -> np.ndarray:
+    """Churn probabilities: the one scoring rule of training, registry and serving."""
+    from churn_assets.defs.ml.features import FEATURES, as_categories
+
+    return booster.predict(as_categories(frame[FEATURES], vocabulary))
+
+
+@dataclass
+class Scorer:
+    booster: object
+    vocabulary: dict[str, list[str]]
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return score(self.booster, self.vocabulary, frame)
+
+
+def read_scorer(booster_file: str | Path, vocabulary_file: str | Path) -> Scorer:
+    import lightgbm as lgb
+
+    return Scorer(lgb.Booster(model_file=str(booster_file)), json.loads(Path(vocabulary_file).read_text()))
+
 
 class ChurnModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context) -> None:
-        import lightgbm as lgb
+    """The pyfunc face of the model, for ``mlflow.pyfunc.load_model`` and ``mlflow models serve``."""
 
-        self.booster = lgb.Booster(model_file=context.artifacts["booster"])
-        with open(context.artifacts["vocabulary"]) as fh:
-            self.vocabulary = json.load(fh)
+    def load_context(self, context) -> None:
+        self.scorer = read_scorer(context.artifacts[BOOSTER], context.artifacts[VOCABULARY])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
-        from churn_assets.defs.ml.features import FEATURES, as_categories
-
-        return self.booster.predict(as_categories(model_input[FEATURES], self.vocabulary))
+        return self.scorer.predict(model_input)

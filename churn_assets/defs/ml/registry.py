@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from churn_assets.defs.ml.model import ChurnModel
+from churn_assets.defs.ml import model as model_format
 from churn_assets.defs.ml.train import TrainedModel
 
 CHAMPION = "champion"
@@ -96,21 +96,27 @@ def log_and_register(
         vocabulary = Path(tmp) / "vocabulary.json"
         vocabulary.write_text(json.dumps(model.vocabulary))
         proba = model.predict_proba(input_example)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=ChurnModel(),
-            artifacts={"booster": str(booster), "vocabulary": str(vocabulary)},
-            signature=infer_signature(input_example, proba),
-            input_example=input_example,
-            registered_model_name=store.model_name,
-            # Stated, not inferred: inference imports the model in a subprocess (seconds).
-            pip_requirements=_requirements(),
-        )
+        info = _log_pyfunc(store, booster, vocabulary, infer_signature(input_example, proba), input_example)
     version = str(info.registered_model_version)
     client = store.client()
     client.set_model_version_tag(store.model_name, version, "threshold", f"{threshold:.6f}")
     client.set_model_version_tag(store.model_name, version, "holdout_roc_auc", f"{metrics['holdout_roc_auc']:.6f}")
     return version, run.info.run_id
+
+
+def _log_pyfunc(store: Store, booster: Path, vocabulary: Path, signature, input_example):
+    """Log and register the model in the active run: booster text + vocabulary JSON as
+    artifacts, and the code file that builds the pyfunc from them (no pickle)."""
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(model_format.CODE_FILE),  # "models from code": a path, not an object
+        artifacts={model_format.BOOSTER: str(booster), model_format.VOCABULARY: str(vocabulary)},
+        signature=signature,
+        input_example=input_example,
+        registered_model_name=store.model_name,
+        # Stated, not inferred: inference imports the model in a subprocess (seconds).
+        pip_requirements=_requirements(),
+    )
 
 
 def _png_to_array(png: bytes) -> np.ndarray:
@@ -136,10 +142,74 @@ def version_by_alias(client: MlflowClient, model_name: str, alias: str):
         raise
 
 
-def load_model(model_name: str, version: str):
-    # By version number, resolved from the alias just before: the model that scores is
-    # exactly the one recorded in the predictions.
-    return mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
+class PickledModel(RuntimeError):
+    """A version logged by an earlier release as a cloudpickle: never loaded, migrated instead."""
+
+
+def _model_files(model_name: str, version: str, dst: str) -> tuple[Path, dict]:
+    """Download a version's model directory; returns it with the pyfunc flavor of its MLmodel."""
+    from mlflow.models import Model
+
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}", dst_path=dst))
+    return root, Model.load(str(root)).flavors.get("python_function", {})
+
+
+def is_pickled(flavor: dict) -> bool:
+    # Earlier releases passed a PythonModel object: MLflow cloudpickled it to the file named
+    # by ``python_model``. (MLflow writes ``cloudpickle_version`` for code models too: no pickle.)
+    return "python_model" in flavor
+
+
+def load_model(model_name: str, version: str) -> model_format.Scorer:
+    """The booster and vocabulary of a version, read from their files: no pickle is loaded
+    and no code from the artifact store runs. A pickled version is refused.
+
+    By version number, resolved from the alias just before: the model that scores is
+    exactly the one recorded in the predictions."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root, flavor = _model_files(model_name, version, tmp)
+        if is_pickled(flavor):
+            raise PickledModel(f"{model_name} version {version} is a cloudpickle from an earlier release; "
+                               f"it is never unpickled (the next cycle migrates the champion)")
+        paths = {name: root / spec["path"] for name, spec in flavor.get("artifacts", {}).items()}
+        return model_format.read_scorer(paths[model_format.BOOSTER], paths[model_format.VOCABULARY])
+
+
+def ensure_not_pickled(client: MlflowClient, store: Store, experiment_id: str, version: str, log=None) -> str:
+    """The version to use for ``version``: itself, or, if an earlier release logged it as a
+    cloudpickle, its migration: the same booster and vocabulary files (read from the old
+    model's artifacts, never unpickled) logged as a new version in the current format,
+    with the old version's tags, and every alias of the old version moved to it.
+
+    Idempotent: a migration found by its ``migrated_from`` tag is reused."""
+    name = store.model_name
+    with tempfile.TemporaryDirectory() as tmp:
+        root, flavor = _model_files(name, version, tmp)
+        if not is_pickled(flavor):
+            return version
+        done = client.search_model_versions(f"name = '{name}' and tag.migrated_from = '{version}'")
+        if done:
+            new = str(done[0].version)
+        else:
+            from mlflow.models import Model
+
+            old = client.get_model_version(name, version)
+            paths = {n: root / spec["path"] for n, spec in flavor.get("artifacts", {}).items()}
+            meta = Model.load(str(root))
+            example = meta.load_input_example(str(root)) if meta.saved_input_example_info else None
+            with mlflow.start_run(experiment_id=experiment_id, tags={"migrated_from_version": version}):
+                info = _log_pyfunc(store, paths[model_format.BOOSTER], paths[model_format.VOCABULARY], meta.signature,
+                                   example)
+            new = str(info.registered_model_version)
+            for key, value in old.tags.items():
+                client.set_model_version_tag(name, new, key, value)
+            client.set_model_version_tag(name, new, "migrated_from", version)
+    client.set_model_version_tag(name, version, "migrated_to", new)
+    for alias in client.get_model_version(name, version).aliases:
+        client.set_registered_model_alias(name, alias, new)
+    if log:
+        log.info(f"{name} version {version} was a cloudpickle: migrated to version {new} (booster text + JSON)")
+    return new
 
 
 def decide(challenger_auc: float, champion_auc: float | None, tolerance: float) -> bool:

@@ -36,7 +36,9 @@ class TrainedModel:
     num_boost_round: int = NUM_BOOST_ROUND
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.booster.predict(as_categories(frame[FEATURES], self.vocabulary))
+        from churn_assets.defs.ml.model import score
+
+        return score(self.booster, self.vocabulary, frame)
 
 
 def vocabulary_of(frame: pd.DataFrame) -> dict[str, list[str]]:

@@ -15,7 +15,7 @@ MAX_DROP_RATE = 0.10
 
 def _result(context, con, res: SilverResult) -> dg.MaterializeResult:
     record_quality(
-        con, context.run_id, "silver", res.table,
+        con, context.run.run_id, "silver", res.table,
         [(name, res.rows_read - dropped, dropped, dropped, None) for name, dropped in res.dropped.items()],
     )
     metadata = table_metadata(con, res.table)
@@ -46,7 +46,7 @@ def _result(context, con, res: SilverResult) -> dg.MaterializeResult:
 )
 def churn_users(context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource):
     with warehouse.get_connection() as con:
-        return _result(context, con, build_churn_users(con, pipeline_settings.pseudonym_key or "churn-assets-development-key"))
+        return _result(context, con, build_churn_users(con, pipeline_settings.email_pseudonym_key()))
 
 
 @dg.asset(

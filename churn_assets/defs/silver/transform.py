@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from churn_assets.faults import fault_point
 from churn_assets.warehouse import scalar, transaction
 
 from churn_assets.timeutil import LANDING_TS_FORMAT as TS_FORMAT
@@ -60,6 +61,8 @@ def _upsert(con, *, consumer: str, source: str, key: str, target: str, target_ke
     """
     low = watermark(con, consumer, source)
     high = scalar(con, f"SELECT max(_file_id) FROM {source}") or low
+    _rederive_retired(con, source=source, key=key, target=target, target_key=target_key, valid=valid,
+                      select=select, params=params, low=low)
     new = f"(SELECT * FROM {source} WHERE _file_id > {int(low)} AND _file_id <= {int(high)})"
     read, valid_rows, distinct = con.execute(
         f"SELECT count(*), count(*) FILTER ({valid}), count(DISTINCT {key}) FILTER ({valid}) FROM {new}"
@@ -87,6 +90,40 @@ def _upsert(con, *, consumer: str, source: str, key: str, target: str, target_ke
     return read, distinct, replaced, high
 
 
+def _rederive_retired(con, *, source: str, key: str, target: str, target_key: str, valid: str, select: str,
+                      params: list, low: int) -> int:
+    """Take out the rows that came from a retired file version (bronze deleted its rows when a
+    new version of the file arrived) and put back, for those keys, the latest remaining
+    bronze row already read: the table then equals a fresh load of the landing folder.
+    Gold is told every customer concerned. Returns the rows taken out."""
+    from churn_assets.defs.bronze.ingest import SPECS, retired_file_ids
+
+    name = next(s.name for s in SPECS.values() if f"bronze.{s.table}" == source)
+    retired = retired_file_ids(con, name)
+    if not retired:
+        return 0
+    ids = ", ".join(str(int(i)) for i in retired)
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _retired AS SELECT rowid AS row_id, {target_key} AS k, user_id
+            FROM {target} WHERE _file_id IN ({ids})"""
+    )
+    taken = scalar(con, "SELECT count(*) FROM _retired")
+    if taken:
+        con.execute(f"DELETE FROM {target} WHERE rowid IN (SELECT row_id FROM _retired)")
+        earlier = f"""(SELECT * FROM {source}
+                      WHERE _file_id <= {int(low)} AND {valid} AND {key} IN (SELECT k FROM _retired)
+                      QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY _file_id DESC, _row_no DESC) = 1)"""
+        con.execute(f"INSERT INTO {target} {select.format(new=earlier)}", params)
+        con.execute(
+            f"""INSERT INTO ops.gold_pending_users
+                SELECT user_id FROM _retired WHERE user_id IS NOT NULL
+                UNION SELECT user_id FROM {target} WHERE {target_key} IN (SELECT k FROM _retired)"""
+        )
+        fault_point("silver_after_retire")
+    con.execute("DROP TABLE _retired")
+    return taken
+
+
 def build_churn_users(con: duckdb.DuckDBPyConnection, pseudonym_key: str) -> SilverResult:
     _define_macros(con)
     source = "bronze.churn_users_bronze"
@@ -104,6 +141,7 @@ def build_churn_users(con: duckdb.DuckDBPyConnection, pseudonym_key: str) -> Sil
             params=[pseudonym_key],
         )
         advance(con, "silver.churn_users", source, high)
+        fault_point("silver_before_commit")
         total = scalar(con, "SELECT count(*) FROM silver.churn_users")
     return SilverResult("silver.churn_users", read, written, written - replaced, {"user_valid_id": missing_id}, total)
 
@@ -130,6 +168,7 @@ def build_churn_orders(con: duckdb.DuckDBPyConnection) -> SilverResult:
             tell_gold=True,
         )
         advance(con, "silver.churn_orders", source, high)
+        fault_point("silver_before_commit")
         total = scalar(con, "SELECT count(*) FROM silver.churn_orders")
     return SilverResult(
         "silver.churn_orders", read, written, written - replaced,
