@@ -12,10 +12,11 @@ default that works on a laptop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -293,6 +294,22 @@ class Settings:
     @property
     def dashboard_dir(self) -> Path:
         return self.home / "dashboard"
+
+
+@contextlib.contextmanager
+def environment_scope(**values: str) -> Iterator[None]:
+    """These variables set for the block, then put back: for a library that reads its
+    options from the environment only (MLflow's HTTP limits)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def environment_with(**values: str | None) -> dict[str, str]:

@@ -50,8 +50,10 @@ def sample(tmp_path_factory):
     model = train(frame, labels, num_boost_round=60)
     resource = MLflowResource.from_settings(Settings(), tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
                               artifact_root=str(home / "mlflow" / "artifacts"))
-    client, experiment_id = resource.open()
-    return home, resource, client, experiment_id, model, frame
+    # MLflow's fluent calls (and pyfunc loads) in these tests use this store, as a run does.
+    with registry.configured(resource.store(), resource.http_timeout, resource.http_retries):
+        client, experiment_id = resource.open()
+        yield home, resource, client, experiment_id, model, frame
 
 
 def log_new(sample):

@@ -59,7 +59,7 @@ def _bronze_asset(source: str) -> dg.AssetsDefinition:
         if result.changes:
             # Files are immutable by contract: a change is worth a warning, once per run and source.
             alerts.raise_alert(
-                f"file_changed_{source}", context.job_name, context.run_id,
+                f"file_changed_{source}", context.job_name, context.run.run_id,
                 f"{len(result.changes)} landed {source} file(s) changed after ingestion: "
                 + "; ".join(result.changes[:10]),
                 log=context.log,

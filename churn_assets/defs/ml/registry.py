@@ -7,10 +7,11 @@ trace from deep inside SQLAlchemy.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import tempfile
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -22,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from churn_assets.defs.ml import model as model_format
 from churn_assets.defs.ml.train import TrainedModel
+from churn_assets.settings import environment_scope
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -42,16 +44,32 @@ class Store:
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
 
-def open_store(store: Store, http_timeout: int = 10, http_retries: int = 1) -> tuple[MlflowClient, str]:
-    """Point MLflow at the store, check that it answers, return (client, experiment id)."""
+@contextlib.contextmanager
+def configured(store: Store, http_timeout: int, http_retries: int) -> Iterator[None]:
+    """MLflow pointed at ``store`` for the block, then put back as it was.
+
+    MLflow's fluent calls (``start_run``, ``log_model``) take the store from its global
+    URIs and the HTTP limits from the environment only: both are set for the block, never
+    left behind for other code (or another store) in the same process.
+    """
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     # A remote server that is down must fail in seconds, not after MLflow's default
     # 7 retries with backoff.
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(http_timeout)
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(http_retries)
+    with environment_scope(MLFLOW_HTTP_REQUEST_TIMEOUT=str(http_timeout),
+                           MLFLOW_HTTP_REQUEST_MAX_RETRIES=str(http_retries)):
+        mlflow.set_tracking_uri(store.tracking_uri)
+        mlflow.set_registry_uri(store.tracking_uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(before[0])
+            mlflow.set_registry_uri(before[1])
+
+
+def open_store(store: Store) -> tuple[MlflowClient, str]:
+    """Check that the store answers; (client, experiment id)."""
     if store.tracking_uri.startswith("sqlite:///"):
         Path(store.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(store.tracking_uri)
-    mlflow.set_registry_uri(store.tracking_uri)
     try:
         client = store.client()  # a SQL store is opened (and migrated) right here
         exp = client.get_experiment_by_name(store.experiment)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import dagster as dg
+from pydantic import PrivateAttr
 
 from churn_assets.settings import Settings
 
@@ -17,6 +20,7 @@ class MLflowResource(dg.ConfigurableResource):
     model_name: str = "churn_model"
     http_timeout: int = 10
     http_retries: int = 1
+    _scope: contextlib.ExitStack | None = PrivateAttr(default=None)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides) -> MLflowResource:
@@ -28,12 +32,24 @@ class MLflowResource(dg.ConfigurableResource):
 
         return Store(self.tracking_uri, self.artifact_root, self.experiment, self.model_name)
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # MLflow's fluent API reads global state: pointed at this store for the run only.
+        from churn_assets.defs.ml.registry import configured
+
+        self._scope = contextlib.ExitStack()
+        self._scope.enter_context(configured(self.store(), self.http_timeout, self.http_retries))
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._scope is not None:
+            self._scope.close()
+            self._scope = None
+
     def open(self):
         """(client, experiment id); a clear ``dg.Failure`` when the store cannot be used."""
         from churn_assets.defs.ml.registry import ModelStoreUnavailable, open_store
 
         try:
-            return open_store(self.store(), self.http_timeout, self.http_retries)
+            return open_store(self.store())
         except ModelStoreUnavailable as exc:
             raise dg.Failure(description=str(exc), allow_retries=True) from exc
 
