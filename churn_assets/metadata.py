@@ -34,7 +34,7 @@ PREVIEW_COLUMNS = frozenset({
     "tenure", "from_months", "value_at_risk", "day", "table_name", "expectation", "passed", "failed",
     "dropped", "failure_rate", "source", "files", "records_landed", "rows_loaded", "rows_rescued",
     "rows_quarantined", "rescued_share", "layer", "updated_at", "job_name", "started_at", "ended_at",
-    "duration_seconds", "raised_at", "kind", "link",
+    "duration_seconds", "raised_at", "kind", "link", "state", "files_appended", "files_new_version",
 })
 # Free-text columns that are safe in one table only: the KPI's month, an alert's reason
 # (written by the monitoring from run failures, and sent as the alert itself).

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 
+TEST_PSEUDONYM_KEY = "test-pseudonym-key-0123456789abcdef0123456789abcdef"
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     (tmp_path / "landing").mkdir()
@@ -23,3 +26,6 @@ def _no_real_env(monkeypatch):
         if env != "XDG_CACHE_HOME":
             monkeypatch.delenv(env, raising=False)
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    # One fixed e-mail pseudonym key: warehouses of two homes (a story and its fresh load)
+    # compare equal. The key-file tests unset it.
+    monkeypatch.setenv("CHURN_PSEUDONYM_KEY", TEST_PSEUDONYM_KEY)

@@ -284,7 +284,9 @@ def test_summary_names_quarantined_files_with_their_reason_and_stray_files(tmp_p
 
     con = connect(tmp_path / "warehouse.duckdb")
     ensure_schema(con)
-    manifest = "INSERT INTO bronze.ingest_manifest VALUES (?, ?, ?, 1, NULL, 'h', ?, ?, 0, ?, ?, ?, ?, NULL)"
+    manifest = ("INSERT INTO bronze.ingest_manifest (file_id, source, path, size_bytes, mtime, content_hash, records, "
+                "rows_loaded, rows_rescued, rows_quarantined, status, detail, run_id, ingested_at, version, "
+                "offset_start) VALUES (?, ?, ?, 1, NULL, 'h', ?, ?, 0, ?, ?, ?, ?, NULL, 1, 0)")
     con.execute(manifest, [1, "users", "/l/users/a.json", 3, 3, 0, "loaded", None, "r1"])
     con.execute(manifest, [2, "users", "/l/users/b.json", 4, 1, 3, "loaded", None, "r1"])
     con.execute(manifest, [3, "events", "/l/events/c.csv", 2, 0, 2, "quarantined", "not UTF-8", "r2"])

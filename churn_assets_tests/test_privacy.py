@@ -279,6 +279,7 @@ def _silver_users(home: Path) -> dict[str, str]:
 
 @needs_sample
 def test_each_home_its_own_pseudonyms_and_the_env_key_overrides(tmp_path, monkeypatch):
+    monkeypatch.delenv("CHURN_PSEUDONYM_KEY")  # each home's own key file
     a, b = _silver_users(tmp_path / "a"), _silver_users(tmp_path / "b")
     assert a.keys() == b.keys() and len(a) == 2086
     assert not set(a.values()) & set(b.values())  # no pseudonym in common
