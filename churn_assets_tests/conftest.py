@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
-
+# One fixed e-mail pseudonym key for the whole session (module fixtures included): the
+# warehouses of two homes, a story and its fresh load, compare equal. Key-file tests unset it.
 TEST_PSEUDONYM_KEY = "test-pseudonym-key-0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_pseudonym_key():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHURN_PSEUDONYM_KEY", TEST_PSEUDONYM_KEY)
+        yield
 
 
 @pytest.fixture
@@ -23,9 +31,7 @@ def _no_real_env(monkeypatch):
     from churn_assets.settings import Settings
 
     for env, _, _ in Settings.reference():
-        if env != "XDG_CACHE_HOME":
+        if env not in ("XDG_CACHE_HOME", "CHURN_PSEUDONYM_KEY"):
             monkeypatch.delenv(env, raising=False)
-    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
-    # One fixed e-mail pseudonym key: warehouses of two homes (a story and its fresh load)
-    # compare equal. The key-file tests unset it.
     monkeypatch.setenv("CHURN_PSEUDONYM_KEY", TEST_PSEUDONYM_KEY)
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
