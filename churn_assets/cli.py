@@ -293,8 +293,23 @@ def cmd_summary(_args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settings(args: argparse.Namespace) -> int:
+    """Every setting with its default and meaning; with --values, what this shell sets."""
+    if not args.values:
+        print(Settings.markdown_table())
+        return 0
+    current = Settings.load()
+    for env, default, _ in Settings.reference():
+        name = next(f for f in Settings.__dataclass_fields__.values() if f.metadata["env"] == env)
+        value = getattr(current, name.name)
+        shown = ("set" if value else "unset") if name.metadata["secret"] else value
+        print(f"{env}={shown}")
+    return 0
+
+
 # What each command needs of the data root before it starts.
 NEEDS = {
+    "settings": {"home_must_exist": False},
     "generate": {"home_must_exist": False},
     "demo": {"home_must_exist": False},
     "run": {"needs_landing": True},
@@ -349,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("summary", parents=[common], help="rows per layer, quarantined files and where the outputs are")
     s.set_defaults(func=cmd_summary)
+
+    st = sub.add_parser("settings", parents=[common], help="every setting, its default and meaning (a Markdown table)")
+    st.add_argument("--values", action="store_true", help="print what this shell sets instead (secrets: set/unset)")
+    st.set_defaults(func=cmd_settings)
     return parser
 
 

@@ -36,8 +36,16 @@ class SettingsError(ValueError):
         self.problems = problems
 
 
+SHOWN = {  # how the docs state a default that is not a plain value
+    "CHURN_HOME": "./data", "CHURN_AS_OF": "now", "CHURN_PSEUDONYM_KEY": "a random key kept in CHURN_HOME",
+    "MLFLOW_TRACKING_URI": "sqlite:///$CHURN_HOME/mlflow/mlflow.db", "ANTHROPIC_API_KEY": "unset (offline templates)",
+    "ANTHROPIC_BASE_URL": "the SDK's default", "DAGSTER_HOME": "$CHURN_HOME/dagster_home", "XDG_CACHE_HOME": "~/.cache",
+}
+
+
 def _setting(env: str, default: Any, help: str, parse: Callable[[str], Any] = str,
              choices: tuple[str, ...] | None = None, secret: bool = False):
+    """A setting: its variable, default, meaning, and how its text is parsed."""
     return field(default=default, metadata={"env": env, "help": help, "parse": parse, "choices": choices,
                                             "secret": secret})
 
@@ -77,12 +85,14 @@ def _memory(text: str) -> str:
 class Settings:
     # --- data ---------------------------------------------------------------------------------
     home: Path = _setting("CHURN_HOME", Path("./data"),
-                          "data root: landing/, warehouse.duckdb, dashboard/, mlflow/, outbox/, dagster_home/",
+                          "data root: landing/{users,orders,events}/, warehouse.duckdb, dashboard/, mlflow/, outbox/, "
+                          "secrets/ (the pseudonym key), logs/, dagster_home/",
                           lambda t: Path(t).expanduser().resolve())
     as_of_text: str = _setting("CHURN_AS_OF", "",
                                "as-of instant for day counts, ISO (2023-06-10 or 2023-06-10T12:00:00); empty = now")
     pseudonym_key: str | None = _setting("CHURN_PSEUDONYM_KEY", None,
-                                         "key of the e-mail pseudonym (default: a random key kept in CHURN_HOME)",
+                                         "key of the e-mail pseudonyms, 32 characters or more; unset: a random key made once in "
+                                         "$CHURN_HOME/secrets/pseudonym.key (back it up)",
                                          _optional, secret=True)
     # --- ingestion ----------------------------------------------------------------------------
     settle_seconds: float = _setting("CHURN_SETTLE_SECONDS", 2.0,
@@ -96,13 +106,13 @@ class Settings:
                                              "how long a writer waits for another process's hold on the warehouse",
                                              _positive(float))
     compact_every_hours: float = _setting("CHURN_COMPACT_EVERY_HOURS", 24.0,
-                                          "how often a run also compacts the warehouse tables it writes",
+                                          "how often a run also compacts the warehouse tables it writes (merges DuckDB row groups)",
                                           _positive(float))
     executor: str = _setting("CHURN_EXECUTOR", "in_process",
                              "in_process, or multiprocess: each step in its own process", choices=EXECUTORS)
     # --- model --------------------------------------------------------------------------------
     mlflow_tracking_uri: str | None = _setting("MLFLOW_TRACKING_URI", None,
-                                               "MLflow store (default sqlite:///$CHURN_HOME/mlflow/mlflow.db)",
+                                               "MLflow tracking and registry store (artifacts in $CHURN_HOME/mlflow/artifacts)",
                                                _optional)
     retrain_min_new_rows: int = _setting("CHURN_RETRAIN_MIN_NEW_ROWS", 0,
                                          "retrain only once this many new bronze rows have landed (0 = every cycle)",
@@ -175,7 +185,7 @@ class Settings:
     slack_channel: str | None = _setting("CHURN_SLACK_CHANNEL", None, "the Slack channel for alerts", _optional)
     # --- tooling ------------------------------------------------------------------------------
     dagster_home_override: Path | None = _setting("DAGSTER_HOME", None,
-                                                  "Dagster's instance folder (churn commands: $CHURN_HOME/dagster_home)",
+                                                  "Dagster's instance (run history, schedule and sensor state); export it for dg commands",
                                                   lambda t: Path(t).expanduser().resolve())
     cache_dir: Path = _setting("XDG_CACHE_HOME", Path.home() / ".cache",
                                "cache for the dashboard's chart library", lambda t: Path(t).expanduser())
@@ -236,12 +246,21 @@ class Settings:
 
     @staticmethod
     def reference() -> list[tuple[str, str, str]]:
-        """(variable, default, meaning) of every setting, for help texts and the README."""
+        """(variable, default, meaning) of every setting: ``churn settings`` prints it, the
+        README's table is it (a test compares them)."""
         rows = []
         for f in dataclasses.fields(Settings):
-            default = "unset" if f.default is None else str(f.default) if f.default != "" else "empty"
-            rows.append((f.metadata["env"], default, f.metadata["help"]))
+            env = f.metadata["env"]
+            shown = SHOWN.get(env) or ("unset" if f.default is None else f"{f.default:g}"
+                                       if isinstance(f.default, float) else str(f.default))
+            rows.append((env, shown, f.metadata["help"]))
         return rows
+
+    @staticmethod
+    def markdown_table() -> str:
+        rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+        rows += [f"| `{env}` | `{default}` | {meaning} |" for env, default, meaning in Settings.reference()]
+        return "\n".join(rows)
 
     def secret(self, name: str):
         """A secret setting as ``dg.EnvVar`` when it is set, else None: resources get the
