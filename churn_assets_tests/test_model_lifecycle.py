@@ -36,6 +36,41 @@ def predictions(home) -> list[tuple]:
     return query(home, "SELECT user_id, churn_probability, churn_prediction, model_version FROM gold.churn_prediction ORDER BY user_id")
 
 
+def test_retrain_policy_counts_new_rows_since_the_last_version():
+    from churn_assets.defs.ml.policy import retrain_decision
+
+    assert retrain_decision(500, None, 0, 10_000).train  # no model yet
+    skip = retrain_decision(12_000, "3", 5_000, 10_000)
+    assert not skip.train and skip.reason == "7000 new rows since version 3, retraining at 10000"
+    assert retrain_decision(15_000, "3", 5_000, 10_000).train  # exactly the threshold
+    assert retrain_decision(5_000, "3", 5_000, 10_000, force=True).train
+    assert retrain_decision(5_000, "3", 5_000, 0).train  # 0: every cycle
+
+
+def test_promotion_needs_the_floor_and_the_champion_within_tolerance():
+    from churn_assets.defs.ml.policy import promote
+
+    assert promote(0.70, None, 0.0, 0.55)  # the first model
+    assert not promote(0.54, None, 0.0, 0.55)  # no better than chance, even with no champion
+    assert promote(0.795, 0.80, 0.01, 0.55) and not promote(0.785, 0.80, 0.01, 0.55)
+    assert promote(0.80, 0.80, 0.0, 0.55)
+
+
+def test_label_shuffling_permutes_a_share_of_the_labels():
+    import numpy as np
+
+    from churn_assets.defs.ml.train import shuffle_labels
+
+    labels = (np.arange(10_000) % 3 == 0).astype(int)
+    same = shuffle_labels(labels, 0.0)
+    assert same is not labels and (same == labels).all()
+    half = shuffle_labels(labels, 0.5)
+    assert half.sum() == labels.sum()  # a permutation: the churn rate is kept
+    assert 0.15 < (half != labels).mean() < 0.35  # ~half the rows drawn, of which ~4/9 change label
+    assert (shuffle_labels(labels, 0.5) == half).all()  # the same every run
+    assert (labels == (np.arange(10_000) % 3 == 0)).all()  # the input is left alone
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A warehouse with one cycle run: champion v1 serving."""
