@@ -30,7 +30,7 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from churn_assets.defs.campaigns.run import decision_for, select_targets  # noqa: E402
+from churn_assets.defs.campaigns.targets import decision_for, select_targets  # noqa: E402
 from churn_assets.generator import generate_history  # noqa: E402
 from churn_assets.defs.campaigns.resources import AnthropicResource, CampaignPolicyResource  # noqa: E402
 from churn_assets.settings import Settings  # noqa: E402
@@ -58,9 +58,9 @@ def main() -> None:
     at_risk = con.execute("SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction = 1").fetchall()[0][0]
     assert at_risk >= args.customers, f"only {at_risk} at-risk customers"
     con.execute("CREATE SCHEMA IF NOT EXISTS campaigns")
-    from churn_assets.defs.campaigns.run import ensure_tables
+    from churn_assets.warehouse import ensure_campaign_tables
 
-    ensure_tables(con)
+    ensure_campaign_tables(con)
     targets, _ = select_targets(con, 7, args.customers)
     con.close()
 

@@ -382,7 +382,7 @@ def test_length_uses_the_real_first_name():
 
 def test_a_text_with_any_problem_is_never_ready():
     from churn_assets.defs.campaigns.generation import Generation
-    from churn_assets.defs.campaigns.run import choose_copy
+    from churn_assets.defs.campaigns.messages import choose_copy
 
     d = Decision("short", ("en",), "free_shipping", "urgent", "winter")
     fits_short_names = Generation(d, "claude", "ok", None, {"en": "Hi {{first_name}}, your " + "knits " * 20})  # 143
@@ -396,6 +396,53 @@ def test_a_text_with_any_problem_is_never_ready():
     broken_template = Generation(d, "template", "ok", None, {"en": "Hi {{first_name}}, see www.x.com"})
     offline = choose_copy(broken_template, "Al", True)
     assert (offline.status, offline.copy) == ("invalid", None)
+
+
+def test_one_generation_becomes_one_message_per_customer_paid_once():
+    from churn_assets.defs.campaigns.generation import Generation
+    from churn_assets.defs.campaigns.messages import message_rows
+    from churn_assets.defs.campaigns.run import CampaignResult
+
+    d = Decision("short", ("en",), "free_shipping", "urgent", "winter")
+    gen = Generation(d, "claude", "ok", None, {"en": "Hi {{first_name}}, your " + "knits " * 20},
+                     api_calls=1, input_tokens=900, output_tokens=120, cost_usd=0.002, checked=1, passed=1)
+    customers = [{"user_id": "u1", "firstname": "Al", "canal": "MOBILE"},
+                 {"user_id": "u2", "firstname": "X" * 40, "canal": "PHONE"},
+                 {"user_id": "u3", "firstname": "Bea\u202e", "canal": "MOBILE"}]
+    kwargs = dict(key="k", run_id="r", prompt_version="v", fallback_to_template=True)
+    rows = message_rows(gen, customers, from_cache=False, **kwargs)
+    assert [r.user_id for r in rows] == ["u1", "u2", "u3"] and len({r.message_id for r in rows}) == 3
+    assert [(r.input_tokens, r.output_tokens, r.cost_usd) for r in rows] == [(900, 120, 0.002), (0, 0, 0.0), (0, 0, 0.0)]
+    # The 40-character name makes the model's copy too long: that customer gets the template.
+    assert [(r.status, r.generator, r.model_error) for r in rows] == [
+        ("ready", "claude", None), ("ready", "template", "invalid copy"), ("ready", "claude", None)]
+    assert json.loads(rows[2].texts)["en"].startswith("Hi Bea, your knits")  # the bidi control is gone
+    cached = message_rows(gen, customers[:1], from_cache=True, **kwargs)
+    assert (cached[0].input_tokens, cached[0].cost_usd) == (0, 0.0)
+
+    result = CampaignResult()
+    result.count_generation(gen, from_cache=False)
+    result.count_messages(rows)
+    result.count_generation(gen, from_cache=True)  # checked and paid for when it was cached
+    result.count_messages(cached)
+    assert (result.api_calls, result.input_tokens, result.checked, result.passed) == (1, 900, 1, 1)
+    assert result.statuses == {"ready": 4} and result.by_generator == {"claude": 3, "template": 1}
+    assert result.model_errors == {"invalid copy": 1}
+    assert result.degradation() == ("1 of 4 messages without the model's copy (invalid copy 1); "
+                                    "1 sent with the template instead")
+
+
+def test_message_rows_match_the_table_the_warehouse_creates():
+    from churn_assets.defs.campaigns.messages import MESSAGE_COLUMNS
+    from churn_assets.warehouse import ensure_campaign_tables
+
+    con = duckdb.connect()
+    ensure_campaign_tables(con)
+    ensure_campaign_tables(con)  # idempotent: every run calls it
+    columns = [r[0] for r in con.execute("DESCRIBE campaigns.retention_messages").fetchall()]
+    assert MESSAGE_COLUMNS.split(", ") == columns
+    assert {r[0] for r in con.execute("SHOW TABLES FROM campaigns").fetchall()} >= {
+        "copy_cache", "retention_messages", "outbox_files"}
 
 
 def _padded(decision: dict) -> dict:
