@@ -143,12 +143,7 @@ def churn_model_champion(
 
     client, experiment_id = mlflow_store.open()
     name = mlflow_store.model_name
-    champion = registry.version_by_alias(client, name, registry.CHAMPION)
-    if champion is not None:
-        # A champion of an earlier release (a cloudpickle) is migrated, never unpickled.
-        migrated = registry.ensure_not_pickled(client, mlflow_store.store(), experiment_id, str(champion.version),
-                                               context.log)
-        champion = client.get_model_version(name, migrated)
+    champion = registry.current_champion(client, mlflow_store.store(), experiment_id, context.log)
     # The candidate is the version the training step left as challenger, until it is judged.
     challenger = registry.version_by_alias(client, name, registry.CHALLENGER)
     if challenger is None or registry.DECISION in challenger.tags:
@@ -205,13 +200,10 @@ def churn_prediction(
     client, experiment_id = mlflow_store.open()
     name = mlflow_store.model_name
     try:
-        champion = registry.version_by_alias(client, name, registry.CHAMPION)
+        champion = registry.current_champion(client, mlflow_store.store(), experiment_id, context.log)
         if champion is None:
             raise dg.Failure(
                 description=f"no '{registry.CHAMPION}' version of {name} in the registry yet: nothing to score with")
-        migrated = registry.ensure_not_pickled(client, mlflow_store.store(), experiment_id, str(champion.version),
-                                               context.log)
-        champion = client.get_model_version(name, migrated)
         threshold = float(champion.tags["threshold"])
         model = registry.load_model(name, str(champion.version))
     except dg.Failure:

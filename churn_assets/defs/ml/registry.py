@@ -235,6 +235,16 @@ def ensure_not_pickled(client: MlflowClient, store: Store, experiment_id: str, v
     return new
 
 
+def current_champion(client: MlflowClient, store: Store, experiment_id: str, log=None):
+    """The version holding the champion alias, or None. A champion an earlier release logged
+    as a cloudpickle is migrated first (never unpickled): the version returned is loadable."""
+    champion = version_by_alias(client, store.model_name, CHAMPION)
+    if champion is None:
+        return None
+    return client.get_model_version(store.model_name,
+                                    ensure_not_pickled(client, store, experiment_id, str(champion.version), log))
+
+
 def latest_version(client: MlflowClient, model_name: str):
     """The most recently registered version of ``model_name``, or None."""
     found = client.search_model_versions(f"name = '{model_name}'", order_by=["version_number DESC"], max_results=1)
