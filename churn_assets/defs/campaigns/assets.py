@@ -106,4 +106,5 @@ def _model_wrote_the_copy(result: CampaignResult, offline: bool) -> dg.AssetChec
                   "model_errors": dg.MetadataValue.json(result.model_errors)},
     )
 
+
 assets = [retention_messages]
