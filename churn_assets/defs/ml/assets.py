@@ -10,7 +10,6 @@ the steps that use them: every run and every sensor tick loads this module, and 
 import time
 
 import dagster as dg
-import polars as pl
 
 from churn_assets.defs.gold.assets import churn_features
 from churn_assets.defs.ml.features import FEATURES, landed_rows, latest_ingest, load_features
