@@ -78,6 +78,30 @@ DDL = [
 ]
 
 
+# The campaigns schema, created by the first campaign run (a warehouse that never ran one has
+# none). One row per distinct decision written: identical decisions share one generation,
+# across runs (unchanged customers cost no call next cycle); one row per message; one per
+# outbox file and when it was handed over (see ``defs/campaigns/outbox.py``).
+CAMPAIGN_DDL = [
+    "CREATE SCHEMA IF NOT EXISTS campaigns",
+    """CREATE TABLE IF NOT EXISTS campaigns.copy_cache (
+        cache_key VARCHAR, prompt_version VARCHAR, generator VARCHAR, decision VARCHAR,
+        subject VARCHAR, texts VARCHAR, input_tokens BIGINT, output_tokens BIGINT, cost_usd DOUBLE,
+        created_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS campaigns.retention_messages (
+        message_id VARCHAR, run_id VARCHAR, user_id VARCHAR, channel VARCHAR, style VARCHAR,
+        languages VARCHAR, offer VARCHAR, urgency VARCHAR, season VARCHAR, subject VARCHAR, texts VARCHAR,
+        generator VARCHAR, prompt_version VARCHAR, input_hash VARCHAR, input_tokens BIGINT,
+        output_tokens BIGINT, cost_usd DOUBLE, status VARCHAR, detail VARCHAR, created_at TIMESTAMP,
+        outbox VARCHAR, model_error VARCHAR)""",
+    # model_error: why a message meant for the model's copy has none (warehouses from before it get it here).
+    "ALTER TABLE campaigns.retention_messages ADD COLUMN IF NOT EXISTS model_error VARCHAR",
+    """CREATE TABLE IF NOT EXISTS campaigns.outbox_files (
+        file_name VARCHAR PRIMARY KEY, run_id VARCHAR, messages BIGINT, recorded_at TIMESTAMP,
+        handed_over_at TIMESTAMP)""",
+]
+
+
 def connect(path: Path | str, *, read_only: bool = False, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
     path = Path(path)
     if not read_only:
@@ -203,6 +227,11 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(statement)
 
 
+def ensure_campaign_tables(con: duckdb.DuckDBPyConnection) -> None:
+    for statement in CAMPAIGN_DDL:
+        con.execute(statement)
+
+
 @contextlib.contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     con.execute("BEGIN TRANSACTION")
@@ -247,5 +276,6 @@ def record_quality(con, run_id: str, layer: str, table: str, rows: list[tuple[st
     """Append expectation counts (expectation, passed, failed, dropped, detail) for one table."""
     con.executemany(
         "INSERT INTO ops.data_quality VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)",
-        [[run_id, layer, table, name, passed, failed, dropped, detail] for name, passed, failed, dropped, detail in rows],
+        [[run_id, layer, table, name, passed, failed, dropped, detail]
+         for name, passed, failed, dropped, detail in rows],
     )

@@ -49,9 +49,11 @@ def test_offer_precedence(amount, items, days, offer):
 
 
 def test_decisions_follow_the_rules():
-    d = decide(canal="PHONE", country="FR", last_amount=40, last_items=2, days_since_last_order=10, at_risk=True, today=date(2026, 7, 1))
+    d = decide(canal="PHONE", country="FR", last_amount=40, last_items=2, days_since_last_order=10, at_risk=True,
+               today=date(2026, 7, 1))
     assert d == Decision("short", ("en", "fr"), "discount", "urgent", "summer")
-    d = decide(canal="WEBAPP", country="USA", last_amount=40, last_items=2, days_since_last_order=10, at_risk=True, today=date(2026, 1, 5))
+    d = decide(canal="WEBAPP", country="USA", last_amount=40, last_items=2, days_since_last_order=10, at_risk=True,
+               today=date(2026, 1, 5))
     assert (d.style, d.languages, d.season) == ("long", ("en",), "winter")
     assert decide(canal="MOBILE", country="SPAIN", last_amount=1, last_items=1, days_since_last_order=1, at_risk=True,
                   today=date(2026, 4, 1)).languages == ("en", "es")
@@ -61,9 +63,11 @@ def test_decisions_follow_the_rules():
 
 def test_validation_catches_each_rule():
     d = Decision("short", ("en", "fr"), "discount", "urgent", "winter")
-    good = {"en": "Hi {{first_name}}, 15% off until Sunday with our warm knits.", "fr": "Bonjour {{first_name}}, 15 % de remise avec nos mailles."}
+    good = {"en": "Hi {{first_name}}, 15% off until Sunday with our warm knits.",
+            "fr": "Bonjour {{first_name}}, 15 % de remise avec nos mailles."}
     assert problems(d, None, good) == []
-    assert "mentions churn or risk" in problems(d, None, {**good, "en": "Hi {{first_name}}, you are at risk of leaving!"})
+    assert "mentions churn or risk" in problems(d, None,
+                                                {**good, "en": "Hi {{first_name}}, you are at risk of leaving!"})
     assert "mentions country" in problems(d, None, {**good, "en": "Hi {{first_name}}, the best of France for you."})
     assert "mentions country" in problems(d, None, {**good, "en": "Hi {{first_name}}, shipping across the USA."})
     assert "mentions channel" in problems(d, None, {**good, "en": "Hi {{first_name}}, open the app for 15% off."})
@@ -71,8 +75,10 @@ def test_validation_catches_each_rule():
     assert any("at most 160" in p for p in problems(d, None, {**good, "en": "Hi {{first_name}}, " + "x" * 200}))
     assert any("languages" in p for p in problems(d, None, {"en": good["en"]}))
     assert any("closing" in p for p in problems(d, None, {**good, "en": "Hi {{first_name}}, 15% off. Best regards"}))
-    assert any("greet" in p for p in problems(d, None, {**good, "en": "15% off for you {{first_name}}, with our knits and more"}))
-    assert any("subject" in p for p in problems(Decision("long", ("en",), "discount", "urgent", "winter"), None, {"en": "Hi {{first_name}}, " + "y " * 150}))
+    no_greeting = {**good, "en": "15% off for you {{first_name}}, with our knits and more"}
+    assert any("greet" in p for p in problems(d, None, no_greeting))
+    long = Decision("long", ("en",), "discount", "urgent", "winter")
+    assert any("subject" in p for p in problems(long, None, {"en": "Hi {{first_name}}, " + "y " * 150}))
 
 
 # --- a warehouse with predictions, copied for each test ----------------------------------------
@@ -95,7 +101,8 @@ def home(scored, tmp_path):
 def campaign(home, fake: FakeAnthropic | None = None, cap: int = 1000, raise_on_error: bool = True, **anthropic):
     resources = {"campaign_policy": CampaignPolicyResource.from_settings(Settings(), max_messages_per_run=cap)}
     if fake is not None:
-        resources["anthropic"] = AnthropicResource.from_settings(Settings(), api_key="test-key-not-a-secret", base_url=fake.url, **anthropic)
+        resources["anthropic"] = AnthropicResource.from_settings(Settings(), api_key="test-key-not-a-secret",
+                                                                 base_url=fake.url, **anthropic)
     result = materialize(home, SELECT, as_of=AS_OF, raise_on_error=raise_on_error, **resources)
     meta = {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
             for e in result.get_asset_materialization_events()}
@@ -103,8 +110,11 @@ def campaign(home, fake: FakeAnthropic | None = None, cap: int = 1000, raise_on_
 
 
 def messages(home) -> list[dict]:
-    cur_cols = [r[0] for r in query(home, "SELECT column_name FROM information_schema.columns WHERE table_schema='campaigns' AND table_name='retention_messages' ORDER BY ordinal_position")]
-    return [dict(zip(cur_cols, r)) for r in query(home, "SELECT * FROM campaigns.retention_messages ORDER BY created_at")]
+    cur_cols = [r[0] for r in query(home, "SELECT column_name FROM information_schema.columns WHERE "
+                                          "table_schema='campaigns' AND table_name='retention_messages' "
+                                          "ORDER BY ordinal_position")]
+    rows = query(home, "SELECT * FROM campaigns.retention_messages ORDER BY created_at")
+    return [dict(zip(cur_cols, r)) for r in rows]
 
 
 def at_risk(home) -> int:
@@ -134,7 +144,8 @@ def test_offline_every_at_risk_customer_within_the_cap_gets_a_valid_message(home
     assert len(msgs) == 300 == meta["customers_targeted"] and {m["status"] for m in msgs} == {"ready"}
     assert len({m["user_id"] for m in msgs}) == 300
     # The 300 highest-risk customers (then value).
-    expected = [r[0] for r in query(home, """SELECT p.user_id FROM gold.churn_prediction p JOIN gold.churn_features f USING (user_id)
+    expected = [r[0] for r in query(home, """SELECT p.user_id
+        FROM gold.churn_prediction p JOIN gold.churn_features f USING (user_id)
         WHERE churn_prediction = 1 ORDER BY churn_probability DESC, total_amount DESC, p.user_id LIMIT 300""")]
     assert sorted(m["user_id"] for m in msgs) == sorted(expected)
     assert_all_valid(home, msgs)
@@ -162,7 +173,8 @@ def test_success_no_pii_cached_rules_and_dedup(home):
     assert {m["generator"] for m in msgs} == {"claude-haiku-5-5"}
     assert_all_valid(home, msgs)
     # One call per distinct decision, not per customer.
-    assert meta["api_calls"] == len(fake.requests) == meta["distinct_decisions"] == len({decision_of(m) for m in msgs}) < len(msgs) / 5
+    distinct = len({decision_of(m) for m in msgs})
+    assert meta["api_calls"] == len(fake.requests) == meta["distinct_decisions"] == distinct < len(msgs) / 5
     assert sum(m["cost_usd"] for m in msgs) == pytest.approx(meta["cost_usd"]) and meta["cost_usd"] > 0
     for r in fake.requests:
         assert r["headers"]["Authorization"] == "Bearer test-key-not-a-secret"
@@ -235,8 +247,10 @@ def test_without_fallback_statuses_say_what_happened(home):
     with FakeAnthropic() as fake:
         fake.script.extend(["refusal", "invalid", "invalid"])
         materialize(home, SELECT, as_of=AS_OF,
-                    anthropic=AnthropicResource.from_settings(Settings(), api_key="k", base_url=fake.url, max_concurrency=1),
-                    campaign_policy=CampaignPolicyResource.from_settings(Settings(), max_messages_per_run=40, fallback_to_template=False))
+                    anthropic=AnthropicResource.from_settings(Settings(), api_key="k", base_url=fake.url,
+                                                              max_concurrency=1),
+                    campaign_policy=CampaignPolicyResource.from_settings(Settings(), max_messages_per_run=40,
+                                                                         fallback_to_template=False))
     statuses = {m["status"] for m in messages(home)}
     assert {"refused", "invalid", "ready"} <= statuses
     assert all(m["outbox"] is None for m in messages(home) if m["status"] != "ready")
@@ -282,8 +296,8 @@ def test_a_killed_run_loses_nothing_and_does_not_ask_again(home, tmp_path):
     generated_before = {m["input_hash"] for m in before}
     asked_again = [d for d in fake.decisions_requested()[len(asked_first):]]
     assert not {json.dumps(json.loads(d), sort_keys=True) for d in asked_again} & {
-        json.dumps({"style": m["style"], "languages": m["languages"].split(","), "offer": m["offer"], "urgency": m["urgency"],
-                    "season": m["season"]}, sort_keys=True) for m in before}
+        json.dumps({"style": m["style"], "languages": m["languages"].split(","), "offer": m["offer"],
+                    "urgency": m["urgency"], "season": m["season"]}, sort_keys=True) for m in before}
     assert generated_before
     # ...no customer got two messages (the re-run is a run of its own: its cap of 400 goes
     # to customers not yet written to), and every ready message reached an outbox.
@@ -382,7 +396,7 @@ def test_length_uses_the_real_first_name():
 
 def test_a_text_with_any_problem_is_never_ready():
     from churn_assets.defs.campaigns.generation import Generation
-    from churn_assets.defs.campaigns.run import choose_copy
+    from churn_assets.defs.campaigns.messages import choose_copy
 
     d = Decision("short", ("en",), "free_shipping", "urgent", "winter")
     fits_short_names = Generation(d, "claude", "ok", None, {"en": "Hi {{first_name}}, your " + "knits " * 20})  # 143
@@ -396,6 +410,54 @@ def test_a_text_with_any_problem_is_never_ready():
     broken_template = Generation(d, "template", "ok", None, {"en": "Hi {{first_name}}, see www.x.com"})
     offline = choose_copy(broken_template, "Al", True)
     assert (offline.status, offline.copy) == ("invalid", None)
+
+
+def test_one_generation_becomes_one_message_per_customer_paid_once():
+    from churn_assets.defs.campaigns.generation import Generation
+    from churn_assets.defs.campaigns.messages import message_rows
+    from churn_assets.defs.campaigns.run import CampaignResult
+
+    d = Decision("short", ("en",), "free_shipping", "urgent", "winter")
+    gen = Generation(d, "claude", "ok", None, {"en": "Hi {{first_name}}, your " + "knits " * 20},
+                     api_calls=1, input_tokens=900, output_tokens=120, cost_usd=0.002, checked=1, passed=1)
+    customers = [{"user_id": "u1", "firstname": "Al", "canal": "MOBILE"},
+                 {"user_id": "u2", "firstname": "X" * 40, "canal": "PHONE"},
+                 {"user_id": "u3", "firstname": "Bea\u202e", "canal": "MOBILE"}]
+    kwargs = dict(key="k", run_id="r", prompt_version="v", fallback_to_template=True)
+    rows = message_rows(gen, customers, from_cache=False, **kwargs)
+    assert [r.user_id for r in rows] == ["u1", "u2", "u3"] and len({r.message_id for r in rows}) == 3
+    paid = [(r.input_tokens, r.output_tokens, r.cost_usd) for r in rows]
+    assert paid == [(900, 120, 0.002), (0, 0, 0.0), (0, 0, 0.0)]
+    # The 40-character name makes the model's copy too long: that customer gets the template.
+    assert [(r.status, r.generator, r.model_error) for r in rows] == [
+        ("ready", "claude", None), ("ready", "template", "invalid copy"), ("ready", "claude", None)]
+    assert json.loads(rows[2].texts)["en"].startswith("Hi Bea, your knits")  # the bidi control is gone
+    cached = message_rows(gen, customers[:1], from_cache=True, **kwargs)
+    assert (cached[0].input_tokens, cached[0].cost_usd) == (0, 0.0)
+
+    result = CampaignResult()
+    result.count_generation(gen, from_cache=False)
+    result.count_messages(rows)
+    result.count_generation(gen, from_cache=True)  # checked and paid for when it was cached
+    result.count_messages(cached)
+    assert (result.api_calls, result.input_tokens, result.checked, result.passed) == (1, 900, 1, 1)
+    assert result.statuses == {"ready": 4} and result.by_generator == {"claude": 3, "template": 1}
+    assert result.model_errors == {"invalid copy": 1}
+    assert result.degradation() == ("1 of 4 messages without the model's copy (invalid copy 1); "
+                                    "1 sent with the template instead")
+
+
+def test_message_rows_match_the_table_the_warehouse_creates():
+    from churn_assets.defs.campaigns.messages import MESSAGE_COLUMNS
+    from churn_assets.warehouse import ensure_campaign_tables
+
+    con = duckdb.connect()
+    ensure_campaign_tables(con)
+    ensure_campaign_tables(con)  # idempotent: every run calls it
+    columns = [r[0] for r in con.execute("DESCRIBE campaigns.retention_messages").fetchall()]
+    assert MESSAGE_COLUMNS.split(", ") == columns
+    assert {r[0] for r in con.execute("SHOW TABLES FROM campaigns").fetchall()} >= {
+        "copy_cache", "retention_messages", "outbox_files"}
 
 
 def _padded(decision: dict) -> dict:

@@ -21,7 +21,7 @@ from mlflow.models import Model, infer_signature
 
 from churn_assets.settings import Settings
 from churn_assets.defs.ml import registry
-from churn_assets.defs.ml.assets import _importance_png
+from churn_assets.defs.ml.report import importance_png
 from churn_assets.defs.ml.features import LABEL, load_features, to_model_frame
 from churn_assets.defs.ml.model import ChurnModel
 from churn_assets.defs.ml.train import feature_importance, train
@@ -60,7 +60,7 @@ def log_new(sample):
     home, resource, client, experiment_id, model, frame = sample
     version, _ = registry.log_and_register(
         resource.store(), experiment_id, model, metrics={"holdout_roc_auc": 0.7}, params={"num_leaves": 31}, tags={},
-        threshold=0.5, importance_png=_importance_png(feature_importance(model)), input_example=frame.head(5),
+        threshold=0.5, importance_png=importance_png(feature_importance(model)), input_example=frame.head(5),
     )
     return version
 

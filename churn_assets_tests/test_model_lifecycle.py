@@ -33,7 +33,43 @@ def metadata(result, key: str) -> dict:
 
 
 def predictions(home) -> list[tuple]:
-    return query(home, "SELECT user_id, churn_probability, churn_prediction, model_version FROM gold.churn_prediction ORDER BY user_id")
+    return query(home, "SELECT user_id, churn_probability, churn_prediction, model_version "
+                       "FROM gold.churn_prediction ORDER BY user_id")
+
+
+def test_retrain_policy_counts_new_rows_since_the_last_version():
+    from churn_assets.defs.ml.policy import retrain_decision
+
+    assert retrain_decision(500, None, 0, 10_000).train  # no model yet
+    skip = retrain_decision(12_000, "3", 5_000, 10_000)
+    assert not skip.train and skip.reason == "7000 new rows since version 3, retraining at 10000"
+    assert retrain_decision(15_000, "3", 5_000, 10_000).train  # exactly the threshold
+    assert retrain_decision(5_000, "3", 5_000, 10_000, force=True).train
+    assert retrain_decision(5_000, "3", 5_000, 0).train  # 0: every cycle
+
+
+def test_promotion_needs_the_floor_and_the_champion_within_tolerance():
+    from churn_assets.defs.ml.policy import promote
+
+    assert promote(0.70, None, 0.0, 0.55)  # the first model
+    assert not promote(0.54, None, 0.0, 0.55)  # no better than chance, even with no champion
+    assert promote(0.795, 0.80, 0.01, 0.55) and not promote(0.785, 0.80, 0.01, 0.55)
+    assert promote(0.80, 0.80, 0.0, 0.55)
+
+
+def test_label_shuffling_permutes_a_share_of_the_labels():
+    import numpy as np
+
+    from churn_assets.defs.ml.train import shuffle_labels
+
+    labels = (np.arange(10_000) % 3 == 0).astype(int)
+    same = shuffle_labels(labels, 0.0)
+    assert same is not labels and (same == labels).all()
+    half = shuffle_labels(labels, 0.5)
+    assert half.sum() == labels.sum()  # a permutation: the churn rate is kept
+    assert 0.15 < (half != labels).mean() < 0.35  # ~half the rows drawn, of which ~4/9 change label
+    assert (shuffle_labels(labels, 0.5) == half).all()  # the same every run
+    assert (labels == (np.arange(10_000) % 3 == 0)).all()  # the input is left alone
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +93,8 @@ def test_first_model_is_tracked_registered_and_champion(trained):
     assert str(champion.version) == "1"
     assert champion.tags["decision"] == "promoted"
     run = c.get_run(champion.run_id)
-    for metric in ("holdout_roc_auc", "holdout_pr_auc", "holdout_f1", "holdout_precision", "holdout_recall", "holdout_log_loss"):
+    for metric in ("holdout_roc_auc", "holdout_pr_auc", "holdout_f1", "holdout_precision", "holdout_recall",
+                   "holdout_log_loss"):
         assert metric in run.data.metrics
     assert abs(run.data.metrics["holdout_roc_auc"] - meta["holdout_roc_auc"]) < 1e-9
     assert {"num_leaves", "learning_rate", "num_boost_round", "threshold"} <= set(run.data.params)
@@ -75,12 +112,15 @@ def test_first_model_is_tracked_registered_and_champion(trained):
 
 def test_every_customer_scored_by_the_champion(trained):
     home, _ = trained
-    assert one(home, "SELECT count(*) FROM gold.churn_prediction") == one(home, "SELECT count(*) FROM gold.churn_features")
-    assert one(home, "SELECT count(DISTINCT user_id) FROM gold.churn_prediction") == one(home, "SELECT count(*) FROM gold.churn_prediction")
-    assert one(home, "SELECT count(*) FROM gold.churn_features f ANTI JOIN gold.churn_prediction p USING (user_id)") == 0
+    scored = one(home, "SELECT count(*) FROM gold.churn_prediction")
+    assert scored == one(home, "SELECT count(*) FROM gold.churn_features")
+    assert one(home, "SELECT count(DISTINCT user_id) FROM gold.churn_prediction") == scored
+    assert one(home, "SELECT count(*) FROM gold.churn_features f "
+                     "ANTI JOIN gold.churn_prediction p USING (user_id)") == 0
     assert query(home, "SELECT DISTINCT model_name, model_version FROM gold.churn_prediction") == [("churn_model", "1")]
     threshold = float(client(home).get_model_version("churn_model", "1").tags["threshold"])
-    assert one(home, "SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction <> (churn_probability >= ?)::INT", [threshold]) == 0
+    assert one(home, "SELECT count(*) FROM gold.churn_prediction "
+                     "WHERE churn_prediction <> (churn_probability >= ?)::INT", [threshold]) == 0
     assert 0 < one(home, "SELECT avg(churn_prediction) FROM gold.churn_prediction") < 1
 
 
@@ -93,7 +133,8 @@ def test_no_better_than_chance_challenger_is_blocked(trained):
     check = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert check["churn_model_better_than_chance"] is False
     # Blocked: neither promotion nor scoring ran; the champion and its predictions stay.
-    assert "ml/churn_model_champion" not in {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "ml/churn_model_champion" not in materialized
     assert client(home).get_model_version_by_alias("churn_model", "champion").version == 1
     assert predictions(home) == before
 
@@ -120,7 +161,8 @@ def test_better_challenger_is_promoted_and_serves(trained):
     home, _ = trained
     generate_increment(home, fraction=0.05)
     config = {"ops": {"ml__churn_model": {"config": {"num_boost_round": 200}}}}
-    result = materialize(home, as_of=AS_OF, run_config=config, model_policy=ModelPolicyResource.from_settings(Settings(), promotion_tolerance=0.01))
+    policy = ModelPolicyResource.from_settings(Settings(), promotion_tolerance=0.01)
+    result = materialize(home, as_of=AS_OF, run_config=config, model_policy=policy)
     assert result.success
     version = metadata(result, "ml/churn_model")["model_version"]
     assert metadata(result, "ml/churn_model_champion")["decision"] == "promoted"
@@ -132,7 +174,8 @@ def test_retrain_policy_skips_training_but_still_scores(trained):
     home, _ = trained
     champion = str(client(home).get_model_version_by_alias("churn_model", "champion").version)
     versions = len(client(home).search_model_versions("name = 'churn_model'"))
-    result = materialize(home, as_of=AS_OF, model_policy=ModelPolicyResource.from_settings(Settings(), retrain_min_new_rows=10**9))
+    policy = ModelPolicyResource.from_settings(Settings(), retrain_min_new_rows=10**9)
+    result = materialize(home, as_of=AS_OF, model_policy=policy)
     assert result.success
     assert metadata(result, "ml/churn_model")["trained"] is False
     assert metadata(result, "ml/churn_model_champion")["decision"] == "no new candidate"
@@ -145,11 +188,13 @@ def test_broken_store_fails_clearly_and_leaves_predictions(trained, tmp_path, st
     home, _ = trained
     before = predictions(home)
     if store == "unreachable":
-        resource = MLflowResource.from_settings(Settings(), tracking_uri="http://127.0.0.1:9", artifact_root=str(tmp_path), http_timeout=2, http_retries=0)
+        resource = MLflowResource.from_settings(Settings(), tracking_uri="http://127.0.0.1:9",
+                                                artifact_root=str(tmp_path), http_timeout=2, http_retries=0)
     else:
         bad = tmp_path / "mlflow.db"
         bad.write_bytes(b"this is not a database" * 100)
-        resource = MLflowResource.from_settings(Settings(), tracking_uri=f"sqlite:///{bad}", artifact_root=str(tmp_path))
+        resource = MLflowResource.from_settings(Settings(), tracking_uri=f"sqlite:///{bad}",
+                                                artifact_root=str(tmp_path))
     result = materialize(home, "gold/churn_prediction", as_of=AS_OF, raise_on_error=False, mlflow_store=resource)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")

@@ -5,15 +5,20 @@ from pathlib import Path
 import dagster as dg
 
 from churn_assets.defs.campaigns.prompts import PROMPT_VERSION
-from churn_assets.defs.campaigns.run import run_campaign
-from churn_assets.metadata import table_metadata
 from churn_assets.defs.campaigns.resources import AnthropicResource, CampaignPolicyResource
+from churn_assets.defs.campaigns.run import CampaignResult, run_campaign
+from churn_assets.defs.gold.assets import churn_features
+from churn_assets.defs.ml.assets import churn_prediction
+from churn_assets.defs.silver.assets import churn_orders, churn_users
+from churn_assets.metadata import table_metadata
 from churn_assets.resources import PipelineSettingsResource, WarehouseResource
+
+KEY = dg.AssetKey(["campaigns", "retention_messages"])
 
 
 @dg.asset(
-    key=["campaigns", "retention_messages"],
-    deps=[["gold", "churn_prediction"], ["gold", "churn_features"], ["silver", "churn_users"], ["silver", "churn_orders"]],
+    key=KEY,
+    deps=[churn_prediction, churn_features, churn_users, churn_orders],
     group_name="campaigns",
     kinds={"anthropic", "duckdb"},
     pool="duckdb_warehouse",
@@ -22,7 +27,7 @@ from churn_assets.resources import PipelineSettingsResource, WarehouseResource
     retry_policy=dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL),
     check_specs=[
         dg.AssetCheckSpec(
-            "model_wrote_the_copy", asset=["campaigns", "retention_messages"],
+            "model_wrote_the_copy", asset=KEY,
             description="warns when messages meant for Claude's copy got the template or nothing (API errors, "
             "refusals, invalid copy, budget); passes offline, where the templates are the plan",
         )
@@ -86,17 +91,19 @@ def retention_messages(
             "outbox_files_recovered": result.outbox_recovered,
             "stopped_early": result.stopped or "",
         },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="model_wrote_the_copy",
-                passed=not result.degraded,
-                severity=dg.AssetCheckSeverity.WARN,
-                description=result.degradation() or ("offline templates, as configured" if anthropic.offline
-                                                     else "every message has the model's copy"),
-                metadata={"messages_by_generator": dg.MetadataValue.json(result.by_generator),
-                          "model_errors": dg.MetadataValue.json(result.model_errors)},
-            )
-        ],
+        check_results=[_model_wrote_the_copy(result, anthropic.offline)],
+    )
+
+
+def _model_wrote_the_copy(result: CampaignResult, offline: bool) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name="model_wrote_the_copy",
+        passed=not result.degraded,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=result.degradation()
+        or ("offline templates, as configured" if offline else "every message has the model's copy"),
+        metadata={"messages_by_generator": dg.MetadataValue.json(result.by_generator),
+                  "model_errors": dg.MetadataValue.json(result.model_errors)},
     )
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from churn_assets.defs.campaigns.decide import Decision
 from churn_assets.defs.campaigns.templates import template_copy
+from churn_assets.defs.campaigns.validate import problems
 
 
 @dataclass
@@ -28,3 +29,10 @@ class Generation:
 def template_generation(decision: Decision) -> Generation:
     subject, texts = template_copy(decision)
     return Generation(decision, "template", "ok", subject, texts)
+
+
+def offline_generation(decision: Decision) -> Generation:
+    """The template for a decision when there is no model, checked like a model's answer."""
+    gen = template_generation(decision)
+    gen.checked, gen.passed = 1, int(not problems(gen.decision, gen.subject, gen.texts))
+    return gen

@@ -21,21 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 
 from churn_assets.faults import fault_point
+from churn_assets.timeutil import utcnow
+from churn_assets.warehouse import ensure_campaign_tables, transaction
 
-DDL = [
-    """CREATE TABLE IF NOT EXISTS campaigns.outbox_files (
-        file_name VARCHAR PRIMARY KEY, run_id VARCHAR, messages BIGINT, recorded_at TIMESTAMP,
-        handed_over_at TIMESTAMP)""",
-]
 FIELDS = "message_id, user_id, channel, style, languages, offer, subject, texts, created_at"
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -78,7 +70,7 @@ def _write_file(con, folder: Path, name: str) -> int:
     os.replace(marker, final)
     fsync_dir(folder)
     fault_point("outbox_renamed")
-    con.execute("UPDATE campaigns.outbox_files SET handed_over_at = ? WHERE file_name = ?", [_now(), name])
+    con.execute("UPDATE campaigns.outbox_files SET handed_over_at = ? WHERE file_name = ?", [utcnow(), name])
     return len(rows)
 
 
@@ -95,7 +87,7 @@ def reconcile(con, folder: Path) -> tuple[int, int]:
             rewritten += 1
         else:
             marker_path(folder, name).unlink(missing_ok=True)
-            con.execute("UPDATE campaigns.outbox_files SET handed_over_at = ? WHERE file_name = ?", [_now(), name])
+            con.execute("UPDATE campaigns.outbox_files SET handed_over_at = ? WHERE file_name = ?", [utcnow(), name])
             confirmed += 1
     known = set(pending)
     for marker in folder.glob(".*.tmp"):
@@ -120,8 +112,7 @@ def write_outbox(con, folder: Path, run_id: str) -> tuple[str | None, int, int]:
     """Reconcile, then hand every ready message that has no file yet (this run's and any a
     killed run left) over in one new file. Returns (the new file, its messages, files an
     earlier attempt left that this call finished)."""
-    for statement in DDL:
-        con.execute(statement)
+    ensure_campaign_tables(con)  # campaigns.outbox_files among them
     folder.mkdir(parents=True, exist_ok=True)
     confirmed, rewritten = reconcile(con, folder)
     ids = [r[0] for r in con.execute(
@@ -135,18 +126,13 @@ def write_outbox(con, folder: Path, run_id: str) -> tuple[str | None, int, int]:
     with open(marker, "x", encoding="utf-8"):
         pass
     fsync_dir(folder)
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute("INSERT INTO campaigns.outbox_files VALUES (?, ?, ?, ?, NULL)", [name, run_id, len(ids), _now()])
+    with transaction(con):
+        con.execute("INSERT INTO campaigns.outbox_files VALUES (?, ?, ?, ?, NULL)", [name, run_id, len(ids), utcnow()])
         con.execute(
             "UPDATE campaigns.retention_messages SET outbox = ? "
             "WHERE outbox IS NULL AND message_id IN (SELECT unnest(?))",
             [name, ids],
         )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     fault_point("outbox_recorded")
     written = _write_file(con, folder, name)
     return str(folder / name), written, confirmed + rewritten

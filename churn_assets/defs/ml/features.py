@@ -27,6 +27,16 @@ def load_features(con: duckdb.DuckDBPyConnection, with_label: bool = True) -> pl
     ).pl()
 
 
+def landed_rows(con: duckdb.DuckDBPyConnection) -> int:
+    """Bronze rows landed so far: what the retrain policy counts new rows against."""
+    return int(con.execute("SELECT coalesce(sum(rows_loaded), 0) FROM bronze.ingest_manifest").fetchall()[0][0] or 0)
+
+
+def latest_ingest(con: duckdb.DuckDBPyConnection):
+    """When the newest landed file was ingested (part of a model's data fingerprint)."""
+    return con.execute("SELECT max(ingested_at) FROM bronze.ingest_manifest").fetchall()[0][0]
+
+
 def to_model_frame(df: pl.DataFrame) -> pd.DataFrame:
     """The model's input: categoricals as strings (the pyfunc turns them into categories
     with the training vocabulary), numbers as floats (missing = NaN)."""

@@ -27,6 +27,9 @@ from churn_assets.settings import environment_scope
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+DECISION = "decision"  # the version tag the champion step writes: a challenger with it has been judged
+LANDED_ROWS = "landed_rows"  # version tag: bronze rows landed when it was trained (the retrain policy's count)
+DAGSTER_RUN_TAG = "dagster.run_id"  # MLflow run tag: the Dagster run that trained it
 
 
 class ModelStoreUnavailable(RuntimeError):
@@ -73,7 +76,8 @@ def open_store(store: Store) -> tuple[MlflowClient, str]:
     try:
         client = store.client()  # a SQL store is opened (and migrated) right here
         exp = client.get_experiment_by_name(store.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(store.experiment, artifact_location=store.artifact_root)
+        exp_id = exp.experiment_id if exp else client.create_experiment(store.experiment,
+                                                                         artifact_location=store.artifact_root)
     except Exception as exc:  # noqa: BLE001 - every failure here means the same thing to the user
         raise ModelStoreUnavailable(
             f"MLflow store at {redact(store.tracking_uri)} is unreachable or corrupt ({type(exc).__name__}: "
@@ -155,7 +159,8 @@ def version_by_alias(client: MlflowClient, model_name: str, alias: str):
     try:
         return client.get_model_version_by_alias(model_name, alias)
     except MlflowException as exc:
-        if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
+        text = str(exc).lower()
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in text or "does not exist" in text:
             return None
         raise
 
@@ -230,7 +235,51 @@ def ensure_not_pickled(client: MlflowClient, store: Store, experiment_id: str, v
     return new
 
 
-def decide(challenger_auc: float, champion_auc: float | None, tolerance: float) -> bool:
-    """Promote when there is no champion, or the challenger is not worse than it on the
-    same holdout rows by more than ``tolerance``."""
-    return champion_auc is None or challenger_auc >= champion_auc - tolerance
+def current_champion(client: MlflowClient, store: Store, experiment_id: str, log=None):
+    """The version holding the champion alias, or None. A champion an earlier release logged
+    as a cloudpickle is migrated first (never unpickled): the version returned is loadable."""
+    champion = version_by_alias(client, store.model_name, CHAMPION)
+    if champion is None:
+        return None
+    return client.get_model_version(store.model_name,
+                                    ensure_not_pickled(client, store, experiment_id, str(champion.version), log))
+
+
+def latest_version(client: MlflowClient, model_name: str):
+    """The most recently registered version of ``model_name``, or None."""
+    found = client.search_model_versions(f"name = '{model_name}'", order_by=["version_number DESC"], max_results=1)
+    return found[0] if found else None
+
+
+def mark_challenger(client: MlflowClient, model_name: str, version: str, landed_rows: int) -> None:
+    """The version just trained becomes the candidate the champion step compares; it
+    remembers how many rows had landed, which the retrain policy counts from."""
+    client.set_model_version_tag(model_name, version, LANDED_ROWS, str(landed_rows))
+    client.set_registered_model_alias(model_name, CHALLENGER, version)
+
+
+def trained_in(client: MlflowClient, version, dagster_run_id: str) -> bool:
+    """Whether ``version`` was trained by that Dagster run (its MLflow run's fingerprint says so)."""
+    return client.get_run(version.run_id).data.tags.get(DAGSTER_RUN_TAG) == dagster_run_id
+
+
+def holdout_auc_of(client: MlflowClient, version) -> float:
+    """The holdout ROC AUC logged by the training run of ``version``."""
+    return float(client.get_run(version.run_id).data.metrics["holdout_roc_auc"])
+
+
+def record_decision(client: MlflowClient, model_name: str, version: str, tags: dict[str, str], promote: bool) -> None:
+    """The champion step's verdict on ``version``, as tags; promoted: it takes the champion
+    alias and nothing is waiting as challenger any more."""
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    if promote:
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+        client.delete_registered_model_alias(model_name, CHALLENGER)
+
+
+def score_auc(model_name: str, version: str, frame: pd.DataFrame, labels: np.ndarray) -> float:
+    """ROC AUC of a registered version on ``frame``, loaded from the registry as scoring loads it."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, load_model(model_name, version).predict(frame)))

@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, f1_score, log_loss, precision_score, recall_score, roc_auc_score
+import polars as pl
+from sklearn.metrics import (
+    average_precision_score, f1_score, log_loss, precision_score, recall_score, roc_auc_score,
+)
 
-from churn_assets.defs.ml.features import CATEGORICAL, FEATURES, as_categories
+from churn_assets.defs.ml.features import CATEGORICAL, FEATURES, LABEL, as_categories, to_model_frame
 
 DEFAULT_PARAMS = {
     "objective": "binary",
@@ -45,10 +48,13 @@ def vocabulary_of(frame: pd.DataFrame) -> dict[str, list[str]]:
     return {c: sorted(v for v in frame[c].dropna().unique()) for c in CATEGORICAL}
 
 
-def train(frame: pd.DataFrame, labels: np.ndarray, params: dict | None = None, num_boost_round: int = NUM_BOOST_ROUND) -> TrainedModel:
+def train(
+    frame: pd.DataFrame, labels: np.ndarray, params: dict | None = None, num_boost_round: int = NUM_BOOST_ROUND
+) -> TrainedModel:
     vocabulary = vocabulary_of(frame)
     params = {**DEFAULT_PARAMS, **(params or {})}
-    data = lgb.Dataset(as_categories(frame[FEATURES], vocabulary), label=labels, categorical_feature=CATEGORICAL, free_raw_data=True)
+    data = lgb.Dataset(as_categories(frame[FEATURES], vocabulary), label=labels, categorical_feature=CATEGORICAL,
+                       free_raw_data=True)
     booster = lgb.train(params, data, num_boost_round=num_boost_round)
     return TrainedModel(booster, vocabulary, params, num_boost_round)
 
@@ -75,3 +81,39 @@ def evaluate(labels: np.ndarray, proba: np.ndarray, threshold: float) -> dict[st
 def feature_importance(model: TrainedModel) -> pd.DataFrame:
     gain = model.booster.feature_importance(importance_type="gain")
     return pd.DataFrame({"feature": model.booster.feature_name(), "gain": gain}).sort_values("gain", ascending=False)
+
+
+def shuffle_labels(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """``labels`` with about ``fraction`` of them permuted among themselves (a copy): a
+    deliberately worse model, to see the promotion gate at work. 0 returns them unchanged."""
+    out = labels.copy()
+    if fraction > 0:
+        rng = np.random.default_rng(seed)
+        idx = np.flatnonzero(rng.random(len(out)) < fraction)
+        out[idx] = rng.permutation(out[idx])
+    return out
+
+
+@dataclass
+class Fitted:
+    """A model trained on the training customers and measured on the holdout."""
+
+    model: TrainedModel
+    metrics: dict[str, float]
+    threshold: float
+    importance: pd.DataFrame
+    rows_train: int
+    rows_holdout: int
+    holdout_example: pd.DataFrame  # a few holdout rows: the registered model's input example
+
+
+def fit(df: pl.DataFrame, params: dict, num_boost_round: int, shuffle_fraction: float = 0.0) -> Fitted:
+    """Train on the rows not flagged ``is_holdout``, choose the threshold and measure on the others."""
+    train_df, hold_df = df.filter(~pl.col("is_holdout")), df.filter(pl.col("is_holdout"))
+    labels = shuffle_labels(train_df[LABEL].to_numpy().astype(int), shuffle_fraction)
+    model = train(to_model_frame(train_df), labels, params, num_boost_round)
+    hold_x, hold_y = to_model_frame(hold_df), hold_df[LABEL].to_numpy().astype(int)
+    proba = model.predict_proba(hold_x)
+    threshold = best_threshold(hold_y, proba)
+    return Fitted(model, evaluate(hold_y, proba, threshold), threshold, feature_importance(model),
+                  len(train_df), len(hold_df), hold_x.head(5))

@@ -1,0 +1,51 @@
+"""What a campaign run reads and writes in the warehouse: the copy cache and the messages.
+(The tables' DDL is in ``churn_assets/warehouse.py``; the outbox's own I/O in ``outbox.py``.)"""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+
+from churn_assets.defs.campaigns.decide import Decision
+from churn_assets.defs.campaigns.generation import Generation
+from churn_assets.defs.campaigns.messages import MESSAGE_COLUMNS, MessageRow, as_values
+from churn_assets.timeutil import utcnow
+
+
+def messages_of_run(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
+    return con.execute("SELECT count(*) FROM campaigns.retention_messages WHERE run_id = ?", [run_id]).fetchall()[0][0]
+
+
+def cached_copy(con: duckdb.DuckDBPyConnection, key: str) -> Generation | None:
+    """The newest copy generated for a decision's cache key, or None."""
+    rows = con.execute(
+        "SELECT generator, decision, subject, texts FROM campaigns.copy_cache WHERE cache_key = ? "
+        "ORDER BY created_at DESC LIMIT 1",
+        [key],
+    ).fetchall()
+    if not rows:
+        return None
+    generator, decision, subject, texts = rows[0]
+    d = json.loads(decision)
+    return Generation(Decision(d["style"], tuple(d["languages"]), d["offer"], d["urgency"], d["season"]),
+                      generator, "ok", subject, json.loads(texts))
+
+
+def forget_copy(con: duckdb.DuckDBPyConnection, key: str) -> None:
+    con.execute("DELETE FROM campaigns.copy_cache WHERE cache_key = ?", [key])
+
+
+def cache_copy(con: duckdb.DuckDBPyConnection, key: str, prompt_version: str, gen: Generation) -> None:
+    con.execute(
+        "INSERT INTO campaigns.copy_cache VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [key, prompt_version, gen.generator, gen.decision.as_json(), gen.subject, json.dumps(gen.texts),
+         gen.input_tokens, gen.output_tokens, gen.cost_usd, utcnow()],
+    )
+
+
+def insert_messages(con: duckdb.DuckDBPyConnection, rows: list[MessageRow]) -> None:
+    """One statement, committed on its own: a kill loses nothing written before it."""
+    placeholders = ", ".join("?" * len(MESSAGE_COLUMNS.split(", ")))
+    con.executemany(f"INSERT INTO campaigns.retention_messages ({MESSAGE_COLUMNS}) VALUES ({placeholders})",
+                    [as_values(r) for r in rows])

@@ -1,0 +1,61 @@
+"""Who a campaign run writes to, and what each of them is told (the decision, in code)."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import duckdb
+
+from churn_assets.defs.campaigns.decide import Decision, decide
+from churn_assets.timeutil import utcnow
+
+# A customer who got a ready message within the cooldown is not written to again.
+_RECENT = "SELECT user_id FROM campaigns.retention_messages WHERE status = 'ready' AND created_at >= ?"
+TARGETS_SQL = f"""
+    WITH last_order AS (
+        SELECT user_id, arg_max(amount, creation_date) AS amount, arg_max(item_count, creation_date) AS items,
+               max(creation_date) AS last_date
+        FROM silver.churn_orders GROUP BY user_id)
+    SELECT p.user_id, u.firstname, u.canal, u.country, p.churn_probability, f.total_amount,
+           lo.amount, lo.items, lo.last_date
+    FROM gold.churn_prediction p
+    JOIN silver.churn_users u USING (user_id)
+    JOIN gold.churn_features f USING (user_id)
+    JOIN last_order lo USING (user_id)
+    WHERE p.churn_prediction = 1 AND p.user_id NOT IN ({_RECENT})
+    ORDER BY p.churn_probability DESC, f.total_amount DESC, p.user_id
+    LIMIT ?"""
+IN_COOLDOWN_SQL = f"SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction = 1 AND user_id IN ({_RECENT})"
+
+
+def select_targets(con: duckdb.DuckDBPyConnection, cooldown_days: int, cap: int) -> tuple[list[dict], int]:
+    """Customers predicted to churn, highest risk then value first, not contacted within
+    the cooldown; at most ``cap``. Returns (targets, customers skipped for cooldown)."""
+    since = utcnow() - timedelta(days=cooldown_days)
+    in_cooldown = con.execute(IN_COOLDOWN_SQL, [since]).fetchall()[0][0]
+    cur = con.execute(TARGETS_SQL, [since, cap])
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, row)) for row in cur.fetchall()], in_cooldown
+
+
+def decision_for(customer: dict, today: date) -> Decision:
+    days = (today - customer["last_date"].date()).days if customer["last_date"] else 10_000
+    return decide(
+        canal=customer["canal"], country=customer["country"], last_amount=float(customer["amount"] or 0),
+        last_items=int(customer["items"] or 0), days_since_last_order=days, at_risk=True, today=today,
+    )
+
+
+def group_by_decision(
+    targets: list[dict], today: date, prompt_version: str, generator: str
+) -> tuple[dict[str, Decision], dict[str, list[dict]]]:
+    """The distinct decisions by cache key, and the customers of each, in target order: one
+    generation serves every customer with the same decision."""
+    decisions: dict[str, Decision] = {}
+    customers: dict[str, list[dict]] = {}
+    for customer in targets:
+        decision = decision_for(customer, today)
+        key = decision.key(prompt_version, generator)
+        customers.setdefault(key, []).append(customer)
+        decisions[key] = decision
+    return decisions, customers
