@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from churn_assets.ops.alerts import AlertStore
-from churn_assets.defs.bronze.ingest import MAX_RECORD_BYTES, file_changes, quarantined_files
+from churn_assets.defs.bronze.manifest import file_changes, quarantined_files
+from churn_assets.defs.bronze.parse import MAX_RECORD_BYTES
 from churn_assets.defs.dashboards.metrics import METRICS
+from churn_assets.ops.alerts import AlertStore
 from churn_assets.resources import LandingZoneResource
 from churn_assets.warehouse import connect
 from churn_assets_tests import reference_oracle
@@ -109,7 +110,8 @@ def write_bad_files(landing: Path) -> dict[str, tuple[str, str | None, int]]:
     crlf = HEADER + "\r\nu-b,e-b1,ios,06-06-2023 20:54:21,log,s,https://x/\r\n"
     (events / "bom_crlf.csv").write_bytes(b"\xef\xbb\xbf" + crlf.encode())
     out["events/bom_crlf.csv"] = ("loaded", None, 1)
-    order = {"user_id": "u-1", "id": "o-bad-1", "transaction_date": "06-05-2023 12:07:59", "item_count": 3.0, "amount": 57.0}
+    order = {"user_id": "u-1", "id": "o-bad-1", "transaction_date": "06-05-2023 12:07:59", "item_count": 3.0,
+             "amount": 57.0}
     (orders / "ok.json").write_text(json.dumps(order) + "\n")
     out["orders/ok.json"] = ("loaded", None, 1)
     # Writers' temporaries and markers are not data: never read.
@@ -143,7 +145,8 @@ def test_every_bad_file_kind_is_quarantined_and_the_rest_loads(home):
         f"line longer than {MAX_RECORD_BYTES} bytes")
     assert one(home, "SELECT row_no FROM bronze.quarantine WHERE source_file = 'users/long_line.json'") == 2
     # Row numbers are line numbers: blank lines skipped, not renumbered.
-    assert one(home, "SELECT max(_row_no) FROM bronze.churn_app_events WHERE _source_file = 'events/whitespace.csv'") == 4
+    assert one(home, "SELECT max(_row_no) FROM bronze.churn_app_events "
+                     "WHERE _source_file = 'events/whitespace.csv'") == 4
     ids = query(home, "SELECT id FROM bronze.churn_users_bronze WHERE id LIKE 'u-bom-%' OR id LIKE 'u-gz-%' ORDER BY 1")
     assert [r[0] for r in ids] == ["u-bom-1", "u-bom-2", "u-gz-1", "u-gz-2"]
     con = connect(home / "warehouse.duckdb", read_only=True)
