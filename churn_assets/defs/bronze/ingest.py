@@ -49,10 +49,12 @@ def ingest_source(
     landing_root: Path,
     source: str,
     run_id: str,
-    settle_seconds: float = 2.0,
-    batch_bytes: int = 256 * 1024 * 1024,
+    *,
+    settle_seconds: float,
+    batch_bytes: int,
 ) -> IngestResult:
-    """Ingest every new or changed complete file of one source. Safe to call again after any crash."""
+    """Ingest every new or changed complete file of one source. Safe to call again after any crash.
+    ``settle_seconds`` and ``batch_bytes`` come from the settings (their defaults live there)."""
     spec = SPECS[source]
     result = IngestResult(source)
     known = known_files(con, source)

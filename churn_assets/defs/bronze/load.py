@@ -61,7 +61,9 @@ def _retire(con, spec: SourceSpec, file_ids: tuple[int, ...]) -> int:
 
 
 def load_batch(con, spec: SourceSpec, batch: list[LandedFile], known: Known, run_id: str,
-                result: IngestResult) -> None:
+               result: IngestResult) -> None:
+    """Parse a batch's files and write what they add in one transaction; ``result`` counts it,
+    ``known`` learns the batch's contents once the transaction commits."""
     # Parsing is pyarrow's C++ (GIL released): files of a batch are parsed side by side.
     with ThreadPoolExecutor(max_workers=PARSE_THREADS) as pool:
         parsed = [pf for pf in pool.map(lambda f: parse_file(spec, f, known.states.get(f.relpath)), batch) if pf]
