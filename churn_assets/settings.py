@@ -22,9 +22,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from churn_assets.landing import SOURCES  # noqa: F401  (re-exported: the landing contract owns it)
 from churn_assets.timeutil import parse_as_of
 
-SOURCES = ("users", "orders", "events")
 EXECUTORS = ("in_process", "multiprocess")
 
 
@@ -184,9 +184,9 @@ class Settings:
                                            _optional, secret=True)
     slack_channel: str | None = _setting("CHURN_SLACK_CHANNEL", None, "the Slack channel for alerts", _optional)
     # --- tooling ------------------------------------------------------------------------------
-    dagster_home_override: Path | None = _setting("DAGSTER_HOME", None,
-                                                  "Dagster's instance (run history, schedule and sensor state); export it for dg commands",
-                                                  lambda t: Path(t).expanduser().resolve())
+    dagster_home_override: Path | None = _setting(
+        "DAGSTER_HOME", None, "Dagster's instance (run history, schedule and sensor state); export it for dg commands",
+        lambda t: Path(t).expanduser().resolve())
     cache_dir: Path = _setting("XDG_CACHE_HOME", Path.home() / ".cache",
                                "cache for the dashboard's chart library", lambda t: Path(t).expanduser())
     test_kill_at: str | None = _setting("CHURN_TEST_KILL_AT", None,

@@ -15,7 +15,23 @@ from pathlib import Path
 
 import duckdb
 
+from churn_assets.landing import SPECS, SourceSpec
+
 SCHEMAS = ("bronze", "silver", "gold", "ops", "dashboard")
+
+# After a source's own columns, every bronze row says where it came from; the loader inserts
+# in this order.
+BRONZE_LINEAGE = (
+    ("_rescued_data", "VARCHAR"), ("_source_file", "VARCHAR"), ("_file_id", "BIGINT"), ("_row_no", "BIGINT"),
+    ("_ingested_at", "TIMESTAMP"),
+)
+
+
+def bronze_table_ddl(spec: SourceSpec) -> str:
+    """CREATE TABLE of a source's bronze table: the landing spec's columns, then the lineage."""
+    columns = ", ".join(f"{name} {kind}" for name, kind in (*spec.columns, *BRONZE_LINEAGE))
+    return f"CREATE TABLE IF NOT EXISTS bronze.{spec.table} ({columns})"
+
 
 DDL = [
     # One row per landed file seen by bronze, written in the same transaction as its rows.
@@ -41,19 +57,8 @@ DDL = [
     """CREATE TABLE IF NOT EXISTS bronze.quarantine (
         source VARCHAR, file_id BIGINT, source_file VARCHAR, row_no BIGINT, raw VARCHAR,
         reason VARCHAR, run_id VARCHAR, quarantined_at TIMESTAMP)""",
-    """CREATE TABLE IF NOT EXISTS bronze.churn_users_bronze (
-        id VARCHAR, firstname VARCHAR, lastname VARCHAR, email VARCHAR, address VARCHAR,
-        canal VARCHAR, country VARCHAR, creation_date VARCHAR, last_activity_date VARCHAR,
-        gender DOUBLE, age_group DOUBLE, churn BOOLEAN, _rescued_data VARCHAR,
-        _source_file VARCHAR, _file_id BIGINT, _row_no BIGINT, _ingested_at TIMESTAMP)""",
-    """CREATE TABLE IF NOT EXISTS bronze.churn_orders_bronze (
-        user_id VARCHAR, id VARCHAR, transaction_date VARCHAR, item_count DOUBLE,
-        amount DOUBLE, _rescued_data VARCHAR,
-        _source_file VARCHAR, _file_id BIGINT, _row_no BIGINT, _ingested_at TIMESTAMP)""",
-    """CREATE TABLE IF NOT EXISTS bronze.churn_app_events (
-        user_id VARCHAR, event_id VARCHAR, platform VARCHAR, date VARCHAR, action VARCHAR,
-        session_id VARCHAR, url VARCHAR, _rescued_data VARCHAR,
-        _source_file VARCHAR, _file_id BIGINT, _row_no BIGINT, _ingested_at TIMESTAMP)""",
+    # One table per landing source: its columns are the landing contract's, then the lineage.
+    *(bronze_table_ddl(spec) for spec in SPECS.values()),
     """CREATE TABLE IF NOT EXISTS silver.churn_users (
         user_id VARCHAR, email VARCHAR, creation_date TIMESTAMP, last_activity_date TIMESTAMP,
         firstname VARCHAR, lastname VARCHAR, address VARCHAR, canal VARCHAR, country VARCHAR,
@@ -272,7 +277,8 @@ def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> boo
     )
 
 
-def record_quality(con, run_id: str, layer: str, table: str, rows: list[tuple[str, int, int, int, str | None]]) -> None:
+def record_quality(con, run_id: str, layer: str, table: str,
+                   rows: list[tuple[str, int, int, int, str | None]]) -> None:
     """Append expectation counts (expectation, passed, failed, dropped, detail) for one table."""
     con.executemany(
         "INSERT INTO ops.data_quality VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)",

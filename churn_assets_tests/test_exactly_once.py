@@ -7,8 +7,8 @@ import shutil
 import time
 from datetime import date
 
-from churn_assets.defs.bronze.ingest import discover
 from churn_assets.generator import generate_history, generate_increment
+from churn_assets.landing import discover
 from churn_assets_tests.helpers import materialize, one, query
 
 DATA = "*gold/churn_features"  # the data layers; the model has tests of its own
@@ -48,8 +48,10 @@ def test_relanded_file_under_new_name_adds_nothing(home):
         shutil.copy(original, home / "landing" / source / f"resent-copy.{ext}")
     assert materialize(home, DATA, as_of=AS_OF).success
     assert counts(home) == before
-    dup = query(home, "SELECT path, status, rows_loaded, detail FROM bronze.ingest_manifest WHERE path LIKE '%resent-copy%' ORDER BY path")
-    assert [(p.split("/")[0], s, n) for p, s, n, _ in dup] == [("events", "duplicate", 0), ("orders", "duplicate", 0), ("users", "duplicate", 0)]
+    dup = query(home, "SELECT path, status, rows_loaded, detail FROM bronze.ingest_manifest "
+                      "WHERE path LIKE '%resent-copy%' ORDER BY path")
+    assert [(p.split("/")[0], s, n) for p, s, n, _ in dup] == [
+        ("events", "duplicate", 0), ("orders", "duplicate", 0), ("users", "duplicate", 0)]
     assert all("same content as" in d for *_, d in dup)
 
 
@@ -57,7 +59,7 @@ def test_increment_adds_exactly_its_records(home):
     generate_history(home, customers=3_000, seed=11, end=date(2026, 11, 1), progress=False)
     assert materialize(home, DATA, as_of=AS_OF).success
     before = counts(home)
-    silver_users_before = {r[0]: r[1] for r in query(home, "SELECT user_id, last_activity_date FROM silver.churn_users")}
+    silver_users_before = dict(query(home, "SELECT user_id, last_activity_date FROM silver.churn_users"))
     report = generate_increment(home, fraction=0.05)
     assert materialize(home, DATA, as_of=AS_OF).success
     after = counts(home)
@@ -66,15 +68,18 @@ def test_increment_adds_exactly_its_records(home):
     assert after["bronze.churn_app_events"] - before["bronze.churn_app_events"] == report.records["events"]
     # Re-sent profiles replace the earlier version (latest wins): silver grows only by new customers.
     inc_files = [f for f in report.files["users"]]
-    new_ids = {r[0] for r in query(home, f"SELECT id FROM bronze.churn_users_bronze WHERE _source_file IN ({', '.join('?' * len(inc_files))})", inc_files)}
+    marks = ", ".join("?" * len(inc_files))
+    new_ids = {r[0] for r in query(home, f"SELECT id FROM bronze.churn_users_bronze WHERE _source_file IN ({marks})",
+                                   inc_files)}
     resent = new_ids & set(silver_users_before)
     assert resent and len(new_ids - resent) > 0
     assert after["silver.churn_users"] == before["silver.churn_users"] + len(new_ids - resent)
     newer = dict(query(home, "SELECT user_id, last_activity_date FROM silver.churn_users"))
     assert all(newer[u] > silver_users_before[u] for u in resent)
     # Expected silver orders growth: the increment's orders with both keys.
+    marks = ", ".join("?" * len(report.files["orders"]))
     valid = one(home, f"""SELECT count(*) FROM bronze.churn_orders_bronze
-        WHERE id IS NOT NULL AND user_id IS NOT NULL AND _source_file IN ({', '.join('?' * len(report.files['orders']))})""", report.files["orders"])
+        WHERE id IS NOT NULL AND user_id IS NOT NULL AND _source_file IN ({marks})""", report.files["orders"])
     assert after["silver.churn_orders"] == before["silver.churn_orders"] + valid
     assert after["gold.churn_features"] >= before["gold.churn_features"]
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from churn_assets.ops.alerts import AlertStore
-from churn_assets.defs.bronze.ingest import MAX_RECORD_BYTES, file_changes, quarantined_files
+from churn_assets.defs.bronze.manifest import file_changes, quarantined_files
+from churn_assets.defs.bronze.parse import MAX_RECORD_BYTES
 from churn_assets.defs.dashboards.metrics import METRICS
-from churn_assets.resources import LandingZoneResource
+from churn_assets.ops.alerts import AlertStore
+from churn_assets.pseudonym_key import key_path
 from churn_assets.warehouse import connect
 from churn_assets_tests import reference_oracle
 from churn_assets_tests.helpers import SAMPLE, land_sample, materialize, needs_sample, one, query
@@ -43,11 +44,31 @@ def user(key: str, **kw) -> str:
     return json.dumps({**base, **kw}, ensure_ascii=False)
 
 
+# One e-mail pseudonym key for every home of this file: each home would otherwise get its own
+# random key, and silver's pseudonyms (and what gold derives from them) would differ from the fresh load's.
+SHARED_KEY = "landing-files-" + "5" * 50
+
+
+def share_key(home: Path) -> None:
+    path = key_path(home)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_text(SHARED_KEY + "\n", encoding="ascii")
+    path.chmod(0o600)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    (tmp_path / "landing").mkdir()
+    share_key(tmp_path)
+    return tmp_path
+
+
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory) -> dict:
     """The warehouse a fresh load of the sample gives: what every story must end with."""
     home = tmp_path_factory.mktemp("fresh")
     (home / "landing").mkdir()
+    share_key(home)
     land_sample(home)
     assert materialize(home, DATA).success
     return snapshot(home)
@@ -109,7 +130,8 @@ def write_bad_files(landing: Path) -> dict[str, tuple[str, str | None, int]]:
     crlf = HEADER + "\r\nu-b,e-b1,ios,06-06-2023 20:54:21,log,s,https://x/\r\n"
     (events / "bom_crlf.csv").write_bytes(b"\xef\xbb\xbf" + crlf.encode())
     out["events/bom_crlf.csv"] = ("loaded", None, 1)
-    order = {"user_id": "u-1", "id": "o-bad-1", "transaction_date": "06-05-2023 12:07:59", "item_count": 3.0, "amount": 57.0}
+    order = {"user_id": "u-1", "id": "o-bad-1", "transaction_date": "06-05-2023 12:07:59", "item_count": 3.0,
+             "amount": 57.0}
     (orders / "ok.json").write_text(json.dumps(order) + "\n")
     out["orders/ok.json"] = ("loaded", None, 1)
     # Writers' temporaries and markers are not data: never read.
@@ -143,7 +165,8 @@ def test_every_bad_file_kind_is_quarantined_and_the_rest_loads(home):
         f"line longer than {MAX_RECORD_BYTES} bytes")
     assert one(home, "SELECT row_no FROM bronze.quarantine WHERE source_file = 'users/long_line.json'") == 2
     # Row numbers are line numbers: blank lines skipped, not renumbered.
-    assert one(home, "SELECT max(_row_no) FROM bronze.churn_app_events WHERE _source_file = 'events/whitespace.csv'") == 4
+    assert one(home, "SELECT max(_row_no) FROM bronze.churn_app_events "
+                     "WHERE _source_file = 'events/whitespace.csv'") == 4
     ids = query(home, "SELECT id FROM bronze.churn_users_bronze WHERE id LIKE 'u-bom-%' OR id LIKE 'u-gz-%' ORDER BY 1")
     assert [r[0] for r in ids] == ["u-bom-1", "u-bom-2", "u-gz-1", "u-gz-2"]
     con = connect(home / "warehouse.duckdb", read_only=True)
@@ -283,8 +306,8 @@ def test_writer_paused_mid_file_loses_nothing(home, fresh):
     dest.write_bytes(data[:middle])
     complete_lines = data[:middle].count(b"\n")
     time.sleep(1.5)  # past the settle window (1 s), the writer still pausing
-    landing = LandingZoneResource(root=str(home / "landing"), settle_seconds=1)
-    assert materialize(home, DATA, landing=landing).success
+    settle = {"CHURN_SETTLE_SECONDS": "1"}
+    assert materialize(home, DATA, env=settle).success
     loaded = query(home, "SELECT records, rows_loaded, rows_quarantined FROM bronze.ingest_manifest WHERE path = ?",
                    [f"orders/{orders.name}"])
     # What was there is loaded; the unfinished final line is neither loaded nor quarantined.
@@ -293,7 +316,7 @@ def test_writer_paused_mid_file_loses_nothing(home, fresh):
     with open(dest, "ab") as f:
         f.write(data[middle:])
     time.sleep(1.2)
-    assert materialize(home, DATA, landing=landing).success
+    assert materialize(home, DATA, env=settle).success
     assert changes(home) == [(f"orders/{orders.name}", 1, "appended")]
     assert_equals_fresh(home, fresh)
 

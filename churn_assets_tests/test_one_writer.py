@@ -20,11 +20,14 @@ from churn_assets_tests.helpers import query
 from churn_assets_tests.landing_state import accounting, differences, snapshot
 
 DATA = "*gold/churn_features"
+# One e-mail pseudonym key for every home: the two-cycle home is compared with one loaded alone.
+SHARED_KEY = "one-writer-" + "7" * 53
 
 
 def churn_run(home: Path, wait: float, select: str = DATA) -> subprocess.Popen:
     env = {**os.environ, "CHURN_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"),
-           "CHURN_SETTLE_SECONDS": "0", "CHURN_AS_OF": "2026-11-02T00:00:00", "CHURN_WAREHOUSE_WAIT_SECONDS": str(wait)}
+           "CHURN_SETTLE_SECONDS": "0", "CHURN_AS_OF": "2026-11-02T00:00:00", "CHURN_WAREHOUSE_WAIT_SECONDS": str(wait),
+           "CHURN_PSEUDONYM_KEY": SHARED_KEY}
     env.pop("CHURN_TEST_KILL_AT", None)
     return subprocess.Popen([sys.executable, "-m", "churn_assets.cli", "run", "--select", select], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -80,7 +83,8 @@ def test_two_cycles_at_once_load_each_file_once(tmp_path_factory):
     assert differences(snapshot(home), snapshot(fresh)) == {}
     assert accounting(home) == []
     rows, paths, duplicates = query(
-        home, "SELECT count(*), count(DISTINCT path), count(*) FILTER (status = 'duplicate') FROM bronze.ingest_manifest")[0]
+        home, "SELECT count(*), count(DISTINCT path), count(*) FILTER (status = 'duplicate') "
+              "FROM bronze.ingest_manifest")[0]
     assert rows == paths == len(list((home / "landing").rglob("*.*"))) and duplicates == 0
 
 

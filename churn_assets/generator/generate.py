@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from churn_assets.landing import SOURCES, SPECS, SourceSpec
 from churn_assets.timeutil import LANDING_TS_FORMAT as TS
 
 FIRST = (
@@ -48,17 +49,16 @@ LAST = (
     "Nelson Baker Hall Rivera Campbell Mitchell Carter Roberts Pittman Osborn Tyler Cook Haynes Kelley"
 ).split()
 DOMAINS = ["example.com", "mail.example.org", "shop.example.net", "example.biz", "post.example.com"]
-STREETS = ["Sandra Neck", "John Estate", "Eric Villages", "Mcintyre Heights", "Kelly Crossing", "Oak Street", "Pine Road"]
+STREETS = ["Sandra Neck", "John Estate", "Eric Villages", "Mcintyre Heights", "Kelly Crossing", "Oak Street",
+           "Pine Road"]
 CITIES = ["Hannahfurt, MP", "New Heather, AR", "East Gregoryfurt, MP", "Lake Christopherbury, TX", "South Jessica, CO"]
 URLS = [
     "https://databricks.com/", "https://databricks.com/faq.html", "https://databricks.com/login/",
     "https://databricks.com/privacy.jsp", "https://databricks.com/category/app/homepage/",
     "https://databricks.com/posts/explore/about/", "https://databricks.com/wp-content/main/author/",
 ]
-USER_COLUMNS = ["id", "firstname", "lastname", "email", "address", "canal", "country", "creation_date",
-                "last_activity_date", "gender", "age_group", "churn"]
-ORDER_COLUMNS = ["user_id", "id", "transaction_date", "item_count", "amount"]
-EVENT_COLUMNS = ["user_id", "event_id", "platform", "date", "action", "session_id", "url"]
+# The landing contract's column types as the frames written hold them.
+POLARS_TYPES = {"VARCHAR": pl.String, "DOUBLE": pl.Float64, "BOOLEAN": pl.Boolean}
 KEY_NULL_RATE = 0.02
 CATEGORY_NULL_RATE = 0.01
 ROWS_PER_FILE = {"users": 10_000, "orders": 20_000, "events": 20_000}
@@ -66,9 +66,9 @@ ROWS_PER_FILE = {"users": 10_000, "orders": 20_000, "events": 20_000}
 
 @dataclass
 class GenerationReport:
-    files: dict[str, list[str]] = field(default_factory=lambda: {"users": [], "orders": [], "events": []})
-    records: dict[str, int] = field(default_factory=lambda: {"users": 0, "orders": 0, "events": 0})
-    dirty: dict[str, int] = field(default_factory=lambda: {"users": 0, "orders": 0, "events": 0})
+    files: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in SOURCES})
+    records: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SOURCES})
+    dirty: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SOURCES})
     clock: str = ""
 
 
@@ -79,7 +79,8 @@ def uuids(rng: np.random.Generator, n: int) -> pl.Series:
     hexed = pl.Series(raw.view("S16").ravel()).bin.encode("hex")
     return pl.select(
         pl.concat_str(
-            [hexed.str.slice(0, 8), hexed.str.slice(8, 4), hexed.str.slice(12, 4), hexed.str.slice(16, 4), hexed.str.slice(20, 12)],
+            [hexed.str.slice(0, 8), hexed.str.slice(8, 4), hexed.str.slice(12, 4), hexed.str.slice(16, 4),
+             hexed.str.slice(20, 12)],
             separator="-",
         )
     ).to_series()
@@ -90,8 +91,13 @@ def _null_some(rng, s: pl.Series, rate: float) -> pl.Series:
     return s.set(pl.Series(mask), None) if mask.any() else s  # type: ignore[arg-type]
 
 
-def _fmt(col: str) -> pl.Expr:
-    return pl.col(col).dt.strftime(TS)
+def to_landing(df: pl.DataFrame, spec: SourceSpec) -> pl.DataFrame:
+    """The frame as the landing contract writes it: the spec's columns in file order, with its
+    types, timestamps as text in the landing format. A column the spec lacks is an error."""
+    return df.select(
+        pl.col(name).dt.strftime(TS) if name in spec.timestamps else pl.col(name).cast(POLARS_TYPES[kind])
+        for name, kind in spec.columns
+    )
 
 
 # The reference's "account older than 90 days" condition is
@@ -136,7 +142,8 @@ def _customers(rng, n: int, start: datetime, end: datetime, monthly: bool) -> pl
         creation_s = pl.Series(creation, dtype=pl.Datetime("us"))
     else:
         secs = rng.integers(0, int((end - start).total_seconds()), n)
-        creation_s = pl.Series([start] * n, dtype=pl.Datetime("us")) + pl.Series(secs * 1_000_000, dtype=pl.Duration("us"))
+        creation_s = (pl.Series([start] * n, dtype=pl.Datetime("us"))
+                      + pl.Series(secs * 1_000_000, dtype=pl.Duration("us")))
     # Accounts are created at midnight in the reference.
     creation_s = creation_s.dt.truncate("1d")
     first = np.array(FIRST)[rng.integers(0, len(FIRST), n)]
@@ -148,7 +155,8 @@ def _customers(rng, n: int, start: datetime, end: datetime, monthly: bool) -> pl
             "id": uuids(rng, n),
             "firstname": first,
             "lastname": last,
-            "email": [f"{f.lower()}.{lname.lower()}{i}@{DOMAINS[i % len(DOMAINS)]}" for i, (f, lname) in enumerate(zip(first, last))],
+            "email": [f"{f.lower()}.{lname.lower()}{i}@{DOMAINS[i % len(DOMAINS)]}"
+                      for i, (f, lname) in enumerate(zip(first, last))],
             "address": [
                 f"{a} {STREETS[a % len(STREETS)]} Suite {a % 997}\n{CITIES[a % len(CITIES)]} {10000 + a % 89999}"
                 for a in rng.integers(1, 99999, n).tolist()
@@ -178,7 +186,8 @@ def _orders_and_events(rng, cust: pl.DataFrame, lo: pl.Series, hi: datetime, cou
     idx = np.repeat(np.arange(len(cust)), counts)
     m = len(idx)
     lo_us = lo.dt.epoch("us").to_numpy()[idx]
-    hi_us = int(hi.timestamp() * 1_000_000) if hi.tzinfo else int((hi - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
+    hi_us = (int(hi.timestamp() * 1_000_000) if hi.tzinfo
+             else int((hi - datetime(1970, 1, 1)).total_seconds() * 1_000_000))
     span = np.maximum(hi_us - lo_us, 1)
     when_us = lo_us + (rng.random(m) * span).astype(np.int64)
     when = pl.Series(when_us // 1_000_000 * 1_000_000, dtype=pl.Datetime("us"))
@@ -195,7 +204,8 @@ def _orders_and_events(rng, cust: pl.DataFrame, lo: pl.Series, hi: datetime, cou
         }
     )
     event_ids = uuids(rng, m)
-    ev_when = pl.Series(np.minimum(when_us + rng.integers(-3600, 3600, m) * 1_000_000, hi_us) // 1_000_000 * 1_000_000, dtype=pl.Datetime("us"))
+    ev_us = np.minimum(when_us + rng.integers(-3600, 3600, m) * 1_000_000, hi_us)
+    ev_when = pl.Series(ev_us // 1_000_000 * 1_000_000, dtype=pl.Datetime("us"))
     platform = _null_some(rng, pl.Series(PLATFORMS[rng.choice(3, size=m, p=PLATFORM_P)]), CATEGORY_NULL_RATE)
     events = pl.DataFrame(
         {
@@ -203,7 +213,8 @@ def _orders_and_events(rng, cust: pl.DataFrame, lo: pl.Series, hi: datetime, cou
             "event_id": _null_some(rng, event_ids, KEY_NULL_RATE),
             "platform": platform,
             "date": ev_when,
-            "action": _null_some(rng, pl.Series(np.array(["view", "click", "log"])[rng.integers(0, 3, m)]), CATEGORY_NULL_RATE),
+            "action": _null_some(rng, pl.Series(np.array(["view", "click", "log"])[rng.integers(0, 3, m)]),
+                                 CATEGORY_NULL_RATE),
             # In the reference a session is one event: the ids are equal.
             "session_id": _null_some(rng, event_ids, KEY_NULL_RATE),
             "url": np.array(URLS)[rng.integers(0, len(URLS), m)],
@@ -232,7 +243,8 @@ def _orders_and_events(rng, cust: pl.DataFrame, lo: pl.Series, hi: datetime, cou
 def _json_lines(df: pl.DataFrame) -> pl.Series:
     # Spark's JSON writer leaves null fields out of the object; so do we.
     parts = [
-        pl.when(pl.col(c).is_not_null()).then(pl.struct(c).struct.json_encode().str.strip_prefix("{").str.strip_suffix("}"))
+        pl.when(pl.col(c).is_not_null()).then(
+            pl.struct(c).struct.json_encode().str.strip_prefix("{").str.strip_suffix("}"))
         for c in df.columns
     ]
     return df.select(("{" + pl.concat_list(parts).list.drop_nulls().list.join(",") + "}").alias("line")).to_series()
@@ -255,7 +267,8 @@ def _dirty_json(rng, lines: pl.Series, rate: float) -> tuple[pl.Series, int]:
         elif kind == 1:
             out[i] = line[:-1] + ',"unexpected_field":"x"}'  # extra field: rescued
         elif kind == 2:
-            out[i] = line.replace('"creation_date":"', '"creation_date":"2023/').replace('"transaction_date":"', '"transaction_date":"2023/')
+            out[i] = (line.replace('"creation_date":"', '"creation_date":"2023/')
+                      .replace('"transaction_date":"', '"transaction_date":"2023/'))
             if out[i] == line:
                 out[i] = line[:-1] + ',"unexpected_field":1}'
         else:
@@ -286,11 +299,17 @@ class LandingWriter:
         self.tag = tag
         self.rows_per_file = rows_per_file
         self.report = GenerationReport()
-        for s in ("users", "orders", "events"):
+        for s in SOURCES:
             (self.root / s).mkdir(parents=True, exist_ok=True)
 
-    def _write(self, source: str, index: int, text: str, ext: str) -> None:
-        name = f"part-{index:05d}-{self.tag}.{ext}"
+    def write(self, source: str, df: pl.DataFrame, rng, dirty_rate: float, progress=None) -> None:
+        """``df`` (datetimes for the timestamp fields) as files of ``source``, in its format."""
+        spec = SPECS[source]
+        write = self.write_json if spec.fmt == "json" else self.write_csv
+        write(source, to_landing(df, spec), rng, dirty_rate, progress)
+
+    def _write(self, source: str, index: int, text: str) -> None:
+        name = f"part-{index:05d}-{self.tag}{SPECS[source].extension}"
         tmp = self.root / source / f".{name}.tmp"
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, self.root / source / name)  # atomic: readers see all or nothing
@@ -303,7 +322,7 @@ class LandingWriter:
             lines, k = _dirty_json(rng, lines, dirty_rate)
             self.report.dirty[source] += k
             self.report.records[source] += len(lines)
-            self._write(source, i, "\n".join(lines.to_list()) + "\n", "json")
+            self._write(source, i, "\n".join(lines.to_list()) + "\n")
             if progress:
                 progress.update(len(lines))
 
@@ -314,7 +333,7 @@ class LandingWriter:
             body, k = _dirty_csv(rng, chunk, dirty_rate)
             self.report.dirty[source] += k
             self.report.records[source] += len(body)
-            self._write(source, i, ",".join(df.columns) + "\n" + "\n".join(body) + "\n", "csv")
+            self._write(source, i, ",".join(df.columns) + "\n" + "\n".join(body) + "\n")
             if progress:
                 progress.update(len(body))
 
@@ -331,17 +350,13 @@ def _users_frame(cust: pl.DataFrame, last_activity: pl.Series, churn: pl.Series)
             "address": cust["address"],
             "canal": cust["canal"],
             "country": cust["country"],
-            "creation_date": cust["creation"].dt.strftime(TS),
-            "last_activity_date": last_activity.dt.strftime(TS),
-            "gender": cust["gender"].cast(pl.Float64),
-            "age_group": cust["age_group"].cast(pl.Float64),
+            "creation_date": cust["creation"],
+            "last_activity_date": last_activity,
+            "gender": cust["gender"],
+            "age_group": cust["age_group"],
             "churn": churn,
         }
     )
-
-
-def _ts_columns(df: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
-    return df.with_columns([_fmt(c) for c in cols])
 
 
 def _state_dir(home: Path) -> Path:
@@ -373,20 +388,21 @@ def generate_history(
     users = _users_frame(cust, last_activity, churn)
     writer = LandingWriter(home, f"h{seed}", rows_per_file)
     bar = _progress(progress, len(users) + len(orders) + len(events), "generate")
-    writer.write_json("users", users, rng, dirty_rate, bar)
-    writer.write_json("orders", _ts_columns(orders, ["transaction_date"]), rng, dirty_rate, bar)
-    writer.write_csv("events", _ts_columns(events, ["date"]), rng, dirty_rate, bar)
+    for source, frame in (("users", users), ("orders", orders), ("events", events)):
+        writer.write(source, frame, rng, dirty_rate, bar)
     if bar:
         bar.close()
     state = _state_dir(home)
     state.mkdir(parents=True, exist_ok=True)
     cust.drop("n_items", "n_events", "platform").with_columns(churn=churn).write_parquet(state / "customers.parquet")
-    (state / "state.json").write_text(json.dumps({"seed": seed, "clock": end_dt.isoformat(), "increments": 0, "orders": len(orders)}))
+    (state / "state.json").write_text(
+        json.dumps({"seed": seed, "clock": end_dt.isoformat(), "increments": 0, "orders": len(orders)}))
     writer.report.clock = end_dt.isoformat()
     return writer.report
 
 
-def generate_increment(home: Path, fraction: float = 0.01, dirty_rate: float = 0.0, progress: bool = False) -> GenerationReport:
+def generate_increment(home: Path, fraction: float = 0.01, dirty_rate: float = 0.0,
+                       progress: bool = False) -> GenerationReport:
     """One hour of new activity, about ``fraction`` of the history's volume, as new files."""
     state_dir = _state_dir(home)
     if not (state_dir / "state.json").exists():
@@ -412,7 +428,8 @@ def generate_increment(home: Path, fraction: float = 0.01, dirty_rate: float = 0
     new = new.with_columns(stats.head(n_new).select("n_items", "n_events", "platform"))
     churn_new = churn_label(rng, new, end)
     resent = known[rng.choice(len(known), n_resent, replace=False)]
-    act = lo.head(n_new + n_resent) + pl.Series((rng.random(n_new + n_resent) * 3600).astype(np.int64) * 1_000_000, dtype=pl.Duration("us"))
+    offsets = (rng.random(n_new + n_resent) * 3600).astype(np.int64) * 1_000_000
+    act = lo.head(n_new + n_resent) + pl.Series(offsets, dtype=pl.Duration("us"))
     users = pl.concat(
         [
             _users_frame(new, act.head(n_new), churn_new),
@@ -421,9 +438,8 @@ def generate_increment(home: Path, fraction: float = 0.01, dirty_rate: float = 0
     )
     writer = LandingWriter(home, f"i{k:06d}-{start.strftime('%Y%m%dT%H')}")
     bar = _progress(progress, len(users) + len(orders) + len(events), "increment")
-    writer.write_json("users", users, rng, dirty_rate, bar)
-    writer.write_json("orders", _ts_columns(orders, ["transaction_date"]), rng, dirty_rate, bar)
-    writer.write_csv("events", _ts_columns(events, ["date"]), rng, dirty_rate, bar)
+    for source, frame in (("users", users), ("orders", orders), ("events", events)):
+        writer.write(source, frame, rng, dirty_rate, bar)
     if bar:
         bar.close()
     pl.concat([known, new.drop("n_items", "n_events", "platform").with_columns(churn=churn_new)]).write_parquet(

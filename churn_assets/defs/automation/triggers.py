@@ -21,14 +21,15 @@ from pathlib import Path
 import dagster as dg
 
 from churn_assets.defs.automation.jobs import CYCLE_JOB
-from churn_assets.defs.bronze.ingest import discover
 from churn_assets.defs.campaigns.assets import retention_messages
 from churn_assets.defs.ml.assets import churn_model, churn_model_champion
+from churn_assets.landing import SOURCES, discover
 from churn_assets.ops.alerts import AlertsResource, duration_verdict
 from churn_assets.resources import LandingZoneResource
-from churn_assets.settings import SOURCES, Settings
+from churn_assets.settings import Settings
 
-PENDING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+PENDING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+           dg.DagsterRunStatus.STARTED]
 TRAINING = [churn_model.key, churn_model_champion.key]
 CAMPAIGN = [retention_messages.key]
 
@@ -61,16 +62,19 @@ class AutoState:
     switched_at: float = 0.0
 
 
-def auto_cadence(state: AutoState, arrivals: list[float], now: float, cadence: Settings) -> tuple[AutoState, str | None]:
+def auto_cadence(state: AutoState, arrivals: list[float], now: float,
+                 cadence: Settings) -> tuple[AutoState, str | None]:
     """The effective cadence from the landing arrival times (file mtimes), with hysteresis:
     up to continuous when the rate over the window reaches the threshold; back to hourly
     only after a quiet period with no arrival at all."""
     window = cadence.auto_window_minutes * 60
     rate = sum(1 for t in arrivals if now - t <= window) / cadence.auto_window_minutes
     if state.mode == "hourly" and rate >= cadence.auto_up_files_per_minute:
-        return AutoState("continuous", now), f"{rate:.1f} files/min over {cadence.auto_window_minutes:g} min >= {cadence.auto_up_files_per_minute:g}"
+        return AutoState("continuous", now), (f"{rate:.1f} files/min over {cadence.auto_window_minutes:g} min "
+                                              f">= {cadence.auto_up_files_per_minute:g}")
     last = max(arrivals, default=0.0)
-    if state.mode == "continuous" and now - last >= cadence.auto_quiet_minutes * 60 and now - state.switched_at >= cadence.auto_quiet_minutes * 60:
+    quiet = cadence.auto_quiet_minutes * 60
+    if state.mode == "continuous" and now - last >= quiet and now - state.switched_at >= quiet:
         return AutoState("hourly", now), f"no file for {cadence.auto_quiet_minutes:g} min"
     return state, None
 
@@ -153,7 +157,8 @@ def churn_auto_cadence(context: dg.SensorEvaluationContext, landing: LandingZone
     state, reason = auto_cadence(state, [f.mtime for f in files], now, settings)
     if reason:
         context.log.info(f"cadence switched to {state.mode}: {reason}")
-        alerts.raise_alert("mode_switch", CYCLE_JOB, f"auto-{int(now)}", f"cadence switched to {state.mode}: {reason}", context.log)
+        alerts.raise_alert("mode_switch", CYCLE_JOB, f"auto-{int(now)}", f"cadence switched to {state.mode}: {reason}",
+                           context.log)
     after = cursor.get("after") or default_after(context.instance)
     request = None
     if pending_runs(context.instance) < settings.max_pending_runs:
@@ -183,7 +188,8 @@ def churn_duration_alerts(context: dg.SensorEvaluationContext, alerts: AlertsRes
     since = datetime.fromtimestamp(now - 3600, timezone.utc)
     records = context.instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
     records += context.instance.get_run_records(
-        dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE], updated_after=since), limit=50
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE], updated_after=since),
+        limit=50,
     )
     raised = 0
     for record in records:

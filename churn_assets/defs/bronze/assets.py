@@ -5,9 +5,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from churn_assets.ops.alerts import AlertsResource
-from churn_assets.defs.bronze.ingest import SPECS, ingest_source
+from churn_assets.defs.bronze.ingest import ingest_source
+from churn_assets.landing import SPECS
 from churn_assets.metadata import table_metadata
+from churn_assets.ops.alerts import AlertsResource
 from churn_assets.resources import LandingZoneResource, WarehouseResource
 from churn_assets.warehouse import record_quality
 
@@ -31,8 +32,10 @@ def _bronze_asset(source: str) -> dg.AssetsDefinition:
         " version of a changed file (the earlier version's records retired); records that do not fit the schema"
         " keep their raw text in _rescued_data; unparseable records go to bronze.quarantine.",
         check_specs=[
-            dg.AssetCheckSpec("correct_schema", asset=["bronze", spec.table], description="_rescued_data IS NULL (warn only, as the reference)"),
-            dg.AssetCheckSpec("records_parseable", asset=["bronze", spec.table], description="no landed record of this run went to quarantine (warn only)"),
+            dg.AssetCheckSpec("correct_schema", asset=["bronze", spec.table],
+                              description="_rescued_data IS NULL (warn only, as the reference)"),
+            dg.AssetCheckSpec("records_parseable", asset=["bronze", spec.table],
+                              description="no landed record of this run went to quarantine (warn only)"),
         ],
     )
     def _asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource,

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 import duckdb
 
 from churn_assets.faults import fault_point
-from churn_assets.warehouse import scalar, transaction
-
 from churn_assets.timeutil import LANDING_TS_FORMAT as TS_FORMAT
+from churn_assets.warehouse import scalar, transaction
 
 
 @dataclass
@@ -44,7 +43,8 @@ def _define_macros(con) -> None:
     # Spark's initcap: words split on spaces, first letter upper, the rest lower.
     con.execute(
         """CREATE OR REPLACE TEMP MACRO initcap(s) AS
-           array_to_string(list_transform(string_split(lower(s), ' '), lambda w: upper(left(w, 1)) || substr(w, 2)), ' ')"""
+           array_to_string(list_transform(string_split(lower(s), ' '),
+                                          lambda w: upper(left(w, 1)) || substr(w, 2)), ' ')"""
     )
     # Keyed pseudonym: sha256(key || sha256(key || value)). Unlike the reference's
     # unkeyed SHA-1, a dictionary of e-mails cannot be hashed without the key.
@@ -96,7 +96,8 @@ def _rederive_retired(con, *, source: str, key: str, target: str, target_key: st
     new version of the file arrived) and put back, for those keys, the latest remaining
     bronze row already read: the table then equals a fresh load of the landing folder.
     Gold is told every customer concerned. Returns the rows taken out."""
-    from churn_assets.defs.bronze.ingest import SPECS, retired_file_ids
+    from churn_assets.defs.bronze.manifest import retired_file_ids
+    from churn_assets.landing import SPECS
 
     name = next(s.name for s in SPECS.values() if f"bronze.{s.table}" == source)
     retired = retired_file_ids(con, name)

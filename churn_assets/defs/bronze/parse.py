@@ -1,0 +1,318 @@
+"""Landed bytes -> records: reading a file (gzip, BOM, what the reader refuses), then its new
+segment line by line with pyarrow's C++ reader.
+
+Records become lines (JSON: ``raw``; CSV: the header's columns) numbered as in the file; the
+SQL of ``rows_sql.py`` then decides which fit the schema. Records that cannot be read go to
+quarantine with a reason; a file that cannot be read at all (its name, encoding, header,
+binary content, a JSON array, a compression the reader does not take) is quarantined whole.
+Never the batch, never the source.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from churn_assets.defs.bronze.versions import FileState, consumable_end, plan_change
+from churn_assets.landing import LandedFile, SourceSpec
+
+BOM = b"\xef\xbb\xbf"
+MAGIC = {b"PK\x03\x04": "zip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+GZIP_MAGIC = b"\x1f\x8b"
+# A record longer than this is quarantined (the contract's records are < 1 kB); it also
+# keeps every line well under the reader's block size.
+MAX_RECORD_BYTES = 1 << 20
+RAW_KEEP = 4096  # characters of an over-long or binary record kept in quarantine
+
+
+@dataclass
+class ParsedFile:
+    landed: LandedFile
+    content_hash: str  # SHA-256 of the whole content read (decompressed, without a BOM)
+    records: int  # records landed in this segment (non-blank lines; CSV header excluded)
+    status: str  # loaded | empty | quarantined
+    detail: str | None = None
+    lines: pa.Table | None = None  # JSON: (raw, row_no); CSV: header columns + row_no
+    header: list[str] = field(default_factory=list)
+    quarantine: list[tuple[int, str, str]] = field(default_factory=list)  # (row_no, raw, reason)
+    event: str = "new"  # new | appended | rewritten | truncated
+    version: int = 1
+    offset_start: int = 0
+    offset_end: int = 0
+    prefix_hash: str = ""
+    retire: tuple[int, ...] = ()  # file ids of the earlier version this one replaces
+    whole: bool = False  # quarantined as a whole file (not record by record)
+
+
+def _numbered_nonblank(data: bytes, first_no: int) -> list[tuple[int, bytes]]:
+    return [(first_no + i, line) for i, line in enumerate(data.split(b"\n")) if line.strip()]
+
+
+def _shown(raw: bytes) -> str:
+    text = raw.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+    return text if len(text) <= RAW_KEEP else text[:RAW_KEEP] + f"... [{len(raw)} bytes]"
+
+
+def read_content(landed: LandedFile) -> tuple[bytes | None, str | None]:
+    """(the file's content, decompressed and without a UTF-8 BOM; None and why when the
+    reader cannot take it). A partial gzip of a file still being written reads as None
+    with reason ``"incomplete"``."""
+    raw = landed.path.read_bytes()
+    if landed.kind == "unsupported":
+        return None, f"compressed in a format the reader does not take ({Path(landed.relpath).suffix})"
+    if raw[:2] == GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as exc:
+            return None, "incomplete" if not landed.final else f"not a readable gzip file ({exc})"
+    else:
+        for magic, name in MAGIC.items():
+            if raw.startswith(magic):
+                return None, f"compressed as {name}, which the reader does not take"
+        if landed.kind == "gzip":
+            return None, "named .gz but not gzip-compressed"
+    if raw.startswith(BOM):
+        raw = raw[len(BOM):]
+    return raw, None
+
+
+def parse_file(spec: SourceSpec, landed: LandedFile, state: FileState | None = None) -> ParsedFile | None:
+    """The next segment of one file to load, or None when there is nothing to load yet."""
+    content, problem = read_content(landed)
+    if problem == "incomplete":
+        return None
+    if content is None:
+        raw = landed.path.read_bytes()
+        digest = hashlib.sha256(raw).hexdigest()
+        event, _, why = plan_change(state, raw) if state else ("new", 0, None)
+        if event == "unchanged":
+            return None
+        pf = ParsedFile(landed, digest, 1, "quarantined", problem, quarantine=[(1, f"<{len(raw)} bytes>", problem)],
+                        whole=True, offset_end=len(raw), prefix_hash=digest)
+        return _versioned(pf, state, "new" if state is None else "rewritten", why)
+    event, start, why = plan_change(state, content)
+    if event == "unchanged":
+        return None
+    if event == "appended":
+        end = consumable_end(content, start, landed.final)
+        if end == start:
+            return None  # only an unfinished line so far
+        pf = _parse_segment(spec, landed, content, start, end, landed.name_error)
+        if not pf.whole:
+            pf.event, pf.version, pf.detail = "appended", state.version, pf.detail or why
+            return pf
+        why = "appended tail makes the whole file unreadable: " + (pf.detail or "")
+        event = "rewritten"  # read it whole, as a fresh load would
+    end = consumable_end(content, 0, landed.final)
+    if end == 0 and content:
+        return None
+    pf = _parse_segment(spec, landed, content, 0, end, landed.name_error)
+    return _versioned(pf, state, event, why)
+
+
+def _versioned(pf: ParsedFile, state: FileState | None, event: str, why: str | None) -> ParsedFile:
+    pf.event = event
+    if state is not None:
+        pf.version = state.version + 1
+        pf.retire = state.file_ids
+        pf.detail = why if not pf.detail else f"{why}; {pf.detail}"
+    return pf
+
+
+def _whole_problem(spec: SourceSpec, content: bytes, segment: bytes) -> str | None:
+    """Why the file cannot be read at all, or None."""
+    nul = segment.find(b"\x00")
+    if nul >= 0:
+        return f"binary content (NUL byte at offset {nul})"
+    try:
+        segment.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"file is not valid UTF-8 (byte 0x{segment[exc.start]:02x} at offset {exc.start})"
+    if spec.fmt == "json" and content[:4096].lstrip()[:1] == b"[":
+        return "a JSON array, not newline-delimited JSON (one object a line)"
+    return None
+
+
+def _parse_segment(spec: SourceSpec, landed: LandedFile, content: bytes, start: int, end: int,
+                   unreadable: str | None = None) -> ParsedFile:
+    """The records of ``content[start:end]`` (a whole file from 0, else an appended tail);
+    ``unreadable`` quarantines them all with that reason."""
+    h = hashlib.sha256(memoryview(content)[:end])
+    prefix = h.hexdigest()
+    if end != len(content):
+        h.update(memoryview(content)[end:])
+    digest = h.hexdigest()
+    header_lines = 1 if spec.fmt == "csv" else 0
+    header: list[str] = []
+    data_start = header_end = start
+    if spec.fmt == "csv":
+        header_end = content.find(b"\n")
+        header_end = len(content) if header_end < 0 else header_end + 1
+        data_start = max(start, min(header_end, end))
+    segment = content[data_start:end]
+    first_no = content.count(b"\n", 0, data_start) - header_lines + 1
+    done = dict(offset_start=start, offset_end=end, prefix_hash=prefix)
+    if not content[:end].strip():
+        return ParsedFile(landed, digest, 0, "empty", "file has no records", **done)
+    reason = unreadable or _whole_problem(spec, content, content[start:end])
+    if reason is None and spec.fmt == "csv":
+        header_line = content[:header_end].decode("utf-8").strip("\r\n")
+        header, reason = csv_header(spec, header_line)
+    if reason:
+        quarantine = [(no, _shown(line), reason) for no, line in _numbered_nonblank(segment, first_no)]
+        return ParsedFile(landed, digest, len(quarantine), "quarantined", reason, quarantine=quarantine, whole=True,
+                          **done)
+    if not segment.strip():
+        return ParsedFile(landed, digest, 0, "empty", "file has no records", header=header, **done)
+    segment, long_lines = _blank_long_lines(segment, first_no)
+    if not segment.strip():
+        pf = ParsedFile(landed, digest, 0, "loaded", header=header)
+    elif spec.fmt == "json":
+        pf = _parse_json_lines(landed, digest, segment, first_no)
+    else:
+        pf = _parse_csv(landed, digest, segment, first_no, header)
+    pf.quarantine = long_lines + pf.quarantine
+    pf.records += len(long_lines)
+    pf.offset_start, pf.offset_end, pf.prefix_hash = start, end, prefix
+    return pf
+
+
+def _blank_long_lines(segment: bytes, first_no: int) -> tuple[bytes, list[tuple[int, str, str]]]:
+    """The segment with over-long lines emptied (line numbers kept), and their quarantine records."""
+    if len(segment) <= MAX_RECORD_BYTES:
+        return segment, []
+    ends = np.flatnonzero(np.frombuffer(segment, dtype=np.uint8) == 10)
+    starts = np.concatenate(([0], ends + 1))
+    ends = np.concatenate((ends, [len(segment)]))
+    long = np.flatnonzero(ends - starts > MAX_RECORD_BYTES)
+    if not len(long):
+        return segment, []
+    reason = f"line longer than {MAX_RECORD_BYTES} bytes"
+    pieces, quarantine, pos = [], [], 0
+    for i in long:
+        s, e = int(starts[i]), int(ends[i])
+        pieces.append(segment[pos:s])
+        quarantine.append((first_no + int(i), _shown(segment[s:s + RAW_KEEP]), reason))
+        pos = e
+    pieces.append(segment[pos:])
+    return b"".join(pieces), quarantine
+
+
+def csv_header(spec: SourceSpec, header_line: str) -> tuple[list[str], str | None]:
+    """(column names of a CSV header, why the file cannot be read by them or None)."""
+    header = [h.strip().strip('"') for h in header_line.split(",")]
+    if not set(header) & set(spec.column_names):
+        return header, "CSV header has none of the expected columns: " + header_line[:200]
+    names = [h or f"_c{i}" for i, h in enumerate(header)]
+    lowered: dict[str, str] = {}
+    for name in names:
+        if name.lower() in lowered:
+            # SQL names are case-insensitive: which of the two is the column is unknowable.
+            return names, f"CSV header names differ only in case: {lowered[name.lower()]!r} and {name!r}"
+        lowered[name.lower()] = name
+    return names, None
+
+
+def _row_numbers(kept: int, skipped: list[int], first_no: int, physical: np.ndarray | None = None) -> np.ndarray:
+    """Line numbers of the rows the reader kept: every line it counted but the ones its
+    handler skipped, mapped to physical lines when it did not count empty ones."""
+    if skipped:
+        counted = np.arange(1, kept + len(skipped) + 1, dtype=np.int64)
+        numbers = np.setdiff1d(counted, np.asarray(skipped, dtype=np.int64))
+    else:
+        numbers = np.arange(1, kept + 1, dtype=np.int64)
+    if len(numbers) != kept:  # the reader counted otherwise: keep the order, not the numbers
+        numbers = np.arange(1, kept + 1, dtype=np.int64)
+    if physical is not None and (len(numbers) == 0 or numbers[-1] <= len(physical)):
+        numbers = physical[numbers - 1]
+    return numbers + (first_no - 1)
+
+
+def _nonempty_lines(data: bytes) -> np.ndarray | None:
+    """Physical numbers of the lines that are not empty (CRLF's lone CR counts as empty),
+    or None when no line is empty: a reader that skips empty lines counts only these."""
+    if b"\n\n" not in data and b"\n\r\n" not in data and data[:1] not in (b"\n", b"\r"):
+        return None
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    starts = np.concatenate(([0], ends + 1))
+    ends = np.concatenate((ends, [len(data)]))
+    lengths = ends - starts
+    crlf_empty = np.zeros(len(starts), dtype=bool)
+    one = np.flatnonzero(lengths == 1)
+    if len(one):
+        buf = np.frombuffer(data, dtype=np.uint8)
+        crlf_empty[one] = buf[starts[one]] == 13
+    keep = (lengths > 0) & ~crlf_empty
+    return np.flatnonzero(keep).astype(np.int64) + 1
+
+
+def _parse_json_lines(landed: LandedFile, digest: str, data: bytes, first_no: int) -> ParsedFile:
+    quarantine: list[tuple[int, str, str]] = []
+    skipped: list[int] = []
+
+    def invalid(row):  # only a line holding the \x01 separator lands here
+        skipped.append(row.number or 0)
+        quarantine.append(((row.number or 0) + first_no - 1, row.text, "control character \\x01 in record"))
+        return "skip"
+
+    # pyarrow's C++ line splitter: one column, no quoting, so every line is one value.
+    table = pacsv.read_csv(
+        io.BytesIO(data),
+        read_options=pacsv.ReadOptions(column_names=["raw"], block_size=1 << 26, use_threads=False),
+        parse_options=pacsv.ParseOptions(
+            delimiter="\x01", quote_char=False, escape_char=False, newlines_in_values=False,
+            ignore_empty_lines=False, invalid_row_handler=invalid,
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types={"raw": pa.string()}, strings_can_be_null=False, quoted_strings_can_be_null=False
+        ),
+    )
+    table = table.append_column("row_no", pa.array(_row_numbers(table.num_rows, skipped, first_no)))
+    blank = pc.equal(pc.utf8_trim_whitespace(table["raw"]), "")
+    table = table.filter(pc.invert(blank))
+    records = table.num_rows + len(quarantine)
+    return ParsedFile(landed, digest, records, "loaded", lines=table, quarantine=quarantine)
+
+
+def _parse_csv(landed: LandedFile, digest: str, data: bytes, first_no: int, names: list[str]) -> ParsedFile:
+    quarantine: list[tuple[int, str, str]] = []
+    skipped: list[int] = []
+
+    def invalid(row):
+        skipped.append(row.number or 0)
+        if row.text.strip():  # a whitespace-only line is no record
+            reason = f"expected {row.expected_columns} columns, found {row.actual_columns}"
+            quarantine.append((row.number or 0, row.text, reason))
+        return "skip"
+
+    table = pacsv.read_csv(
+        io.BytesIO(data),
+        read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 26, use_threads=False),
+        parse_options=pacsv.ParseOptions(newlines_in_values=False, ignore_empty_lines=True,
+                                         invalid_row_handler=invalid),
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: pa.string() for n in names}, null_values=[""], strings_can_be_null=True
+        ),
+    )
+    # The reader skips empty lines without counting them: its numbers are of non-empty lines.
+    physical = _nonempty_lines(data)
+    table = table.append_column("row_no", pa.array(_row_numbers(table.num_rows, skipped, first_no, physical)))
+
+    def line_no(n: int) -> int:
+        if physical is not None and 0 < n <= len(physical):
+            return int(physical[n - 1]) + first_no - 1
+        return n + first_no - 1
+
+    quarantine = [(line_no(n), text, reason) for n, text, reason in quarantine]
+    # Records are what the reader kept plus what it set aside: counted, never asserted.
+    return ParsedFile(landed, digest, table.num_rows + len(quarantine), "loaded", lines=table, header=names,
+                      quarantine=quarantine)

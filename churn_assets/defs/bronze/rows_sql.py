@@ -1,0 +1,78 @@
+"""SQL fitting parsed lines to the landing schema: typed bronze rows, ``_rescued_data`` for a
+record that parses but does not fit, quarantine for a JSON line that is no object."""
+
+from __future__ import annotations
+
+from churn_assets.landing import TIMESTAMP_REGEX, SourceSpec
+
+# Valid JSON whose first character is "{" is an object; json_valid is the one full parse.
+IS_OBJECT = "CASE WHEN json_valid(raw) THEN ltrim(raw)[1] = '{' ELSE false END"
+# Accepted JSON types per declared column type (json_type names); NULL always fits.
+JSON_FITS = {
+    "VARCHAR": ("VARCHAR",),
+    "DOUBLE": ("DOUBLE", "BIGINT", "UBIGINT"),
+    "BOOLEAN": ("BOOLEAN",),
+}
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def json_select_sql(spec: SourceSpec, view: str) -> tuple[str, str]:
+    """SQL turning a (row_no, raw) view of JSON lines into bronze rows, and into quarantine."""
+    struct = "{" + ", ".join(f'"{c}": "{t}"' for c, t in spec.columns) + "}"
+    paths = "[" + ", ".join(f"'$.\"{c}\"'" for c in spec.column_names) + "]"
+    fits = []
+    for i, (c, t) in enumerate(spec.columns, start=1):
+        allowed = ", ".join(f"'{x}'" for x in JSON_FITS[t] + ("NULL",))
+        cond = f"(t[{i}] IS NULL OR t[{i}] IN ({allowed}))"
+        if c in spec.timestamps:
+            cond += f" AND (s.{_q(c)} IS NULL OR regexp_full_match(s.{_q(c)}, '{TIMESTAMP_REGEX}'))"
+        fits.append((c, cond))
+    # No key outside the schema: as many keys as expected paths found.
+    all_fit = (" AND ".join(f"f_{i}" for i in range(len(fits)))
+               + " AND len(k) = len(list_filter(t, lambda x: x IS NOT NULL))")
+    flags = ", ".join(f"{cond} AS f_{i}" for i, (_, cond) in enumerate(fits))
+    parsed = f"""
+        SELECT row_no, file_id, source_file, raw, s, t, k, {flags}
+        FROM (
+            SELECT row_no, file_id, source_file, raw,
+                   from_json(raw, '{struct}') AS s, json_type(raw, {paths}) AS t, json_keys(raw) AS k
+            FROM {view}
+            WHERE {IS_OBJECT}
+        )"""
+    cols = ", ".join(f"CASE WHEN f_{i} THEN s.{_q(c)} END AS {_q(c)}" for i, (c, _) in enumerate(fits))
+    rows = (f"SELECT {cols}, CASE WHEN NOT ({all_fit}) THEN raw END AS _rescued_data, row_no, file_id, source_file "
+            f"FROM ({parsed})")
+    bad = f"""
+        SELECT file_id, source_file, row_no, raw,
+               CASE WHEN json_valid(raw) THEN 'JSON value is not an object' ELSE 'malformed JSON' END AS reason
+        FROM {view}
+        WHERE NOT ({IS_OBJECT})"""
+    return rows, bad
+
+
+def csv_select_sql(spec: SourceSpec, header: list[str], view: str) -> str:
+    present = set(header)
+    cols = []
+    fit_conds = []
+    for c, _ in spec.columns:
+        if c not in present:
+            cols.append(f"NULL AS {_q(c)}")
+            fit_conds.append("false")  # a column the file lacks: every record is rescued
+        elif c in spec.timestamps:
+            ok = f"({_q(c)} IS NULL OR regexp_full_match({_q(c)}, '{TIMESTAMP_REGEX}'))"
+            cols.append(f"CASE WHEN {ok} THEN {_q(c)} END AS {_q(c)}")
+            fit_conds.append(ok)
+        else:
+            cols.append(_q(c))
+    extras = [h for h in header if h not in set(spec.column_names)]
+    fit_conds += [f"{_q(h)} IS NULL" for h in extras]
+    fit = " AND ".join(fit_conds) if fit_conds else "true"
+    record = "to_json(struct_pack(" + ", ".join(f"{_q(h)} := {_q(h)}" for h in header) + "))"
+    return (
+        f"SELECT {', '.join(cols)}, CASE WHEN NOT ({fit}) THEN {record} END AS _rescued_data, "
+        "row_no, file_id, source_file "
+        f"FROM {view}"
+    )
