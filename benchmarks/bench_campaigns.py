@@ -30,12 +30,12 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from churn_assets.defs.campaigns.resources import AnthropicResource, CampaignPolicyResource  # noqa: E402
 from churn_assets.defs.campaigns.targets import decision_for, select_targets  # noqa: E402
 from churn_assets.generator import generate_history  # noqa: E402
-from churn_assets.defs.campaigns.resources import AnthropicResource, CampaignPolicyResource  # noqa: E402
 from churn_assets.settings import Settings  # noqa: E402
-from churn_assets_tests.helpers import load_defs  # noqa: E402
 from churn_assets_tests.fake_anthropic import FakeAnthropic  # noqa: E402
+from churn_assets_tests.helpers import load_defs  # noqa: E402
 
 AS_OF = "2026-11-01T06:00:00"
 
@@ -52,8 +52,12 @@ def main() -> None:
     generate_history(home, customers=20_000, seed=42, end=date(2026, 11, 1), progress=False)
     defs = load_defs(home, AS_OF)
     res = defs.resources
-    dg.materialize([*defs.assets, *defs.asset_checks], selection="*gold/churn_prediction", resources=res,
-                   instance=dg.DagsterInstance.ephemeral())
+    dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection="*gold/churn_prediction",
+        resources=res,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
     con = duckdb.connect(str(home / "warehouse.duckdb"))
     at_risk = con.execute("SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction = 1").fetchall()[0][0]
     assert at_risk >= args.customers, f"only {at_risk} at-risk customers"
@@ -68,9 +72,15 @@ def main() -> None:
         anthropic = AnthropicResource.from_settings(Settings.load(), api_key="bench-key", base_url=fake.url)
         t0 = time.perf_counter()
         result = dg.materialize(
-            [*defs.assets, *defs.asset_checks], selection="campaigns/retention_messages",
-            resources={**res, "anthropic": anthropic, "campaign_policy": CampaignPolicyResource.from_settings(
-                Settings.load(), max_messages_per_run=args.customers)},
+            [*defs.assets, *defs.asset_checks],
+            selection="campaigns/retention_messages",
+            resources={
+                **res,
+                "anthropic": anthropic,
+                "campaign_policy": CampaignPolicyResource.from_settings(
+                    Settings.load(), max_messages_per_run=args.customers
+                ),
+            },
             instance=dg.DagsterInstance.ephemeral(),
         )
         took = time.perf_counter() - t0
@@ -79,19 +89,25 @@ def main() -> None:
 
     con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
     rows, users, ready = con.execute(
-        "SELECT count(*), count(DISTINCT user_id), count(*) FILTER (status = 'ready') "
-        "FROM campaigns.retention_messages").fetchall()[0]
+        "SELECT count(*), count(DISTINCT user_id), count(*) FILTER (status = 'ready') FROM campaigns.retention_messages"
+    ).fetchall()[0]
     con.close()
     per_k = 1000 / args.customers
-    print(f"{args.customers:,} at-risk customers, API latency {args.latency * 1000:.0f} ms, "
-          f"{args.error_rate:.0%} transient errors")
-    print(f"PROJECT   wall {took:.1f}s (step and run) | {meta['distinct_decisions']} distinct decisions | "
-          f"HTTP requests "
-          f"{requests} (incl. retries) | per 1,000 customers: {meta['api_calls'] * per_k:.0f} calls, "
-          f"{(meta['input_tokens'] + meta['output_tokens']) * per_k:,.0f} tokens, ${meta['cost_usd'] * per_k:.4f}")
-    print(f"          messages {rows:,} for {users:,} customers ({ready:,} ready); lost {args.customers - users}, "
-          f"duplicated {rows - users}; validation pass rate {meta.get('validation_pass_rate', 0):.0%}; "
-          f"degraded: {meta['degraded']}")
+    print(
+        f"{args.customers:,} at-risk customers, API latency {args.latency * 1000:.0f} ms, "
+        f"{args.error_rate:.0%} transient errors"
+    )
+    print(
+        f"PROJECT   wall {took:.1f}s (step and run) | {meta['distinct_decisions']} distinct decisions | "
+        f"HTTP requests "
+        f"{requests} (incl. retries) | per 1,000 customers: {meta['api_calls'] * per_k:.0f} calls, "
+        f"{(meta['input_tokens'] + meta['output_tokens']) * per_k:,.0f} tokens, ${meta['cost_usd'] * per_k:.4f}"
+    )
+    print(
+        f"          messages {rows:,} for {users:,} customers ({ready:,} ready); lost {args.customers - users}, "
+        f"duplicated {rows - users}; validation pass rate {meta.get('validation_pass_rate', 0):.0%}; "
+        f"degraded: {meta['degraded']}"
+    )
 
     # Baseline: one call per customer, no de-duplication, same SDK settings.
     with FakeAnthropic(latency=args.latency, error_rate=args.error_rate, seed=2) as fake:
@@ -105,11 +121,15 @@ def main() -> None:
         tokens = sum(g.input_tokens + g.output_tokens for g in gens)
         cost = sum(g.cost_usd for g in gens)
     k = 1000 / len(sample)
-    print(f"BASELINE  one call per customer on {len(sample)}: {base:.1f}s -> "
-          f"{base * args.customers / len(sample):.0f}s for "
-          f"{args.customers:,} | per 1,000 customers: {calls * k:.0f} calls, {tokens * k:,.0f} tokens, ${cost * k:.4f}")
-    print(f"RATIO     time {took / (base * args.customers / len(sample)):.2f}x of the baseline's, "
-          f"cost {meta['cost_usd'] * per_k / (cost * k):.3f}x")
+    print(
+        f"BASELINE  one call per customer on {len(sample)}: {base:.1f}s -> "
+        f"{base * args.customers / len(sample):.0f}s for "
+        f"{args.customers:,} | per 1,000 customers: {calls * k:.0f} calls, {tokens * k:,.0f} tokens, ${cost * k:.4f}"
+    )
+    print(
+        f"RATIO     time {took / (base * args.customers / len(sample)):.2f}x of the baseline's, "
+        f"cost {meta['cost_usd'] * per_k / (cost * k):.3f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import step_seconds  # noqa: E402
-from churn_assets.generator import generate_history  # noqa: E402
 from churn_assets.defs.ml.features import LABEL, load_features, to_model_frame  # noqa: E402
 from churn_assets.defs.ml.train import train  # noqa: E402
+from churn_assets.generator import generate_history  # noqa: E402
 from churn_assets_tests.helpers import load_defs  # noqa: E402
 
 AS_OF = "2026-11-01T06:00:00"
@@ -42,7 +42,10 @@ AS_OF = "2026-11-01T06:00:00"
 def run(home: Path, selection: str, instance) -> dict[str, float]:
     defs = load_defs(home, AS_OF)
     result = dg.materialize(
-        [*defs.assets, *defs.asset_checks], selection=selection, instance=instance, resources=defs.resources,
+        [*defs.assets, *defs.asset_checks],
+        selection=selection,
+        instance=instance,
+        resources=defs.resources,
     )
     assert result.success
     return step_seconds(instance, result.run_id)
@@ -79,14 +82,20 @@ def main() -> None:
         base_score.append(time.perf_counter() - t0)
         steps = run(home, "gold/churn_prediction", instance)
         proj_score.append(steps["gold__churn_prediction"])
-        print(f"rep {rep + 1}: train baseline {base_train[-1]:.2f}s, project {proj_train[-1]:.2f}s (+ promotion "
-              f"{proj_promote[-1]:.2f}s) | score baseline {base_score[-1]:.2f}s, project {proj_score[-1]:.2f}s")
+        print(
+            f"rep {rep + 1}: train baseline {base_train[-1]:.2f}s, project {proj_train[-1]:.2f}s (+ promotion "
+            f"{proj_promote[-1]:.2f}s) | score baseline {base_score[-1]:.2f}s, project {proj_score[-1]:.2f}s"
+        )
     bt, pt, pp = statistics.median(base_train), statistics.median(proj_train), statistics.median(proj_promote)
     bs, ps = statistics.median(base_score), statistics.median(proj_score)
-    print(f"\nTRAINING   scale {args.scale:g}: lightgbm.train {bt:.2f}s | ml/churn_model (train + track + register) "
-          f"{pt:.2f}s (ratio {pt / bt:.2f}x) | promotion (both models from the registry on the holdout) {pp:.2f}s")
-    print(f"SCORING    scale {args.scale:g}: booster.predict {rows / bs:,.0f} rows/s | gold/churn_prediction (registry "
-          f"load + score + write) {rows / ps:,.0f} rows/s (ratio {ps / bs:.2f}x the time)")
+    print(
+        f"\nTRAINING   scale {args.scale:g}: lightgbm.train {bt:.2f}s | ml/churn_model (train + track + register) "
+        f"{pt:.2f}s (ratio {pt / bt:.2f}x) | promotion (both models from the registry on the holdout) {pp:.2f}s"
+    )
+    print(
+        f"SCORING    scale {args.scale:g}: booster.predict {rows / bs:,.0f} rows/s | gold/churn_prediction (registry "
+        f"load + score + write) {rows / ps:,.0f} rows/s (ratio {ps / bs:.2f}x the time)"
+    )
 
 
 if __name__ == "__main__":

@@ -120,7 +120,9 @@ def main() -> None:
     customers = int(100_000 * args.scale)
     t0 = time.perf_counter()
     report = generate_history(src, customers=customers, seed=42, end=date(2026, 11, 1), progress=False)
-    print(f"generated {customers:,} customers, {sum(report.records.values()):,} records in {time.perf_counter() - t0:.1f}s")
+    print(
+        f"generated {customers:,} customers, {sum(report.records.values()):,} records in {time.perf_counter() - t0:.1f}s"
+    )
 
     base_times, dag_compute, dag_wall = [], [], []
     last_home = None
@@ -138,26 +140,34 @@ def main() -> None:
         compute, wall, steps, dag_rows = dagster_run(home)
         dag_compute.append(compute)
         dag_wall.append(wall)
-        print(f"rep {rep + 1}: baseline {took:.2f}s ({base_rows:,} gold rows) | dagster compute {compute:.2f}s, "
-              f"wall {wall:.2f}s ({dag_rows:,} gold rows) [{layer_times(steps)}]")
+        print(
+            f"rep {rep + 1}: baseline {took:.2f}s ({base_rows:,} gold rows) | dagster compute {compute:.2f}s, "
+            f"wall {wall:.2f}s ({dag_rows:,} gold rows) [{layer_times(steps)}]"
+        )
         if last_home:
             shutil.rmtree(last_home, ignore_errors=True)
         last_home = home
     b, c, w = statistics.median(base_times), statistics.median(dag_compute), statistics.median(dag_wall)
-    print(f"\nFULL LOAD  scale {args.scale:g}: baseline {b:.2f}s | dagster asset compute {c:.2f}s (ratio {c / b:.2f}x) "
-          f"| dagster run wall {w:.2f}s (ratio {w / b:.2f}x)")
+    print(
+        f"\nFULL LOAD  scale {args.scale:g}: baseline {b:.2f}s | dagster asset compute {c:.2f}s (ratio {c / b:.2f}x) "
+        f"| dagster run wall {w:.2f}s (ratio {w / b:.2f}x)"
+    )
 
     inc = []
     for k in range(args.increments):
         r = generate_increment(last_home, fraction=0.01)
         compute, wall, steps, rows = dagster_run(last_home)
         inc.append(compute)
-        print(f"increment {k + 1} (+{sum(r.records.values()):,} records): dagster compute {compute:.2f}s, wall {wall:.2f}s "
-              f"= {compute / c:.1%} of the full load [{layer_times(steps)}]")
+        print(
+            f"increment {k + 1} (+{sum(r.records.values()):,} records): dagster compute {compute:.2f}s, wall {wall:.2f}s "
+            f"= {compute / c:.1%} of the full load [{layer_times(steps)}]"
+        )
     if inc:
         m = statistics.median(inc)
-        print(f"INCREMENT  scale {args.scale:g}: median {m:.2f}s = {m / c:.1%} of the full load's asset compute "
-              f"(baseline script rebuilds everything: {b:.2f}s = {b / b:.0%})")
+        print(
+            f"INCREMENT  scale {args.scale:g}: median {m:.2f}s = {m / c:.1%} of the full load's asset compute "
+            f"(baseline script rebuilds everything: {b:.2f}s = {b / b:.0%})"
+        )
         # Once a day a run also compacts what it writes (CHURN_COMPACT_EVERY_HOURS, 24):
         # its cost, and the hourly increment's cost with it spread over the day.
         os.environ["CHURN_COMPACT_EVERY_HOURS"] = "0"
@@ -165,9 +175,11 @@ def main() -> None:
         compute, wall, steps, rows = dagster_run(last_home)
         del os.environ["CHURN_COMPACT_EVERY_HOURS"]
         daily = (23 * m + compute) / 24
-        print(f"COMPACTING increment (+{sum(r.records.values()):,} records): dagster compute {compute:.2f}s, wall {wall:.2f}s "
-              f"[{layer_times(steps)}]; a day of 23 hourly increments + 1 compacting: {daily:.2f}s per increment "
-              f"= {daily / c:.1%} of the full load")
+        print(
+            f"COMPACTING increment (+{sum(r.records.values()):,} records): dagster compute {compute:.2f}s, wall {wall:.2f}s "
+            f"[{layer_times(steps)}]; a day of 23 hourly increments + 1 compacting: {daily:.2f}s per increment "
+            f"= {daily / c:.1%} of the full load"
+        )
     shutil.rmtree(work, ignore_errors=True) if not args.workdir else None
 
 

@@ -26,10 +26,15 @@ from benchmarks.common import step_seconds  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 AS_OF = "2026-11-01T06:00:00"
 LAYERS = {  # first part of the step key (or the whole key) -> column
-    "bronze": "bronze", "silver": "silver", "gold__churn_features": "gold",
-    "gold__churn_features_churn_features_valid": "gold", "ml__churn_model": "training",
-    "ml__churn_model_champion": "training", "gold__churn_prediction": "scoring",
-    "dashboard": "dashboard", "campaigns": "campaign",
+    "bronze": "bronze",
+    "silver": "silver",
+    "gold__churn_features": "gold",
+    "gold__churn_features_churn_features_valid": "gold",
+    "ml__churn_model": "training",
+    "ml__churn_model_champion": "training",
+    "gold__churn_prediction": "scoring",
+    "dashboard": "dashboard",
+    "campaigns": "campaign",
 }
 
 
@@ -53,13 +58,19 @@ def measured(cmd: list[str], env: dict) -> tuple[float, float]:
 def run_scale(scale: float, work: Path) -> dict:
     home = work / f"scale-{scale:g}"
     shutil.rmtree(home, ignore_errors=True)
-    env = {**os.environ, "CHURN_HOME": str(home), "CHURN_AS_OF": AS_OF, "DAGSTER_HOME": str(home / "dagster_home"),
-           "DAGSTER_DISABLE_TELEMETRY": "1"}
+    env = {
+        **os.environ,
+        "CHURN_HOME": str(home),
+        "CHURN_AS_OF": AS_OF,
+        "DAGSTER_HOME": str(home / "dagster_home"),
+        "DAGSTER_DISABLE_TELEMETRY": "1",
+    }
     env.pop("ANTHROPIC_API_KEY", None)  # the offline copywriter, as the main command
     churn = [sys.executable, "-m", "churn_assets.cli"]
     customers = int(100_000 * scale)
-    gen_wall, gen_rss = measured([*churn, "generate", "--customers", str(customers), "--seed", "42",
-                                  "--end", "2026-11-01", "--quiet"], env)
+    gen_wall, gen_rss = measured(
+        [*churn, "generate", "--customers", str(customers), "--seed", "42", "--end", "2026-11-01", "--quiet"], env
+    )
     run_wall, run_rss = measured([*churn, "run"], env)
 
     import dagster as dg
@@ -71,11 +82,19 @@ def run_scale(scale: float, work: Path) -> dict:
     layers: dict[str, float] = {}
     for step, secs in steps.items():
         layers[layer_of(step)] = layers.get(layer_of(step), 0.0) + secs
-    out = {"customers": customers, "generate": gen_wall, "run": run_wall, "rss_generate": gen_rss,
-           "rss_run": run_rss, **layers}
-    print(f"scale {scale:g} ({customers:,} customers): generate {gen_wall:.1f}s ({gen_rss:.2f} GB) | churn run "
-          f"{run_wall:.1f}s ({run_rss:.2f} GB peak) | " + ", ".join(f"{k} {v:.1f}s" for k, v in layers.items()),
-          flush=True)
+    out = {
+        "customers": customers,
+        "generate": gen_wall,
+        "run": run_wall,
+        "rss_generate": gen_rss,
+        "rss_run": run_rss,
+        **layers,
+    }
+    print(
+        f"scale {scale:g} ({customers:,} customers): generate {gen_wall:.1f}s ({gen_rss:.2f} GB) | churn run "
+        f"{run_wall:.1f}s ({run_rss:.2f} GB peak) | " + ", ".join(f"{k} {v:.1f}s" for k, v in layers.items()),
+        flush=True,
+    )
     shutil.rmtree(home, ignore_errors=True)
     return out
 
@@ -93,13 +112,18 @@ def main() -> None:
     print("| --- " * (len(cols) + 3) + "|")
     for s, r in results.items():
         total = r["generate"] + r["run"]
-        print(f"| {s:g}x | " + " | ".join(f"{r.get(c, 0):.1f} s" for c in cols)
-              + f" | {total:.1f} s | {r['rss_generate']:.2f} / {r['rss_run']:.2f} GB |")
+        print(
+            f"| {s:g}x | "
+            + " | ".join(f"{r.get(c, 0):.1f} s" for c in cols)
+            + f" | {total:.1f} s | {r['rss_generate']:.2f} / {r['rss_run']:.2f} GB |"
+        )
     if len(results) >= 2:
         lo, hi = min(results), max(results)
         a, b = results[lo], results[hi]
-        print(f"\n{hi:g}x / {lo:g}x: generate + run {(b['generate'] + b['run']) / (a['generate'] + a['run']):.2f}x, "
-              f"run alone {b['run'] / a['run']:.2f}x; peak memory {max(b['rss_generate'], b['rss_run']):.2f} GB")
+        print(
+            f"\n{hi:g}x / {lo:g}x: generate + run {(b['generate'] + b['run']) / (a['generate'] + a['run']):.2f}x, "
+            f"run alone {b['run'] / a['run']:.2f}x; peak memory {max(b['rss_generate'], b['rss_run']):.2f} GB"
+        )
 
 
 if __name__ == "__main__":

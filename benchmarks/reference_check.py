@@ -43,20 +43,35 @@ def main(argv: list[str] | None = None) -> int:
         selection = "*gold/churn_features" if args.skip_model else "*"
         defs = load_defs(home, args.as_of)
         result = dg.materialize(
-            [*defs.assets, *defs.asset_checks], selection=selection, instance=dg.DagsterInstance.ephemeral(),
-            resources=defs.resources, raise_on_error=False,
+            [*defs.assets, *defs.asset_checks],
+            selection=selection,
+            instance=dg.DagsterInstance.ephemeral(),
+            resources=defs.resources,
+            raise_on_error=False,
         )
         con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
-        for table in ("bronze.churn_users_bronze", "bronze.churn_orders_bronze", "bronze.churn_app_events",
-                      "bronze.quarantine", "silver.churn_users", "silver.churn_orders", "gold.churn_features"):
+        for table in (
+            "bronze.churn_users_bronze",
+            "bronze.churn_orders_bronze",
+            "bronze.churn_app_events",
+            "bronze.quarantine",
+            "silver.churn_users",
+            "silver.churn_orders",
+            "gold.churn_features",
+        ):
             print(f"{table:<28} {con.execute(f'SELECT count(*) FROM {table}').fetchall()[0][0]:>9,}")
         con.close()
         expected, got, mismatches = compare(args.landing, home / "warehouse.duckdb", args.as_of[:10])
-        print(f"plain SQL of the contract: {expected:,} customers; pipeline: {got:,}; mismatching customers: {len(mismatches)}")
+        print(
+            f"plain SQL of the contract: {expected:,} customers; pipeline: {got:,}; mismatching customers: {len(mismatches)}"
+        )
         for row in mismatches[:5]:
             print("  pipeline", row[0], "\n  expected", row[1])
         if not args.skip_model:
-            meta = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+            meta = {
+                e.asset_key.to_user_string(): e.materialization.metadata
+                for e in result.get_asset_materialization_events()
+            }
             auc = meta.get("ml/churn_model", {}).get("holdout_roc_auc")
             print(f"champion holdout ROC AUC: {auc.value:.4f}" if auc else "no model trained")
         ok = result.success and not mismatches and expected == got

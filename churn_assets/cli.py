@@ -17,9 +17,9 @@ import time
 from datetime import date
 from pathlib import Path
 
-from churn_assets.settings import SOURCES, Settings, environment_with
 from churn_assets.preflight import PreflightError
 from churn_assets.preflight import problems as preflight_problems
+from churn_assets.settings import SOURCES, Settings, environment_with
 
 
 def _dagster_home() -> Path:
@@ -136,8 +136,12 @@ def _run_cycle(selection: str | None):
     logs = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     if selection:
         result = dg.materialize(
-            [*defs.assets, *defs.asset_checks], selection=selection, instance=instance, resources=defs.resources,
-            run_config=logs, raise_on_error=False,
+            [*defs.assets, *defs.asset_checks],
+            selection=selection,
+            instance=instance,
+            resources=defs.resources,
+            run_config=logs,
+            raise_on_error=False,
         )
     else:
         job = defs.resolve_job_def("churn_cycle")
@@ -299,7 +303,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
         print(Settings.markdown_table())
         return 0
     current = Settings.load()
-    for env, default, _ in Settings.reference():
+    for env, _default, _ in Settings.reference():
         name = next(f for f in Settings.__dataclass_fields__.values() if f.metadata["env"] == env)
         value = getattr(current, name.name)
         shown = ("set" if value else "unset") if name.metadata["secret"] else value
@@ -322,22 +326,34 @@ NEEDS = {
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: given before or after the command, the flag is seen once and not reset.
-    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="also print Dagster's own log lines")
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="print the traceback of an error, not just its one line")
-    parser = argparse.ArgumentParser(prog="churn", description=__doc__.split("\n\n")[0].replace("\n", " "),
-                                     parents=[common])
+    common.add_argument(
+        "--verbose", action="store_true", default=argparse.SUPPRESS, help="also print Dagster's own log lines"
+    )
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the traceback of an error, not just its one line",
+    )
+    parser = argparse.ArgumentParser(
+        prog="churn", description=__doc__.split("\n\n")[0].replace("\n", " "), parents=[common]
+    )
     parser.set_defaults(verbose=False, debug=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", parents=[common], help="write landing files in the reference formats")
-    g.add_argument("--customers", type=int, default=100_000,
-                   help="customers drawn for the history (default 100,000); those with an order are written as users")
+    g.add_argument(
+        "--customers",
+        type=int,
+        default=100_000,
+        help="customers drawn for the history (default 100,000); those with an order are written as users",
+    )
     g.add_argument("--seed", type=int, default=42, help="random seed: same seed and --end, same files")
     g.add_argument("--end", help="last day of the history, YYYY-MM-DD (default: today, UTC)")
     g.add_argument("--increment", action="store_true", help="one hour of new activity on top of the history")
-    g.add_argument("--fraction", type=float, default=0.01, help="increment size as a share of the history (default 0.01)")
+    g.add_argument(
+        "--fraction", type=float, default=0.01, help="increment size as a share of the history (default 0.01)"
+    )
     g.add_argument("--dirty-rate", type=float, default=0.0, help="share of records made malformed on purpose")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)
@@ -346,15 +362,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--select", help="an asset selection instead of the whole cycle, e.g. '*gold/churn_features'")
     r.set_defaults(func=cmd_run)
 
-    d = sub.add_parser("demo", parents=[common],
-                       help="generate reference-scale data if landing is empty, then run the cycle")
-    d.add_argument("--customers", type=int, default=100_000,
-                   help="customers drawn when landing is empty (default 100,000; see churn generate --help)")
+    d = sub.add_parser(
+        "demo", parents=[common], help="generate reference-scale data if landing is empty, then run the cycle"
+    )
+    d.add_argument(
+        "--customers",
+        type=int,
+        default=100_000,
+        help="customers drawn when landing is empty (default 100,000; see churn generate --help)",
+    )
     d.set_defaults(func=cmd_demo)
 
     m = sub.add_parser("mode", parents=[common], help="show or switch the cadence: hourly | continuous | auto")
-    m.add_argument("mode", nargs="?", choices=["hourly", "continuous", "auto"],
-                   help="the cadence to switch to; none: print the current one")
+    m.add_argument(
+        "mode",
+        nargs="?",
+        choices=["hourly", "continuous", "auto"],
+        help="the cadence to switch to; none: print the current one",
+    )
     m.set_defaults(func=cmd_mode)
 
     u = sub.add_parser("ui", parents=[common], help="the Dagster UI and daemon (dg dev) on the persistent instance")

@@ -43,11 +43,18 @@ SPECS = {
         "churn_users_bronze",
         "json",
         (
-            ("id", "VARCHAR"), ("firstname", "VARCHAR"), ("lastname", "VARCHAR"),
-            ("email", "VARCHAR"), ("address", "VARCHAR"), ("canal", "VARCHAR"),
-            ("country", "VARCHAR"), ("creation_date", "VARCHAR"),
-            ("last_activity_date", "VARCHAR"), ("gender", "DOUBLE"),
-            ("age_group", "DOUBLE"), ("churn", "BOOLEAN"),
+            ("id", "VARCHAR"),
+            ("firstname", "VARCHAR"),
+            ("lastname", "VARCHAR"),
+            ("email", "VARCHAR"),
+            ("address", "VARCHAR"),
+            ("canal", "VARCHAR"),
+            ("country", "VARCHAR"),
+            ("creation_date", "VARCHAR"),
+            ("last_activity_date", "VARCHAR"),
+            ("gender", "DOUBLE"),
+            ("age_group", "DOUBLE"),
+            ("churn", "BOOLEAN"),
         ),
         ("creation_date", "last_activity_date"),
     ),
@@ -56,8 +63,11 @@ SPECS = {
         "churn_orders_bronze",
         "json",
         (
-            ("user_id", "VARCHAR"), ("id", "VARCHAR"), ("transaction_date", "VARCHAR"),
-            ("item_count", "DOUBLE"), ("amount", "DOUBLE"),
+            ("user_id", "VARCHAR"),
+            ("id", "VARCHAR"),
+            ("transaction_date", "VARCHAR"),
+            ("item_count", "DOUBLE"),
+            ("amount", "DOUBLE"),
         ),
         ("transaction_date",),
     ),
@@ -66,8 +76,12 @@ SPECS = {
         "churn_app_events",
         "csv",
         (
-            ("user_id", "VARCHAR"), ("event_id", "VARCHAR"), ("platform", "VARCHAR"),
-            ("date", "VARCHAR"), ("action", "VARCHAR"), ("session_id", "VARCHAR"),
+            ("user_id", "VARCHAR"),
+            ("event_id", "VARCHAR"),
+            ("platform", "VARCHAR"),
+            ("date", "VARCHAR"),
+            ("action", "VARCHAR"),
+            ("session_id", "VARCHAR"),
             ("url", "VARCHAR"),
         ),
         ("date",),
@@ -144,8 +158,13 @@ def _safe_name(name: str) -> tuple[str, str | None]:
         return shown, f"file name is not valid UTF-8: {shown}"
 
 
-def discover(landing_root: Path, source: str, known: Mapping[str, tuple[int, float]], settle_seconds: float,
-             now: float | None = None) -> list[LandedFile]:
+def discover(
+    landing_root: Path,
+    source: str,
+    known: Mapping[str, tuple[int, float]],
+    settle_seconds: float,
+    now: float | None = None,
+) -> list[LandedFile]:
     """Data files of one source that are new or changed since the manifest saw them, and
     complete: still for ``settle_seconds`` (size and mtime unchanged) or renamed into
     place. ``known`` maps a path to the (size, mtime) last recorded. Oldest name first."""

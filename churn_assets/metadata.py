@@ -17,25 +17,102 @@ import duckdb
 # Metadata is read by many more people than the warehouse, so previews show only the
 # columns listed here: a positive list, so that a new column stays hidden until someone
 # decides it is not personal.
-PREVIEW_COLUMNS = frozenset({
-    # keys and source fields
-    "id", "user_id", "order_id", "event_id", "session_id", "message_id", "run_id",
-    "canal", "country", "gender", "age_group", "churn", "creation_date", "last_activity_date",
-    "transaction_date", "item_count", "amount", "platform", "date", "action",
-    # gold features and predictions
-    "order_count", "total_amount", "total_item", "last_transaction", "event_count", "session_count",
-    "last_event", "days_since_creation", "days_since_last_activity", "days_last_event",
-    "churn_probability", "churn_prediction", "model_name", "model_version", "scored_at",
-    # campaign messages: the decision and the bookkeeping, never subject or texts
-    "channel", "style", "languages", "offer", "urgency", "season", "generator", "prompt_version",
-    "input_hash", "input_tokens", "output_tokens", "cost_usd", "status", "created_at", "outbox",
-    # dashboard figures (aggregates and run bookkeeping)
-    "name", "value", "as_of", "month", "revenue", "orders", "customers", "at_risk", "at_risk_share",
-    "tenure", "from_months", "value_at_risk", "day", "table_name", "expectation", "passed", "failed",
-    "dropped", "failure_rate", "source", "files", "records_landed", "rows_loaded", "rows_rescued",
-    "rows_quarantined", "rescued_share", "layer", "updated_at", "job_name", "started_at", "ended_at",
-    "duration_seconds", "raised_at", "kind", "link", "state", "files_appended", "files_new_version",
-})
+PREVIEW_COLUMNS = frozenset(
+    {
+        # keys and source fields
+        "id",
+        "user_id",
+        "order_id",
+        "event_id",
+        "session_id",
+        "message_id",
+        "run_id",
+        "canal",
+        "country",
+        "gender",
+        "age_group",
+        "churn",
+        "creation_date",
+        "last_activity_date",
+        "transaction_date",
+        "item_count",
+        "amount",
+        "platform",
+        "date",
+        "action",
+        # gold features and predictions
+        "order_count",
+        "total_amount",
+        "total_item",
+        "last_transaction",
+        "event_count",
+        "session_count",
+        "last_event",
+        "days_since_creation",
+        "days_since_last_activity",
+        "days_last_event",
+        "churn_probability",
+        "churn_prediction",
+        "model_name",
+        "model_version",
+        "scored_at",
+        # campaign messages: the decision and the bookkeeping, never subject or texts
+        "channel",
+        "style",
+        "languages",
+        "offer",
+        "urgency",
+        "season",
+        "generator",
+        "prompt_version",
+        "input_hash",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "status",
+        "created_at",
+        "outbox",
+        # dashboard figures (aggregates and run bookkeeping)
+        "name",
+        "value",
+        "as_of",
+        "month",
+        "revenue",
+        "orders",
+        "customers",
+        "at_risk",
+        "at_risk_share",
+        "tenure",
+        "from_months",
+        "value_at_risk",
+        "day",
+        "table_name",
+        "expectation",
+        "passed",
+        "failed",
+        "dropped",
+        "failure_rate",
+        "source",
+        "files",
+        "records_landed",
+        "rows_loaded",
+        "rows_rescued",
+        "rows_quarantined",
+        "rescued_share",
+        "layer",
+        "updated_at",
+        "job_name",
+        "started_at",
+        "ended_at",
+        "duration_seconds",
+        "raised_at",
+        "kind",
+        "link",
+        "state",
+        "files_appended",
+        "files_new_version",
+    }
+)
 # Free-text columns that are safe in one table only: the KPI's month, an alert's reason
 # (written by the monitoring from run failures, and sent as the alert itself).
 PREVIEW_COLUMNS_OF = {
@@ -84,5 +161,8 @@ def markdown_table(df) -> str:
         return "_(no rows)_"
     head = "| " + " | ".join(df.columns) + " |"
     sep = "| " + " | ".join("---" for _ in df.columns) + " |"
-    body = ["| " + " | ".join("" if v is None else str(v).replace("|", "\\|").replace("\n", " ") for v in row) + " |" for row in df.iter_rows()]
+    body = [
+        "| " + " | ".join("" if v is None else str(v).replace("|", "\\|").replace("\n", " ") for v in row) + " |"
+        for row in df.iter_rows()
+    ]
     return "\n".join([head, sep, *body])

@@ -60,20 +60,30 @@ def home_problems(home: Path, *, must_exist: bool) -> list[str]:
     """The data root: there (when it must be) and writable, with what a run writes in it."""
     if not home.exists():
         if must_exist:
-            return [f"CHURN_HOME {home} does not exist: run `churn generate` (or scripts/demo) to create data there, "
-                    "or point CHURN_HOME at your data"]
+            return [
+                f"CHURN_HOME {home} does not exist: run `churn generate` (or scripts/demo) to create data there, "
+                "or point CHURN_HOME at your data"
+            ]
         parent = _nearest_existing(home)
         cause = unwritable(parent)
-        return [f"CHURN_HOME {home} cannot be created: {parent} is not writable ({cause}); "
-                "point CHURN_HOME at a folder you can write"] if cause else []
+        return (
+            [
+                f"CHURN_HOME {home} cannot be created: {parent} is not writable ({cause}); "
+                "point CHURN_HOME at a folder you can write"
+            ]
+            if cause
+            else []
+        )
     if not home.is_dir():
         return [f"CHURN_HOME {home} is not a folder: point CHURN_HOME at your data folder"]
     for path in (home, Settings(home=home).warehouse_path, home / "dagster_home", home / "mlflow"):
         if path.exists():
             cause = unwritable(path)
             if cause:
-                return [f"CHURN_HOME {home} is not writable: {path}: {cause}; make it writable or point CHURN_HOME "
-                        "at a copy you can write"]
+                return [
+                    f"CHURN_HOME {home} is not writable: {path}: {cause}; make it writable or point CHURN_HOME "
+                    "at a copy you can write"
+                ]
     return []
 
 
@@ -103,8 +113,9 @@ def newest_data_date(home: Path) -> date | None:
         return None
     try:
         if table_exists(con, "gold", "churn_features"):
-            sql = ("SELECT greatest(max(creation_date), max(last_activity_date), max(last_event)) "
-                   "FROM gold.churn_features")
+            sql = (
+                "SELECT greatest(max(creation_date), max(last_activity_date), max(last_event)) FROM gold.churn_features"
+            )
         elif table_exists(con, "silver", "churn_users"):
             sql = "SELECT greatest(max(creation_date), max(last_activity_date)) FROM silver.churn_users"
         else:
@@ -127,14 +138,22 @@ def as_of_problems(home: Path, as_of_text: str | None) -> list[str]:
         return []  # reported by setting_problems
     newest = newest_data_date(home)
     if newest is not None and newest > as_of.date():
-        return [f"CHURN_AS_OF={as_of_text} is earlier than the data in {Settings(home=home).warehouse_path} (newest date "
-                f"{newest}): day counts would be negative; use an as-of on or after {newest}, or a CHURN_HOME "
-                "of its own for an older as-of"]
+        return [
+            f"CHURN_AS_OF={as_of_text} is earlier than the data in {Settings(home=home).warehouse_path} (newest date "
+            f"{newest}): day counts would be negative; use an as-of on or after {newest}, or a CHURN_HOME "
+            "of its own for an older as-of"
+        ]
     return []
 
 
-def problems(env: Mapping[str, str] | None = None, *, home_must_exist: bool = True, needs_landing: bool = False,
-             home: Path | None = None, overrides: Mapping[str, str] | None = None) -> list[str]:
+def problems(
+    env: Mapping[str, str] | None = None,
+    *,
+    home_must_exist: bool = True,
+    needs_landing: bool = False,
+    home: Path | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> list[str]:
     """Every problem, one line each (empty: good to go). ``env`` defaults to this process's
     environment (with ``overrides``); ``home`` to its ``CHURN_HOME``."""
     env = environment_with(**(overrides or {})) if env is None else env

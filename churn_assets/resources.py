@@ -18,10 +18,10 @@ import duckdb
 from pydantic import PrivateAttr
 
 from churn_assets.ops.alerts import AlertsResource
-from churn_assets.settings import Settings
-from churn_assets.timeutil import parse_as_of
 from churn_assets.preflight import require
 from churn_assets.pseudonym_key import PseudonymKeyError, pseudonym_key
+from churn_assets.settings import Settings
+from churn_assets.timeutil import parse_as_of
 from churn_assets.warehouse import WarehouseBusy, connect_writer, ensure_schema, start_run
 
 
@@ -52,8 +52,12 @@ class WarehouseResource(dg.ConfigurableResource):
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         if self._con is None:
             try:
-                con = connect_writer(self.path, wait_seconds=self.wait_seconds, memory_limit=self.memory_limit,
-                                     holder=f"run {self._run_id}" if self._run_id else "a process")
+                con = connect_writer(
+                    self.path,
+                    wait_seconds=self.wait_seconds,
+                    memory_limit=self.memory_limit,
+                    holder=f"run {self._run_id}" if self._run_id else "a process",
+                )
             except WarehouseBusy as exc:
                 raise dg.Failure(description=str(exc), allow_retries=True) from None
             ensure_schema(con)
@@ -64,8 +68,12 @@ class WarehouseResource(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WarehouseResource:
-        return cls(path=str(settings.warehouse_path), memory_limit=settings.duckdb_memory_limit,
-                   compact_every_hours=settings.compact_every_hours, wait_seconds=settings.warehouse_wait_seconds)
+        return cls(
+            path=str(settings.warehouse_path),
+            memory_limit=settings.duckdb_memory_limit,
+            compact_every_hours=settings.compact_every_hours,
+            wait_seconds=settings.warehouse_wait_seconds,
+        )
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._con is not None:
@@ -82,8 +90,9 @@ class LandingZoneResource(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LandingZoneResource:
-        return cls(root=str(settings.landing_dir), settle_seconds=settings.settle_seconds,
-                   batch_bytes=settings.batch_bytes)
+        return cls(
+            root=str(settings.landing_dir), settle_seconds=settings.settle_seconds, batch_bytes=settings.batch_bytes
+        )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         # A run started outside `churn` (dg launch, the UI) meets the same settings check first.
@@ -100,8 +109,7 @@ class PipelineSettingsResource(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineSettingsResource:
-        return cls(home=str(settings.home), as_of=settings.as_of_text,
-                   pseudonym_key=settings.secret("pseudonym_key"))
+        return cls(home=str(settings.home), as_of=settings.as_of_text, pseudonym_key=settings.secret("pseudonym_key"))
 
     def as_of_datetime(self) -> datetime:
         return parse_as_of(self.as_of)

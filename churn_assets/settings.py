@@ -37,17 +37,29 @@ class SettingsError(ValueError):
 
 
 SHOWN = {  # how the docs state a default that is not a plain value
-    "CHURN_HOME": "./data", "CHURN_AS_OF": "now", "CHURN_PSEUDONYM_KEY": "a random key kept in CHURN_HOME",
-    "MLFLOW_TRACKING_URI": "sqlite:///$CHURN_HOME/mlflow/mlflow.db", "ANTHROPIC_API_KEY": "unset (offline templates)",
-    "ANTHROPIC_BASE_URL": "the SDK's default", "DAGSTER_HOME": "$CHURN_HOME/dagster_home", "XDG_CACHE_HOME": "~/.cache",
+    "CHURN_HOME": "./data",
+    "CHURN_AS_OF": "now",
+    "CHURN_PSEUDONYM_KEY": "a random key kept in CHURN_HOME",
+    "MLFLOW_TRACKING_URI": "sqlite:///$CHURN_HOME/mlflow/mlflow.db",
+    "ANTHROPIC_API_KEY": "unset (offline templates)",
+    "ANTHROPIC_BASE_URL": "the SDK's default",
+    "DAGSTER_HOME": "$CHURN_HOME/dagster_home",
+    "XDG_CACHE_HOME": "~/.cache",
 }
 
 
-def _setting(env: str, default: Any, help: str, parse: Callable[[str], Any] = str,
-             choices: tuple[str, ...] | None = None, secret: bool = False):
+def _setting(
+    env: str,
+    default: Any,
+    help: str,
+    parse: Callable[[str], Any] = str,
+    choices: tuple[str, ...] | None = None,
+    secret: bool = False,
+):
     """A setting: its variable, default, meaning, and how its text is parsed."""
-    return field(default=default, metadata={"env": env, "help": help, "parse": parse, "choices": choices,
-                                            "secret": secret})
+    return field(
+        default=default, metadata={"env": env, "help": help, "parse": parse, "choices": choices, "secret": secret}
+    )
 
 
 def _optional(text: str) -> str | None:
@@ -69,6 +81,7 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
         if value < 0:
             raise _Invalid("is negative: set a value >= 0, or unset it")
         return value
+
     return parse
 
 
@@ -84,119 +97,194 @@ def _memory(text: str) -> str:
 @dataclass(frozen=True)
 class Settings:
     # --- data ---------------------------------------------------------------------------------
-    home: Path = _setting("CHURN_HOME", Path("./data"),
-                          "data root: landing/{users,orders,events}/, warehouse.duckdb, dashboard/, mlflow/, outbox/, "
-                          "secrets/ (the pseudonym key), logs/, dagster_home/",
-                          lambda t: Path(t).expanduser().resolve())
-    as_of_text: str = _setting("CHURN_AS_OF", "",
-                               "as-of instant for day counts, ISO (2023-06-10 or 2023-06-10T12:00:00); empty = now")
-    pseudonym_key: str | None = _setting("CHURN_PSEUDONYM_KEY", None,
-                                         "key of the e-mail pseudonyms, 32 characters or more; unset: a random key made once in "
-                                         "$CHURN_HOME/secrets/pseudonym.key (back it up)",
-                                         _optional, secret=True)
+    home: Path = _setting(
+        "CHURN_HOME",
+        Path("./data"),
+        "data root: landing/{users,orders,events}/, warehouse.duckdb, dashboard/, mlflow/, outbox/, "
+        "secrets/ (the pseudonym key), logs/, dagster_home/",
+        lambda t: Path(t).expanduser().resolve(),
+    )
+    as_of_text: str = _setting(
+        "CHURN_AS_OF", "", "as-of instant for day counts, ISO (2023-06-10 or 2023-06-10T12:00:00); empty = now"
+    )
+    pseudonym_key: str | None = _setting(
+        "CHURN_PSEUDONYM_KEY",
+        None,
+        "key of the e-mail pseudonyms, 32 characters or more; unset: a random key made once in "
+        "$CHURN_HOME/secrets/pseudonym.key (back it up)",
+        _optional,
+        secret=True,
+    )
     # --- ingestion ----------------------------------------------------------------------------
-    settle_seconds: float = _setting("CHURN_SETTLE_SECONDS", 2.0,
-                                     "a file modified more recently than this is taken as still being written",
-                                     _positive(float))
-    batch_bytes: int = _setting("CHURN_BATCH_BYTES", 256 * 1024 * 1024, "landed bytes loaded per transaction",
-                                _positive(int))
+    settle_seconds: float = _setting(
+        "CHURN_SETTLE_SECONDS",
+        2.0,
+        "a file modified more recently than this is taken as still being written",
+        _positive(float),
+    )
+    batch_bytes: int = _setting(
+        "CHURN_BATCH_BYTES", 256 * 1024 * 1024, "landed bytes loaded per transaction", _positive(int)
+    )
     # --- warehouse ----------------------------------------------------------------------------
     duckdb_memory_limit: str = _setting("CHURN_DUCKDB_MEMORY_LIMIT", "3GB", "DuckDB's memory limit", _memory)
-    warehouse_wait_seconds: float = _setting("CHURN_WAREHOUSE_WAIT_SECONDS", 60.0,
-                                             "how long a writer waits for another process's hold on the warehouse",
-                                             _positive(float))
-    compact_every_hours: float = _setting("CHURN_COMPACT_EVERY_HOURS", 24.0,
-                                          "how often a run also compacts the warehouse tables it writes (merges DuckDB row groups)",
-                                          _positive(float))
-    executor: str = _setting("CHURN_EXECUTOR", "in_process",
-                             "in_process, or multiprocess: each step in its own process", choices=EXECUTORS)
+    warehouse_wait_seconds: float = _setting(
+        "CHURN_WAREHOUSE_WAIT_SECONDS",
+        60.0,
+        "how long a writer waits for another process's hold on the warehouse",
+        _positive(float),
+    )
+    compact_every_hours: float = _setting(
+        "CHURN_COMPACT_EVERY_HOURS",
+        24.0,
+        "how often a run also compacts the warehouse tables it writes (merges DuckDB row groups)",
+        _positive(float),
+    )
+    executor: str = _setting(
+        "CHURN_EXECUTOR", "in_process", "in_process, or multiprocess: each step in its own process", choices=EXECUTORS
+    )
     # --- model --------------------------------------------------------------------------------
-    mlflow_tracking_uri: str | None = _setting("MLFLOW_TRACKING_URI", None,
-                                               "MLflow tracking and registry store (artifacts in $CHURN_HOME/mlflow/artifacts)",
-                                               _optional)
-    retrain_min_new_rows: int = _setting("CHURN_RETRAIN_MIN_NEW_ROWS", 0,
-                                         "retrain only once this many new bronze rows have landed (0 = every cycle)",
-                                         _positive(int))
-    promotion_tolerance: float = _setting("CHURN_PROMOTION_TOLERANCE", 0.0,
-                                          "a challenger is promoted when its holdout ROC AUC >= champion's - this",
-                                          _positive(float))
+    mlflow_tracking_uri: str | None = _setting(
+        "MLFLOW_TRACKING_URI",
+        None,
+        "MLflow tracking and registry store (artifacts in $CHURN_HOME/mlflow/artifacts)",
+        _optional,
+    )
+    retrain_min_new_rows: int = _setting(
+        "CHURN_RETRAIN_MIN_NEW_ROWS",
+        0,
+        "retrain only once this many new bronze rows have landed (0 = every cycle)",
+        _positive(int),
+    )
+    promotion_tolerance: float = _setting(
+        "CHURN_PROMOTION_TOLERANCE",
+        0.0,
+        "a challenger is promoted when its holdout ROC AUC >= champion's - this",
+        _positive(float),
+    )
     # --- campaign -----------------------------------------------------------------------------
-    anthropic_api_key: str | None = _setting("ANTHROPIC_API_KEY", None,
-                                             "Claude writes the campaign copy when set (else offline templates)",
-                                             _optional, secret=True)
-    anthropic_base_url: str | None = _setting("ANTHROPIC_BASE_URL", None,
-                                              "another endpoint for the Messages API (a proxy, a test server)",
-                                              _optional)
+    anthropic_api_key: str | None = _setting(
+        "ANTHROPIC_API_KEY",
+        None,
+        "Claude writes the campaign copy when set (else offline templates)",
+        _optional,
+        secret=True,
+    )
+    anthropic_base_url: str | None = _setting(
+        "ANTHROPIC_BASE_URL", None, "another endpoint for the Messages API (a proxy, a test server)", _optional
+    )
     claude_model: str = _setting("CHURN_CLAUDE_MODEL", "claude-haiku-5-5", "the model that writes the copy")
-    campaign_budget_usd: float = _setting("CHURN_CAMPAIGN_BUDGET_USD", 5.0, "the most one run may spend on the API",
-                                          _positive(float))
-    campaign_max_messages: int = _setting("CHURN_CAMPAIGN_MAX_MESSAGES", 1000, "messages per run, at most",
-                                          _positive(int))
-    campaign_cooldown_days: int = _setting("CHURN_CAMPAIGN_COOLDOWN_DAYS", 7,
-                                           "no customer is written to again within this many days", _positive(int))
+    campaign_budget_usd: float = _setting(
+        "CHURN_CAMPAIGN_BUDGET_USD", 5.0, "the most one run may spend on the API", _positive(float)
+    )
+    campaign_max_messages: int = _setting(
+        "CHURN_CAMPAIGN_MAX_MESSAGES", 1000, "messages per run, at most", _positive(int)
+    )
+    campaign_cooldown_days: int = _setting(
+        "CHURN_CAMPAIGN_COOLDOWN_DAYS", 7, "no customer is written to again within this many days", _positive(int)
+    )
     # --- cadence ------------------------------------------------------------------------------
     schedule_cron: str = _setting("CHURN_SCHEDULE_CRON", "0 * * * *", "when the hourly schedule runs the cycle")
     schedule_timezone: str = _setting("CHURN_SCHEDULE_TIMEZONE", "UTC", "time zone of CHURN_SCHEDULE_CRON")
-    sensor_interval_seconds: int = _setting("CHURN_SENSOR_INTERVAL_SECONDS", 3,
-                                            "how often the landing sensor looks for new files", _positive(int))
-    continuous_retrain_minutes: float = _setting("CHURN_CONTINUOUS_RETRAIN_MINUTES", 60.0,
-                                                 "continuous mode: retrain at most this often", _positive(float))
-    continuous_campaign_minutes: float = _setting("CHURN_CONTINUOUS_CAMPAIGN_MINUTES", 60.0,
-                                                  "continuous mode: run the campaign at most this often",
-                                                  _positive(float))
-    max_pending_runs: int = _setting("CHURN_MAX_PENDING_RUNS", 1,
-                                     "cycles queued or running at most: a trigger skips beyond it", _positive(int))
-    auto_up_files_per_minute: float = _setting("CHURN_AUTO_UP_FILES_PER_MINUTE", 1.0,
-                                               "auto mode: arrival rate that switches to continuous", _positive(float))
-    auto_window_minutes: float = _setting("CHURN_AUTO_WINDOW_MINUTES", 10.0,
-                                          "auto mode: window the arrival rate is measured over", _positive(float))
-    auto_quiet_minutes: float = _setting("CHURN_AUTO_QUIET_MINUTES", 30.0,
-                                         "auto mode: minutes without a file before going back to hourly",
-                                         _positive(float))
+    sensor_interval_seconds: int = _setting(
+        "CHURN_SENSOR_INTERVAL_SECONDS", 3, "how often the landing sensor looks for new files", _positive(int)
+    )
+    continuous_retrain_minutes: float = _setting(
+        "CHURN_CONTINUOUS_RETRAIN_MINUTES", 60.0, "continuous mode: retrain at most this often", _positive(float)
+    )
+    continuous_campaign_minutes: float = _setting(
+        "CHURN_CONTINUOUS_CAMPAIGN_MINUTES",
+        60.0,
+        "continuous mode: run the campaign at most this often",
+        _positive(float),
+    )
+    max_pending_runs: int = _setting(
+        "CHURN_MAX_PENDING_RUNS", 1, "cycles queued or running at most: a trigger skips beyond it", _positive(int)
+    )
+    auto_up_files_per_minute: float = _setting(
+        "CHURN_AUTO_UP_FILES_PER_MINUTE", 1.0, "auto mode: arrival rate that switches to continuous", _positive(float)
+    )
+    auto_window_minutes: float = _setting(
+        "CHURN_AUTO_WINDOW_MINUTES", 10.0, "auto mode: window the arrival rate is measured over", _positive(float)
+    )
+    auto_quiet_minutes: float = _setting(
+        "CHURN_AUTO_QUIET_MINUTES",
+        30.0,
+        "auto mode: minutes without a file before going back to hourly",
+        _positive(float),
+    )
     # --- monitoring ---------------------------------------------------------------------------
-    alert_duration_factor: float = _setting("CHURN_ALERT_DURATION_FACTOR", 3.0,
-                                            "a run is abnormally long past this x the median of recent successes",
-                                            _positive(float))
-    alert_duration_history: int = _setting("CHURN_ALERT_DURATION_HISTORY", 10,
-                                           "successful runs the median is taken over", _positive(int))
-    alert_duration_min_history: int = _setting("CHURN_ALERT_DURATION_MIN_HISTORY", 3,
-                                               "successful runs needed before the median is used", _positive(int))
-    alert_duration_ceiling_seconds: float = _setting("CHURN_ALERT_DURATION_CEILING_SECONDS", 1800.0,
-                                                     "a run longer than this is abnormally long (0 = no ceiling)",
-                                                     _positive(float))
-    max_runtime_seconds: int = _setting("CHURN_MAX_RUNTIME_SECONDS", 3600,
-                                        "hard timeout of a run (dagster/max_runtime)", _positive(int))
-    alert_timeout_seconds: float = _setting("CHURN_ALERT_TIMEOUT_SECONDS", 3.0,
-                                            "one delivery attempt of an alert (webhook, Slack), at most",
-                                            _positive(float))
-    alert_tick_budget_seconds: float = _setting("CHURN_ALERT_TICK_BUDGET_SECONDS", 10.0,
-                                                "all alert deliveries of one sensor tick, at most", _positive(float))
-    alert_retry_after_seconds: float = _setting("CHURN_ALERT_RETRY_AFTER_SECONDS", 5.0,
-                                                "first wait before an undelivered alert is sent again (then doubling)",
-                                                _positive(float))
-    alert_expire_hours: float = _setting("CHURN_ALERT_EXPIRE_HOURS", 24.0,
-                                         "an alert still undelivered after this long is given up (recorded)",
-                                         _positive(float))
+    alert_duration_factor: float = _setting(
+        "CHURN_ALERT_DURATION_FACTOR",
+        3.0,
+        "a run is abnormally long past this x the median of recent successes",
+        _positive(float),
+    )
+    alert_duration_history: int = _setting(
+        "CHURN_ALERT_DURATION_HISTORY", 10, "successful runs the median is taken over", _positive(int)
+    )
+    alert_duration_min_history: int = _setting(
+        "CHURN_ALERT_DURATION_MIN_HISTORY", 3, "successful runs needed before the median is used", _positive(int)
+    )
+    alert_duration_ceiling_seconds: float = _setting(
+        "CHURN_ALERT_DURATION_CEILING_SECONDS",
+        1800.0,
+        "a run longer than this is abnormally long (0 = no ceiling)",
+        _positive(float),
+    )
+    max_runtime_seconds: int = _setting(
+        "CHURN_MAX_RUNTIME_SECONDS", 3600, "hard timeout of a run (dagster/max_runtime)", _positive(int)
+    )
+    alert_timeout_seconds: float = _setting(
+        "CHURN_ALERT_TIMEOUT_SECONDS",
+        3.0,
+        "one delivery attempt of an alert (webhook, Slack), at most",
+        _positive(float),
+    )
+    alert_tick_budget_seconds: float = _setting(
+        "CHURN_ALERT_TICK_BUDGET_SECONDS", 10.0, "all alert deliveries of one sensor tick, at most", _positive(float)
+    )
+    alert_retry_after_seconds: float = _setting(
+        "CHURN_ALERT_RETRY_AFTER_SECONDS",
+        5.0,
+        "first wait before an undelivered alert is sent again (then doubling)",
+        _positive(float),
+    )
+    alert_expire_hours: float = _setting(
+        "CHURN_ALERT_EXPIRE_HOURS",
+        24.0,
+        "an alert still undelivered after this long is given up (recorded)",
+        _positive(float),
+    )
     ui_url: str = _setting("CHURN_UI_URL", "http://127.0.0.1:3000", "the Dagster UI, for links in alerts")
-    alert_webhook: str | None = _setting("CHURN_ALERT_WEBHOOK", None, "alerts are POSTed here as JSON when set",
-                                         _optional, secret=True)
-    slack_bot_token: str | None = _setting("SLACK_BOT_TOKEN", None, "alerts go to Slack when set",
-                                           _optional, secret=True)
+    alert_webhook: str | None = _setting(
+        "CHURN_ALERT_WEBHOOK", None, "alerts are POSTed here as JSON when set", _optional, secret=True
+    )
+    slack_bot_token: str | None = _setting(
+        "SLACK_BOT_TOKEN", None, "alerts go to Slack when set", _optional, secret=True
+    )
     slack_channel: str | None = _setting("CHURN_SLACK_CHANNEL", None, "the Slack channel for alerts", _optional)
     # --- tooling ------------------------------------------------------------------------------
     dagster_home_override: Path | None = _setting(
-        "DAGSTER_HOME", None, "Dagster's instance (run history, schedule and sensor state); export it for dg commands",
-        lambda t: Path(t).expanduser().resolve())
-    cache_dir: Path = _setting("XDG_CACHE_HOME", Path.home() / ".cache",
-                               "cache for the dashboard's chart library", lambda t: Path(t).expanduser())
-    test_kill_at: str | None = _setting("CHURN_TEST_KILL_AT", None,
-                                        "crash tests only: the fault point where the process kills itself", _optional)
-    test_kill_marker: str | None = _setting("CHURN_TEST_KILL_MARKER", None,
-                                            "crash tests only: a file the killed point's name is written to",
-                                            _optional)
-    test_retry_at: str | None = _setting("CHURN_TEST_RETRY_AT", None,
-                                         "retry tests only: the fault point where a step asks to be retried",
-                                         _optional)
+        "DAGSTER_HOME",
+        None,
+        "Dagster's instance (run history, schedule and sensor state); export it for dg commands",
+        lambda t: Path(t).expanduser().resolve(),
+    )
+    cache_dir: Path = _setting(
+        "XDG_CACHE_HOME",
+        Path.home() / ".cache",
+        "cache for the dashboard's chart library",
+        lambda t: Path(t).expanduser(),
+    )
+    test_kill_at: str | None = _setting(
+        "CHURN_TEST_KILL_AT", None, "crash tests only: the fault point where the process kills itself", _optional
+    )
+    test_kill_marker: str | None = _setting(
+        "CHURN_TEST_KILL_MARKER", None, "crash tests only: a file the killed point's name is written to", _optional
+    )
+    test_retry_at: str | None = _setting(
+        "CHURN_TEST_RETRY_AT", None, "retry tests only: the fault point where a step asks to be retried", _optional
+    )
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -212,8 +300,9 @@ class Settings:
                 continue
             shown = "(set)" if meta["secret"] else repr(raw)
             if meta["choices"] and raw not in meta["choices"]:
-                problems.append(f"{meta['env']}={shown} is not a known value: use {' or '.join(meta['choices'])}, "
-                                "or unset it")
+                problems.append(
+                    f"{meta['env']}={shown} is not a known value: use {' or '.join(meta['choices'])}, or unset it"
+                )
                 continue
             try:
                 values[f.name] = meta["parse"](raw)
@@ -251,8 +340,9 @@ class Settings:
         rows = []
         for f in dataclasses.fields(Settings):
             env = f.metadata["env"]
-            shown = SHOWN.get(env) or ("unset" if f.default is None else f"{f.default:g}"
-                                       if isinstance(f.default, float) else str(f.default))
+            shown = SHOWN.get(env) or (
+                "unset" if f.default is None else f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
+            )
             rows.append((env, shown, f.metadata["help"]))
         return rows
 

@@ -27,11 +27,18 @@ def campaign_line(con) -> str:
            FROM campaigns.retention_messages WHERE run_id = (SELECT run_id FROM last)"""
     ).fetchall()[0]
     errors = {}
-    if scalar(con, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'campaigns' "
-                   "AND table_name = 'retention_messages' AND column_name = 'model_error'"):
-        errors = dict(con.execute(
-            "SELECT model_error, count(*) FROM campaigns.retention_messages "
-            "WHERE run_id = ? AND model_error IS NOT NULL GROUP BY 1", [run_id]).fetchall())
+    if scalar(
+        con,
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'campaigns' "
+        "AND table_name = 'retention_messages' AND column_name = 'model_error'",
+    ):
+        errors = dict(
+            con.execute(
+                "SELECT model_error, count(*) FROM campaigns.retention_messages "
+                "WHERE run_id = ? AND model_error IS NOT NULL GROUP BY 1",
+                [run_id],
+            ).fetchall()
+        )
     if errors:
         return f"campaign   last run DEGRADED: {degradation_text(errors, messages, template)}"
     if messages and template == messages:
@@ -52,7 +59,7 @@ def quarantine_lines(con: duckdb.DuckDBPyConnection, run_id: str | None = None) 
               FROM bronze.quarantine {where} GROUP BY ALL
               UNION ALL
               SELECT path, status || coalesce(': ' || detail, ''), 0, file_id
-              FROM bronze.ingest_manifest {where + (' AND' if where else 'WHERE')} status NOT IN ('loaded', 'empty')
+              FROM bronze.ingest_manifest {where + (" AND" if where else "WHERE")} status NOT IN ('loaded', 'empty')
                 AND (status <> 'quarantined' OR path NOT IN (SELECT source_file FROM bronze.quarantine))
             ) ORDER BY f, path, n DESC, reason""",
         params * 2,
@@ -81,9 +88,15 @@ def cycle_summary(settings: Settings, champion_auc: float | None = None, run_id:
     try:
         lines = [f"warehouse  {path}"]
         for schema, tables in LAYERS:
-            counts = [f"{t} {scalar(con, f'SELECT count(*) FROM {schema}.{t}'):,}" for t in tables if table_exists(con, schema, t)]
+            counts = [
+                f"{t} {scalar(con, f'SELECT count(*) FROM {schema}.{t}'):,}"
+                for t in tables
+                if table_exists(con, schema, t)
+            ]
             lines.append(f"  {schema:<7} " + ", ".join(counts))
-        files = con.execute("SELECT status, count(*) FROM bronze.ingest_manifest GROUP BY status ORDER BY status").fetchall()
+        files = con.execute(
+            "SELECT status, count(*) FROM bronze.ingest_manifest GROUP BY status ORDER BY status"
+        ).fetchall()
         lines.append("  files   " + ", ".join(f"{s} {n}" for s, n in files))
         problems = quarantine_lines(con, run_id)
         if problems:
@@ -97,7 +110,9 @@ def cycle_summary(settings: Settings, champion_auc: float | None = None, run_id:
             auc = f", holdout ROC AUC {champion_auc:.3f}" if champion_auc is not None else ""
             lines.append(f"model      churn_model v{version} (champion{auc}); customers at risk {at_risk:,}")
         if table_exists(con, "campaigns", "retention_messages"):
-            rows = con.execute("SELECT status, generator, count(*) FROM campaigns.retention_messages GROUP BY ALL ORDER BY 1, 2").fetchall()
+            rows = con.execute(
+                "SELECT status, generator, count(*) FROM campaigns.retention_messages GROUP BY ALL ORDER BY 1, 2"
+            ).fetchall()
             lines.append("messages   " + ", ".join(f"{n:,} {s} ({g})" for s, g, n in rows))
             lines.append(campaign_line(con))
     finally:

@@ -22,7 +22,10 @@ SCHEMAS = ("bronze", "silver", "gold", "ops", "dashboard")
 # After a source's own columns, every bronze row says where it came from; the loader inserts
 # in this order.
 BRONZE_LINEAGE = (
-    ("_rescued_data", "VARCHAR"), ("_source_file", "VARCHAR"), ("_file_id", "BIGINT"), ("_row_no", "BIGINT"),
+    ("_rescued_data", "VARCHAR"),
+    ("_source_file", "VARCHAR"),
+    ("_file_id", "BIGINT"),
+    ("_row_no", "BIGINT"),
     ("_ingested_at", "TIMESTAMP"),
 )
 
@@ -43,9 +46,17 @@ DDL = [
         version INTEGER, event VARCHAR, offset_start BIGINT, offset_end BIGINT, prefix_hash VARCHAR,
         dedup_key VARCHAR)""",
     # Warehouses made before file versions: the columns a version and a tail need.
-    *(f"ALTER TABLE bronze.ingest_manifest ADD COLUMN IF NOT EXISTS {c}" for c in (
-        "version INTEGER", "event VARCHAR", "offset_start BIGINT", "offset_end BIGINT", "prefix_hash VARCHAR",
-        "dedup_key VARCHAR")),
+    *(
+        f"ALTER TABLE bronze.ingest_manifest ADD COLUMN IF NOT EXISTS {c}"
+        for c in (
+            "version INTEGER",
+            "event VARCHAR",
+            "offset_start BIGINT",
+            "offset_end BIGINT",
+            "prefix_hash VARCHAR",
+            "dedup_key VARCHAR",
+        )
+    ),
     # Exactly-once held by the warehouse, not only by the one writer: a file id, a segment
     # of a file version (path, version, first byte) and the first arrival of a content
     # (dedup_key) are each recorded once; a second writer's transaction fails instead.
@@ -153,8 +164,9 @@ def describe_holder(path: Path | str, lock_error: str) -> str:
     return f"pid {pid}" if pid else "another process"
 
 
-def connect_writer(path: Path | str, *, wait_seconds: float, holder: str, memory_limit: str | None = None,
-                   poll_seconds: float = 0.5) -> duckdb.DuckDBPyConnection:
+def connect_writer(
+    path: Path | str, *, wait_seconds: float, holder: str, memory_limit: str | None = None, poll_seconds: float = 0.5
+) -> duckdb.DuckDBPyConnection:
     """``connect`` for a writer, waiting up to ``wait_seconds`` while another process holds
     the file; then ``WarehouseBusy`` with one line naming the holder."""
     deadline = time.monotonic() + wait_seconds
@@ -217,8 +229,11 @@ def start_run(con: duckdb.DuckDBPyConnection, compact_every_hours: float) -> boo
     if last is None:
         con.execute("INSERT INTO ops.compactions VALUES (now()::TIMESTAMP, 'new warehouse')")
         return False
-    due = scalar(con, "SELECT ?::TIMESTAMP <= now()::TIMESTAMP - to_microseconds(?::BIGINT)",
-                 [last, int(compact_every_hours * 3_600_000_000)])
+    due = scalar(
+        con,
+        "SELECT ?::TIMESTAMP <= now()::TIMESTAMP - to_microseconds(?::BIGINT)",
+        [last, int(compact_every_hours * 3_600_000_000)],
+    )
     if due:
         con.execute(f"SET max_vacuum_tasks = {VACUUM_TASKS_DEFAULT}")
         con.execute("INSERT INTO ops.compactions VALUES (now()::TIMESTAMP, 'due')")
@@ -277,11 +292,12 @@ def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> boo
     )
 
 
-def record_quality(con, run_id: str, layer: str, table: str,
-                   rows: list[tuple[str, int, int, int, str | None]]) -> None:
+def record_quality(con, run_id: str, layer: str, table: str, rows: list[tuple[str, int, int, int, str | None]]) -> None:
     """Append expectation counts (expectation, passed, failed, dropped, detail) for one table."""
     con.executemany(
         "INSERT INTO ops.data_quality VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)",
-        [[run_id, layer, table, name, passed, failed, dropped, detail]
-         for name, passed, failed, dropped, detail in rows],
+        [
+            [run_id, layer, table, name, passed, failed, dropped, detail]
+            for name, passed, failed, dropped, detail in rows
+        ],
     )

@@ -24,13 +24,29 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PHRASES = {
     "offer": {
-        "discount": {"en": "take 15% off your next order", "fr": "profitez de 15 % de remise", "es": "aprovecha un 15 % de descuento"},
-        "free_shipping": {"en": "your next order ships free", "fr": "votre prochaine commande est livrée gratuitement", "es": "tu próximo pedido tiene envío gratis"},
-        "bundle": {"en": "pick 3 pieces and pay for 2", "fr": "choisissez 3 pièces et payez-en 2", "es": "elige 3 prendas y paga 2"},
+        "discount": {
+            "en": "take 15% off your next order",
+            "fr": "profitez de 15 % de remise",
+            "es": "aprovecha un 15 % de descuento",
+        },
+        "free_shipping": {
+            "en": "your next order ships free",
+            "fr": "votre prochaine commande est livrée gratuitement",
+            "es": "tu próximo pedido tiene envío gratis",
+        },
+        "bundle": {
+            "en": "pick 3 pieces and pay for 2",
+            "fr": "choisissez 3 pièces et payez-en 2",
+            "es": "elige 3 prendas y paga 2",
+        },
     },
     "season": {
         "winter": {"en": "with our warm knits", "fr": "avec nos mailles chaudes", "es": "con nuestro punto cálido"},
-        "spring": {"en": "with our light jackets", "fr": "avec nos vestes légères", "es": "con nuestras chaquetas ligeras"},
+        "spring": {
+            "en": "with our light jackets",
+            "fr": "avec nos vestes légères",
+            "es": "con nuestras chaquetas ligeras",
+        },
         "summer": {"en": "with our linen pieces", "fr": "avec nos pièces en lin", "es": "con nuestras prendas de lino"},
         "autumn": {"en": "with our new coats", "fr": "avec nos nouveaux manteaux", "es": "con nuestros abrigos nuevos"},
     },
@@ -91,7 +107,9 @@ class FakeAnthropic:
                 length = int(self.headers.get("content-length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with fake._lock:
-                    fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": body, "at": time.monotonic()})
+                    fake.requests.append(
+                        {"path": self.path, "headers": dict(self.headers), "body": body, "at": time.monotonic()}
+                    )
                     behaviour = fake.script.popleft() if fake.script else fake.default
                     if behaviour == "ok" and fake.error_rate and fake._rng.random() < fake.error_rate:
                         behaviour = fake._rng.choice(["429", "529", "500"])
@@ -133,14 +151,26 @@ class FakeAnthropic:
             first = not self._cached
             self._cached = True
         usage = {
-            "input_tokens": 40, "output_tokens": max(1, len(text) // 4),
-            "cache_creation_input_tokens": 1500 if first else 0, "cache_read_input_tokens": 0 if first else 1500,
+            "input_tokens": 40,
+            "output_tokens": max(1, len(text) // 4),
+            "cache_creation_input_tokens": 1500 if first else 0,
+            "cache_read_input_tokens": 0 if first else 1500,
         }
         content = [{"type": "text", "text": text}] if text else []
-        self._send(handler, 200, {
-            "id": f"msg_{uuid.uuid4().hex[:20]}", "type": "message", "role": "assistant", "model": body.get("model"),
-            "content": content, "stop_reason": stop_reason, "stop_sequence": None, "usage": usage,
-        })
+        self._send(
+            handler,
+            200,
+            {
+                "id": f"msg_{uuid.uuid4().hex[:20]}",
+                "type": "message",
+                "role": "assistant",
+                "model": body.get("model"),
+                "content": content,
+                "stop_reason": stop_reason,
+                "stop_sequence": None,
+                "usage": usage,
+            },
+        )
 
     def _answer(self, handler, behaviour, body: dict) -> None:
         if callable(behaviour):
@@ -148,24 +178,38 @@ class FakeAnthropic:
             text = answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)
             return self._message(handler, body, text)
         if behaviour == "429":
-            return self._error(handler, 429, "rate_limit_error", "Number of requests has exceeded your rate limit", {"retry-after": "1"})
+            return self._error(
+                handler,
+                429,
+                "rate_limit_error",
+                "Number of requests has exceeded your rate limit",
+                {"retry-after": "1"},
+            )
         if behaviour == "529":
             return self._error(handler, 529, "overloaded_error", "Overloaded")
         if behaviour == "500":
             return self._error(handler, 500, "api_error", "Internal server error")
         if behaviour == "spend_limit":
-            return self._error(handler, 429, "rate_limit_error",
-                               "You have reached your spend limit for this workspace; raise it to continue.",
-                               {"x-should-retry": "false"})
+            return self._error(
+                handler,
+                429,
+                "rate_limit_error",
+                "You have reached your spend limit for this workspace; raise it to continue.",
+                {"x-should-retry": "false"},
+            )
         if behaviour.startswith("sleep"):  # "sleep3": answer after 3 s (past the client's timeout)
             time.sleep(float(behaviour[5:]))
             behaviour = "ok"
         if behaviour == "refusal":
             return self._message(handler, body, "", stop_reason="refusal")
         if behaviour == "malformed":
-            return self._message(handler, body, "Sure! Here is a lovely message for your customer: Hi there, come back soon.")
+            return self._message(
+                handler, body, "Sure! Here is a lovely message for your customer: Hi there, come back soon."
+            )
         if behaviour == "invalid":
-            return self._message(handler, body, json.dumps({"subject": None, "texts": {"en": "We noticed your churn risk is high!"}}))
+            return self._message(
+                handler, body, json.dumps({"subject": None, "texts": {"en": "We noticed your churn risk is high!"}})
+            )
         return self._answer(handler, self.answer, body)
 
     # --- what the tests read -------------------------------------------------------------------

@@ -24,7 +24,9 @@ def sample_available() -> bool:
     return SAMPLE.is_dir()
 
 
-needs_sample = pytest.mark.skipif(not sample_available(), reason="../shared/fixtures/dbdemos-sample is not beside the project")
+needs_sample = pytest.mark.skipif(
+    not sample_available(), reason="../shared/fixtures/dbdemos-sample is not beside the project"
+)
 
 
 def land_sample(home: Path) -> None:
@@ -58,9 +60,16 @@ def load_defs(home: Path, as_of: str = AS_OF, **env: str) -> dg.Definitions:
         return project_defs()
 
 
-def materialize(home: Path, selection: str = "*", as_of: str = AS_OF, raise_on_error: bool = True,
-                run_config: dict | None = None, instance: dg.DagsterInstance | None = None,
-                env: dict[str, str] | None = None, **resources):
+def materialize(
+    home: Path,
+    selection: str = "*",
+    as_of: str = AS_OF,
+    raise_on_error: bool = True,
+    run_config: dict | None = None,
+    instance: dg.DagsterInstance | None = None,
+    env: dict[str, str] | None = None,
+    **resources,
+):
     """Run the selected assets (and their checks) of the real definitions against ``home``.
 
     ``env`` sets further settings; keyword arguments replace resources

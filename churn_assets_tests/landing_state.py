@@ -23,7 +23,8 @@ def snapshot(home: Path) -> dict[str, list[tuple]]:
         for table in (*BRONZE, *SILVER, *GOLD):
             out[table] = con.execute(
                 f"SELECT * EXCLUDE (_file_id{', _ingested_at' if table in BRONZE else ''}) FROM {table} ORDER BY ALL"
-                if table not in GOLD else f"SELECT * FROM {table} ORDER BY ALL"
+                if table not in GOLD
+                else f"SELECT * FROM {table} ORDER BY ALL"
             ).fetchall()
         return out
     finally:

@@ -101,9 +101,20 @@ class LiveDagster:
 
     def __enter__(self) -> LiveDagster:
         self.proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dg")), "dev", "-m", "churn_assets.definitions", "-h", "127.0.0.1",
-             "-p", str(self.port)],
-            cwd=REPO, env={**self.env, "VIRTUAL_ENV": sys.prefix}, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                str(Path(sys.executable).with_name("dg")),
+                "dev",
+                "-m",
+                "churn_assets.definitions",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+            ],
+            cwd=REPO,
+            env={**self.env, "VIRTUAL_ENV": sys.prefix},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         wait_until_serving(self.port, self.proc, self.churn_home / "dagster-dev.log")
@@ -132,8 +143,14 @@ class LiveDagster:
         return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.dagster_home)))
 
     def churn(self, *args: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "churn_assets.cli", *args], env=self.env, cwd=REPO,
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "churn_assets.cli", *args],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stdout
 
@@ -155,7 +172,9 @@ class LiveDagster:
             if value:
                 return value
             time.sleep(every)
-        raise TimeoutError(f"condition not met in {timeout}s; log tail: {(self.churn_home / 'dagster-dev.log').read_text()[-3000:]}")
+        raise TimeoutError(
+            f"condition not met in {timeout}s; log tail: {(self.churn_home / 'dagster-dev.log').read_text()[-3000:]}"
+        )
 
     def runs(self, **tags) -> list:
         with self.instance() as instance:

@@ -148,7 +148,7 @@ class Matcher:
             for index, seq in ((self._exact, words), (self._folded, folded)):
                 for n in index.get(seq[i], ()):
                     k = len(n.tokens)
-                    if tuple(seq[i:i + k]) == n.tokens:
+                    if tuple(seq[i : i + k]) == n.tokens:
                         yield n, spans[i][1], spans[i + k - 1][2]
 
 
@@ -238,7 +238,7 @@ class Scanner:
         text = BASE64_RUN.sub(" ", text)
         for variant in {text, unescape(text)}:
             for needle, start, end in self.matcher.find(variant):
-                context = variant[max(0, start - 40):end + 40].replace("\n", " ")
+                context = variant[max(0, start - 40) : end + 40].replace("\n", " ")
                 hit = Hit(where, needle.kind, needle.value, context)
                 if hit not in self.report.hits:
                     self.report.hits.append(hit)

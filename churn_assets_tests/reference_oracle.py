@@ -12,9 +12,22 @@ import duckdb
 
 P = "'%m-%d-%Y %H:%M:%S'"
 COMPARED = [
-    "user_id", "order_count", "total_amount", "total_item", "last_transaction", "event_count", "session_count",
-    "last_event", "churn", "gender", "age_group", "canal", "country", "days_since_creation",
-    "days_since_last_activity", "days_last_event",
+    "user_id",
+    "order_count",
+    "total_amount",
+    "total_item",
+    "last_transaction",
+    "event_count",
+    "session_count",
+    "last_event",
+    "churn",
+    "gender",
+    "age_group",
+    "canal",
+    "country",
+    "days_since_creation",
+    "days_since_last_activity",
+    "days_last_event",
 ]
 
 

@@ -9,12 +9,11 @@ import time
 import dagster as dg
 import pytest
 
-from churn_assets.ops.alerts import AlertsResource, duration_verdict
 from churn_assets.defs.automation.triggers import AutoState, auto_cadence, run_key_for
+from churn_assets.ops.alerts import AlertsResource, duration_verdict
 from churn_assets.settings import Settings
 from churn_assets_tests.helpers import load_defs, trigger
 from churn_assets_tests.live import Webhook
-
 
 churn_hourly, churn_landing_sensor = trigger("churn_hourly"), trigger("churn_landing_sensor")
 churn_failure_alerts = trigger("churn_failure_alerts")
@@ -41,8 +40,12 @@ def sensor_context(home, instance, cursor=None, settle=120):
     # The definitions as the code location loads them for this home. The settle time is long: loading
     # them takes seconds on a busy machine, and a file landed 1 s earlier must still be settling.
     loaded = load_defs(home, CHURN_SETTLE_SECONDS=str(settle))
-    return dg.build_sensor_context(instance=instance, cursor=cursor, definitions=loaded,
-                                   resources={k: loaded.resources[k] for k in ("landing", "alerts")})
+    return dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        definitions=loaded,
+        resources={k: loaded.resources[k] for k in ("landing", "alerts")},
+    )
 
 
 def add_run(instance, status):
@@ -97,7 +100,9 @@ def test_run_key_is_the_file_set():
     assert run_key_for([F("a"), F("b")]) == run_key_for([F("b"), F("a")]) != run_key_for([F("a")])
 
 
-@pytest.mark.parametrize("status", [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED])
+@pytest.mark.parametrize(
+    "status", [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED]
+)
 def test_no_run_while_a_cycle_is_pending_and_the_files_wait(tmp_path, status, instance):
     land(tmp_path, "users/a.json")
     add_run(instance, status)
@@ -154,7 +159,9 @@ def test_auto_cadence_switches_with_hysteresis():
 
 def test_a_failed_run_raises_exactly_one_alert(tmp_path, instance):
     hook = Webhook()
-    alerts = AlertsResource.from_settings(Settings(), store_path=str(tmp_path / "alerts.db"), webhook_url=hook.url, ui_url="http://ui")
+    alerts = AlertsResource.from_settings(
+        Settings(), store_path=str(tmp_path / "alerts.db"), webhook_url=hook.url, ui_url="http://ui"
+    )
 
     @dg.asset
     def broken():
@@ -163,14 +170,21 @@ def test_a_failed_run_raises_exactly_one_alert(tmp_path, instance):
     result = dg.materialize([broken], instance=instance, raise_on_error=False)
     failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
     context = dg.build_run_status_sensor_context(
-        sensor_name="churn_failure_alerts", dagster_instance=instance, dagster_run=result.dagster_run, dagster_event=failure,
+        sensor_name="churn_failure_alerts",
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        dagster_event=failure,
         resources={"alerts": alerts},
     ).for_run_failure()
     churn_failure_alerts(context)
     churn_failure_alerts(context)  # the same failure seen twice: still one alert
     assert len(hook.received) == 1
     alert = hook.received[0]
-    assert alert["kind"] == "failure" and alert["run_id"] == result.run_id and alert["job_name"] == result.dagster_run.job_name
+    assert (
+        alert["kind"] == "failure"
+        and alert["run_id"] == result.run_id
+        and alert["job_name"] == result.dagster_run.job_name
+    )
     assert alert["link"] == f"http://ui/runs/{result.run_id}" and alert["reason"]
     stored = alerts.store().all()
     assert len(stored) == 1 and stored[0]["delivered_to"] == "table,webhook"

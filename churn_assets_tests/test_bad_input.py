@@ -8,9 +8,20 @@ import dagster as dg
 
 from churn_assets_tests.helpers import materialize, one, query
 
-GOOD_USER = {"id": "u-1", "firstname": "ann", "lastname": "lee", "email": "a@x.org", "address": "1 St\nTown",
-             "canal": "WEBAPP", "country": "FR", "creation_date": "01-30-2023 00:00:00",
-             "last_activity_date": "06-04-2023 02:06:29", "gender": 1.0, "age_group": 2.0, "churn": True}
+GOOD_USER = {
+    "id": "u-1",
+    "firstname": "ann",
+    "lastname": "lee",
+    "email": "a@x.org",
+    "address": "1 St\nTown",
+    "canal": "WEBAPP",
+    "country": "FR",
+    "creation_date": "01-30-2023 00:00:00",
+    "last_activity_date": "06-04-2023 02:06:29",
+    "gender": 1.0,
+    "age_group": 2.0,
+    "churn": True,
+}
 
 
 def user(i, **kw):
@@ -28,20 +39,45 @@ def write_bad_files(home):
     orders = home / "landing" / "orders"
     for d in (users, events, orders):
         d.mkdir(parents=True, exist_ok=True)
-    (users / "malformed.json").write_text("\n".join([user(1), "{this is not json", user(2), "[1, 2, 3]", user(3)]) + "\n")
+    (users / "malformed.json").write_text(
+        "\n".join([user(1), "{this is not json", user(2), "[1, 2, 3]", user(3)]) + "\n"
+    )
     full = "\n".join(user(i) for i in range(10, 15))
     (users / "truncated.json").write_text(full[: len(full) - 40])  # cut inside the last record
     (users / "empty.json").write_text("")
-    (users / "extra_field.json").write_text(user(20, loyalty_tier="gold") + "\n" + user(21, gender="female") + "\n" + user(22) + "\n")
-    (users / "latin1.json").write_bytes((user(30, firstname="José") + "\n").encode("latin-1") + (user(31) + "\n").encode())
+    (users / "extra_field.json").write_text(
+        user(20, loyalty_tier="gold") + "\n" + user(21, gender="female") + "\n" + user(22) + "\n"
+    )
+    (users / "latin1.json").write_bytes(
+        (user(30, firstname="José") + "\n").encode("latin-1") + (user(31) + "\n").encode()
+    )
     header = "user_id,event_id,platform,date,action,session_id,url"
     (events / "extra_column.csv").write_text(
-        header + ",campaign\n" + "u-1,e1,ios,06-06-2023 20:54:21,log,s1,https://x/,spring\n" + "u-2,e2,android,06-06-2023 20:54:21,view,s2,https://x/,\n"
+        header
+        + ",campaign\n"
+        + "u-1,e1,ios,06-06-2023 20:54:21,log,s1,https://x/,spring\n"
+        + "u-2,e2,android,06-06-2023 20:54:21,view,s2,https://x/,\n"
     )
-    (events / "ragged.csv").write_text(header + "\nu-1,e3,ios,06-06-2023 20:54:21,log,s3,https://x/\nu-1,e4,ios\nu-2,e5,ios,06-07-2023 01:00:00,click,s5,https://x/,extra,more\n")
+    (events / "ragged.csv").write_text(
+        header
+        + "\nu-1,e3,ios,06-06-2023 20:54:21,log,s3,https://x/\nu-1,e4,ios\nu-2,e5,ios,06-07-2023 01:00:00,click,s5,https://x/,extra,more\n"
+    )
     (events / "bad_date.csv").write_text(header + "\nu-1,e6,ios,2023/06/06,log,s6,https://x/\n")
-    (events / "not_utf8.csv").write_bytes((header + "\nu-9,e7,ios,06-06-2023 20:54:21,log,s7,https://x/caf\xe9\n").encode("latin-1"))
-    (orders / "ok.json").write_text(json.dumps({"user_id": "u-1", "id": "o-1", "transaction_date": "06-05-2023 12:07:59", "item_count": 3.0, "amount": 57.0}) + "\n")
+    (events / "not_utf8.csv").write_bytes(
+        (header + "\nu-9,e7,ios,06-06-2023 20:54:21,log,s7,https://x/caf\xe9\n").encode("latin-1")
+    )
+    (orders / "ok.json").write_text(
+        json.dumps(
+            {
+                "user_id": "u-1",
+                "id": "o-1",
+                "transaction_date": "06-05-2023 12:07:59",
+                "item_count": 3.0,
+                "amount": 57.0,
+            }
+        )
+        + "\n"
+    )
     return [*users.iterdir(), *events.iterdir(), *orders.iterdir()]
 
 
@@ -51,10 +87,14 @@ def test_every_landed_record_is_in_a_table_or_in_quarantine(home):
     assert result.success
     for path in files:
         rel = f"{path.parent.name}/{path.name}"
-        table = {"users": "churn_users_bronze", "orders": "churn_orders_bronze", "events": "churn_app_events"}[path.parent.name]
+        table = {"users": "churn_users_bronze", "orders": "churn_orders_bronze", "events": "churn_app_events"}[
+            path.parent.name
+        ]
         in_bronze = one(home, f"SELECT count(*) FROM bronze.{table} WHERE _source_file = ?", [rel])
         quarantined = one(home, "SELECT count(*) FROM bronze.quarantine WHERE source_file = ?", [rel])
-        manifest = query(home, "SELECT records, rows_loaded, rows_quarantined FROM bronze.ingest_manifest WHERE path = ?", [rel])
+        manifest = query(
+            home, "SELECT records, rows_loaded, rows_quarantined FROM bronze.ingest_manifest WHERE path = ?", [rel]
+        )
         assert manifest, rel
         assert in_bronze + quarantined == records_landed(path) == manifest[0][0], rel
         assert (in_bronze, quarantined) == manifest[0][1:], rel
@@ -74,15 +114,23 @@ def test_what_happens_to_each_kind_of_bad_input(home):
     assert status["users/empty.json"] == "empty"
     assert status["users/latin1.json"] == "quarantined"
     # Records that parse but do not fit keep their raw text; the misfit column is null.
-    rescued = dict(query(home, "SELECT id, _rescued_data FROM bronze.churn_users_bronze WHERE _rescued_data IS NOT NULL"))
+    rescued = dict(
+        query(home, "SELECT id, _rescued_data FROM bronze.churn_users_bronze WHERE _rescued_data IS NOT NULL")
+    )
     assert set(rescued) == {"u-20", "u-21"}
     assert json.loads(rescued["u-20"])["loyalty_tier"] == "gold"
     assert one(home, "SELECT gender FROM bronze.churn_users_bronze WHERE id = 'u-21'") is None
-    extra = query(home, "SELECT event_id, _rescued_data FROM bronze.churn_app_events WHERE _source_file = 'events/extra_column.csv' ORDER BY event_id")
+    extra = query(
+        home,
+        "SELECT event_id, _rescued_data FROM bronze.churn_app_events WHERE _source_file = 'events/extra_column.csv' ORDER BY event_id",
+    )
     assert json.loads(extra[0][1])["campaign"] == "spring" and extra[1][1] is None
     assert one(home, "SELECT date FROM bronze.churn_app_events WHERE event_id = 'e6'") is None
     # The checks report it without failing the run (warn only, as the reference).
-    checks = {(c.asset_key.to_user_string(), c.check_name): (c.passed, c.severity.value) for c in result.get_asset_check_evaluations()}
+    checks = {
+        (c.asset_key.to_user_string(), c.check_name): (c.passed, c.severity.value)
+        for c in result.get_asset_check_evaluations()
+    }
     assert checks[("bronze/churn_users_bronze", "correct_schema")] == (False, "WARN")
     assert checks[("bronze/churn_users_bronze", "records_parseable")] == (False, "WARN")
     assert checks[("bronze/churn_orders_bronze", "correct_schema")] == (True, "WARN")

@@ -16,14 +16,14 @@ import dagster as dg
 import duckdb
 import pytest
 
-from churn_assets.settings import Settings
 from churn_assets.defs.campaigns.decide import Decision, decide, offer_for, season_for
+from churn_assets.defs.campaigns.resources import AnthropicResource, CampaignPolicyResource
 from churn_assets.defs.campaigns.templates import template_copy
 from churn_assets.defs.campaigns.validate import problems
 from churn_assets.generator import generate_history
-from churn_assets.defs.campaigns.resources import AnthropicResource, CampaignPolicyResource
-from churn_assets_tests.helpers import materialize, one, query
+from churn_assets.settings import Settings
 from churn_assets_tests.fake_anthropic import FakeAnthropic, tamper
+from churn_assets_tests.helpers import materialize, one, query
 
 AS_OF = "2026-11-01T06:00:00"
 SELECT = "campaigns/retention_messages"
@@ -35,13 +35,13 @@ SELECT = "campaigns/retention_messages"
 @pytest.mark.parametrize(
     "amount, items, days, offer",
     [
-        (40, 2, 10, "discount"),        # discount (amount), bundle (items), discount (recency): 2 votes
-        (40, 2, 45, "free_shipping"),   # the rules' own conflict: 1-1-1, ties go to free shipping
+        (40, 2, 10, "discount"),  # discount (amount), bundle (items), discount (recency): 2 votes
+        (40, 2, 45, "free_shipping"),  # the rules' own conflict: 1-1-1, ties go to free shipping
         (150, 2, 10, "free_shipping"),  # free shipping, bundle, discount: tie -> free shipping
         (150, 6, 45, "free_shipping"),  # unanimous
-        (40, 6, 10, "discount"),        # discount, free shipping, discount
-        (100, 5, 30, "discount"),       # no rule votes: discount
-        (100, 2, 30, "bundle"),         # only the items rule votes
+        (40, 6, 10, "discount"),  # discount, free shipping, discount
+        (100, 5, 30, "discount"),  # no rule votes: discount
+        (100, 2, 30, "bundle"),  # only the items rule votes
     ],
 )
 def test_offer_precedence(amount, items, days, offer):
@@ -49,25 +49,49 @@ def test_offer_precedence(amount, items, days, offer):
 
 
 def test_decisions_follow_the_rules():
-    d = decide(canal="PHONE", country="FR", last_amount=40, last_items=2, days_since_last_order=10, at_risk=True,
-               today=date(2026, 7, 1))
+    d = decide(
+        canal="PHONE",
+        country="FR",
+        last_amount=40,
+        last_items=2,
+        days_since_last_order=10,
+        at_risk=True,
+        today=date(2026, 7, 1),
+    )
     assert d == Decision("short", ("en", "fr"), "discount", "urgent", "summer")
-    d = decide(canal="WEBAPP", country="USA", last_amount=40, last_items=2, days_since_last_order=10, at_risk=True,
-               today=date(2026, 1, 5))
+    d = decide(
+        canal="WEBAPP",
+        country="USA",
+        last_amount=40,
+        last_items=2,
+        days_since_last_order=10,
+        at_risk=True,
+        today=date(2026, 1, 5),
+    )
     assert (d.style, d.languages, d.season) == ("long", ("en",), "winter")
-    assert decide(canal="MOBILE", country="SPAIN", last_amount=1, last_items=1, days_since_last_order=1, at_risk=True,
-                  today=date(2026, 4, 1)).languages == ("en", "es")
+    assert decide(
+        canal="MOBILE",
+        country="SPAIN",
+        last_amount=1,
+        last_items=1,
+        days_since_last_order=1,
+        at_risk=True,
+        today=date(2026, 4, 1),
+    ).languages == ("en", "es")
     assert season_for(date(2026, 7, 1), "AU") == "winter" and season_for(date(2026, 10, 1), "FR") == "autumn"
     assert d.key("v1", "m") == Decision(*d.__dict__.values()).key("v1", "m") != d.key("v2", "m")
 
 
 def test_validation_catches_each_rule():
     d = Decision("short", ("en", "fr"), "discount", "urgent", "winter")
-    good = {"en": "Hi {{first_name}}, 15% off until Sunday with our warm knits.",
-            "fr": "Bonjour {{first_name}}, 15 % de remise avec nos mailles."}
+    good = {
+        "en": "Hi {{first_name}}, 15% off until Sunday with our warm knits.",
+        "fr": "Bonjour {{first_name}}, 15 % de remise avec nos mailles.",
+    }
     assert problems(d, None, good) == []
-    assert "mentions churn or risk" in problems(d, None,
-                                                {**good, "en": "Hi {{first_name}}, you are at risk of leaving!"})
+    assert "mentions churn or risk" in problems(
+        d, None, {**good, "en": "Hi {{first_name}}, you are at risk of leaving!"}
+    )
     assert "mentions country" in problems(d, None, {**good, "en": "Hi {{first_name}}, the best of France for you."})
     assert "mentions country" in problems(d, None, {**good, "en": "Hi {{first_name}}, shipping across the USA."})
     assert "mentions channel" in problems(d, None, {**good, "en": "Hi {{first_name}}, open the app for 15% off."})
@@ -101,18 +125,27 @@ def home(scored, tmp_path):
 def campaign(home, fake: FakeAnthropic | None = None, cap: int = 1000, raise_on_error: bool = True, **anthropic):
     resources = {"campaign_policy": CampaignPolicyResource.from_settings(Settings(), max_messages_per_run=cap)}
     if fake is not None:
-        resources["anthropic"] = AnthropicResource.from_settings(Settings(), api_key="test-key-not-a-secret",
-                                                                 base_url=fake.url, **anthropic)
+        resources["anthropic"] = AnthropicResource.from_settings(
+            Settings(), api_key="test-key-not-a-secret", base_url=fake.url, **anthropic
+        )
     result = materialize(home, SELECT, as_of=AS_OF, raise_on_error=raise_on_error, **resources)
-    meta = {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
-            for e in result.get_asset_materialization_events()}
+    meta = {
+        e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+        for e in result.get_asset_materialization_events()
+    }
     return result, meta.get(SELECT, {})
 
 
 def messages(home) -> list[dict]:
-    cur_cols = [r[0] for r in query(home, "SELECT column_name FROM information_schema.columns WHERE "
-                                          "table_schema='campaigns' AND table_name='retention_messages' "
-                                          "ORDER BY ordinal_position")]
+    cur_cols = [
+        r[0]
+        for r in query(
+            home,
+            "SELECT column_name FROM information_schema.columns WHERE "
+            "table_schema='campaigns' AND table_name='retention_messages' "
+            "ORDER BY ordinal_position",
+        )
+    ]
     rows = query(home, "SELECT * FROM campaigns.retention_messages ORDER BY created_at")
     return [dict(zip(cur_cols, r)) for r in rows]
 
@@ -144,9 +177,15 @@ def test_offline_every_at_risk_customer_within_the_cap_gets_a_valid_message(home
     assert len(msgs) == 300 == meta["customers_targeted"] and {m["status"] for m in msgs} == {"ready"}
     assert len({m["user_id"] for m in msgs}) == 300
     # The 300 highest-risk customers (then value).
-    expected = [r[0] for r in query(home, """SELECT p.user_id
+    expected = [
+        r[0]
+        for r in query(
+            home,
+            """SELECT p.user_id
         FROM gold.churn_prediction p JOIN gold.churn_features f USING (user_id)
-        WHERE churn_prediction = 1 ORDER BY churn_probability DESC, total_amount DESC, p.user_id LIMIT 300""")]
+        WHERE churn_prediction = 1 ORDER BY churn_probability DESC, total_amount DESC, p.user_id LIMIT 300""",
+        )
+    ]
     assert sorted(m["user_id"] for m in msgs) == sorted(expected)
     assert_all_valid(home, msgs)
     assert meta["validation_pass_rate"] == 1.0
@@ -246,11 +285,15 @@ def test_a_refusal_falls_back_to_the_template(home):
 def test_without_fallback_statuses_say_what_happened(home):
     with FakeAnthropic() as fake:
         fake.script.extend(["refusal", "invalid", "invalid"])
-        materialize(home, SELECT, as_of=AS_OF,
-                    anthropic=AnthropicResource.from_settings(Settings(), api_key="k", base_url=fake.url,
-                                                              max_concurrency=1),
-                    campaign_policy=CampaignPolicyResource.from_settings(Settings(), max_messages_per_run=40,
-                                                                         fallback_to_template=False))
+        materialize(
+            home,
+            SELECT,
+            as_of=AS_OF,
+            anthropic=AnthropicResource.from_settings(Settings(), api_key="k", base_url=fake.url, max_concurrency=1),
+            campaign_policy=CampaignPolicyResource.from_settings(
+                Settings(), max_messages_per_run=40, fallback_to_template=False
+            ),
+        )
     statuses = {m["status"] for m in messages(home)}
     assert {"refused", "invalid", "ready"} <= statuses
     assert all(m["outbox"] is None for m in messages(home) if m["status"] != "ready")
@@ -278,8 +321,14 @@ def test_the_budget_holds(home):
 
 
 def test_a_killed_run_loses_nothing_and_does_not_ask_again(home, tmp_path):
-    env = {**os.environ, "CHURN_HOME": str(home), "DAGSTER_HOME": str(tmp_path / "dh"), "CHURN_AS_OF": AS_OF,
-           "ANTHROPIC_API_KEY": "test-key", "CHURN_CAMPAIGN_MAX_MESSAGES": "400"}
+    env = {
+        **os.environ,
+        "CHURN_HOME": str(home),
+        "DAGSTER_HOME": str(tmp_path / "dh"),
+        "CHURN_AS_OF": AS_OF,
+        "ANTHROPIC_API_KEY": "test-key",
+        "CHURN_CAMPAIGN_MAX_MESSAGES": "400",
+    }
     with FakeAnthropic(latency=0.05) as fake:
         env["ANTHROPIC_BASE_URL"] = fake.url
         cmd = [sys.executable, "-m", "churn_assets.cli", "run", "--select", SELECT]
@@ -294,10 +343,20 @@ def test_a_killed_run_loses_nothing_and_does_not_ask_again(home, tmp_path):
     # Nothing generated before the kill was lost or asked for again...
     assert {m["message_id"] for m in before} <= {m["message_id"] for m in after}
     generated_before = {m["input_hash"] for m in before}
-    asked_again = [d for d in fake.decisions_requested()[len(asked_first):]]
+    asked_again = [d for d in fake.decisions_requested()[len(asked_first) :]]
     assert not {json.dumps(json.loads(d), sort_keys=True) for d in asked_again} & {
-        json.dumps({"style": m["style"], "languages": m["languages"].split(","), "offer": m["offer"],
-                    "urgency": m["urgency"], "season": m["season"]}, sort_keys=True) for m in before}
+        json.dumps(
+            {
+                "style": m["style"],
+                "languages": m["languages"].split(","),
+                "offer": m["offer"],
+                "urgency": m["urgency"],
+                "season": m["season"],
+            },
+            sort_keys=True,
+        )
+        for m in before
+    }
     assert generated_before
     # ...no customer got two messages (the re-run is a run of its own: its cap of 400 goes
     # to customers not yet written to), and every ready message reached an outbox.
@@ -311,12 +370,16 @@ def test_a_killed_run_loses_nothing_and_does_not_ask_again(home, tmp_path):
 
 SHORT = Decision("short", ("en", "fr"), "free_shipping", "urgent", "winter")
 LONG = Decision("long", ("en",), "free_shipping", "normal", "summer")
-GOOD_SHORT = {"en": "Hi {{first_name}}, your next order ships free with our warm knits. Until Sunday only.",
-              "fr": "Bonjour {{first_name}}, la livraison offerte avec nos mailles chaudes."}
+GOOD_SHORT = {
+    "en": "Hi {{first_name}}, your next order ships free with our warm knits. Until Sunday only.",
+    "fr": "Bonjour {{first_name}}, la livraison offerte avec nos mailles chaudes.",
+}
 GOOD_LONG_SUBJECT = "Your next order ships free"
-GOOD_LONG = {"en": "Hi {{first_name}},\n\nSummer is here and so are our linen shirts. Your next order ships free: "
-                   "pick your favourites whenever you like, and returns stay free for 30 days. Have a look at the "
-                   "new pieces and choose what you like best."}
+GOOD_LONG = {
+    "en": "Hi {{first_name}},\n\nSummer is here and so are our linen shirts. Your next order ships free: "
+    "pick your favourites whenever you like, and returns stay free for 30 days. Have a look at the "
+    "new pieces and choose what you like best."
+}
 
 
 @pytest.mark.parametrize(
@@ -359,19 +422,44 @@ def test_subject_rules_and_placeholders():
     # The subject is never personalized: a placeholder there would reach the customer as is.
     assert "has a leftover placeholder" in problems(LONG, "For you, {{first_name}}", GOOD_LONG)
     # Line breaks stay allowed in a body; the offers of the decision itself pass.
-    assert problems(Decision("short", ("en",), "discount", "urgent", "winter"), None,
-                    {"en": "Hi {{first_name}},\n15% off your next order with our warm knits."}) == []
-    assert problems(Decision("short", ("en", "es"), "bundle", "urgent", "winter"), None,
-                    {"en": "Hi {{first_name}}, 3 pieces for the price of 2 with our warm knits.",
-                     "es": "Hola {{first_name}}, 3 prendas por el precio de 2 con nuestro punto cálido."}) == []
+    assert (
+        problems(
+            Decision("short", ("en",), "discount", "urgent", "winter"),
+            None,
+            {"en": "Hi {{first_name}},\n15% off your next order with our warm knits."},
+        )
+        == []
+    )
+    assert (
+        problems(
+            Decision("short", ("en", "es"), "bundle", "urgent", "winter"),
+            None,
+            {
+                "en": "Hi {{first_name}}, 3 pieces for the price of 2 with our warm knits.",
+                "es": "Hola {{first_name}}, 3 prendas por el precio de 2 con nuestro punto cálido.",
+            },
+        )
+        == []
+    )
     # No false alarm on a missing space after a full stop, decimals or "30 days".
-    assert problems(SHORT, None, {**GOOD_SHORT, "en": "Hi {{first_name}}, your next order ships free.Until Sunday, "
-                                                      "30 days of free returns."}) == []
+    assert (
+        problems(
+            SHORT,
+            None,
+            {
+                **GOOD_SHORT,
+                "en": "Hi {{first_name}}, your next order ships free.Until Sunday, 30 days of free returns.",
+            },
+        )
+        == []
+    )
 
 
 def test_length_uses_the_real_first_name():
-    text = {"en": "Hi {{first_name}}, your next order ships free with our warm knits, new coats and boots. "
-                  "Have a look and choose what you like."}
+    text = {
+        "en": "Hi {{first_name}}, your next order ships free with our warm knits, new coats and boots. "
+        "Have a look and choose what you like."
+    }
     d = Decision("short", ("en",), "free_shipping", "urgent", "winter")
     assert len(text["en"]) == 125
     assert problems(d, None, text, first_name="Al") == []  # 113 characters to send
@@ -418,11 +506,24 @@ def test_one_generation_becomes_one_message_per_customer_paid_once():
     from churn_assets.defs.campaigns.run import CampaignResult
 
     d = Decision("short", ("en",), "free_shipping", "urgent", "winter")
-    gen = Generation(d, "claude", "ok", None, {"en": "Hi {{first_name}}, your " + "knits " * 20},
-                     api_calls=1, input_tokens=900, output_tokens=120, cost_usd=0.002, checked=1, passed=1)
-    customers = [{"user_id": "u1", "firstname": "Al", "canal": "MOBILE"},
-                 {"user_id": "u2", "firstname": "X" * 40, "canal": "PHONE"},
-                 {"user_id": "u3", "firstname": "Bea\u202e", "canal": "MOBILE"}]
+    gen = Generation(
+        d,
+        "claude",
+        "ok",
+        None,
+        {"en": "Hi {{first_name}}, your " + "knits " * 20},
+        api_calls=1,
+        input_tokens=900,
+        output_tokens=120,
+        cost_usd=0.002,
+        checked=1,
+        passed=1,
+    )
+    customers = [
+        {"user_id": "u1", "firstname": "Al", "canal": "MOBILE"},
+        {"user_id": "u2", "firstname": "X" * 40, "canal": "PHONE"},
+        {"user_id": "u3", "firstname": "Bea\u202e", "canal": "MOBILE"},
+    ]
     kwargs = dict(key="k", run_id="r", prompt_version="v", fallback_to_template=True)
     rows = message_rows(gen, customers, from_cache=False, **kwargs)
     assert [r.user_id for r in rows] == ["u1", "u2", "u3"] and len({r.message_id for r in rows}) == 3
@@ -430,7 +531,10 @@ def test_one_generation_becomes_one_message_per_customer_paid_once():
     assert paid == [(900, 120, 0.002), (0, 0, 0.0), (0, 0, 0.0)]
     # The 40-character name makes the model's copy too long: that customer gets the template.
     assert [(r.status, r.generator, r.model_error) for r in rows] == [
-        ("ready", "claude", None), ("ready", "template", "invalid copy"), ("ready", "claude", None)]
+        ("ready", "claude", None),
+        ("ready", "template", "invalid copy"),
+        ("ready", "claude", None),
+    ]
     assert json.loads(rows[2].texts)["en"].startswith("Hi Bea, your knits")  # the bidi control is gone
     cached = message_rows(gen, customers[:1], from_cache=True, **kwargs)
     assert (cached[0].input_tokens, cached[0].cost_usd) == (0, 0.0)
@@ -443,8 +547,9 @@ def test_one_generation_becomes_one_message_per_customer_paid_once():
     assert (result.api_calls, result.input_tokens, result.checked, result.passed) == (1, 900, 1, 1)
     assert result.statuses == {"ready": 4} and result.by_generator == {"claude": 3, "template": 1}
     assert result.model_errors == {"invalid copy": 1}
-    assert result.degradation() == ("1 of 4 messages without the model's copy (invalid copy 1); "
-                                    "1 sent with the template instead")
+    assert result.degradation() == (
+        "1 of 4 messages without the model's copy (invalid copy 1); 1 sent with the template instead"
+    )
 
 
 def test_message_rows_match_the_table_the_warehouse_creates():
@@ -457,7 +562,10 @@ def test_message_rows_match_the_table_the_warehouse_creates():
     columns = [r[0] for r in con.execute("DESCRIBE campaigns.retention_messages").fetchall()]
     assert MESSAGE_COLUMNS.split(", ") == columns
     assert {r[0] for r in con.execute("SHOW TABLES FROM campaigns").fetchall()} >= {
-        "copy_cache", "retention_messages", "outbox_files"}
+        "copy_cache",
+        "retention_messages",
+        "outbox_files",
+    }
 
 
 def _padded(decision: dict) -> dict:
@@ -481,17 +589,20 @@ def _break(rule: str):
     }[rule]
 
 
-@pytest.mark.parametrize("rule, evidence, problem", [
-    ("url", "evil.example", "link"),
-    ("bare domain", "evil.example", "link"),
-    ("www", "www.x.com", "link"),
-    ("markup", "<script>", "markup"),
-    ("header injection", "Bcc:", "line break"),
-    ("control character", "\x1b", "control character"),
-    ("placeholder", "{{discount_code}}", "placeholder"),
-    ("wrong offer", "50% off", "percentage 50 %"),
-    ("amount", "$20", "amount"),
-])
+@pytest.mark.parametrize(
+    "rule, evidence, problem",
+    [
+        ("url", "evil.example", "link"),
+        ("bare domain", "evil.example", "link"),
+        ("www", "www.x.com", "link"),
+        ("markup", "<script>", "markup"),
+        ("header injection", "Bcc:", "line break"),
+        ("control character", "\x1b", "control character"),
+        ("placeholder", "{{discount_code}}", "placeholder"),
+        ("wrong offer", "50% off", "percentage 50 %"),
+        ("amount", "$20", "amount"),
+    ],
+)
 def test_a_model_answer_breaking_a_rule_gets_a_corrective_turn_then_the_template(home, rule, evidence, problem):
     with FakeAnthropic(answer=_break(rule)) as fake:
         _, meta = campaign(home, fake, cap=60, max_concurrency=2)
@@ -535,7 +646,8 @@ def test_cached_copy_is_checked_again_when_used(home):
         # A bad copy in the cache (written by an older, laxer version, or tampered with).
         con = duckdb.connect(str(home / "warehouse.duckdb"))
         key, texts = con.execute(
-            "SELECT cache_key, texts FROM campaigns.copy_cache ORDER BY cache_key LIMIT 1").fetchall()[0]
+            "SELECT cache_key, texts FROM campaigns.copy_cache ORDER BY cache_key LIMIT 1"
+        ).fetchall()[0]
         bad = {lang: t + " https://evil.example/win" for lang, t in json.loads(texts).items()}
         con.execute("UPDATE campaigns.copy_cache SET texts = ? WHERE cache_key = ?", [json.dumps(bad), key])
         con.close()
@@ -573,20 +685,28 @@ def assert_exactly_once(home, taken: dict[str, list[dict]] | None = None) -> dic
     return files
 
 
-@pytest.mark.parametrize("point, sender_took_it", [
-    ("outbox_recorded", False),  # the file's name recorded on its messages, nothing written yet
-    ("outbox_file_written", False),  # written and fsynced under the hidden name, not renamed
-    ("outbox_renamed", False),  # renamed (handed over), not yet recorded as such
-    ("outbox_renamed", True),  # ... and the sender took the file away before the next run
-])
+@pytest.mark.parametrize(
+    "point, sender_took_it",
+    [
+        ("outbox_recorded", False),  # the file's name recorded on its messages, nothing written yet
+        ("outbox_file_written", False),  # written and fsynced under the hidden name, not renamed
+        ("outbox_renamed", False),  # renamed (handed over), not yet recorded as such
+        ("outbox_renamed", True),  # ... and the sender took the file away before the next run
+    ],
+)
 def test_outbox_exactly_once_through_kills(home, tmp_path, point, sender_took_it):
-    env = {**os.environ, "CHURN_HOME": str(home), "DAGSTER_HOME": str(tmp_path / "dh"), "CHURN_AS_OF": AS_OF,
-           "CHURN_CAMPAIGN_MAX_MESSAGES": "120"}
+    env = {
+        **os.environ,
+        "CHURN_HOME": str(home),
+        "DAGSTER_HOME": str(tmp_path / "dh"),
+        "CHURN_AS_OF": AS_OF,
+        "CHURN_CAMPAIGN_MAX_MESSAGES": "120",
+    }
     cmd = [sys.executable, "-m", "churn_assets.cli", "run", "--select", SELECT]
     killed = subprocess.run(cmd, env={**env, "CHURN_TEST_KILL_AT": point}, capture_output=True)
     assert killed.returncode == -signal.SIGKILL
     # The kill landed where intended.
-    (name, n), = query(home, "SELECT file_name, messages FROM campaigns.outbox_files WHERE handed_over_at IS NULL")
+    ((name, n),) = query(home, "SELECT file_name, messages FROM campaigns.outbox_files WHERE handed_over_at IS NULL")
     folder, marker = home / "outbox", home / "outbox" / f".{name}.tmp"
     assert n == 120 == one(home, "SELECT count(*) FROM campaigns.retention_messages WHERE outbox = ?", [name])
     if point == "outbox_recorded":
@@ -633,8 +753,15 @@ def test_a_retry_with_more_messages_never_overwrites_a_handed_over_file(home):
 
     from churn_assets.defs.campaigns.run import run_campaign
 
-    args = dict(run_id="run-a", as_of=datetime.fromisoformat(AS_OF), outbox_dir=home / "outbox", writer=None,
-                model_name="m", concurrency=1, cooldown_days=7)
+    args = dict(
+        run_id="run-a",
+        as_of=datetime.fromisoformat(AS_OF),
+        outbox_dir=home / "outbox",
+        writer=None,
+        model_name="m",
+        concurrency=1,
+        cooldown_days=7,
+    )
     con = duckdb.connect(str(home / "warehouse.duckdb"))
     try:
         first = run_campaign(con, cap=50, **args)
@@ -672,7 +799,8 @@ def test_a_total_outage_is_visible(home):
     (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "model_wrote_the_copy"]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN and check.description == expected
     assert [line for line in cycle_summary(Settings(home=home)).splitlines() if line.startswith("campaign")] == [
-        f"campaign   last run DEGRADED: {expected}"]
+        f"campaign   last run DEGRADED: {expected}"
+    ]
 
 
 def test_a_partial_degradation_is_visible_and_a_healthy_run_passes(home):
@@ -687,8 +815,10 @@ def test_a_partial_degradation_is_visible_and_a_healthy_run_passes(home):
     assert failed and refused and len({m["input_hash"] for m in failed}) == len({m["input_hash"] for m in refused}) == 1
     assert meta["model_errors"] == {"HTTP 500": len(failed), "refused": len(refused)}
     assert meta["api_errors"] == {"HTTP 500": 1}
-    assert meta["messages_by_generator"] == {"template": len(failed) + len(refused),
-                                             "claude-haiku-5-5": 100 - len(failed) - len(refused)}
+    assert meta["messages_by_generator"] == {
+        "template": len(failed) + len(refused),
+        "claude-haiku-5-5": 100 - len(failed) - len(refused),
+    }
     (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "model_wrote_the_copy"]
     assert not check.passed and "DEGRADED" in cycle_summary(Settings(home=home))
     with FakeAnthropic() as fake:

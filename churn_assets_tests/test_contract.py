@@ -16,7 +16,6 @@ from churn_assets_tests.helpers import SAMPLE, land_sample, materialize, needs_s
 pytestmark = needs_sample
 
 
-
 def oracle(as_of: str):
     return reference_oracle.oracle(SAMPLE, as_of)
 
@@ -48,32 +47,48 @@ def test_every_customer_equals_plain_sql(built):
 
 
 def test_first_platform_is_the_earliest_event(built):
-    rows = query(built, """
+    rows = query(
+        built,
+        """
         SELECT f.user_id, f.platform,
                (SELECT e.platform FROM bronze.churn_app_events e
                 WHERE e.user_id = f.user_id AND e.platform IS NOT NULL
                 ORDER BY strptime(e.date, '%m-%d-%Y %H:%M:%S'), e._file_id, e._row_no LIMIT 1) AS expected
-        FROM gold.churn_features f""")
+        FROM gold.churn_features f""",
+    )
     assert rows and all(p == e for _, p, e in rows)
 
 
 def test_silver_users_cleaning(built):
-    raw = oracle("2023-06-10").execute("SELECT id, email, firstname FROM u WHERE id IS NOT NULL ORDER BY id LIMIT 50").fetchall()
-    silver = dict(((r[0], r[1:]) for r in query(built, "SELECT user_id, email, firstname FROM silver.churn_users")))
+    raw = (
+        oracle("2023-06-10")
+        .execute("SELECT id, email, firstname FROM u WHERE id IS NOT NULL ORDER BY id LIMIT 50")
+        .fetchall()
+    )
+    silver = dict((r[0], r[1:]) for r in query(built, "SELECT user_id, email, firstname FROM silver.churn_users"))
     for user_id, email, first in raw:
         hashed, firstname = silver[user_id]
         # Keyed, not the reference's reversible unkeyed SHA-1 (nor a plain SHA-256).
         assert hashed not in (hashlib.sha1(email.encode()).hexdigest(), hashlib.sha256(email.encode()).hexdigest())
         assert len(hashed) == 64
         assert firstname == " ".join(w[:1].upper() + w[1:].lower() for w in first.split(" "))
-    types = dict(query(built, "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema='silver' AND table_name='churn_users'"))
+    types = dict(
+        query(
+            built,
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema='silver' AND table_name='churn_users'",
+        )
+    )
     assert types["gender"] == types["age_group"] == types["churn"] == "INTEGER"
     assert types["creation_date"] == types["last_activity_date"] == "TIMESTAMP"
 
 
 def test_quality_table_counts_per_expectation(built):
-    rows = dict(((t, x), (p, f, d)) for t, x, p, f, d in query(
-        built, "SELECT table_name, expectation, passed, failed, dropped FROM ops.data_quality"))
+    rows = dict(
+        ((t, x), (p, f, d))
+        for t, x, p, f, d in query(
+            built, "SELECT table_name, expectation, passed, failed, dropped FROM ops.data_quality"
+        )
+    )
     assert rows[("silver.churn_orders", "order_valid_id")] == (2129, 44, 44)
     assert rows[("silver.churn_orders", "order_valid_user_id")] == (2150, 23, 23)
     assert rows[("bronze.churn_users_bronze", "correct_schema")] == (2086, 0, 0)
@@ -100,11 +115,14 @@ def test_dashboard_kpis_on_the_reference_slice(tmp_path):
     assert kpis["customers_churned"] == one(tmp_path, "SELECT count(*) FROM silver.churn_users WHERE churn = 1")
     latest = one(tmp_path, "SELECT max(date_trunc('month', creation_date)) FROM silver.churn_orders")
     assert kpis["revenue_latest_month"] == one(
-        tmp_path, "SELECT sum(amount) FROM silver.churn_orders WHERE date_trunc('month', creation_date) = ?", [latest])
+        tmp_path, "SELECT sum(amount) FROM silver.churn_orders WHERE date_trunc('month', creation_date) = ?", [latest]
+    )
     raw = oracle("2023-06-10")
     churned = raw.execute("SELECT count(DISTINCT id) FROM u WHERE id IS NOT NULL AND churn").fetchall()[0][0]
     revenue = raw.execute("""
         WITH v AS (SELECT trunc(amount)::INT AS amount, strptime(transaction_date, '%m-%d-%Y %H:%M:%S') AS t
                    FROM o WHERE id IS NOT NULL AND user_id IS NOT NULL)
-        SELECT sum(amount) FROM v WHERE date_trunc('month', t) = (SELECT max(date_trunc('month', t)) FROM v)""").fetchall()[0][0]
+        SELECT sum(amount) FROM v WHERE date_trunc('month', t) = (SELECT max(date_trunc('month', t)) FROM v)""").fetchall()[
+        0
+    ][0]
     assert (kpis["customers_churned"], kpis["revenue_latest_month"]) == (churned, revenue) == (1303, 105762)

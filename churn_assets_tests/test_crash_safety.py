@@ -44,7 +44,9 @@ def run_cycle(home: Path, kill_at: str | None = None, select: str = "group:bronz
         env["CHURN_TEST_KILL_AT"] = kill_at
     return subprocess.Popen(
         [sys.executable, "-m", "churn_assets.cli", "run", "--select", select],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -67,8 +69,9 @@ def state(home: Path) -> dict:
 def landed(tmp_path_factory) -> tuple[Path, dict]:
     """A landing folder with dirty data and the state a clean, uninterrupted run reaches."""
     src = tmp_path_factory.mktemp("landed")
-    generate_history(src, customers=4_000, seed=5, end=date(2026, 11, 1), dirty_rate=0.01, progress=False,
-                     rows_per_file=1_000)
+    generate_history(
+        src, customers=4_000, seed=5, end=date(2026, 11, 1), dirty_rate=0.01, progress=False, rows_per_file=1_000
+    )
 
     clean = tmp_path_factory.mktemp("clean")
     shutil.copytree(src / "landing", clean / "landing")
@@ -78,8 +81,13 @@ def landed(tmp_path_factory) -> tuple[Path, dict]:
 
 @pytest.mark.parametrize(
     "kill_at",
-    ["after_parse:2", "after_rows_before_manifest:1", "after_file_before_commit:3", "after_commit:2",
-     "after_rows_before_manifest:7"],
+    [
+        "after_parse:2",
+        "after_rows_before_manifest:1",
+        "after_file_before_commit:3",
+        "after_commit:2",
+        "after_rows_before_manifest:7",
+    ],
 )
 def test_kill_at_a_point_then_rerun(landed, tmp_path, kill_at):
     src, expected = landed
@@ -93,8 +101,9 @@ def test_kill_at_a_point_then_rerun(landed, tmp_path, kill_at):
         assert partial["manifest_rows"] < expected["manifest_rows"]
     assert run_cycle(tmp_path).wait(120) == 0
     assert state(tmp_path) == expected
-    assert one(tmp_path, "SELECT sum(records) - sum(rows_loaded) - sum(rows_quarantined) "
-                         "FROM bronze.ingest_manifest") == 0
+    assert (
+        one(tmp_path, "SELECT sum(records) - sum(rows_loaded) - sum(rows_quarantined) FROM bronze.ingest_manifest") == 0
+    )
 
 
 @pytest.mark.parametrize("delay", [0.5, 1.5, 2.5])
@@ -128,7 +137,7 @@ def changing(tmp_path_factory) -> tuple[Path, Path, dict]:
         files[-1].write_bytes(b"".join(last[: len(last) // 2]))
         first = files[0].read_bytes().splitlines(keepends=True)
         header = first[:1] if source == "events" else []
-        body = first[len(header):]
+        body = first[len(header) :]
         # Changed records: "-4" is in every (version 4) id and in no date, so no date moves past the as-of.
         files[0].write_bytes(b"".join(header + body[10:] + [x.replace(b"-4", b"-5") for x in body[:3]]))
     fresh = tmp_path_factory.mktemp("fresh")
@@ -139,8 +148,14 @@ def changing(tmp_path_factory) -> tuple[Path, Path, dict]:
 
 @pytest.mark.parametrize(
     "kill_at",
-    ["appended_rows_before_manifest:1", "new_version_after_retire:1", "after_file_before_commit:2",
-     "silver_after_retire:1", "silver_before_commit:2", "gold_before_commit:1"],
+    [
+        "appended_rows_before_manifest:1",
+        "new_version_after_retire:1",
+        "after_file_before_commit:2",
+        "silver_after_retire:1",
+        "silver_before_commit:2",
+        "gold_before_commit:1",
+    ],
 )
 def test_kill_while_changed_files_are_handled(changing, tmp_path, kill_at):
     before, after, fresh = changing
@@ -157,6 +172,9 @@ def test_kill_while_changed_files_are_handled(changing, tmp_path, kill_at):
     assert run_cycle(tmp_path, select=DATA).wait(240) == 0
     assert differences(snapshot(tmp_path), fresh) == {}
     assert accounting(tmp_path) == []
-    events = query(tmp_path, "SELECT split_part(path, '/', 1), event, count(*) FROM bronze.ingest_manifest "
-                             "WHERE event <> 'new' GROUP BY ALL ORDER BY ALL")
+    events = query(
+        tmp_path,
+        "SELECT split_part(path, '/', 1), event, count(*) FROM bronze.ingest_manifest "
+        "WHERE event <> 'new' GROUP BY ALL ORDER BY ALL",
+    )
     assert events == sorted((s, e, 1) for s in ("users", "orders", "events") for e in ("appended", "rewritten"))

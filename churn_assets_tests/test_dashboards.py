@@ -76,7 +76,13 @@ def parse(home: Path) -> PageParser:
 
 def sql_rows(home, name):
     con_rows = query(home, f"SELECT * FROM dashboard.{name}")
-    cols = [r[0] for r in query(home, f"SELECT column_name FROM information_schema.columns WHERE table_schema='dashboard' AND table_name='{name}' ORDER BY ordinal_position")]
+    cols = [
+        r[0]
+        for r in query(
+            home,
+            f"SELECT column_name FROM information_schema.columns WHERE table_schema='dashboard' AND table_name='{name}' ORDER BY ordinal_position",
+        )
+    ]
     from churn_assets.defs.dashboards.page import records
 
     return records([dict(zip(cols, r)) for r in con_rows])
@@ -84,7 +90,9 @@ def sql_rows(home, name):
 
 def test_every_figure_is_a_table_downstream_of_what_it_reads(cycle):
     home, result = cycle
-    tables = {r[0] for r in query(home, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'dashboard'")}
+    tables = {
+        r[0] for r in query(home, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'dashboard'")
+    }
     assert set(FIGURES) <= tables
     kpis = dict(query(home, "SELECT name, value FROM dashboard.kpis"))
     assert {"customers_churned", "revenue_latest_month", "customers_at_risk", "revenue_at_risk"} <= set(kpis)
@@ -94,7 +102,10 @@ def test_every_figure_is_a_table_downstream_of_what_it_reads(cycle):
     defs = load_defs()
 
     graph = defs.resolve_asset_graph()
-    parents = lambda k: {p.to_user_string() for p in graph.get(__import__("dagster").AssetKey(k.split("/"))).parent_keys}  # noqa: E731
+    def parents(k):
+        return {
+            p.to_user_string() for p in graph.get(__import__("dagster").AssetKey(k.split("/"))).parent_keys
+        }  # noqa: E731
     assert parents("dashboard/revenue_by_month") == {"silver/churn_orders"}
     assert parents("dashboard/kpis") == {"silver/churn_users", "silver/churn_orders", "gold/churn_prediction"}
     assert parents("dashboard/predicted_churn_by_country") == {"gold/churn_prediction", "gold/churn_features"}
@@ -106,10 +117,18 @@ def test_kpis_equal_sql_on_the_base_tables(cycle):
     kpis = dict(query(home, "SELECT name, value FROM dashboard.kpis"))
     assert kpis["customers_churned"] == one(home, "SELECT count(*) FROM silver.churn_users WHERE churn = 1")
     latest = one(home, "SELECT max(date_trunc('month', creation_date)) FROM silver.churn_orders")
-    assert kpis["revenue_latest_month"] == one(home, "SELECT sum(amount) FROM silver.churn_orders WHERE date_trunc('month', creation_date) = ?", [latest])
-    assert kpis["customers_at_risk"] == one(home, "SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction = 1")
-    assert kpis["revenue_at_risk"] == one(home, """SELECT sum(o.amount) FROM silver.churn_orders o
-        WHERE date_trunc('month', o.creation_date) = ? AND o.user_id IN (SELECT user_id FROM gold.churn_prediction WHERE churn_prediction = 1)""", [latest])
+    assert kpis["revenue_latest_month"] == one(
+        home, "SELECT sum(amount) FROM silver.churn_orders WHERE date_trunc('month', creation_date) = ?", [latest]
+    )
+    assert kpis["customers_at_risk"] == one(
+        home, "SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction = 1"
+    )
+    assert kpis["revenue_at_risk"] == one(
+        home,
+        """SELECT sum(o.amount) FROM silver.churn_orders o
+        WHERE date_trunc('month', o.creation_date) = ? AND o.user_id IN (SELECT user_id FROM gold.churn_prediction WHERE churn_prediction = 1)""",
+        [latest],
+    )
     assert 0 < kpis["revenue_at_risk"] < kpis["revenue_latest_month"]
 
 
@@ -139,7 +158,9 @@ def test_every_number_on_the_page_equals_sql(cycle):
     assert probabilities == sorted(probabilities, reverse=True)
     dq = page.tables["data_quality_daily"][1:]
     assert [(r[1], r[2], int(r[3]), int(r[4]), int(r[5])) for r in dq] == [
-        (r["table_name"], r["expectation"], r["passed"], r["failed"], r["dropped"]) for r in sql_rows(home, "data_quality_daily")]
+        (r["table_name"], r["expectation"], r["passed"], r["failed"], r["dropped"])
+        for r in sql_rows(home, "data_quality_daily")
+    ]
     # Bad records were landed on purpose: the data-quality figures show them.
     assert sum(r["rows_rescued"] + r["rows_quarantined"] for r in figures["ingestion_daily"]) > 0
     model = one(home, "SELECT DISTINCT model_version FROM gold.churn_prediction")
@@ -176,12 +197,17 @@ def test_page_in_headless_chromium(cycle, tmp_path):
         page.goto(page_file.as_uri())
         page.evaluate("window.chartsRendered.then(results => results.length)")
         charts = page.eval_on_selector_all(
-            "div.chart", "els => els.map(e => [e.dataset.figure, e.querySelectorAll('svg.marks .role-mark path, svg.marks .role-mark line').length])")
+            "div.chart",
+            "els => els.map(e => [e.dataset.figure, e.querySelectorAll('svg.marks .role-mark path, svg.marks .role-mark line').length])",
+        )
         # Nothing cut: no label shortened with an ellipsis, no chart wider than its column.
         texts = page.eval_on_selector_all("div.chart svg text", "els => els.map(e => e.textContent)")
-        overflow = page.eval_on_selector_all("div.chart", """els => els.filter(
+        overflow = page.eval_on_selector_all(
+            "div.chart",
+            """els => els.filter(
             e => e.querySelector('svg').getBoundingClientRect().width > e.getBoundingClientRect().width + 1)
-            .map(e => e.dataset.figure)""")
+            .map(e => e.dataset.figure)""",
+        )
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
@@ -198,15 +224,37 @@ def test_page_in_headless_chromium(cycle, tmp_path):
 def test_a_run_not_ended_is_shown_running_without_a_duration():
     from churn_assets.defs.dashboards.page import chart_specs, runs_for_page
 
-    rows = [{"run_id": "done", "job_name": "churn_cycle", "status": "SUCCESS", "started_at": "2026-11-01T05:00:00",
-             "ended_at": "2026-11-01T05:00:32", "duration_seconds": 32.0},
-            {"run_id": "now", "job_name": "churn_cycle", "status": "STARTED", "started_at": "2026-11-01T06:00:00",
-             "ended_at": None, "duration_seconds": 3.9}]
+    rows = [
+        {
+            "run_id": "done",
+            "job_name": "churn_cycle",
+            "status": "SUCCESS",
+            "started_at": "2026-11-01T05:00:00",
+            "ended_at": "2026-11-01T05:00:32",
+            "duration_seconds": 32.0,
+        },
+        {
+            "run_id": "now",
+            "job_name": "churn_cycle",
+            "status": "STARTED",
+            "started_at": "2026-11-01T06:00:00",
+            "ended_at": None,
+            "duration_seconds": 3.9,
+        },
+    ]
     shown = runs_for_page(rows)
     assert [(r["status"], r["duration_seconds"]) for r in shown] == [("SUCCESS", 32.0), ("RUNNING", None)]
-    others = ("revenue_by_month", "churn_by_platform", "churn_by_gender", "revenue_by_channel",
-              "predicted_churn_by_country", "predicted_churn_by_channel", "predicted_churn_by_tenure",
-              "data_quality_daily", "ingestion_daily")
+    others = (
+        "revenue_by_month",
+        "churn_by_platform",
+        "churn_by_gender",
+        "revenue_by_channel",
+        "predicted_churn_by_country",
+        "predicted_churn_by_channel",
+        "predicted_churn_by_tenure",
+        "data_quality_daily",
+        "ingestion_daily",
+    )
     spec = chart_specs({"pipeline_runs": rows, **{k: [] for k in others}})["pipeline_runs"]
     bars, marker = spec["layer"]
     assert bars["mark"]["type"] == "bar" and bars["transform"] == [{"filter": "datum.status != 'RUNNING'"}]

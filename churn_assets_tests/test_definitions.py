@@ -17,15 +17,35 @@ defs = load_defs()
 def test_asset_graph_snapshot():
     graph = defs.resolve_asset_graph()
     got = {
-        key.to_user_string(): (graph.get(key).group_name, sorted(graph.get(key).kinds), sorted(p.to_user_string() for p in graph.get(key).parent_keys))
+        key.to_user_string(): (
+            graph.get(key).group_name,
+            sorted(graph.get(key).kinds),
+            sorted(p.to_user_string() for p in graph.get(key).parent_keys),
+        )
         for key in graph.get_all_asset_keys()
         if key.path[0] != "dashboard"
     }
     dashboard = {k.to_user_string() for k in graph.get_all_asset_keys() if k.path[0] == "dashboard"}
-    assert dashboard == {f"dashboard/{name}" for name in (
-        "kpis", "revenue_by_month", "churn_by_platform", "churn_by_gender", "revenue_by_channel",
-        "predicted_churn_by_country", "predicted_churn_by_channel", "predicted_churn_by_tenure", "at_risk_customers",
-        "data_quality_daily", "ingestion_daily", "layer_freshness", "alerts", "pipeline_runs", "page")}
+    assert dashboard == {
+        f"dashboard/{name}"
+        for name in (
+            "kpis",
+            "revenue_by_month",
+            "churn_by_platform",
+            "churn_by_gender",
+            "revenue_by_channel",
+            "predicted_churn_by_country",
+            "predicted_churn_by_channel",
+            "predicted_churn_by_tenure",
+            "at_risk_customers",
+            "data_quality_daily",
+            "ingestion_daily",
+            "layer_freshness",
+            "alerts",
+            "pipeline_runs",
+            "page",
+        )
+    }
     assert all(graph.get(dg.AssetKey(k.split("/"))).group_name == "dashboard" for k in dashboard)
     assert got == {
         "bronze/churn_users_bronze": ("bronze", ["duckdb", "python"], []),
@@ -33,12 +53,19 @@ def test_asset_graph_snapshot():
         "bronze/churn_app_events": ("bronze", ["duckdb", "python"], []),
         "silver/churn_users": ("silver", ["duckdb"], ["bronze/churn_users_bronze"]),
         "silver/churn_orders": ("silver", ["duckdb"], ["bronze/churn_orders_bronze"]),
-        "gold/churn_features": ("gold", ["duckdb"], ["bronze/churn_app_events", "silver/churn_orders", "silver/churn_users"]),
+        "gold/churn_features": (
+            "gold",
+            ["duckdb"],
+            ["bronze/churn_app_events", "silver/churn_orders", "silver/churn_users"],
+        ),
         "ml/churn_model": ("ml", ["lightgbm", "mlflow"], ["gold/churn_features"]),
         "ml/churn_model_champion": ("ml", ["mlflow"], ["ml/churn_model"]),
         "gold/churn_prediction": ("gold", ["duckdb", "mlflow"], ["gold/churn_features", "ml/churn_model_champion"]),
-        "campaigns/retention_messages": ("campaigns", ["anthropic", "duckdb"],
-                                         ["gold/churn_features", "gold/churn_prediction", "silver/churn_orders", "silver/churn_users"]),
+        "campaigns/retention_messages": (
+            "campaigns",
+            ["anthropic", "duckdb"],
+            ["gold/churn_features", "gold/churn_prediction", "silver/churn_orders", "silver/churn_users"],
+        ),
     }
     for key in graph.get_all_asset_keys():
         assert graph.get(key).description
@@ -62,10 +89,14 @@ def test_checks_and_blocking():
     graph = defs.resolve_asset_graph()
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks == {
-        ("bronze/churn_users_bronze", "correct_schema"), ("bronze/churn_users_bronze", "records_parseable"),
-        ("bronze/churn_orders_bronze", "correct_schema"), ("bronze/churn_orders_bronze", "records_parseable"),
-        ("bronze/churn_app_events", "correct_schema"), ("bronze/churn_app_events", "records_parseable"),
-        ("silver/churn_users", "valid_keys"), ("silver/churn_orders", "valid_keys"),
+        ("bronze/churn_users_bronze", "correct_schema"),
+        ("bronze/churn_users_bronze", "records_parseable"),
+        ("bronze/churn_orders_bronze", "correct_schema"),
+        ("bronze/churn_orders_bronze", "records_parseable"),
+        ("bronze/churn_app_events", "correct_schema"),
+        ("bronze/churn_app_events", "records_parseable"),
+        ("silver/churn_users", "valid_keys"),
+        ("silver/churn_orders", "valid_keys"),
         ("gold/churn_features", "churn_features_valid"),
         ("ml/churn_model", "churn_model_better_than_chance"),
         ("campaigns/retention_messages", "model_wrote_the_copy"),
@@ -82,9 +113,17 @@ def test_dg_check_defs(tmp_path):
     """The README's check, Dagster 1.13's current command (`dagster definitions validate` is superseded)."""
     dg_cli = Path(sys.executable).with_name("dg")
     out = subprocess.run(
-        [str(dg_cli), "check", "defs"], cwd=REPO, capture_output=True, text=True,
-        env={"PATH": str(dg_cli.parent), "CHURN_HOME": str(tmp_path), "HOME": str(tmp_path), "VIRTUAL_ENV": sys.prefix,
-             "DAGSTER_DISABLE_TELEMETRY": "1"},
+        [str(dg_cli), "check", "defs"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": str(dg_cli.parent),
+            "CHURN_HOME": str(tmp_path),
+            "HOME": str(tmp_path),
+            "VIRTUAL_ENV": sys.prefix,
+            "DAGSTER_DISABLE_TELEMETRY": "1",
+        },
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "All definitions loaded successfully" in out.stderr + out.stdout

@@ -19,8 +19,14 @@ AS_OF = "2026-11-02T00:00:00"
 def counts(home):
     return {
         t: one(home, f"SELECT count(*) FROM {t}")
-        for t in ("bronze.churn_users_bronze", "bronze.churn_orders_bronze", "bronze.churn_app_events",
-                  "silver.churn_users", "silver.churn_orders", "gold.churn_features")
+        for t in (
+            "bronze.churn_users_bronze",
+            "bronze.churn_orders_bronze",
+            "bronze.churn_app_events",
+            "silver.churn_users",
+            "silver.churn_orders",
+            "gold.churn_features",
+        )
     }
 
 
@@ -48,10 +54,16 @@ def test_relanded_file_under_new_name_adds_nothing(home):
         shutil.copy(original, home / "landing" / source / f"resent-copy.{ext}")
     assert materialize(home, DATA, as_of=AS_OF).success
     assert counts(home) == before
-    dup = query(home, "SELECT path, status, rows_loaded, detail FROM bronze.ingest_manifest "
-                      "WHERE path LIKE '%resent-copy%' ORDER BY path")
+    dup = query(
+        home,
+        "SELECT path, status, rows_loaded, detail FROM bronze.ingest_manifest "
+        "WHERE path LIKE '%resent-copy%' ORDER BY path",
+    )
     assert [(p.split("/")[0], s, n) for p, s, n, _ in dup] == [
-        ("events", "duplicate", 0), ("orders", "duplicate", 0), ("users", "duplicate", 0)]
+        ("events", "duplicate", 0),
+        ("orders", "duplicate", 0),
+        ("users", "duplicate", 0),
+    ]
     assert all("same content as" in d for *_, d in dup)
 
 
@@ -69,8 +81,10 @@ def test_increment_adds_exactly_its_records(home):
     # Re-sent profiles replace the earlier version (latest wins): silver grows only by new customers.
     inc_files = [f for f in report.files["users"]]
     marks = ", ".join("?" * len(inc_files))
-    new_ids = {r[0] for r in query(home, f"SELECT id FROM bronze.churn_users_bronze WHERE _source_file IN ({marks})",
-                                   inc_files)}
+    new_ids = {
+        r[0]
+        for r in query(home, f"SELECT id FROM bronze.churn_users_bronze WHERE _source_file IN ({marks})", inc_files)
+    }
     resent = new_ids & set(silver_users_before)
     assert resent and len(new_ids - resent) > 0
     assert after["silver.churn_users"] == before["silver.churn_users"] + len(new_ids - resent)
@@ -78,8 +92,12 @@ def test_increment_adds_exactly_its_records(home):
     assert all(newer[u] > silver_users_before[u] for u in resent)
     # Expected silver orders growth: the increment's orders with both keys.
     marks = ", ".join("?" * len(report.files["orders"]))
-    valid = one(home, f"""SELECT count(*) FROM bronze.churn_orders_bronze
-        WHERE id IS NOT NULL AND user_id IS NOT NULL AND _source_file IN ({marks})""", report.files["orders"])
+    valid = one(
+        home,
+        f"""SELECT count(*) FROM bronze.churn_orders_bronze
+        WHERE id IS NOT NULL AND user_id IS NOT NULL AND _source_file IN ({marks})""",
+        report.files["orders"],
+    )
     assert after["silver.churn_orders"] == before["silver.churn_orders"] + valid
     assert after["gold.churn_features"] >= before["gold.churn_features"]
 

@@ -62,16 +62,23 @@ def refused(args: list[str], env: dict, watch: Path, *, prefix: tuple[str, ...] 
 def small_home(tmp_path_factory) -> Path:
     """A data root with landing files of 2,000 customers (history ending 2025-06-30)."""
     home = tmp_path_factory.mktemp("first") / "data"
-    subprocess.run([*CHURN, "generate", "--customers", "2000", "--end", "2025-06-30", "--quiet"],
-                   env=clean_env(CHURN_HOME=str(home)), cwd=REPO, check=True, capture_output=True)
+    subprocess.run(
+        [*CHURN, "generate", "--customers", "2000", "--end", "2025-06-30", "--quiet"],
+        env=clean_env(CHURN_HOME=str(home)),
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     return home
 
 
 def test_missing_home_is_reported_not_created(tmp_path):
     home = tmp_path / "nope"
     line = refused(["run"], clean_env(CHURN_HOME=str(home)), tmp_path)
-    assert line == (f"churn: CHURN_HOME {home} does not exist: run `churn generate` (or scripts/demo) to create data "
-                    "there, or point CHURN_HOME at your data")
+    assert line == (
+        f"churn: CHURN_HOME {home} does not exist: run `churn generate` (or scripts/demo) to create data "
+        "there, or point CHURN_HOME at your data"
+    )
     assert not home.exists()
     # `churn mode` from another folder neither creates ./data there.
     out = subprocess.run([*CHURN, "mode"], env=clean_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60)
@@ -81,8 +88,9 @@ def test_missing_home_is_reported_not_created(tmp_path):
 def test_home_without_landing_files(tmp_path):
     (tmp_path / "landing" / "users").mkdir(parents=True)
     line = refused(["run"], clean_env(CHURN_HOME=str(tmp_path)), tmp_path)
-    assert line == (f"churn: no landing files in {tmp_path / 'landing'}: run `churn generate` or point CHURN_HOME "
-                    "at your data")
+    assert line == (
+        f"churn: no landing files in {tmp_path / 'landing'}: run `churn generate` or point CHURN_HOME at your data"
+    )
 
 
 def test_read_only_home(small_home, tmp_path):
@@ -91,8 +99,14 @@ def test_read_only_home(small_home, tmp_path):
     if os.geteuid() == 0:
         # root writes through permissions: the home is a read-only mount instead (a private
         # mount namespace, as a read-only volume or media)
-        prefix = ("unshare", "-m", "sh", "-c", 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && exec "$@"',
-                  str(home))
+        prefix = (
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && exec "$@"',
+            str(home),
+        )
         cause = "read-only file system"
     else:
         home.chmod(0o555)
@@ -101,8 +115,10 @@ def test_read_only_home(small_home, tmp_path):
         line = refused(["run"], clean_env(CHURN_HOME=str(home)), tmp_path, prefix=prefix)
     finally:
         home.chmod(0o755)
-    assert line == (f"churn: CHURN_HOME {home} is not writable: {home}: {cause}; make it writable or point "
-                    "CHURN_HOME at a copy you can write")
+    assert line == (
+        f"churn: CHURN_HOME {home} is not writable: {home}: {cause}; make it writable or point "
+        "CHURN_HOME at a copy you can write"
+    )
 
 
 def test_invalid_as_of(small_home):
@@ -119,8 +135,14 @@ def test_unknown_setting_value(small_home):
 
 
 def test_debug_shows_the_traceback(small_home):
-    out = subprocess.run([*CHURN, "run", "--debug"], env=clean_env(CHURN_HOME=str(small_home), CHURN_EXECUTOR="foo"),
-                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*CHURN, "run", "--debug"],
+        env=clean_env(CHURN_HOME=str(small_home), CHURN_EXECUTOR="foo"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode != 0 and "Traceback" in out.stderr and "PreflightError" in out.stderr
 
 
@@ -134,8 +156,9 @@ def project(tmp_path_factory, small_home) -> Path:
     shutil.copytree(small_home / "landing", root / "data" / "landing")
     shutil.copytree(small_home / "generator", root / "data" / "generator")
     env = clean_env(CHURN_HOME=str(root / "data"), CHURN_SETTLE_SECONDS="0")
-    out = subprocess.run([str(VENV_BIN / "churn"), "demo"], env=env, cwd=root, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        [str(VENV_BIN / "churn"), "demo"], env=env, cwd=root, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     return root
 
@@ -154,11 +177,18 @@ def test_a_run_started_by_dagster_meets_the_same_check(project, tmp_path):
     (home / "landing" / "users").mkdir(parents=True)
     (home / "dagster_home").mkdir()
     env = clean_env(CHURN_HOME=str(home), DAGSTER_HOME=str(home / "dagster_home"))
-    out = subprocess.run([str(VENV_BIN / "dg"), "launch", "--assets", "bronze/churn_users_bronze"], env=env,
-                         cwd=project, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [str(VENV_BIN / "dg"), "launch", "--assets", "bronze/churn_users_bronze"],
+        env=env,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode != 0
     assert f"no landing files in {home / 'landing'}: run `churn generate` or point CHURN_HOME at your data" in (
-        out.stdout + out.stderr)
+        out.stdout + out.stderr
+    )
     assert not (home / "warehouse.duckdb").exists()
 
 
@@ -186,13 +216,23 @@ def test_churn_ui_without_a_terminal_stops_whole_on_sigterm(project):
     env = clean_env(CHURN_HOME=str(project / "data"))
     with open(log, "wb") as out:
         # No terminal: stdin from /dev/null, output to a file, its own session (as a service manager starts it).
-        proc = subprocess.Popen([str(VENV_BIN / "churn"), "ui", "--port", str(port)], cwd=project, env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "churn"), "ui", "--port", str(port)],
+            cwd=project,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_until_serving(port, proc, log)
         # The UI would open on the newsletter prompt if the instance did not turn it off.
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=b'{"query": "{ shouldShowNux }"}',
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/graphql",
+            data=b'{"query": "{ shouldShowNux }"}',
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             assert json.loads(r.read())["data"] == {"shouldShowNux": False}
         # the daemon and the code servers are up too
@@ -220,8 +260,11 @@ def readme_shell_examples(readme: Path) -> list[str]:
     blocks = re.findall(r"```bash\n(.*?)```", readme.read_text(), flags=re.S)
     out = []
     for block in blocks:
-        lines = [ln for ln in block.splitlines()
-                 if not re.match(r"\s*(scripts/(demo|test)|\S*churn ui|\S*mlflow ui|\. \.venv/bin/activate)\b", ln)]
+        lines = [
+            ln
+            for ln in block.splitlines()
+            if not re.match(r"\s*(scripts/(demo|test)|\S*churn ui|\S*mlflow ui|\. \.venv/bin/activate)\b", ln)
+        ]
         if any(ln.strip() and not ln.strip().startswith("#") for ln in lines):
             out.append("\n".join(lines))
     return out
@@ -232,12 +275,21 @@ def test_readme_examples_run_after_the_demo_and_keep_day_counts_non_negative(pro
     assert len(blocks) >= 3 and any("dg launch" in b for b in blocks) and any("CHURN_AS_OF=" in b for b in blocks)
     # As the README says: activated venv (PATH), in the project folder. Reference-scale
     # customer counts are cut to keep the test short.
-    env = clean_env(PATH=f"{project / '.venv' / 'bin'}:{os.environ['PATH']}", VIRTUAL_ENV=str(project / ".venv"),
-                    CHURN_SETTLE_SECONDS="0")
+    env = clean_env(
+        PATH=f"{project / '.venv' / 'bin'}:{os.environ['PATH']}",
+        VIRTUAL_ENV=str(project / ".venv"),
+        CHURN_SETTLE_SECONDS="0",
+    )
     for block in blocks:
         script = re.sub(r"--customers \d+", "--customers 2000", block)
-        out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=project, env=env, capture_output=True,
-                             text=True, timeout=900)
+        out = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert out.returncode == 0, f"README example failed:\n{script}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
         for noise in ("Warning", "Traceback", "dagster.code_server"):
             assert noise not in out.stdout + out.stderr, f"{noise} printed by:\n{script}\n{out.stderr[-3000:]}"
@@ -246,8 +298,10 @@ def test_readme_examples_run_after_the_demo_and_keep_day_counts_non_negative(pro
     for home in homes:
         con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
         try:
-            low = con.execute("SELECT least(min(days_since_creation), min(days_since_last_activity), "
-                              "min(days_last_event)), count(*) FROM gold.churn_features").fetchall()[0]
+            low = con.execute(
+                "SELECT least(min(days_since_creation), min(days_since_last_activity), "
+                "min(days_last_event)), count(*) FROM gold.churn_features"
+            ).fetchall()[0]
         finally:
             con.close()
         assert low[1] > 0 and low[0] >= 0, (home, low)
@@ -264,14 +318,21 @@ def test_mode_defaults_match_the_definitions():
 def test_churn_mode_answers_fast_and_quietly(project):
     env = clean_env(CHURN_HOME=str(project / "data"))
     t0 = time.perf_counter()
-    out = subprocess.run([str(VENV_BIN / "churn"), "mode"], env=env, cwd=project, capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [str(VENV_BIN / "churn"), "mode"], env=env, cwd=project, capture_output=True, text=True, timeout=60
+    )
     took = time.perf_counter() - t0
     assert out.returncode == 0 and out.stderr == ""
     assert out.stdout.startswith("cadence: ") and len(out.stdout.splitlines()) == 1
     print(f"churn mode answered in {took:.2f}s")
-    switched = subprocess.run([str(VENV_BIN / "churn"), "mode", "continuous"], env=env, cwd=project,
-                              capture_output=True, text=True, timeout=120)
+    switched = subprocess.run(
+        [str(VENV_BIN / "churn"), "mode", "continuous"],
+        env=env,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert switched.returncode == 0 and switched.stderr == "" and len(switched.stdout.splitlines()) == 1
     now = subprocess.run([str(VENV_BIN / "churn"), "mode"], env=env, cwd=project, capture_output=True, text=True)
     assert now.stdout == "cadence: continuous\n"
@@ -284,14 +345,17 @@ def test_summary_names_quarantined_files_with_their_reason_and_stray_files(tmp_p
 
     con = connect(tmp_path / "warehouse.duckdb")
     ensure_schema(con)
-    manifest = ("INSERT INTO bronze.ingest_manifest (file_id, source, path, size_bytes, mtime, content_hash, records, "
-                "rows_loaded, rows_rescued, rows_quarantined, status, detail, run_id, ingested_at, version, "
-                "offset_start) VALUES (?, ?, ?, 1, NULL, 'h', ?, ?, 0, ?, ?, ?, ?, NULL, 1, 0)")
+    manifest = (
+        "INSERT INTO bronze.ingest_manifest (file_id, source, path, size_bytes, mtime, content_hash, records, "
+        "rows_loaded, rows_rescued, rows_quarantined, status, detail, run_id, ingested_at, version, "
+        "offset_start) VALUES (?, ?, ?, 1, NULL, 'h', ?, ?, 0, ?, ?, ?, ?, NULL, 1, 0)"
+    )
     con.execute(manifest, [1, "users", "/l/users/a.json", 3, 3, 0, "loaded", None, "r1"])
     con.execute(manifest, [2, "users", "/l/users/b.json", 4, 1, 3, "loaded", None, "r1"])
     con.execute(manifest, [3, "events", "/l/events/c.csv", 2, 0, 2, "quarantined", "not UTF-8", "r2"])
-    con.execute(manifest, [4, "users", "/l/users/d.json", 3, 0, 0, "duplicate", "same content as /l/users/a.json",
-                           "r2"])
+    con.execute(
+        manifest, [4, "users", "/l/users/d.json", 3, 0, 0, "duplicate", "same content as /l/users/a.json", "r2"]
+    )
     quarantine = "INSERT INTO bronze.quarantine VALUES (?, ?, ?, ?, 'x', ?, ?, NULL)"
     for row, reason in [(1, "not JSON"), (2, "not JSON"), (3, "not a JSON object")]:
         con.execute(quarantine, ["users", 2, "/l/users/b.json", row, reason, "r1"])
@@ -332,10 +396,20 @@ def test_preflight_rules(tmp_path):
     from churn_assets import preflight
     from churn_assets.warehouse import connect, ensure_schema
 
-    assert preflight.setting_problems({"CHURN_DUCKDB_MEMORY_LIMIT": "3GB", "CHURN_EXECUTOR": "multiprocess",
-                                       "CHURN_AS_OF": "2026-11-01T06:00:00Z", "CHURN_BATCH_BYTES": "1000"}) == []
-    assert preflight.setting_problems({"CHURN_DUCKDB_MEMORY_LIMIT": "lots", "CHURN_BATCH_BYTES": "1.5",
-                                       "CHURN_CAMPAIGN_BUDGET_USD": "-1"}) == [
+    assert (
+        preflight.setting_problems(
+            {
+                "CHURN_DUCKDB_MEMORY_LIMIT": "3GB",
+                "CHURN_EXECUTOR": "multiprocess",
+                "CHURN_AS_OF": "2026-11-01T06:00:00Z",
+                "CHURN_BATCH_BYTES": "1000",
+            }
+        )
+        == []
+    )
+    assert preflight.setting_problems(
+        {"CHURN_DUCKDB_MEMORY_LIMIT": "lots", "CHURN_BATCH_BYTES": "1.5", "CHURN_CAMPAIGN_BUDGET_USD": "-1"}
+    ) == [
         "CHURN_CAMPAIGN_BUDGET_USD='-1' is negative: set a value >= 0, or unset it",
         "CHURN_BATCH_BYTES='1.5' is not a whole number: set a whole number (see the README's settings), or unset it",
         "CHURN_DUCKDB_MEMORY_LIMIT='lots' is not a memory size: use e.g. 3GB or 512MB, or unset it",
@@ -345,8 +419,10 @@ def test_preflight_rules(tmp_path):
     # An as-of is compared with the newest date in gold: on that day it is fine, a day before it is not.
     con = connect(tmp_path / "warehouse.duckdb")
     ensure_schema(con)
-    con.execute("CREATE TABLE gold.churn_features AS SELECT TIMESTAMP '2026-10-30 10:00' AS creation_date, "
-                "TIMESTAMP '2026-10-31 23:00' AS last_activity_date, TIMESTAMP '2026-10-29 08:00' AS last_event")
+    con.execute(
+        "CREATE TABLE gold.churn_features AS SELECT TIMESTAMP '2026-10-30 10:00' AS creation_date, "
+        "TIMESTAMP '2026-10-31 23:00' AS last_activity_date, TIMESTAMP '2026-10-29 08:00' AS last_event"
+    )
     con.close()
     assert preflight.as_of_problems(tmp_path, "2026-10-31") == []
     assert preflight.as_of_problems(tmp_path, "now") == []

@@ -24,8 +24,7 @@ def generated(tmp_path_factory):
 
 def _json_lines(folder):
     for path in sorted(folder.glob("*.json")):
-        for line in path.read_text().splitlines():
-            yield line
+        yield from path.read_text().splitlines()
 
 
 @needs_sample
@@ -49,7 +48,9 @@ def test_same_fields_and_types_as_the_reference(generated):
 def test_formats_null_rates_and_label_rule(generated):
     home, report = generated
     raw_users = next((home / "landing" / "users").glob("*.json")).read_text()
-    assert '"gender":1.0' in raw_users and '"age_group":' in raw_users and "\\n" in raw_users  # floats; escaped newline in address
+    assert (
+        '"gender":1.0' in raw_users and '"age_group":' in raw_users and "\\n" in raw_users
+    )  # floats; escaped newline in address
     assert ":null" not in raw_users  # null fields are left out, as Spark writes them
     con = duckdb.connect()
     land = home / "landing"
@@ -64,8 +65,12 @@ def test_formats_null_rates_and_label_rule(generated):
     assert users["id"].null_count() == 0
     assert len(events) == len(orders) == report.records["orders"]
     assert 2.4 < len(orders) / len(users) < 2.8  # reference: 178,061 / 68,879 = 2.59
-    assert all(TS.match(v) for v in users["creation_date"]) and all(v.endswith("00:00:00") for v in users["creation_date"])
-    assert all(TS.match(v) for v in orders["transaction_date"].drop_nulls()) and all(TS.match(v) for v in events["date"])
+    assert all(TS.match(v) for v in users["creation_date"]) and all(
+        v.endswith("00:00:00") for v in users["creation_date"]
+    )
+    assert all(TS.match(v) for v in orders["transaction_date"].drop_nulls()) and all(
+        TS.match(v) for v in events["date"]
+    )
     share = lambda s, v: (s == v).mean()  # noqa: E731
     assert 0.52 < share(users["canal"], "WEBAPP") < 0.56 and 0.32 < share(users["canal"], "PHONE") < 0.36
     assert 0.005 < users["canal"].is_null().mean() < 0.02
@@ -119,7 +124,9 @@ def test_increment_is_one_hour_of_new_activity(tmp_path):
     generate_history(tmp_path, customers=5_000, seed=4, end=date(2026, 11, 1), progress=False)
     report = generate_increment(tmp_path, fraction=0.02)
     assert report.clock == "2026-11-01T01:00:00"
-    lines = [json.loads(line) for f in report.files["users"] for line in (tmp_path / "landing" / f).read_text().splitlines()]
+    lines = [
+        json.loads(line) for f in report.files["users"] for line in (tmp_path / "landing" / f).read_text().splitlines()
+    ]
     history = sum(len(f.read_text().splitlines()) for f in (tmp_path / "landing" / "users").glob("*-h4.json"))
     assert len(lines) == report.records["users"] == round(history * 0.02)
     history_ids = {

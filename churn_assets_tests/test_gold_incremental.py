@@ -7,8 +7,8 @@ from datetime import date
 
 import duckdb
 
-from churn_assets.generator import generate_history, generate_increment
 from churn_assets.defs.gold.features import FEATURE_COLUMNS, churn_features_sql
+from churn_assets.generator import generate_history, generate_increment
 from churn_assets_tests.helpers import materialize, one, query
 
 COLS = ", ".join(FEATURE_COLUMNS)
@@ -33,7 +33,9 @@ def test_increments_match_a_full_rebuild(home):
         generate_increment(home, fraction=0.03, dirty_rate=0.01)
         result = materialize(home, "*gold/churn_features", as_of=f"2026-11-01T0{hour}:00:00")
         assert result.success
-        meta = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+        meta = {
+            e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()
+        }
         assert meta["gold/churn_features"]["build_mode"].value == "incremental"
         assert 0 < meta["gold/churn_features"]["customers_recomputed"].value < 1_000
         assert meta["gold/churn_features"]["day_counts_refreshed"].value is False  # same as-of date
@@ -52,11 +54,22 @@ LATER = "2026-11-02T00:00:00"
 def test_an_order_moved_to_another_customer_updates_both(home):
     generate_history(home, customers=500, seed=22, end=date(2026, 11, 1), progress=False)
     assert materialize(home, "*gold/churn_features", as_of=LATER).success
-    (order_id, old_user), = query(home, "SELECT order_id, user_id FROM silver.churn_orders ORDER BY order_id LIMIT 1")
-    new_user = query(home, "SELECT user_id FROM gold.churn_features WHERE user_id <> ? ORDER BY user_id LIMIT 1", [old_user])[0][0]
+    ((order_id, old_user),) = query(home, "SELECT order_id, user_id FROM silver.churn_orders ORDER BY order_id LIMIT 1")
+    new_user = query(
+        home, "SELECT user_id FROM gold.churn_features WHERE user_id <> ? ORDER BY user_id LIMIT 1", [old_user]
+    )[0][0]
     before = dict(query(home, "SELECT user_id, order_count FROM gold.churn_features"))
     (home / "landing" / "orders" / "correction.json").write_text(
-        json.dumps({"user_id": new_user, "id": order_id, "transaction_date": "10-31-2026 10:00:00", "item_count": 1.0, "amount": 10.0}) + "\n"
+        json.dumps(
+            {
+                "user_id": new_user,
+                "id": order_id,
+                "transaction_date": "10-31-2026 10:00:00",
+                "item_count": 1.0,
+                "amount": 10.0,
+            }
+        )
+        + "\n"
     )
     assert materialize(home, "*gold/churn_features", as_of=LATER).success
     after = dict(query(home, "SELECT user_id, order_count FROM gold.churn_features"))
@@ -67,8 +80,13 @@ def test_an_order_moved_to_another_customer_updates_both(home):
 
 def row_groups(home, table: str) -> dict[int, int]:
     """row group -> first block id of its first column: a rewritten row group gets new blocks."""
-    return dict(query(home, f"SELECT row_group_id, min(block_id) FROM pragma_storage_info('{table}') "
-                            "WHERE column_id = 0 AND segment_type <> 'VALIDITY' GROUP BY ALL"))
+    return dict(
+        query(
+            home,
+            f"SELECT row_group_id, min(block_id) FROM pragma_storage_info('{table}') "
+            "WHERE column_id = 0 AND segment_type <> 'VALIDITY' GROUP BY ALL",
+        )
+    )
 
 
 def test_hourly_commits_write_only_new_row_groups_and_a_due_run_compacts(home, monkeypatch):

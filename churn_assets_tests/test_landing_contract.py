@@ -21,10 +21,7 @@ HEAVY = ("pyarrow", "duckdb", "polars", "numpy", "dagster", "pandas")
 
 
 def test_finding_files_imports_no_heavy_library():
-    code = (
-        "import sys, churn_assets.landing; "
-        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
-    )
+    code = f"import sys, churn_assets.landing; print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -42,7 +39,9 @@ def test_bronze_tables_have_the_contract_columns_then_the_lineage():
     for spec in SPECS.values():
         columns = con.execute(
             "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = 'bronze' AND table_name = ? ORDER BY ordinal_position", [spec.table]).fetchall()
+            "WHERE table_schema = 'bronze' AND table_name = ? ORDER BY ordinal_position",
+            [spec.table],
+        ).fetchall()
         assert columns == [*spec.columns, *BRONZE_LINEAGE]
 
 
@@ -50,8 +49,12 @@ def test_the_timestamp_pattern_is_the_landing_format():
     con = duckdb.connect()
     written = datetime(2023, 6, 2, 6, 49, 21).strftime(LANDING_TS_FORMAT)
     assert written == "06-02-2023 06:49:21"
-    for value, fits in ((written, True), ("2023-06-02 06:49:21", False), ("2023/06-02-2023 06:49:21", False),
-                        ("06-02-2023", False)):
+    for value, fits in (
+        (written, True),
+        ("2023-06-02 06:49:21", False),
+        ("2023/06-02-2023 06:49:21", False),
+        ("06-02-2023", False),
+    ):
         assert con.execute("SELECT regexp_full_match(?, ?)", [value, TIMESTAMP_REGEX]).fetchall()[0][0] is fits
 
 

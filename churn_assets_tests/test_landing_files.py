@@ -38,9 +38,20 @@ def lines_of(path: Path) -> list[bytes]:
 
 
 def user(key: str, **kw) -> str:
-    base = {"id": key, "firstname": "ann", "lastname": "lee", "email": f"{key}@x.org", "address": "1 St\nTown",
-            "canal": "WEBAPP", "country": "FR", "creation_date": "01-30-2023 00:00:00",
-            "last_activity_date": "06-04-2023 02:06:29", "gender": 1.0, "age_group": 2.0, "churn": True}
+    base = {
+        "id": key,
+        "firstname": "ann",
+        "lastname": "lee",
+        "email": f"{key}@x.org",
+        "address": "1 St\nTown",
+        "canal": "WEBAPP",
+        "country": "FR",
+        "creation_date": "01-30-2023 00:00:00",
+        "last_activity_date": "06-04-2023 02:06:29",
+        "gender": 1.0,
+        "age_group": 2.0,
+        "churn": True,
+    }
     return json.dumps({**base, **kw}, ensure_ascii=False)
 
 
@@ -120,23 +131,37 @@ def write_bad_files(landing: Path) -> dict[str, tuple[str, str | None, int]]:
     (users / "packed.json.gz").write_bytes(gzip.compress((user("u-gz-1") + "\n" + user("u-gz-2") + "\n").encode()))
     out["users/packed.json.gz"] = ("loaded", None, 2)
     (events / "case_dup.csv").write_text(
-        "user_id,USER_ID,platform,date,action,session_id,url\nu1,u2,ios,06-06-2023 20:54:21,log,s,https://x/\n")
+        "user_id,USER_ID,platform,date,action,session_id,url\nu1,u2,ios,06-06-2023 20:54:21,log,s,https://x/\n"
+    )
     out["events/case_dup.csv"] = ("quarantined", "differ only in case", 1)
-    (events / "whitespace.csv").write_text(HEADER + "\nu-ws,e-ws1,ios,06-06-2023 20:54:21,log,s1,https://x/\n   \n\t\n"
-                                           "u-ws,e-ws2,ios,06-06-2023 20:55:21,log,s1,https://x/\n")
+    (events / "whitespace.csv").write_text(
+        HEADER + "\nu-ws,e-ws1,ios,06-06-2023 20:54:21,log,s1,https://x/\n   \n\t\n"
+        "u-ws,e-ws2,ios,06-06-2023 20:55:21,log,s1,https://x/\n"
+    )
     out["events/whitespace.csv"] = ("loaded", None, 2)
     (events / "header_only.csv").write_text(HEADER + "\n")
     out["events/header_only.csv"] = ("empty", None, 0)
     crlf = HEADER + "\r\nu-b,e-b1,ios,06-06-2023 20:54:21,log,s,https://x/\r\n"
     (events / "bom_crlf.csv").write_bytes(b"\xef\xbb\xbf" + crlf.encode())
     out["events/bom_crlf.csv"] = ("loaded", None, 1)
-    order = {"user_id": "u-1", "id": "o-bad-1", "transaction_date": "06-05-2023 12:07:59", "item_count": 3.0,
-             "amount": 57.0}
+    order = {
+        "user_id": "u-1",
+        "id": "o-bad-1",
+        "transaction_date": "06-05-2023 12:07:59",
+        "item_count": 3.0,
+        "amount": 57.0,
+    }
     (orders / "ok.json").write_text(json.dumps(order) + "\n")
     out["orders/ok.json"] = ("loaded", None, 1)
     # Writers' temporaries and markers are not data: never read.
-    for name in ("users/tmp.json.part", "users/tmp.json.filepart", "events/tmp.csv.partial", "users/.hidden.json",
-                 "users/_SUCCESS", "orders/notes.txt"):
+    for name in (
+        "users/tmp.json.part",
+        "users/tmp.json.filepart",
+        "events/tmp.csv.partial",
+        "users/.hidden.json",
+        "users/_SUCCESS",
+        "orders/notes.txt",
+    ):
         (landing / name).write_text(user("u-temp") + "\n")
     return out
 
@@ -149,8 +174,12 @@ def test_every_bad_file_kind_is_quarantined_and_the_rest_loads(home):
     # Every sample file is fully loaded: the reference counts hold beside the bad files.
     for table, n in (("churn_users_bronze", 2086), ("churn_orders_bronze", 2173), ("churn_app_events", 1125)):
         assert one(home, f"SELECT count(*) FROM bronze.{table} WHERE _source_file LIKE '%part-%'") == n
-    manifest = {p: (s, d, r, lo, q) for p, s, d, r, lo, q in query(
-        home, "SELECT path, status, detail, records, rows_loaded, rows_quarantined FROM bronze.ingest_manifest")}
+    manifest = {
+        p: (s, d, r, lo, q)
+        for p, s, d, r, lo, q in query(
+            home, "SELECT path, status, detail, records, rows_loaded, rows_quarantined FROM bronze.ingest_manifest"
+        )
+    }
     for path, (status, reason, landed) in expected.items():
         got_status, detail, records, loaded, quarantined = manifest[path]
         assert got_status == status, (path, detail)
@@ -162,11 +191,13 @@ def test_every_bad_file_kind_is_quarantined_and_the_rest_loads(home):
     assert accounting(home) == []
     assert one(home, "SELECT count(*) FROM bronze.churn_users_bronze WHERE id LIKE 'u-long-ok-%'") == 2
     assert one(home, "SELECT reason FROM bronze.quarantine WHERE source_file = 'users/long_line.json'") == (
-        f"line longer than {MAX_RECORD_BYTES} bytes")
+        f"line longer than {MAX_RECORD_BYTES} bytes"
+    )
     assert one(home, "SELECT row_no FROM bronze.quarantine WHERE source_file = 'users/long_line.json'") == 2
     # Row numbers are line numbers: blank lines skipped, not renumbered.
-    assert one(home, "SELECT max(_row_no) FROM bronze.churn_app_events "
-                     "WHERE _source_file = 'events/whitespace.csv'") == 4
+    assert (
+        one(home, "SELECT max(_row_no) FROM bronze.churn_app_events WHERE _source_file = 'events/whitespace.csv'") == 4
+    )
     ids = query(home, "SELECT id FROM bronze.churn_users_bronze WHERE id LIKE 'u-bom-%' OR id LIKE 'u-gz-%' ORDER BY 1")
     assert [r[0] for r in ids] == ["u-bom-1", "u-bom-2", "u-gz-1", "u-gz-2"]
     con = connect(home / "warehouse.duckdb", read_only=True)
@@ -212,10 +243,9 @@ def test_appended_tail_is_read_once(home, fresh):
         for src in targets:
             lines = lines_of(src)
             dest = home / "landing" / src.parent.name / src.name
-            write_lines(dest, lines[len(lines_of(dest)): cut(lines, share) if share < 1 else len(lines)], "ab")
+            write_lines(dest, lines[len(lines_of(dest)) : cut(lines, share) if share < 1 else len(lines)], "ab")
         assert materialize(home, DATA).success
-    assert changes(home) == sorted(
-        (f"{s.parent.name}/{s.name}", 1, "appended") for s in targets for _ in range(2))
+    assert changes(home) == sorted((f"{s.parent.name}/{s.name}", 1, "appended") for s in targets for _ in range(2))
     assert_equals_fresh(home, fresh)
 
 
@@ -291,8 +321,9 @@ def test_correction_redelivered_after_quarantine(home, fresh):
         shutil.copy(src, home / "landing" / src.parent.name / src.name)
     assert materialize(home, DATA).success
     assert changes(home) == sorted([(f"orders/{orders.name}", 2, "rewritten"), (f"users/{users.name}", 2, "rewritten")])
-    detail = one(home, "SELECT detail FROM bronze.ingest_manifest WHERE path = ? AND version = 2",
-                 [f"users/{users.name}"])
+    detail = one(
+        home, "SELECT detail FROM bronze.ingest_manifest WHERE path = ? AND version = 2", [f"users/{users.name}"]
+    )
     assert "re-delivered after its version 1 was quarantined" in detail
     assert_equals_fresh(home, fresh)
 
@@ -308,8 +339,11 @@ def test_writer_paused_mid_file_loses_nothing(home, fresh):
     time.sleep(1.5)  # past the settle window (1 s), the writer still pausing
     settle = {"CHURN_SETTLE_SECONDS": "1"}
     assert materialize(home, DATA, env=settle).success
-    loaded = query(home, "SELECT records, rows_loaded, rows_quarantined FROM bronze.ingest_manifest WHERE path = ?",
-                   [f"orders/{orders.name}"])
+    loaded = query(
+        home,
+        "SELECT records, rows_loaded, rows_quarantined FROM bronze.ingest_manifest WHERE path = ?",
+        [f"orders/{orders.name}"],
+    )
     # What was there is loaded; the unfinished final line is neither loaded nor quarantined.
     assert loaded == [(complete_lines, complete_lines, 0)]
     time.sleep(3.5)  # the pause lasts 5 s in all
@@ -325,8 +359,11 @@ def test_temporary_name_renamed_into_place_is_read_once(home, fresh):
     land_sample(home)
     old = time.time() - 600
     renames = []
-    temps = ((sample_file("events", 3), ".partial"), (sample_file("orders", 1), ".part"),
-             (sample_file("users", 0), ".filepart"))
+    temps = (
+        (sample_file("events", 3), ".partial"),
+        (sample_file("orders", 1), ".part"),
+        (sample_file("users", 0), ".filepart"),
+    )
     for src, suffix in temps:
         final = home / "landing" / src.parent.name / src.name
         final.unlink()

@@ -77,7 +77,7 @@ def test_no_import_circle():
         seen[node] = 1
         for nxt in sorted(edges[node]):
             if seen.get(nxt) == 1:
-                circles.append(" -> ".join([*path[path.index(nxt):], nxt]) if nxt in path else f"{node} -> {nxt}")
+                circles.append(" -> ".join([*path[path.index(nxt) :], nxt]) if nxt in path else f"{node} -> {nxt}")
             elif nxt not in seen:
                 visit(nxt, [*path, nxt])
         seen[node] = 2

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from mlflow.models import Model, infer_signature
 
-from churn_assets.settings import Settings
 from churn_assets.defs.ml import registry
-from churn_assets.defs.ml.report import importance_png
 from churn_assets.defs.ml.features import LABEL, load_features, to_model_frame
 from churn_assets.defs.ml.model import ChurnModel
-from churn_assets.defs.ml.train import feature_importance, train
+from churn_assets.defs.ml.report import importance_png
 from churn_assets.defs.ml.resources import MLflowResource
+from churn_assets.defs.ml.train import feature_importance, train
+from churn_assets.settings import Settings
 from churn_assets_tests.helpers import land_sample, materialize, needs_sample, query
 
 pytestmark = needs_sample
@@ -48,8 +48,11 @@ def sample(tmp_path_factory):
         con.close()
     frame, labels = to_model_frame(df), df[LABEL].to_numpy().astype(int)
     model = train(frame, labels, num_boost_round=60)
-    resource = MLflowResource.from_settings(Settings(), tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
-                              artifact_root=str(home / "mlflow" / "artifacts"))
+    resource = MLflowResource.from_settings(
+        Settings(),
+        tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+        artifact_root=str(home / "mlflow" / "artifacts"),
+    )
     # MLflow's fluent calls (and pyfunc loads) in these tests use this store, as a run does.
     with registry.configured(resource.store(), resource.http_timeout, resource.http_retries):
         client, experiment_id = resource.open()
@@ -59,8 +62,15 @@ def sample(tmp_path_factory):
 def log_new(sample):
     home, resource, client, experiment_id, model, frame = sample
     version, _ = registry.log_and_register(
-        resource.store(), experiment_id, model, metrics={"holdout_roc_auc": 0.7}, params={"num_leaves": 31}, tags={},
-        threshold=0.5, importance_png=importance_png(feature_importance(model)), input_example=frame.head(5),
+        resource.store(),
+        experiment_id,
+        model,
+        metrics={"holdout_roc_auc": 0.7},
+        params={"num_leaves": 31},
+        tags={},
+        threshold=0.5,
+        importance_png=importance_png(feature_importance(model)),
+        input_example=frame.head(5),
     )
     return version
 
@@ -73,9 +83,13 @@ def log_legacy(sample) -> str:
         model.booster.save_model(str(booster))
         vocabulary.write_text(json.dumps(model.vocabulary))
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=ChurnModel(), artifacts={"booster": str(booster), "vocabulary": str(vocabulary)},
-            signature=infer_signature(frame.head(5), model.predict_proba(frame.head(5))), input_example=frame.head(5),
-            registered_model_name=NAME, pip_requirements=registry._requirements(),
+            name="model",
+            python_model=ChurnModel(),
+            artifacts={"booster": str(booster), "vocabulary": str(vocabulary)},
+            signature=infer_signature(frame.head(5), model.predict_proba(frame.head(5))),
+            input_example=frame.head(5),
+            registered_model_name=NAME,
+            pip_requirements=registry._requirements(),
         )
     version = str(info.registered_model_version)
     tags = {"threshold": "0.400000", "holdout_roc_auc": "0.700000", "decision": "promoted", "landed_rows": "123"}
@@ -129,10 +143,13 @@ def test_the_logged_model_holds_no_pickle_and_scores_like_the_trained_booster(sa
     # No deprecation of MLflow's, nothing about pickling or the PythonModel. (pandas' own
     # "Operation with range" FutureWarning, raised inside MLflow's example writer, is not ours.)
     ours = [
-        (str(w.message), w.filename, w.lineno) for w in caught
+        (str(w.message), w.filename, w.lineno)
+        for w in caught
         if "Operation with range" not in str(w.message)
-        and ((issubclass(w.category, (DeprecationWarning, FutureWarning)) and "mlflow" in w.filename)
-             or any(word in str(w.message) for word in ("pickle", "python_model", "type hints", "deprecated")))
+        and (
+            (issubclass(w.category, (DeprecationWarning, FutureWarning)) and "mlflow" in w.filename)
+            or any(word in str(w.message) for word in ("pickle", "python_model", "type hints", "deprecated"))
+        )
     ]
     assert ours == []
     assert not [r for r in records if "CloudPickle" in r.getMessage() or "pickle" in r.getMessage().lower()]

@@ -9,9 +9,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from churn_assets.settings import Settings
-from churn_assets.generator import generate_history, generate_increment
 from churn_assets.defs.ml.resources import MLflowResource, ModelPolicyResource
+from churn_assets.generator import generate_history, generate_increment
+from churn_assets.settings import Settings
 from churn_assets_tests.helpers import materialize, one, query
 
 AS_OF = "2026-11-01T12:00:00"
@@ -33,8 +33,11 @@ def metadata(result, key: str) -> dict:
 
 
 def predictions(home) -> list[tuple]:
-    return query(home, "SELECT user_id, churn_probability, churn_prediction, model_version "
-                       "FROM gold.churn_prediction ORDER BY user_id")
+    return query(
+        home,
+        "SELECT user_id, churn_probability, churn_prediction, model_version "
+        "FROM gold.churn_prediction ORDER BY user_id",
+    )
 
 
 def test_retrain_policy_counts_new_rows_since_the_last_version():
@@ -93,8 +96,14 @@ def test_first_model_is_tracked_registered_and_champion(trained):
     assert str(champion.version) == "1"
     assert champion.tags["decision"] == "promoted"
     run = c.get_run(champion.run_id)
-    for metric in ("holdout_roc_auc", "holdout_pr_auc", "holdout_f1", "holdout_precision", "holdout_recall",
-                   "holdout_log_loss"):
+    for metric in (
+        "holdout_roc_auc",
+        "holdout_pr_auc",
+        "holdout_f1",
+        "holdout_precision",
+        "holdout_recall",
+        "holdout_log_loss",
+    ):
         assert metric in run.data.metrics
     assert abs(run.data.metrics["holdout_roc_auc"] - meta["holdout_roc_auc"]) < 1e-9
     assert {"num_leaves", "learning_rate", "num_boost_round", "threshold"} <= set(run.data.params)
@@ -115,12 +124,19 @@ def test_every_customer_scored_by_the_champion(trained):
     scored = one(home, "SELECT count(*) FROM gold.churn_prediction")
     assert scored == one(home, "SELECT count(*) FROM gold.churn_features")
     assert one(home, "SELECT count(DISTINCT user_id) FROM gold.churn_prediction") == scored
-    assert one(home, "SELECT count(*) FROM gold.churn_features f "
-                     "ANTI JOIN gold.churn_prediction p USING (user_id)") == 0
+    assert (
+        one(home, "SELECT count(*) FROM gold.churn_features f ANTI JOIN gold.churn_prediction p USING (user_id)") == 0
+    )
     assert query(home, "SELECT DISTINCT model_name, model_version FROM gold.churn_prediction") == [("churn_model", "1")]
     threshold = float(client(home).get_model_version("churn_model", "1").tags["threshold"])
-    assert one(home, "SELECT count(*) FROM gold.churn_prediction "
-                     "WHERE churn_prediction <> (churn_probability >= ?)::INT", [threshold]) == 0
+    assert (
+        one(
+            home,
+            "SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction <> (churn_probability >= ?)::INT",
+            [threshold],
+        )
+        == 0
+    )
     assert 0 < one(home, "SELECT avg(churn_prediction) FROM gold.churn_prediction") < 1
 
 
@@ -188,13 +204,15 @@ def test_broken_store_fails_clearly_and_leaves_predictions(trained, tmp_path, st
     home, _ = trained
     before = predictions(home)
     if store == "unreachable":
-        resource = MLflowResource.from_settings(Settings(), tracking_uri="http://127.0.0.1:9",
-                                                artifact_root=str(tmp_path), http_timeout=2, http_retries=0)
+        resource = MLflowResource.from_settings(
+            Settings(), tracking_uri="http://127.0.0.1:9", artifact_root=str(tmp_path), http_timeout=2, http_retries=0
+        )
     else:
         bad = tmp_path / "mlflow.db"
         bad.write_bytes(b"this is not a database" * 100)
-        resource = MLflowResource.from_settings(Settings(), tracking_uri=f"sqlite:///{bad}",
-                                                artifact_root=str(tmp_path))
+        resource = MLflowResource.from_settings(
+            Settings(), tracking_uri=f"sqlite:///{bad}", artifact_root=str(tmp_path)
+        )
     result = materialize(home, "gold/churn_prediction", as_of=AS_OF, raise_on_error=False, mlflow_store=resource)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")

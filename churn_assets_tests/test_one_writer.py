@@ -25,12 +25,23 @@ SHARED_KEY = "one-writer-" + "7" * 53
 
 
 def churn_run(home: Path, wait: float, select: str = DATA) -> subprocess.Popen:
-    env = {**os.environ, "CHURN_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"),
-           "CHURN_SETTLE_SECONDS": "0", "CHURN_AS_OF": "2026-11-02T00:00:00", "CHURN_WAREHOUSE_WAIT_SECONDS": str(wait),
-           "CHURN_PSEUDONYM_KEY": SHARED_KEY}
+    env = {
+        **os.environ,
+        "CHURN_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster_home"),
+        "CHURN_SETTLE_SECONDS": "0",
+        "CHURN_AS_OF": "2026-11-02T00:00:00",
+        "CHURN_WAREHOUSE_WAIT_SECONDS": str(wait),
+        "CHURN_PSEUDONYM_KEY": SHARED_KEY,
+    }
     env.pop("CHURN_TEST_KILL_AT", None)
-    return subprocess.Popen([sys.executable, "-m", "churn_assets.cli", "run", "--select", select], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "churn_assets.cli", "run", "--select", select],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_second_writer_exits_with_one_line_naming_the_holder(tmp_path):
@@ -38,13 +49,21 @@ def test_second_writer_exits_with_one_line_naming_the_holder(tmp_path):
     con = connect(tmp_path / "warehouse.duckdb")
     ensure_schema(con)
     con.close()
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from churn_assets.warehouse import connect_writer
-        con = connect_writer({str(tmp_path / 'warehouse.duckdb')!r}, wait_seconds=0, holder="run holder-run-1")
+        con = connect_writer({str(tmp_path / "warehouse.duckdb")!r}, wait_seconds=0, holder="run holder-run-1")
         print("holding", flush=True)
         time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "holding"
         t0 = time.monotonic()
@@ -72,30 +91,40 @@ def test_two_cycles_at_once_load_each_file_once(tmp_path_factory):
     # a fresh instance's SQLite storage at the same moment race in Dagster's own migrations.
     env = {**os.environ, "DAGSTER_HOME": str(home / "dagster_home")}
     (home / "dagster_home").mkdir()
-    subprocess.run([sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get().get_runs()"], env=env,
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get().get_runs()"], env=env, check=True
+    )
     first, second = churn_run(home, wait=180), churn_run(home, wait=180)
     codes = (first.wait(400), second.wait(400))
     # Both complete (one waited for the other); never a lock traceback.
-    errors = [line for p in (first, second) for line in p.stderr.read().splitlines()
-              if "ERROR" in line or "Error" in line or "busy" in line]
+    errors = [
+        line
+        for p in (first, second)
+        for line in p.stderr.read().splitlines()
+        if "ERROR" in line or "Error" in line or "busy" in line
+    ]
     assert codes == (0, 0), errors[-20:]
     assert differences(snapshot(home), snapshot(fresh)) == {}
     assert accounting(home) == []
     rows, paths, duplicates = query(
-        home, "SELECT count(*), count(DISTINCT path), count(*) FILTER (status = 'duplicate') "
-              "FROM bronze.ingest_manifest")[0]
+        home,
+        "SELECT count(*), count(DISTINCT path), count(*) FILTER (status = 'duplicate') FROM bronze.ingest_manifest",
+    )[0]
     assert rows == paths == len(list((home / "landing").rglob("*.*"))) and duplicates == 0
 
 
 def test_the_manifest_refuses_a_file_version_twice(tmp_path):
     con = connect(tmp_path / "warehouse.duckdb")
     ensure_schema(con)
-    row = ("(1, 'users', 'users/a.json', 10, now()::TIMESTAMP, 'h', 1, 1, 0, 0, 'loaded', NULL, 'r', now()::TIMESTAMP, "
-           "1, 'new', 0, 10, 'h', 'h')")
-    cols = ("file_id, source, path, size_bytes, mtime, content_hash, records, rows_loaded, rows_rescued, "
-            "rows_quarantined, status, detail, run_id, ingested_at, version, event, offset_start, offset_end, "
-            "prefix_hash, dedup_key")
+    row = (
+        "(1, 'users', 'users/a.json', 10, now()::TIMESTAMP, 'h', 1, 1, 0, 0, 'loaded', NULL, 'r', now()::TIMESTAMP, "
+        "1, 'new', 0, 10, 'h', 'h')"
+    )
+    cols = (
+        "file_id, source, path, size_bytes, mtime, content_hash, records, rows_loaded, rows_rescued, "
+        "rows_quarantined, status, detail, run_id, ingested_at, version, event, offset_start, offset_end, "
+        "prefix_hash, dedup_key"
+    )
     con.execute(f"INSERT INTO bronze.ingest_manifest ({cols}) VALUES {row}")
     same_segment = row.replace("(1,", "(2,", 1).replace("'h')", "NULL)")
     same_file_id = row.replace("'users/a.json'", "'users/b.json'")

@@ -64,13 +64,24 @@ def test_cadence_switching_landing_sensor_alerts_and_one_writer(tmp_path):
         customers = one(home, "SELECT count(*) FROM gold.churn_features")
         scored_at = one(home, "SELECT max(scored_at) FROM gold.churn_prediction")
         report = generate_increment(home, fraction=0.02)
-        run = live.wait_for(lambda: [r for r in live.runs(**{"churn/trigger": "landing_sensor"})
-                                     if r.dagster_run.status == dg.DagsterRunStatus.SUCCESS], timeout=180)[0]
+        run = live.wait_for(
+            lambda: [
+                r
+                for r in live.runs(**{"churn/trigger": "landing_sensor"})
+                if r.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+            ],
+            timeout=180,
+        )[0]
         assert run.dagster_run.tags["churn/files"] == "3"
-        assert one(home, "SELECT count(*) FROM bronze.churn_users_bronze WHERE _source_file LIKE '%i000001%'") == report.records["users"]
+        assert (
+            one(home, "SELECT count(*) FROM bronze.churn_users_bronze WHERE _source_file LIKE '%i000001%'")
+            == report.records["users"]
+        )
         assert one(home, "SELECT count(*) FROM gold.churn_features") > customers
         assert one(home, "SELECT max(scored_at) FROM gold.churn_prediction") > scored_at
-        assert one(home, "SELECT count(*) FROM gold.churn_prediction") == one(home, "SELECT count(*) FROM gold.churn_features")
+        assert one(home, "SELECT count(*) FROM gold.churn_prediction") == one(
+            home, "SELECT count(*) FROM gold.churn_features"
+        )
 
         # Back to hourly: exactly one trigger on.
         assert "hourly" in live.churn("mode", "hourly")
@@ -79,15 +90,24 @@ def test_cadence_switching_landing_sensor_alerts_and_one_writer(tmp_path):
         # A failing run: exactly one failure alert for it, at the webhook, with a link.
         bad = live.submit({"ops": {"ml__churn_model": {"config": {"num_leaves": -3, "force": True}}}})
         assert live.wait_run(bad) == dg.DagsterRunStatus.FAILURE
-        live.wait_for(lambda: [x for x in live.webhook.received if x["kind"] == "failure" and x["run_id"] == bad], timeout=120)
+        live.wait_for(
+            lambda: [x for x in live.webhook.received if x["kind"] == "failure" and x["run_id"] == bad], timeout=120
+        )
         time.sleep(8)  # another sensor tick or two: still one
         failures = [x for x in live.webhook.received if x["kind"] == "failure" and x["run_id"] == bad]
         assert len(failures) == 1
-        assert failures[0]["job_name"] == "churn_cycle" and failures[0]["link"].endswith(f"/runs/{bad}") and failures[0]["reason"]
+        assert (
+            failures[0]["job_name"] == "churn_cycle"
+            and failures[0]["link"].endswith(f"/runs/{bad}")
+            and failures[0]["reason"]
+        )
 
         # Abnormally long runs are flagged, not killed.
         slow = live.wait_for(lambda: [x for x in live.webhook.received if x["kind"] == "slow"], timeout=120)
         assert "ceiling of 5s" in slow[0]["reason"]
         with live.instance() as instance:
-            assert instance.get_run_by_id(slow[0]["run_id"]).status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.STARTED,
-                                                                          dg.DagsterRunStatus.FAILURE)
+            assert instance.get_run_by_id(slow[0]["run_id"]).status in (
+                dg.DagsterRunStatus.SUCCESS,
+                dg.DagsterRunStatus.STARTED,
+                dg.DagsterRunStatus.FAILURE,
+            )

@@ -33,10 +33,28 @@ def postgres(tmp_path):
     shutil.chown(data, "postgres", "postgres")
     port = free_port()
     as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_pg, f"{BIN[-1]}/initdb", "-D", str(data), "-A", "trust", "-U", "dagster"], check=True, capture_output=True)
-    subprocess.run([*as_pg, f"{BIN[-1]}/pg_ctl", "-D", str(data), "-w", "-l", str(data / "log"), "-o",
-                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
-    subprocess.run([*as_pg, f"{BIN[-1]}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "dagster", "dagster"], check=True)
+    subprocess.run(
+        [*as_pg, f"{BIN[-1]}/initdb", "-D", str(data), "-A", "trust", "-U", "dagster"], check=True, capture_output=True
+    )
+    subprocess.run(
+        [
+            *as_pg,
+            f"{BIN[-1]}/pg_ctl",
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(data / "log"),
+            "-o",
+            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [*as_pg, f"{BIN[-1]}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "dagster", "dagster"], check=True
+    )
     try:
         yield port
     finally:
@@ -50,8 +68,13 @@ def test_runs_and_events_are_stored_in_postgres(postgres, tmp_path, monkeypatch)
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "churn_assets" / "defs" / "automation" / "dagster.postgres.yaml", home / "dagster.yaml")
-    for k, v in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(postgres), "DAGSTER_PG_DB": "dagster",
-                 "DAGSTER_PG_USER": "dagster", "DAGSTER_PG_PASSWORD": "unused-with-trust"}.items():
+    for k, v in {
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": str(postgres),
+        "DAGSTER_PG_DB": "dagster",
+        "DAGSTER_PG_USER": "dagster",
+        "DAGSTER_PG_PASSWORD": "unused-with-trust",
+    }.items():
         monkeypatch.setenv(k, v)
     churn_home = tmp_path / "churn"
     generate_history(churn_home, customers=1_500, seed=8, end=date(2026, 11, 1), progress=False)
@@ -65,7 +88,10 @@ def test_runs_and_events_are_stored_in_postgres(postgres, tmp_path, monkeypatch)
     with psycopg2.connect(host="127.0.0.1", port=postgres, dbname="dagster", user="dagster") as db, db.cursor() as cur:
         cur.execute("SELECT status FROM runs WHERE run_id = %s", [result.run_id])
         assert cur.fetchone()[0] == "SUCCESS"
-        cur.execute("SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION'", [result.run_id])
+        cur.execute(
+            "SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION'",
+            [result.run_id],
+        )
         assert cur.fetchone()[0] == 6  # three bronze, two silver, one gold
 
 
@@ -78,13 +104,28 @@ def test_multiprocess_executor_on_the_postgres_instance(postgres, tmp_path, monk
     churn_home = tmp_path / "churn"
     generate_history(churn_home, customers=1_500, seed=9, end=date(2026, 11, 1), progress=False)
     # What a deployment sets for every process (webserver, daemon, run worker, step).
-    env = {**os.environ, "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(postgres), "DAGSTER_PG_DB": "dagster",
-           "DAGSTER_PG_USER": "dagster", "DAGSTER_PG_PASSWORD": "unused-with-trust", "DAGSTER_HOME": str(home),
-           "CHURN_HOME": str(churn_home), "CHURN_AS_OF": "2026-11-01", "CHURN_SETTLE_SECONDS": "0",
-           "CHURN_EXECUTOR": "multiprocess"}
+    env = {
+        **os.environ,
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": str(postgres),
+        "DAGSTER_PG_DB": "dagster",
+        "DAGSTER_PG_USER": "dagster",
+        "DAGSTER_PG_PASSWORD": "unused-with-trust",
+        "DAGSTER_HOME": str(home),
+        "CHURN_HOME": str(churn_home),
+        "CHURN_AS_OF": "2026-11-01",
+        "CHURN_SETTLE_SECONDS": "0",
+        "CHURN_EXECUTOR": "multiprocess",
+    }
     # The documented CLI, in a fresh process: the definitions read CHURN_EXECUTOR as they load.
-    out = subprocess.run([str(Path(sys.executable).with_name("dg")), "launch", "--assets", "*gold/churn_features"],
-                         env={**env, "VIRTUAL_ENV": sys.prefix}, cwd=REPO, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("dg")), "launch", "--assets", "*gold/churn_features"],
+        env={**env, "VIRTUAL_ENV": sys.prefix},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     from dagster._core.instance.ref import InstanceRef
 

@@ -27,20 +27,34 @@ import duckdb
 import pytest
 
 import churn_assets
-from churn_assets.settings import Settings
-from churn_assets.defs.dashboards.page import vega_bundle
-from churn_assets.metadata import PREVIEW_COLUMNS, previewable, shareable_example
-from churn_assets.defs.ml.features import FEATURES
-from churn_assets.pseudonym_key import MIN_LENGTH, PseudonymKeyError, key_path, pseudonym_key
 from churn_assets.defs.campaigns.resources import AnthropicResource
+from churn_assets.defs.dashboards.page import vega_bundle
+from churn_assets.defs.ml.features import FEATURES
+from churn_assets.metadata import PREVIEW_COLUMNS, previewable, shareable_example
+from churn_assets.pseudonym_key import MIN_LENGTH, PseudonymKeyError, key_path, pseudonym_key
 from churn_assets.resources import PipelineSettingsResource
-from churn_assets_tests.helpers import AS_OF, SAMPLE, land_sample, load_defs, materialize, needs_sample, one, query, trigger
+from churn_assets.settings import Settings
 from churn_assets_tests.fake_anthropic import FakeAnthropic
+from churn_assets_tests.helpers import (
+    AS_OF,
+    SAMPLE,
+    land_sample,
+    load_defs,
+    materialize,
+    needs_sample,
+    one,
+    query,
+    trigger,
+)
 from churn_assets_tests.pii_scan import MIN_NAME_LENGTH, Scanner, needles_for, needles_of_landed_users
 
 PEOPLE = [
-    {"firstname": "Mary", "lastname": "Pittman", "email": "rachelclark@parks.com",
-     "address": "246 Sandra Neck Suite 458\nHannahfurt, MP 53006"},
+    {
+        "firstname": "Mary",
+        "lastname": "Pittman",
+        "email": "rachelclark@parks.com",
+        "address": "246 Sandra Neck Suite 458\nHannahfurt, MP 53006",
+    },
     {"firstname": "josé", "lastname": "O'NEIL", "email": "jo.se+1@example.org", "address": "USS Gibson\nFPO AP 50611"},
     {"firstname": "Al", "lastname": "Li", "email": "al@li.net", "address": "1 Elm St\nX"},
 ]
@@ -56,8 +70,7 @@ def _found(report) -> set[tuple[str, str, str]]:
 def test_needles_names_capitalized_as_silver_does_and_short_names_skipped():
     needles, skipped = needles_for(PEOPLE)
     values = {(n.kind, n.value) for n in needles}
-    assert {("first name", "josé"), ("first name", "José"), ("last name", "O'NEIL"),
-            ("last name", "O'neil")} <= values
+    assert {("first name", "josé"), ("first name", "José"), ("last name", "O'NEIL"), ("last name", "O'neil")} <= values
     assert ("address", "Hannahfurt, MP 53006") in values and ("email", "jo.se+1@example.org") in values
     # "Al" and "Li" are shorter than MIN_NAME_LENGTH; "X" is no address line.
     assert skipped == {"first name": 1, "last name": 1, "address": 1}
@@ -82,11 +95,14 @@ def test_scanner_finds_planted_values_in_every_kind_of_file(tmp_path):
     scanner = Scanner(needles)
     report = scanner.scan_tree(tmp_path)
     assert _found(report) == {
-        ("page.html", "first name", "Mary"), ("page.html", "first name", "José"),
+        ("page.html", "first name", "Mary"),
+        ("page.html", "first name", "José"),
         ("log.jsonl.gz", "email", "rachelclark@parks.com"),
-        ("escaped.json", "last name", "O'neil"), ("escaped.json", "first name", "José"),
+        ("escaped.json", "last name", "O'neil"),
+        ("escaped.json", "first name", "José"),
         ("url.txt", "email", "jo.se+1@example.org"),
-        ("events.db", "address", "246 Sandra Neck Suite 458"), ("events.db", "address", "Hannahfurt, MP 53006"),
+        ("events.db", "address", "246 Sandra Neck Suite 458"),
+        ("events.db", "address", "Hannahfurt, MP 53006"),
         ("other.duckdb", "address", "USS Gibson"),
     }
     # Found inside the compressed stream and the SQLite cell, not by luck in the raw bytes.
@@ -99,8 +115,18 @@ def test_scanner_finds_planted_values_in_every_kind_of_file(tmp_path):
 
 
 def test_previews_show_only_listed_columns():
-    personal = ["firstname", "lastname", "email", "address", "subject", "texts", "detail", "url",
-                "_rescued_data", "raw"]
+    personal = [
+        "firstname",
+        "lastname",
+        "email",
+        "address",
+        "subject",
+        "texts",
+        "detail",
+        "url",
+        "_rescued_data",
+        "raw",
+    ]
     assert not set(personal) & PREVIEW_COLUMNS
     assert previewable(["user_id", *personal, "canal"], "silver.churn_users") == ["user_id", "canal"]
     assert previewable(["name", "value", "detail"], "dashboard.kpis") == ["name", "value", "detail"]
@@ -130,10 +156,15 @@ def _dirty_users(home: Path) -> None:
 def _evaluate_alert_sensors(instance: dg.DagsterInstance, resources: dict, failed) -> None:
     churn_failure_alerts, churn_duration_alerts = trigger("churn_failure_alerts"), trigger("churn_duration_alerts")
     failure = next(e for e in failed.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
-    churn_failure_alerts(dg.build_run_status_sensor_context(
-        sensor_name="churn_failure_alerts", dagster_instance=instance, dagster_run=failed.dagster_run,
-        dagster_event=failure, resources={"alerts": resources["alerts"]},
-    ).for_run_failure())
+    churn_failure_alerts(
+        dg.build_run_status_sensor_context(
+            sensor_name="churn_failure_alerts",
+            dagster_instance=instance,
+            dagster_run=failed.dagster_run,
+            dagster_event=failure,
+            resources={"alerts": resources["alerts"]},
+        ).for_run_failure()
+    )
     churn_duration_alerts(dg.build_sensor_context(instance=instance, resources={"alerts": resources["alerts"]}))
 
 
@@ -159,8 +190,13 @@ def test_no_personal_value_outside_the_warehouse_and_the_outbox(tmp_path, monkey
         anthropic = AnthropicResource.from_settings(Settings(), api_key="test-key-not-a-secret", base_url=fake.url)
         # A failed run first (a key that is too short), so that an alert is raised and drawn.
         short_key = PipelineSettingsResource(home=str(home), as_of=AS_OF, pseudonym_key="short")
-        failed = materialize(home, ["bronze/churn_users_bronze", "silver/churn_users"], instance=instance,
-                             raise_on_error=False, pipeline_settings=short_key)
+        failed = materialize(
+            home,
+            ["bronze/churn_users_bronze", "silver/churn_users"],
+            instance=instance,
+            raise_on_error=False,
+            pipeline_settings=short_key,
+        )
         assert not failed.success
         _evaluate_alert_sensors(instance, resources, failed)
         result = materialize(home, "*", instance=instance, anthropic=anthropic)
@@ -176,29 +212,38 @@ def test_no_personal_value_outside_the_warehouse_and_the_outbox(tmp_path, monkey
     alerts = sqlite3.connect(home / "ops" / "alerts.db").execute("SELECT kind FROM alerts").fetchall()
     assert ("failure",) in alerts
     # The page loses no figure's column to the list: every dashboard column is on it.
-    columns = query(home, "SELECT table_name, column_name FROM information_schema.columns "
-                          "WHERE table_schema = 'dashboard'")
+    columns = query(
+        home, "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'dashboard'"
+    )
     assert len(columns) > 50 and [c for t, c in columns if not previewable([c], f"dashboard.{t}")] == []
 
     users, needles, skipped = needles_of_landed_users(SAMPLE / "users")
     kinds = {k: sum(n.kind == k for n in needles) for k in ("email", "address", "first name", "last name")}
     # The page inlines the Vega library, the same for any data ("Mark", "Marks", "April" are in it).
     scanner = Scanner(needles, static={"dashboard/index.html": [vega_bundle()]})
-    report = scanner.scan_tree(home, skip=[home / "landing", home / "outbox", home / "warehouse.duckdb",
-                                           home / "warehouse.duckdb.wal"])
+    report = scanner.scan_tree(
+        home, skip=[home / "landing", home / "outbox", home / "warehouse.duckdb", home / "warehouse.duckdb.wal"]
+    )
     scanner.scan_text(out, "stdout of the cycle")
     scanner.scan_text(err, "stderr of the cycle")
     scanner.scan_text(requests, "requests to the Messages API")
     scanned = {str(p.relative_to(home)) for p in home.rglob("*") if p.is_file()}
-    print(f"\nscan: {len(users)} customers -> {len(needles)} values searched {kinds} "
-          f"(names under {MIN_NAME_LENGTH} characters skipped: {skipped}); {report.files} files, "
-          f"{report.bytes:,} bytes, {report.views:,} texts, {report.sqlite_rows:,} SQLite rows, "
-          f"{report.table_rows} DuckDB/Parquet rows; hits: {len(report.hits)}")
+    print(
+        f"\nscan: {len(users)} customers -> {len(needles)} values searched {kinds} "
+        f"(names under {MIN_NAME_LENGTH} characters skipped: {skipped}); {report.files} files, "
+        f"{report.bytes:,} bytes, {report.views:,} texts, {report.sqlite_rows:,} SQLite rows, "
+        f"{report.table_rows} DuckDB/Parquet rows; hits: {len(report.hits)}"
+    )
     for hit in report.hits[:20]:
         print("  HIT", hit)
     # The scan saw what it should: the event log, the run storage, MLflow, the page, alerts, the key.
-    for must in ("mlflow/mlflow.db", "dashboard/index.html", "ops/alerts.db", "secrets/pseudonym.key",
-                 "dagster_home/history/runs.db"):
+    for must in (
+        "mlflow/mlflow.db",
+        "dashboard/index.html",
+        "ops/alerts.db",
+        "secrets/pseudonym.key",
+        "dagster_home/history/runs.db",
+    ):
         assert must in scanned, must
     assert any(p.startswith("dagster_home/history/runs/") for p in scanned)  # per-run event logs
     assert any(p.startswith("mlflow/artifacts/") and p.endswith("input_example.json") for p in scanned)
@@ -306,6 +351,7 @@ def test_short_env_key_fails_the_step_with_that_line(tmp_path, monkeypatch):
     error = failure.step_failure_data.error
     assert error.message.strip().endswith(
         f"CHURN_PSEUDONYM_KEY is 9 characters; the e-mail pseudonym key needs at least {MIN_LENGTH} "
-        "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)")
+        "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
+    )
     assert one(tmp_path, "SELECT count(*) FROM silver.churn_users") == 0
     assert not os.path.exists(key_path(tmp_path))

@@ -13,16 +13,33 @@ def test_defaults_and_derived_paths(tmp_path):
     s = Settings.load({"CHURN_HOME": str(tmp_path)})
     assert s.home == tmp_path and s.warehouse_path == tmp_path / "warehouse.duckdb"
     assert s.dagster_home == tmp_path / "dagster_home" and s.mlflow_uri == f"sqlite:///{tmp_path}/mlflow/mlflow.db"
-    assert (s.settle_seconds, s.batch_bytes, s.executor, s.campaign_max_messages) == (2.0, 268435456, "in_process", 1000)
-    other = Settings.load({"CHURN_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "elsewhere"),
-                           "MLFLOW_TRACKING_URI": "http://mlflow:5000", "CHURN_SETTLE_SECONDS": "0.5"})
+    assert (s.settle_seconds, s.batch_bytes, s.executor, s.campaign_max_messages) == (
+        2.0,
+        268435456,
+        "in_process",
+        1000,
+    )
+    other = Settings.load(
+        {
+            "CHURN_HOME": str(tmp_path),
+            "DAGSTER_HOME": str(tmp_path / "elsewhere"),
+            "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+            "CHURN_SETTLE_SECONDS": "0.5",
+        }
+    )
     assert other.dagster_home == tmp_path / "elsewhere" and other.mlflow_uri == "http://mlflow:5000"
     assert other.settle_seconds == 0.5
 
 
 def test_every_bad_value_is_one_line_with_its_fix():
-    env = {"CHURN_EXECUTOR": "foo", "CHURN_SETTLE_SECONDS": "soon", "CHURN_BATCH_BYTES": "-1",
-           "CHURN_DUCKDB_MEMORY_LIMIT": "lots", "CHURN_AS_OF": "2023-13-45", "CHURN_CAMPAIGN_MAX_MESSAGES": "1.5"}
+    env = {
+        "CHURN_EXECUTOR": "foo",
+        "CHURN_SETTLE_SECONDS": "soon",
+        "CHURN_BATCH_BYTES": "-1",
+        "CHURN_DUCKDB_MEMORY_LIMIT": "lots",
+        "CHURN_AS_OF": "2023-13-45",
+        "CHURN_CAMPAIGN_MAX_MESSAGES": "1.5",
+    }
     with pytest.raises(SettingsError) as info:
         Settings.load(env)
     assert info.value.problems == [

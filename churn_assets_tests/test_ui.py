@@ -46,8 +46,11 @@ def label_matches(label: str, name: str) -> bool:
 
 
 def graphql(port: int, query: str) -> dict:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())["data"]
 
@@ -58,14 +61,21 @@ def ui(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CHURN_AS_OF")}
     env.update(CHURN_HOME=str(home), DAGSTER_DISABLE_TELEMETRY="1")
     churn = [sys.executable, "-m", "churn_assets.cli"]
-    subprocess.run([*churn, "generate", "--customers", "2000", "--quiet"], env=env, cwd=REPO, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [*churn, "generate", "--customers", "2000", "--quiet"], env=env, cwd=REPO, check=True, capture_output=True
+    )
     # One cycle first, so that the graph shows materialized assets as a user sees them.
     subprocess.run([*churn, "run"], env=env, cwd=REPO, check=True, capture_output=True, timeout=600)
     port = free_port()
     log = open(home / "ui.log", "wb")
-    proc = subprocess.Popen([*churn, "ui", "--port", str(port)], env=env, cwd=REPO, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [*churn, "ui", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_until_serving(port, proc, home / "ui.log")
         yield home, port, env
@@ -78,12 +88,14 @@ def test_ui_runs_webserver_and_daemon_on_the_persistent_instance(ui):
     home, port, _ = ui
     assert (home / "dagster_home" / "dagster.yaml").exists()
     # The run made by `churn run` is in the instance the UI serves: it is persistent.
-    runs = graphql(port, '{ runsOrError { ... on Runs { results { jobName status } } } }')["runsOrError"]["results"]
+    runs = graphql(port, "{ runsOrError { ... on Runs { results { jobName status } } } }")["runsOrError"]["results"]
     assert {"jobName": "churn_cycle", "status": "SUCCESS"} in runs
 
     def required_daemons() -> dict[str, bool]:
         s = graphql(port, "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }")
-        return {d["daemonType"]: d["healthy"] for d in s["instance"]["daemonHealth"]["allDaemonStatuses"] if d["required"]}
+        return {
+            d["daemonType"]: d["healthy"] for d in s["instance"]["daemonHealth"]["allDaemonStatuses"] if d["required"]
+        }
 
     assert {"SCHEDULER", "SENSOR", "QUEUED_RUN_COORDINATOR"} <= set(required_daemons())
     deadline = time.time() + 60
@@ -165,14 +177,18 @@ def automation_states(port: int) -> dict[str, bool]:
         page.wait_for_function(
             """n => { const boxes = [...document.querySelectorAll('input[type=checkbox]')];
                       return boxes.length === 1 + 2 * n && boxes.every(b => !b.disabled); }""",
-            arg=len(names), timeout=60_000,
+            arg=len(names),
+            timeout=60_000,
         )
-        states = page.evaluate("""names => Object.fromEntries(names.map(name => {
+        states = page.evaluate(
+            """names => Object.fromEntries(names.map(name => {
             let row = [...document.querySelectorAll('*')].find(e => e.children.length === 0 && e.textContent.trim() === name);
             // A row holds two checkboxes: the row's selection, then the on/off switch.
             while (row && row.querySelectorAll('input[type=checkbox]').length < 2) row = row.parentElement;
             return [name, row.querySelectorAll('input[type=checkbox]')[1].checked];
-        }))""", names)
+        }))""",
+            names,
+        )
         browser.close()
     return states
 
@@ -180,13 +196,24 @@ def automation_states(port: int) -> dict[str, bool]:
 def test_schedule_and_sensors_are_listed_with_their_state(ui):
     _, port, env = ui
     assert automation_states(port) == {
-        "churn_hourly": True, "churn_landing_sensor": False, "churn_auto_cadence": False,
-        "churn_failure_alerts": True, "churn_duration_alerts": True,
+        "churn_hourly": True,
+        "churn_landing_sensor": False,
+        "churn_auto_cadence": False,
+        "churn_failure_alerts": True,
+        "churn_duration_alerts": True,
     }
     # The operator switches cadence from the shell; the page shows it.
-    subprocess.run([sys.executable, "-m", "churn_assets.cli", "mode", "continuous"], env=env, cwd=REPO,
-                   capture_output=True, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "churn_assets.cli", "mode", "continuous"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    )
     assert automation_states(port) == {
-        "churn_hourly": False, "churn_landing_sensor": True, "churn_auto_cadence": False,
-        "churn_failure_alerts": True, "churn_duration_alerts": True,
+        "churn_hourly": False,
+        "churn_landing_sensor": True,
+        "churn_auto_cadence": False,
+        "churn_failure_alerts": True,
+        "churn_duration_alerts": True,
     }

@@ -49,13 +49,24 @@ LAST = (
     "Nelson Baker Hall Rivera Campbell Mitchell Carter Roberts Pittman Osborn Tyler Cook Haynes Kelley"
 ).split()
 DOMAINS = ["example.com", "mail.example.org", "shop.example.net", "example.biz", "post.example.com"]
-STREETS = ["Sandra Neck", "John Estate", "Eric Villages", "Mcintyre Heights", "Kelly Crossing", "Oak Street",
-           "Pine Road"]
+STREETS = [
+    "Sandra Neck",
+    "John Estate",
+    "Eric Villages",
+    "Mcintyre Heights",
+    "Kelly Crossing",
+    "Oak Street",
+    "Pine Road",
+]
 CITIES = ["Hannahfurt, MP", "New Heather, AR", "East Gregoryfurt, MP", "Lake Christopherbury, TX", "South Jessica, CO"]
 URLS = [
-    "https://databricks.com/", "https://databricks.com/faq.html", "https://databricks.com/login/",
-    "https://databricks.com/privacy.jsp", "https://databricks.com/category/app/homepage/",
-    "https://databricks.com/posts/explore/about/", "https://databricks.com/wp-content/main/author/",
+    "https://databricks.com/",
+    "https://databricks.com/faq.html",
+    "https://databricks.com/login/",
+    "https://databricks.com/privacy.jsp",
+    "https://databricks.com/category/app/homepage/",
+    "https://databricks.com/posts/explore/about/",
+    "https://databricks.com/wp-content/main/author/",
 ]
 # The landing contract's column types as the frames written hold them.
 POLARS_TYPES = {"VARCHAR": pl.String, "DOUBLE": pl.Float64, "BOOLEAN": pl.Boolean}
@@ -79,8 +90,13 @@ def uuids(rng: np.random.Generator, n: int) -> pl.Series:
     hexed = pl.Series(raw.view("S16").ravel()).bin.encode("hex")
     return pl.select(
         pl.concat_str(
-            [hexed.str.slice(0, 8), hexed.str.slice(8, 4), hexed.str.slice(12, 4), hexed.str.slice(16, 4),
-             hexed.str.slice(20, 12)],
+            [
+                hexed.str.slice(0, 8),
+                hexed.str.slice(8, 4),
+                hexed.str.slice(12, 4),
+                hexed.str.slice(16, 4),
+                hexed.str.slice(20, 12),
+            ],
             separator="-",
         )
     ).to_series()
@@ -142,8 +158,9 @@ def _customers(rng, n: int, start: datetime, end: datetime, monthly: bool) -> pl
         creation_s = pl.Series(creation, dtype=pl.Datetime("us"))
     else:
         secs = rng.integers(0, int((end - start).total_seconds()), n)
-        creation_s = (pl.Series([start] * n, dtype=pl.Datetime("us"))
-                      + pl.Series(secs * 1_000_000, dtype=pl.Duration("us")))
+        creation_s = pl.Series([start] * n, dtype=pl.Datetime("us")) + pl.Series(
+            secs * 1_000_000, dtype=pl.Duration("us")
+        )
     # Accounts are created at midnight in the reference.
     creation_s = creation_s.dt.truncate("1d")
     first = np.array(FIRST)[rng.integers(0, len(FIRST), n)]
@@ -155,8 +172,10 @@ def _customers(rng, n: int, start: datetime, end: datetime, monthly: bool) -> pl
             "id": uuids(rng, n),
             "firstname": first,
             "lastname": last,
-            "email": [f"{f.lower()}.{lname.lower()}{i}@{DOMAINS[i % len(DOMAINS)]}"
-                      for i, (f, lname) in enumerate(zip(first, last))],
+            "email": [
+                f"{f.lower()}.{lname.lower()}{i}@{DOMAINS[i % len(DOMAINS)]}"
+                for i, (f, lname) in enumerate(zip(first, last))
+            ],
             "address": [
                 f"{a} {STREETS[a % len(STREETS)]} Suite {a % 997}\n{CITIES[a % len(CITIES)]} {10000 + a % 89999}"
                 for a in rng.integers(1, 99999, n).tolist()
@@ -186,8 +205,9 @@ def _orders_and_events(rng, cust: pl.DataFrame, lo: pl.Series, hi: datetime, cou
     idx = np.repeat(np.arange(len(cust)), counts)
     m = len(idx)
     lo_us = lo.dt.epoch("us").to_numpy()[idx]
-    hi_us = (int(hi.timestamp() * 1_000_000) if hi.tzinfo
-             else int((hi - datetime(1970, 1, 1)).total_seconds() * 1_000_000))
+    hi_us = (
+        int(hi.timestamp() * 1_000_000) if hi.tzinfo else int((hi - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
+    )
     span = np.maximum(hi_us - lo_us, 1)
     when_us = lo_us + (rng.random(m) * span).astype(np.int64)
     when = pl.Series(when_us // 1_000_000 * 1_000_000, dtype=pl.Datetime("us"))
@@ -213,8 +233,9 @@ def _orders_and_events(rng, cust: pl.DataFrame, lo: pl.Series, hi: datetime, cou
             "event_id": _null_some(rng, event_ids, KEY_NULL_RATE),
             "platform": platform,
             "date": ev_when,
-            "action": _null_some(rng, pl.Series(np.array(["view", "click", "log"])[rng.integers(0, 3, m)]),
-                                 CATEGORY_NULL_RATE),
+            "action": _null_some(
+                rng, pl.Series(np.array(["view", "click", "log"])[rng.integers(0, 3, m)]), CATEGORY_NULL_RATE
+            ),
             # In the reference a session is one event: the ids are equal.
             "session_id": _null_some(rng, event_ids, KEY_NULL_RATE),
             "url": np.array(URLS)[rng.integers(0, len(URLS), m)],
@@ -244,7 +265,8 @@ def _json_lines(df: pl.DataFrame) -> pl.Series:
     # Spark's JSON writer leaves null fields out of the object; so do we.
     parts = [
         pl.when(pl.col(c).is_not_null()).then(
-            pl.struct(c).struct.json_encode().str.strip_prefix("{").str.strip_suffix("}"))
+            pl.struct(c).struct.json_encode().str.strip_prefix("{").str.strip_suffix("}")
+        )
         for c in df.columns
     ]
     return df.select(("{" + pl.concat_list(parts).list.drop_nulls().list.join(",") + "}").alias("line")).to_series()
@@ -267,8 +289,9 @@ def _dirty_json(rng, lines: pl.Series, rate: float) -> tuple[pl.Series, int]:
         elif kind == 1:
             out[i] = line[:-1] + ',"unexpected_field":"x"}'  # extra field: rescued
         elif kind == 2:
-            out[i] = (line.replace('"creation_date":"', '"creation_date":"2023/')
-                      .replace('"transaction_date":"', '"transaction_date":"2023/'))
+            out[i] = line.replace('"creation_date":"', '"creation_date":"2023/').replace(
+                '"transaction_date":"', '"transaction_date":"2023/'
+            )
             if out[i] == line:
                 out[i] = line[:-1] + ',"unexpected_field":1}'
         else:
@@ -396,13 +419,15 @@ def generate_history(
     state.mkdir(parents=True, exist_ok=True)
     cust.drop("n_items", "n_events", "platform").with_columns(churn=churn).write_parquet(state / "customers.parquet")
     (state / "state.json").write_text(
-        json.dumps({"seed": seed, "clock": end_dt.isoformat(), "increments": 0, "orders": len(orders)}))
+        json.dumps({"seed": seed, "clock": end_dt.isoformat(), "increments": 0, "orders": len(orders)})
+    )
     writer.report.clock = end_dt.isoformat()
     return writer.report
 
 
-def generate_increment(home: Path, fraction: float = 0.01, dirty_rate: float = 0.0,
-                       progress: bool = False) -> GenerationReport:
+def generate_increment(
+    home: Path, fraction: float = 0.01, dirty_rate: float = 0.0, progress: bool = False
+) -> GenerationReport:
     """One hour of new activity, about ``fraction`` of the history's volume, as new files."""
     state_dir = _state_dir(home)
     if not (state_dir / "state.json").exists():

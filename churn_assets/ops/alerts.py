@@ -72,7 +72,9 @@ class DeliveryReport:
     out_of_budget: bool = False
 
 
-def duration_verdict(duration: float, history: list[float], factor: float, min_history: int, ceiling: float) -> str | None:
+def duration_verdict(
+    duration: float, history: list[float], factor: float, min_history: int, ceiling: float
+) -> str | None:
     """Why a run of ``duration`` seconds is abnormally long, or None.
 
     Long past ``factor`` x the median of the job's recent successful runs (once there are
@@ -141,9 +143,14 @@ class AlertStore:
     def due(self, now: float) -> list[str]:
         """Ids of pending alerts due for an attempt, oldest first."""
         with self._connect() as db:
-            return [r[0] for r in db.execute(
-                "SELECT alert_id FROM alerts WHERE state = 'pending' AND next_attempt_at <= ? AND claimed_until <= ? "
-                "ORDER BY raised_at", [now, now])]
+            return [
+                r[0]
+                for r in db.execute(
+                    "SELECT alert_id FROM alerts WHERE state = 'pending' AND next_attempt_at <= ? AND claimed_until <= ? "
+                    "ORDER BY raised_at",
+                    [now, now],
+                )
+            ]
 
     def claim(self, alert_id: str, now: float, lease_seconds: float) -> tuple[Alert, list[str], int] | None:
         """Lease one pending alert to this caller, so that a concurrent tick does not send it
@@ -157,12 +164,14 @@ class AlertStore:
             if cur.rowcount != 1:
                 return None
             row = db.execute("SELECT * FROM alerts WHERE alert_id = ?", [alert_id]).fetchone()
-        alert = Alert(row["kind"], row["job_name"], row["run_id"], row["reason"], row["link"], row["alert_id"],
-                      row["raised_at"])
+        alert = Alert(
+            row["kind"], row["job_name"], row["run_id"], row["reason"], row["link"], row["alert_id"], row["raised_at"]
+        )
         return alert, [t for t in (row["delivered_to"] or "").split(",") if t], int(row["failed_ticks"])
 
-    def attempted(self, alert_id: str, delivered_to: list[str], tries: int, error: str, *, done: bool,
-                  next_attempt_at: float) -> None:
+    def attempted(
+        self, alert_id: str, delivered_to: list[str], tries: int, error: str, *, done: bool, next_attempt_at: float
+    ) -> None:
         """Record one tick's tries of an alert and release its lease."""
         failed = 1 if tries and not done else 0
         with self._connect() as db:
@@ -172,17 +181,30 @@ class AlertStore:
                    state = CASE WHEN ? THEN 'delivered' ELSE state END,
                    delivered_at = CASE WHEN ? THEN ? ELSE delivered_at END
                    WHERE alert_id = ?""",
-                [",".join(delivered_to), tries, failed, error[:500], next_attempt_at, done, done,
-                 _utcnow().isoformat(timespec="seconds"), alert_id],
+                [
+                    ",".join(delivered_to),
+                    tries,
+                    failed,
+                    error[:500],
+                    next_attempt_at,
+                    done,
+                    done,
+                    _utcnow().isoformat(timespec="seconds"),
+                    alert_id,
+                ],
             )
 
     def expire_older_than(self, cutoff: datetime, now: float) -> list[dict]:
         """Give up on pending alerts raised before ``cutoff``; returns them (recorded as expired)."""
         with self._connect() as db:
             db.row_factory = sqlite3.Row
-            rows = [dict(r) for r in db.execute(
-                "SELECT * FROM alerts WHERE state = 'pending' AND raised_at < ? AND claimed_until <= ?",
-                [cutoff.isoformat(timespec="seconds"), now])]
+            rows = [
+                dict(r)
+                for r in db.execute(
+                    "SELECT * FROM alerts WHERE state = 'pending' AND raised_at < ? AND claimed_until <= ?",
+                    [cutoff.isoformat(timespec="seconds"), now],
+                )
+            ]
             db.executemany(
                 "UPDATE alerts SET state = 'expired', expired_at = ? "
                 "WHERE alert_id = ? AND state = 'pending' AND claimed_until <= ?",
@@ -199,8 +221,9 @@ class AlertStore:
 Sender = Callable[[Alert, float], None]  # (alert, timeout seconds); raises when not delivered
 
 
-def deliver_due(store: AlertStore, senders: dict[str, Sender], policy: DeliveryPolicy, log=None,
-                first: str | None = None) -> DeliveryReport:
+def deliver_due(
+    store: AlertStore, senders: dict[str, Sender], policy: DeliveryPolicy, log=None, first: str | None = None
+) -> DeliveryReport:
     """One tick of delivery: every due pending alert to every target it has not reached yet,
     retried with backoff, all within ``policy.tick_budget_seconds`` of network time.
 
@@ -212,8 +235,10 @@ def deliver_due(store: AlertStore, senders: dict[str, Sender], policy: DeliveryP
     for row in store.expire_older_than(expiry_cutoff(_utcnow(), policy), time.time()):
         report.expired.append(row["alert_id"])
         if log:
-            log.warning(f"alert {row['kind']} for run {row['run_id']} expired undelivered after {row['attempts']} "
-                        f"attempts (last error: {row['last_error'] or 'none'})")
+            log.warning(
+                f"alert {row['kind']} for run {row['run_id']} expired undelivered after {row['attempts']} "
+                f"attempts (last error: {row['last_error'] or 'none'})"
+            )
     lease = policy.tick_budget_seconds + policy.timeout_seconds + 30
     due = store.due(time.time())
     if first in due:
@@ -250,22 +275,27 @@ def deliver_due(store: AlertStore, senders: dict[str, Sender], policy: DeliveryP
                     time.sleep(pause)
         done = all(t in reached for t in senders)
         wait = 0.0 if done or not tries else retry_wait(failed_ticks + 1, policy)
-        store.attempted(alert.alert_id, reached, tries, "" if done else error, done=done,
-                        next_attempt_at=time.time() + wait)
+        store.attempted(
+            alert.alert_id, reached, tries, "" if done else error, done=done, next_attempt_at=time.time() + wait
+        )
         (report.delivered if done else report.pending).append(alert.alert_id)
         if log and done and tries:
             log.info(f"alert {alert.kind} for run {alert.run_id} delivered to {', '.join(reached)}")
         elif log and not done:
-            log.warning(f"alert {alert.kind} for run {alert.run_id} not delivered yet "
-                        f"({error or 'out of time this tick'}); "
-                        f"re-sent by a later tick in {wait:.0f}s")
+            log.warning(
+                f"alert {alert.kind} for run {alert.run_id} not delivered yet "
+                f"({error or 'out of time this tick'}); "
+                f"re-sent by a later tick in {wait:.0f}s"
+            )
     return report
 
 
 def post_json(url: str, body: dict, timeout: float, headers: dict | None = None) -> None:
     """POST ``body`` as JSON; raises unless the answer is 2xx within ``timeout`` per socket operation."""
     request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST",
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
         headers={"content-type": "application/json", **(headers or {})},
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:  # 4xx/5xx raise HTTPError
@@ -290,9 +320,12 @@ class AlertsResource(dg.ConfigurableResource):
     @classmethod
     def from_settings(cls, settings, **overrides) -> AlertsResource:
         values = {
-            "store_path": str(settings.alerts_db), "webhook_url": settings.secret("alert_webhook"),
-            "slack_token": settings.secret("slack_bot_token"), "slack_channel": settings.slack_channel,
-            "ui_url": settings.ui_url, "timeout_seconds": settings.alert_timeout_seconds,
+            "store_path": str(settings.alerts_db),
+            "webhook_url": settings.secret("alert_webhook"),
+            "slack_token": settings.secret("slack_bot_token"),
+            "slack_channel": settings.slack_channel,
+            "ui_url": settings.ui_url,
+            "timeout_seconds": settings.alert_timeout_seconds,
             "tick_budget_seconds": settings.alert_tick_budget_seconds,
             "retry_after_seconds": settings.alert_retry_after_seconds,
             "expire_after_hours": settings.alert_expire_hours,
@@ -303,8 +336,12 @@ class AlertsResource(dg.ConfigurableResource):
         return AlertStore(Path(self.store_path))
 
     def policy(self) -> DeliveryPolicy:
-        return DeliveryPolicy(timeout_seconds=self.timeout_seconds, tick_budget_seconds=self.tick_budget_seconds,
-                              retry_after_seconds=self.retry_after_seconds, expire_after_hours=self.expire_after_hours)
+        return DeliveryPolicy(
+            timeout_seconds=self.timeout_seconds,
+            tick_budget_seconds=self.tick_budget_seconds,
+            retry_after_seconds=self.retry_after_seconds,
+            expire_after_hours=self.expire_after_hours,
+        )
 
     def link(self, run_id: str) -> str:
         return f"{self.ui_url.rstrip('/')}/runs/{run_id}"
@@ -335,8 +372,9 @@ class AlertsResource(dg.ConfigurableResource):
             senders["slack"] = slack
         return senders
 
-    def raise_alert(self, kind: str, job_name: str, run_id: str, reason: str, log=None, *,
-                    deliver: bool = True) -> bool:
+    def raise_alert(
+        self, kind: str, job_name: str, run_id: str, reason: str, log=None, *, deliver: bool = True
+    ) -> bool:
         """Record an alert once per (kind, run) and deliver it (with any other due one) within
         one tick's budget; False when it was already raised. ``deliver=False`` only records:
         the caller delivers once for several alerts with ``deliver_pending``."""

@@ -52,8 +52,11 @@ def switch_commands(on: dict[str, bool], mode: str, dagster: str) -> list[list[s
     """Dagster CLI commands that leave exactly ``mode``'s trigger on: stops first, then the start."""
     if mode not in MODES:
         raise ValueError(f"mode is one of {', '.join(MODES)}")
-    stops = [[dagster, kind, "stop", name, "-m", LOCATION]
-             for other, (kind, name) in MODES.items() if other != mode and on.get(name)]
+    stops = [
+        [dagster, kind, "stop", name, "-m", LOCATION]
+        for other, (kind, name) in MODES.items()
+        if other != mode and on.get(name)
+    ]
     kind, name = MODES[mode]
     return stops + ([] if on.get(name) else [[dagster, kind, "start", name, "-m", LOCATION]])
 

@@ -28,8 +28,12 @@ from churn_assets.ops.alerts import AlertsResource, duration_verdict
 from churn_assets.resources import LandingZoneResource
 from churn_assets.settings import Settings
 
-PENDING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-           dg.DagsterRunStatus.STARTED]
+PENDING = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
 TRAINING = [churn_model.key, churn_model_champion.key]
 CAMPAIGN = [retention_messages.key]
 
@@ -62,16 +66,18 @@ class AutoState:
     switched_at: float = 0.0
 
 
-def auto_cadence(state: AutoState, arrivals: list[float], now: float,
-                 cadence: Settings) -> tuple[AutoState, str | None]:
+def auto_cadence(
+    state: AutoState, arrivals: list[float], now: float, cadence: Settings
+) -> tuple[AutoState, str | None]:
     """The effective cadence from the landing arrival times (file mtimes), with hysteresis:
     up to continuous when the rate over the window reaches the threshold; back to hourly
     only after a quiet period with no arrival at all."""
     window = cadence.auto_window_minutes * 60
     rate = sum(1 for t in arrivals if now - t <= window) / cadence.auto_window_minutes
     if state.mode == "hourly" and rate >= cadence.auto_up_files_per_minute:
-        return AutoState("continuous", now), (f"{rate:.1f} files/min over {cadence.auto_window_minutes:g} min "
-                                              f">= {cadence.auto_up_files_per_minute:g}")
+        return AutoState("continuous", now), (
+            f"{rate:.1f} files/min over {cadence.auto_window_minutes:g} min >= {cadence.auto_up_files_per_minute:g}"
+        )
     last = max(arrivals, default=0.0)
     quiet = cadence.auto_quiet_minutes * 60
     if state.mode == "continuous" and now - last >= quiet and now - state.switched_at >= quiet:
@@ -117,13 +123,20 @@ def _request_for_files(context, files: list, trigger: str) -> dg.RunRequest:
     now = time.time()
     excluded, skipped = not_due(context.instance, now, Settings.load())
     # None = every asset; else the code location's own graph less what is not due.
-    selection = sorted(k for k in context.repository_def.asset_graph.get_all_asset_keys()
-                       if k not in excluded) if excluded else None
+    selection = (
+        sorted(k for k in context.repository_def.asset_graph.get_all_asset_keys() if k not in excluded)
+        if excluded
+        else None
+    )
     return dg.RunRequest(
         run_key=run_key_for(files),
         asset_selection=selection,
-        tags={"churn/trigger": trigger, "churn/files": str(len(files)), "churn/skipped": ",".join(skipped) or "none",
-              "churn/newest_file_mtime": f"{files[-1].mtime:.3f}"},
+        tags={
+            "churn/trigger": trigger,
+            "churn/files": str(len(files)),
+            "churn/skipped": ",".join(skipped) or "none",
+            "churn/newest_file_mtime": f"{files[-1].mtime:.3f}",
+        },
     )
 
 
@@ -157,8 +170,9 @@ def churn_auto_cadence(context: dg.SensorEvaluationContext, landing: LandingZone
     state, reason = auto_cadence(state, [f.mtime for f in files], now, settings)
     if reason:
         context.log.info(f"cadence switched to {state.mode}: {reason}")
-        alerts.raise_alert("mode_switch", CYCLE_JOB, f"auto-{int(now)}", f"cadence switched to {state.mode}: {reason}",
-                           context.log)
+        alerts.raise_alert(
+            "mode_switch", CYCLE_JOB, f"auto-{int(now)}", f"cadence switched to {state.mode}: {reason}", context.log
+        )
     after = cursor.get("after") or default_after(context.instance)
     request = None
     if pending_runs(context.instance) < settings.max_pending_runs:
@@ -204,8 +218,13 @@ def churn_duration_alerts(context: dg.SensorEvaluationContext, alerts: AlertsRes
             )
             if r.dagster_run.run_id != record.dagster_run.run_id and r.start_time and r.end_time
         ][: settings.alert_duration_history]
-        reason = duration_verdict(duration, history, settings.alert_duration_factor,
-                                  settings.alert_duration_min_history, settings.alert_duration_ceiling_seconds)
+        reason = duration_verdict(
+            duration,
+            history,
+            settings.alert_duration_factor,
+            settings.alert_duration_min_history,
+            settings.alert_duration_ceiling_seconds,
+        )
         run = record.dagster_run
         if reason and alerts.raise_alert("slow", run.job_name, run.run_id, reason, context.log, deliver=False):
             raised += 1

@@ -1,6 +1,5 @@
 """Bronze assets: landing files -> ``bronze.<table>``, each file exactly once."""
 
-
 from pathlib import Path
 
 import dagster as dg
@@ -32,22 +31,39 @@ def _bronze_asset(source: str) -> dg.AssetsDefinition:
         " version of a changed file (the earlier version's records retired); records that do not fit the schema"
         " keep their raw text in _rescued_data; unparseable records go to bronze.quarantine.",
         check_specs=[
-            dg.AssetCheckSpec("correct_schema", asset=["bronze", spec.table],
-                              description="_rescued_data IS NULL (warn only, as the reference)"),
-            dg.AssetCheckSpec("records_parseable", asset=["bronze", spec.table],
-                              description="no landed record of this run went to quarantine (warn only)"),
+            dg.AssetCheckSpec(
+                "correct_schema",
+                asset=["bronze", spec.table],
+                description="_rescued_data IS NULL (warn only, as the reference)",
+            ),
+            dg.AssetCheckSpec(
+                "records_parseable",
+                asset=["bronze", spec.table],
+                description="no landed record of this run went to quarantine (warn only)",
+            ),
         ],
     )
-    def _asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource,
-               alerts: AlertsResource) -> dg.MaterializeResult:
+    def _asset(
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        landing: LandingZoneResource,
+        alerts: AlertsResource,
+    ) -> dg.MaterializeResult:
         with warehouse.get_connection() as con:
             result = ingest_source(
-                con, Path(landing.root), source, context.run.run_id,
-                settle_seconds=landing.settle_seconds, batch_bytes=landing.batch_bytes,
+                con,
+                Path(landing.root),
+                source,
+                context.run.run_id,
+                settle_seconds=landing.settle_seconds,
+                batch_bytes=landing.batch_bytes,
             )
             fit = result.rows_loaded - result.rows_rescued
             record_quality(
-                con, context.run.run_id, "bronze", f"bronze.{spec.table}",
+                con,
+                context.run.run_id,
+                "bronze",
+                f"bronze.{spec.table}",
                 [
                     ("correct_schema", fit, result.rows_rescued, 0, None),
                     ("records_parseable", result.rows_loaded, result.rows_quarantined, result.rows_quarantined, None),
@@ -62,7 +78,9 @@ def _bronze_asset(source: str) -> dg.AssetsDefinition:
         if result.changes:
             # Files are immutable by contract: a change is worth a warning, once per run and source.
             alerts.raise_alert(
-                f"file_changed_{source}", context.job_name, context.run.run_id,
+                f"file_changed_{source}",
+                context.job_name,
+                context.run.run_id,
                 f"{len(result.changes)} landed {source} file(s) changed after ingestion: "
                 + "; ".join(result.changes[:10]),
                 log=context.log,

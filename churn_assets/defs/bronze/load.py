@@ -60,8 +60,7 @@ def _retire(con, spec: SourceSpec, file_ids: tuple[int, ...]) -> int:
     return n
 
 
-def load_batch(con, spec: SourceSpec, batch: list[LandedFile], known: Known, run_id: str,
-               result: IngestResult) -> None:
+def load_batch(con, spec: SourceSpec, batch: list[LandedFile], known: Known, run_id: str, result: IngestResult) -> None:
     """Parse a batch's files and write what they add in one transaction; ``result`` counts it,
     ``known`` learns the batch's contents once the transaction commits."""
     # Parsing is pyarrow's C++ (GIL released): files of a batch are parsed side by side.
@@ -114,12 +113,30 @@ def load_batch(con, spec: SourceSpec, batch: list[LandedFile], known: Known, run
                 state = "quarantined"
                 detail = detail or (pf.quarantine[0][2] if pf.quarantine else "every record quarantined")
             records = 0 if state == "duplicate" else pf.records
-            manifest.append([
-                file_id, spec.name, pf.landed.relpath, pf.landed.size,
-                from_epoch(pf.landed.mtime),
-                pf.content_hash, records, loaded, rescued, quarantined, state, detail, run_id, now,
-                pf.version, pf.event, pf.offset_start, pf.offset_end, pf.prefix_hash, key,
-            ])
+            manifest.append(
+                [
+                    file_id,
+                    spec.name,
+                    pf.landed.relpath,
+                    pf.landed.size,
+                    from_epoch(pf.landed.mtime),
+                    pf.content_hash,
+                    records,
+                    loaded,
+                    rescued,
+                    quarantined,
+                    state,
+                    detail,
+                    run_id,
+                    now,
+                    pf.version,
+                    pf.event,
+                    pf.offset_start,
+                    pf.offset_end,
+                    pf.prefix_hash,
+                    key,
+                ]
+            )
             result.files_loaded += state == "loaded"
             result.files_duplicate += state == "duplicate"
             result.files_empty += state == "empty"
@@ -152,8 +169,9 @@ def _with_lineage(pf: ParsedFile, file_id: int) -> pa.Table:
     )
 
 
-def _insert_rows(con, spec: SourceSpec, to_load: list[tuple[int, ParsedFile]], run_id: str,
-                 now: datetime) -> dict[int, tuple[int, int, int]]:
+def _insert_rows(
+    con, spec: SourceSpec, to_load: list[tuple[int, ParsedFile]], run_id: str, now: datetime
+) -> dict[int, tuple[int, int, int]]:
     """Insert the rows and quarantine records of a batch's files; per file (loaded, rescued, quarantined)."""
     quarantine = [(file_id, pf.landed.relpath, *q) for file_id, pf in to_load for q in pf.quarantine]
     with_rows = [(file_id, pf) for file_id, pf in to_load if pf.lines is not None and pf.lines.num_rows]

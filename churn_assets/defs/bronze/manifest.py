@@ -11,9 +11,26 @@ import duckdb
 from churn_assets.defs.bronze.versions import CHANGE_EVENTS, FileState
 
 MANIFEST_COLUMNS = (
-    "file_id", "source", "path", "size_bytes", "mtime", "content_hash", "records", "rows_loaded", "rows_rescued",
-    "rows_quarantined", "status", "detail", "run_id", "ingested_at", "version", "event", "offset_start",
-    "offset_end", "prefix_hash", "dedup_key",
+    "file_id",
+    "source",
+    "path",
+    "size_bytes",
+    "mtime",
+    "content_hash",
+    "records",
+    "rows_loaded",
+    "rows_rescued",
+    "rows_quarantined",
+    "status",
+    "detail",
+    "run_id",
+    "ingested_at",
+    "version",
+    "event",
+    "offset_start",
+    "offset_end",
+    "prefix_hash",
+    "dedup_key",
 )
 
 
@@ -44,8 +61,12 @@ def known_files(con: duckdb.DuckDBPyConnection, source: str) -> Known:
         for path, version, ids, size, mtime, end, prefix, status in rows
     }
     current = {st.prefix_hash: path for path, st in states.items() if st.status != "duplicate" and st.prefix_hash}
-    used = {k for (k,) in con.execute(
-        "SELECT dedup_key FROM bronze.ingest_manifest WHERE source = ? AND dedup_key IS NOT NULL", [source]).fetchall()}
+    used = {
+        k
+        for (k,) in con.execute(
+            "SELECT dedup_key FROM bronze.ingest_manifest WHERE source = ? AND dedup_key IS NOT NULL", [source]
+        ).fetchall()
+    }
     return Known(states, current, used)
 
 
@@ -54,7 +75,7 @@ def file_changes(con: duckdb.DuckDBPyConnection, source: str | None = None) -> l
     source, path, version, event, detail (the reason), ingested_at, file_id."""
     rows = con.execute(
         f"""SELECT source, path, version, event, detail, ingested_at, file_id FROM bronze.ingest_manifest
-            WHERE event IN ({', '.join(repr(e) for e in CHANGE_EVENTS)}) AND (? IS NULL OR source = ?)
+            WHERE event IN ({", ".join(repr(e) for e in CHANGE_EVENTS)}) AND (? IS NULL OR source = ?)
             ORDER BY file_id DESC""",
         [source, source],
     ).fetchall()
@@ -80,9 +101,12 @@ def quarantined_files(con: duckdb.DuckDBPyConnection, source: str | None = None)
 
 def retired_file_ids(con: duckdb.DuckDBPyConnection, source: str) -> list[int]:
     """File ids of versions a later version of the same path replaced: their records are gone."""
-    return [i for (i,) in con.execute(
-        """SELECT file_id FROM (SELECT file_id, coalesce(version, 1) AS v,
+    return [
+        i
+        for (i,) in con.execute(
+            """SELECT file_id FROM (SELECT file_id, coalesce(version, 1) AS v,
                                        max(coalesce(version, 1)) OVER (PARTITION BY path) AS current
                                 FROM bronze.ingest_manifest WHERE source = ?) WHERE v < current ORDER BY 1""",
-        [source],
-    ).fetchall()]
+            [source],
+        ).fetchall()
+    ]

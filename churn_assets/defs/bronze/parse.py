@@ -81,7 +81,7 @@ def read_content(landed: LandedFile) -> tuple[bytes | None, str | None]:
         if landed.kind == "gzip":
             return None, "named .gz but not gzip-compressed"
     if raw.startswith(BOM):
-        raw = raw[len(BOM):]
+        raw = raw[len(BOM) :]
     return raw, None
 
 
@@ -96,8 +96,17 @@ def parse_file(spec: SourceSpec, landed: LandedFile, state: FileState | None = N
         event, _, why = plan_change(state, raw) if state else ("new", 0, None)
         if event == "unchanged":
             return None
-        pf = ParsedFile(landed, digest, 1, "quarantined", problem, quarantine=[(1, f"<{len(raw)} bytes>", problem)],
-                        whole=True, offset_end=len(raw), prefix_hash=digest)
+        pf = ParsedFile(
+            landed,
+            digest,
+            1,
+            "quarantined",
+            problem,
+            quarantine=[(1, f"<{len(raw)} bytes>", problem)],
+            whole=True,
+            offset_end=len(raw),
+            prefix_hash=digest,
+        )
         return _versioned(pf, state, "new" if state is None else "rewritten", why)
     event, start, why = plan_change(state, content)
     if event == "unchanged":
@@ -142,8 +151,9 @@ def _whole_problem(spec: SourceSpec, content: bytes, segment: bytes) -> str | No
     return None
 
 
-def _parse_segment(spec: SourceSpec, landed: LandedFile, content: bytes, start: int, end: int,
-                   unreadable: str | None = None) -> ParsedFile:
+def _parse_segment(
+    spec: SourceSpec, landed: LandedFile, content: bytes, start: int, end: int, unreadable: str | None = None
+) -> ParsedFile:
     """The records of ``content[start:end]`` (a whole file from 0, else an appended tail);
     ``unreadable`` quarantines them all with that reason."""
     h = hashlib.sha256(memoryview(content)[:end])
@@ -169,8 +179,9 @@ def _parse_segment(spec: SourceSpec, landed: LandedFile, content: bytes, start: 
         header, reason = csv_header(spec, header_line)
     if reason:
         quarantine = [(no, _shown(line), reason) for no, line in _numbered_nonblank(segment, first_no)]
-        return ParsedFile(landed, digest, len(quarantine), "quarantined", reason, quarantine=quarantine, whole=True,
-                          **done)
+        return ParsedFile(
+            landed, digest, len(quarantine), "quarantined", reason, quarantine=quarantine, whole=True, **done
+        )
     if not segment.strip():
         return ParsedFile(landed, digest, 0, "empty", "file has no records", header=header, **done)
     segment, long_lines = _blank_long_lines(segment, first_no)
@@ -201,7 +212,7 @@ def _blank_long_lines(segment: bytes, first_no: int) -> tuple[bytes, list[tuple[
     for i in long:
         s, e = int(starts[i]), int(ends[i])
         pieces.append(segment[pos:s])
-        quarantine.append((first_no + int(i), _shown(segment[s:s + RAW_KEEP]), reason))
+        quarantine.append((first_no + int(i), _shown(segment[s : s + RAW_KEEP]), reason))
         pos = e
     pieces.append(segment[pos:])
     return b"".join(pieces), quarantine
@@ -269,8 +280,12 @@ def _parse_json_lines(landed: LandedFile, digest: str, data: bytes, first_no: in
         io.BytesIO(data),
         read_options=pacsv.ReadOptions(column_names=["raw"], block_size=1 << 26, use_threads=False),
         parse_options=pacsv.ParseOptions(
-            delimiter="\x01", quote_char=False, escape_char=False, newlines_in_values=False,
-            ignore_empty_lines=False, invalid_row_handler=invalid,
+            delimiter="\x01",
+            quote_char=False,
+            escape_char=False,
+            newlines_in_values=False,
+            ignore_empty_lines=False,
+            invalid_row_handler=invalid,
         ),
         convert_options=pacsv.ConvertOptions(
             column_types={"raw": pa.string()}, strings_can_be_null=False, quoted_strings_can_be_null=False
@@ -297,8 +312,9 @@ def _parse_csv(landed: LandedFile, digest: str, data: bytes, first_no: int, name
     table = pacsv.read_csv(
         io.BytesIO(data),
         read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 26, use_threads=False),
-        parse_options=pacsv.ParseOptions(newlines_in_values=False, ignore_empty_lines=True,
-                                         invalid_row_handler=invalid),
+        parse_options=pacsv.ParseOptions(
+            newlines_in_values=False, ignore_empty_lines=True, invalid_row_handler=invalid
+        ),
         convert_options=pacsv.ConvertOptions(
             column_types={n: pa.string() for n in names}, null_values=[""], strings_can_be_null=True
         ),
@@ -314,5 +330,6 @@ def _parse_csv(landed: LandedFile, digest: str, data: bytes, first_no: int, name
 
     quarantine = [(line_no(n), text, reason) for n, text, reason in quarantine]
     # Records are what the reader kept plus what it set aside: counted, never asserted.
-    return ParsedFile(landed, digest, table.num_rows + len(quarantine), "loaded", lines=table, header=names,
-                      quarantine=quarantine)
+    return ParsedFile(
+        landed, digest, table.num_rows + len(quarantine), "loaded", lines=table, header=names, quarantine=quarantine
+    )

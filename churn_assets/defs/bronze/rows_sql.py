@@ -31,8 +31,9 @@ def json_select_sql(spec: SourceSpec, view: str) -> tuple[str, str]:
             cond += f" AND (s.{_q(c)} IS NULL OR regexp_full_match(s.{_q(c)}, '{TIMESTAMP_REGEX}'))"
         fits.append((c, cond))
     # No key outside the schema: as many keys as expected paths found.
-    all_fit = (" AND ".join(f"f_{i}" for i in range(len(fits)))
-               + " AND len(k) = len(list_filter(t, lambda x: x IS NOT NULL))")
+    all_fit = (
+        " AND ".join(f"f_{i}" for i in range(len(fits))) + " AND len(k) = len(list_filter(t, lambda x: x IS NOT NULL))"
+    )
     flags = ", ".join(f"{cond} AS f_{i}" for i, (_, cond) in enumerate(fits))
     parsed = f"""
         SELECT row_no, file_id, source_file, raw, s, t, k, {flags}
@@ -43,8 +44,10 @@ def json_select_sql(spec: SourceSpec, view: str) -> tuple[str, str]:
             WHERE {IS_OBJECT}
         )"""
     cols = ", ".join(f"CASE WHEN f_{i} THEN s.{_q(c)} END AS {_q(c)}" for i, (c, _) in enumerate(fits))
-    rows = (f"SELECT {cols}, CASE WHEN NOT ({all_fit}) THEN raw END AS _rescued_data, row_no, file_id, source_file "
-            f"FROM ({parsed})")
+    rows = (
+        f"SELECT {cols}, CASE WHEN NOT ({all_fit}) THEN raw END AS _rescued_data, row_no, file_id, source_file "
+        f"FROM ({parsed})"
+    )
     bad = f"""
         SELECT file_id, source_file, row_no, raw,
                CASE WHEN json_valid(raw) THEN 'JSON value is not an object' ELSE 'malformed JSON' END AS reason

@@ -56,6 +56,6 @@ def plan_change(state: FileState | None, content: bytes) -> tuple[str, int, str 
         if len(content) < end:
             return "truncated", 0, f"now {len(content)} bytes; {end} were read before"
         return "rewritten", 0, "content read before has changed"
-    if end and content[end - 1:end] != b"\n":
+    if end and content[end - 1 : end] != b"\n":
         return "rewritten", 0, "its last line, read without a newline, was continued"
     return "appended", end, f"{len(content) - end} bytes appended after byte {end}"

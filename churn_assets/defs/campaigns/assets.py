@@ -27,7 +27,8 @@ KEY = dg.AssetKey(["campaigns", "retention_messages"])
     retry_policy=dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL),
     check_specs=[
         dg.AssetCheckSpec(
-            "model_wrote_the_copy", asset=KEY,
+            "model_wrote_the_copy",
+            asset=KEY,
             description="warns when messages meant for Claude's copy got the template or nothing (API errors, "
             "refusals, invalid copy, budget); passes offline, where the templates are the plan",
         )
@@ -83,8 +84,11 @@ def retention_messages(
             "degraded": result.degradation() or "no",
             # Of the copies checked this run (the model's answers, cached copies, offline templates); absent when
             # none was (a total outage): a rate of nothing would read as a pass.
-            **({"validation_pass_rate": dg.MetadataValue.float(result.passed / result.checked)}
-               if result.checked else {}),
+            **(
+                {"validation_pass_rate": dg.MetadataValue.float(result.passed / result.checked)}
+                if result.checked
+                else {}
+            ),
             "cached_copies_rejected": result.cache_rejected,
             "outbox": dg.MetadataValue.path(result.outbox) if result.outbox else "none (nothing ready)",
             "messages_outboxed": result.outboxed,
@@ -102,8 +106,10 @@ def _model_wrote_the_copy(result: CampaignResult, offline: bool) -> dg.AssetChec
         severity=dg.AssetCheckSeverity.WARN,
         description=result.degradation()
         or ("offline templates, as configured" if offline else "every message has the model's copy"),
-        metadata={"messages_by_generator": dg.MetadataValue.json(result.by_generator),
-                  "model_errors": dg.MetadataValue.json(result.model_errors)},
+        metadata={
+            "messages_by_generator": dg.MetadataValue.json(result.by_generator),
+            "model_errors": dg.MetadataValue.json(result.model_errors),
+        },
     )
 
 

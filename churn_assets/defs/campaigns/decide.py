@@ -78,15 +78,36 @@ def offer_for(last_amount: float, last_items: int, days_since_last_order: int) -
 
 
 def season_for(day: date, country: str | None) -> str:
-    northern = ["winter", "winter", "spring", "spring", "spring", "summer", "summer", "summer", "autumn", "autumn", "autumn", "winter"]
+    northern = [
+        "winter",
+        "winter",
+        "spring",
+        "spring",
+        "spring",
+        "summer",
+        "summer",
+        "summer",
+        "autumn",
+        "autumn",
+        "autumn",
+        "winter",
+    ]
     season = northern[day.month - 1]
     if (country or "") in SOUTHERN_HEMISPHERE:
         season = {"winter": "summer", "summer": "winter", "spring": "autumn", "autumn": "spring"}[season]
     return season
 
 
-def decide(*, canal: str | None, country: str | None, last_amount: float, last_items: int,
-           days_since_last_order: int, at_risk: bool, today: date) -> Decision:
+def decide(
+    *,
+    canal: str | None,
+    country: str | None,
+    last_amount: float,
+    last_items: int,
+    days_since_last_order: int,
+    at_risk: bool,
+    today: date,
+) -> Decision:
     return Decision(
         style=style_for(canal),
         languages=languages_for(country),

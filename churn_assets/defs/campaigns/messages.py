@@ -94,8 +94,15 @@ MESSAGE_COLUMNS = ", ".join(f.name for f in fields(MessageRow))
 
 
 def message_rows(
-    gen: Generation, customers: list[dict], *, key: str, run_id: str, prompt_version: str, from_cache: bool,
-    fallback_to_template: bool, clock: Callable[[], datetime] = utcnow,
+    gen: Generation,
+    customers: list[dict],
+    *,
+    key: str,
+    run_id: str,
+    prompt_version: str,
+    from_cache: bool,
+    fallback_to_template: bool,
+    clock: Callable[[], datetime] = utcnow,
 ) -> list[MessageRow]:
     """A message for each customer of one generation. Its tokens and cost are carried by the
     first message only, and by none when the copy came from the cache (paid for earlier)."""
@@ -107,14 +114,32 @@ def message_rows(
         choice = choose_copy(gen, name, fallback_to_template, template)
         sent = choice.copy
         paid = i == 0 and not from_cache
-        rows.append(MessageRow(
-            str(uuid.uuid4()), run_id, customer["user_id"], customer["canal"], d.style, ",".join(d.languages),
-            d.offer, d.urgency, d.season, sent.subject if sent else None,
-            json.dumps(personalize(sent.texts, name) if sent else {}, ensure_ascii=False),
-            sent.generator if sent else gen.generator, prompt_version, key,
-            gen.input_tokens if paid else 0, gen.output_tokens if paid else 0, gen.cost_usd if paid else 0.0,
-            choice.status, choice.detail, clock(), None, choice.model_error,
-        ))
+        rows.append(
+            MessageRow(
+                str(uuid.uuid4()),
+                run_id,
+                customer["user_id"],
+                customer["canal"],
+                d.style,
+                ",".join(d.languages),
+                d.offer,
+                d.urgency,
+                d.season,
+                sent.subject if sent else None,
+                json.dumps(personalize(sent.texts, name) if sent else {}, ensure_ascii=False),
+                sent.generator if sent else gen.generator,
+                prompt_version,
+                key,
+                gen.input_tokens if paid else 0,
+                gen.output_tokens if paid else 0,
+                gen.cost_usd if paid else 0.0,
+                choice.status,
+                choice.detail,
+                clock(),
+                None,
+                choice.model_error,
+            )
+        )
     return rows
 
 

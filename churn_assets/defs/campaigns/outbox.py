@@ -44,11 +44,23 @@ def marker_path(folder: Path, name: str) -> Path:
 
 
 def outbox_line(row: dict) -> str:
-    return json.dumps({
-        "message_id": row["message_id"], "user_id": row["user_id"], "channel": row["channel"], "style": row["style"],
-        "languages": row["languages"].split(","), "offer": row["offer"], "subject": row["subject"],
-        "texts": json.loads(row["texts"]), "created_at": row["created_at"].isoformat(),
-    }, ensure_ascii=False) + "\n"
+    return (
+        json.dumps(
+            {
+                "message_id": row["message_id"],
+                "user_id": row["user_id"],
+                "channel": row["channel"],
+                "style": row["style"],
+                "languages": row["languages"].split(","),
+                "offer": row["offer"],
+                "subject": row["subject"],
+                "texts": json.loads(row["texts"]),
+                "created_at": row["created_at"].isoformat(),
+            },
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
 
 
 def _write_file(con, folder: Path, name: str) -> int:
@@ -77,9 +89,12 @@ def _write_file(con, folder: Path, name: str) -> int:
 def reconcile(con, folder: Path) -> tuple[int, int]:
     """Finish what an earlier attempt left: (files confirmed as handed over, files written
     again). Markers no file was recorded for are removed."""
-    pending = [r[0] for r in con.execute(
-        "SELECT file_name FROM campaigns.outbox_files WHERE handed_over_at IS NULL ORDER BY recorded_at, file_name"
-    ).fetchall()]
+    pending = [
+        r[0]
+        for r in con.execute(
+            "SELECT file_name FROM campaigns.outbox_files WHERE handed_over_at IS NULL ORDER BY recorded_at, file_name"
+        ).fetchall()
+    ]
     confirmed = rewritten = 0
     for name in pending:
         if marker_path(folder, name).exists() and not (folder / name).exists():
@@ -97,8 +112,9 @@ def reconcile(con, folder: Path) -> tuple[int, int]:
 
 
 def _new_name(con, folder: Path, run_id: str) -> str:
-    taken = {r[0] for r in con.execute(
-        "SELECT file_name FROM campaigns.outbox_files WHERE run_id = ?", [run_id]).fetchall()}
+    taken = {
+        r[0] for r in con.execute("SELECT file_name FROM campaigns.outbox_files WHERE run_id = ?", [run_id]).fetchall()
+    }
     n = len(taken) + 1
     while True:
         # The run's first file is <run id>.jsonl; a step retry that has more adds <run id>.<n>.jsonl.
@@ -115,10 +131,13 @@ def write_outbox(con, folder: Path, run_id: str) -> tuple[str | None, int, int]:
     ensure_campaign_tables(con)  # campaigns.outbox_files among them
     folder.mkdir(parents=True, exist_ok=True)
     confirmed, rewritten = reconcile(con, folder)
-    ids = [r[0] for r in con.execute(
-        "SELECT message_id FROM campaigns.retention_messages WHERE status = 'ready' AND outbox IS NULL "
-        "ORDER BY created_at, message_id"
-    ).fetchall()]
+    ids = [
+        r[0]
+        for r in con.execute(
+            "SELECT message_id FROM campaigns.retention_messages WHERE status = 'ready' AND outbox IS NULL "
+            "ORDER BY created_at, message_id"
+        ).fetchall()
+    ]
     if not ids:
         return None, 0, confirmed + rewritten
     name = _new_name(con, folder, run_id)

@@ -71,15 +71,21 @@ def system_blocks() -> list[dict]:
 
 def user_message(decision: Decision) -> str:
     return json.dumps(
-        {"style": decision.style, "languages": list(decision.languages), "offer": decision.offer,
-         "urgency": decision.urgency, "season": decision.season}
+        {
+            "style": decision.style,
+            "languages": list(decision.languages),
+            "offer": decision.offer,
+            "urgency": decision.urgency,
+            "season": decision.season,
+        }
     )
 
 
 def corrective_message(problems: list[str]) -> str:
     return (
-        "Your answer broke these rules: " + "; ".join(problems) +
-        ". Write it again, following every rule, as the JSON object only."
+        "Your answer broke these rules: "
+        + "; ".join(problems)
+        + ". Write it again, following every rule, as the JSON object only."
     )
 
 
@@ -92,4 +98,6 @@ def parse_answer(text: str) -> tuple[str | None, dict[str, str]]:
     if not isinstance(data, dict) or not isinstance(data.get("texts"), dict):
         raise ValueError("answer has no texts object")
     subject = data.get("subject")
-    return (subject if isinstance(subject, str) and subject.strip() else None), {str(k): v for k, v in data["texts"].items()}
+    return (subject if isinstance(subject, str) and subject.strip() else None), {
+        str(k): v for k, v in data["texts"].items()
+    }

@@ -27,8 +27,12 @@ class AnthropicResource(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides) -> AnthropicResource:
-        values = {"api_key": settings.secret("anthropic_api_key"), "base_url": settings.anthropic_base_url,
-                  "model": settings.claude_model, "run_budget_usd": settings.campaign_budget_usd}
+        values = {
+            "api_key": settings.secret("anthropic_api_key"),
+            "base_url": settings.anthropic_base_url,
+            "model": settings.claude_model,
+            "run_budget_usd": settings.campaign_budget_usd,
+        }
         return cls(**{**values, **overrides})
 
     @property
@@ -41,9 +45,17 @@ class AnthropicResource(dg.ConfigurableResource):
         from churn_assets.defs.campaigns.writer import Budget, ClaudeWriter, Prices
 
         client = anthropic.Anthropic(
-            api_key=self.api_key, base_url=self.base_url or None, max_retries=self.max_retries, timeout=self.timeout_seconds
+            api_key=self.api_key,
+            base_url=self.base_url or None,
+            max_retries=self.max_retries,
+            timeout=self.timeout_seconds,
         )
-        prices = Prices(self.input_usd_per_mtok, self.output_usd_per_mtok, self.cache_write_usd_per_mtok, self.cache_read_usd_per_mtok)
+        prices = Prices(
+            self.input_usd_per_mtok,
+            self.output_usd_per_mtok,
+            self.cache_write_usd_per_mtok,
+            self.cache_read_usd_per_mtok,
+        )
         return ClaudeWriter(client, self.model, prices, Budget(self.run_budget_usd), self.max_tokens)
 
 
@@ -58,6 +70,8 @@ class CampaignPolicyResource(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides) -> CampaignPolicyResource:
-        values = {"cooldown_days": settings.campaign_cooldown_days,
-                  "max_messages_per_run": settings.campaign_max_messages}
+        values = {
+            "cooldown_days": settings.campaign_cooldown_days,
+            "max_messages_per_run": settings.campaign_max_messages,
+        }
         return cls(**{**values, **overrides})

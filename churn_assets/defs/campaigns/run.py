@@ -85,8 +85,10 @@ def degradation_text(model_errors: dict[str, int], messages: int, from_template:
     if not model_errors:
         return ""
     why = ", ".join(f"{kind} {n:,}" for kind, n in sorted(model_errors.items(), key=lambda kv: (-kv[1], kv[0])))
-    return (f"{sum(model_errors.values()):,} of {messages:,} messages without the model's copy ({why}); "
-            f"{from_template:,} sent with the template instead")
+    return (
+        f"{sum(model_errors.values()):,} of {messages:,} messages without the model's copy ({why}); "
+        f"{from_template:,} sent with the template instead"
+    )
 
 
 def usable_cached_copy(con: duckdb.DuckDBPyConnection, key: str, result: CampaignResult) -> Generation | None:
@@ -105,8 +107,9 @@ def usable_cached_copy(con: duckdb.DuckDBPyConnection, key: str, result: Campaig
     return cached
 
 
-def generations(writer, decisions: dict[str, Decision], keys: list[str],
-                concurrency: int) -> Iterator[tuple[str, Generation]]:
+def generations(
+    writer, decisions: dict[str, Decision], keys: list[str], concurrency: int
+) -> Iterator[tuple[str, Generation]]:
     """(key, generation) for each key, as they complete: the templates offline, else the
     model's answers, ``concurrency`` calls at a time."""
     if writer is None:
@@ -145,8 +148,15 @@ def run_campaign(
     def record(key: str, gen: Generation, from_cache: bool) -> None:
         if gen.status == "ok" and not from_cache and gen.generator != "template":
             store.cache_copy(con, key, PROMPT_VERSION, gen)
-        rows = message_rows(gen, customers[key], key=key, run_id=run_id, prompt_version=PROMPT_VERSION,
-                            from_cache=from_cache, fallback_to_template=fallback_to_template)
+        rows = message_rows(
+            gen,
+            customers[key],
+            key=key,
+            run_id=run_id,
+            prompt_version=PROMPT_VERSION,
+            from_cache=from_cache,
+            fallback_to_template=fallback_to_template,
+        )
         store.insert_messages(con, rows)
         result.count_generation(gen, from_cache)
         result.count_messages(rows)

@@ -28,8 +28,13 @@ def cached_copy(con: duckdb.DuckDBPyConnection, key: str) -> Generation | None:
         return None
     generator, decision, subject, texts = rows[0]
     d = json.loads(decision)
-    return Generation(Decision(d["style"], tuple(d["languages"]), d["offer"], d["urgency"], d["season"]),
-                      generator, "ok", subject, json.loads(texts))
+    return Generation(
+        Decision(d["style"], tuple(d["languages"]), d["offer"], d["urgency"], d["season"]),
+        generator,
+        "ok",
+        subject,
+        json.loads(texts),
+    )
 
 
 def forget_copy(con: duckdb.DuckDBPyConnection, key: str) -> None:
@@ -39,13 +44,25 @@ def forget_copy(con: duckdb.DuckDBPyConnection, key: str) -> None:
 def cache_copy(con: duckdb.DuckDBPyConnection, key: str, prompt_version: str, gen: Generation) -> None:
     con.execute(
         "INSERT INTO campaigns.copy_cache VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [key, prompt_version, gen.generator, gen.decision.as_json(), gen.subject, json.dumps(gen.texts),
-         gen.input_tokens, gen.output_tokens, gen.cost_usd, utcnow()],
+        [
+            key,
+            prompt_version,
+            gen.generator,
+            gen.decision.as_json(),
+            gen.subject,
+            json.dumps(gen.texts),
+            gen.input_tokens,
+            gen.output_tokens,
+            gen.cost_usd,
+            utcnow(),
+        ],
     )
 
 
 def insert_messages(con: duckdb.DuckDBPyConnection, rows: list[MessageRow]) -> None:
     """One statement, committed on its own: a kill loses nothing written before it."""
     placeholders = ", ".join("?" * len(MESSAGE_COLUMNS.split(", ")))
-    con.executemany(f"INSERT INTO campaigns.retention_messages ({MESSAGE_COLUMNS}) VALUES ({placeholders})",
-                    [as_values(r) for r in rows])
+    con.executemany(
+        f"INSERT INTO campaigns.retention_messages ({MESSAGE_COLUMNS}) VALUES ({placeholders})",
+        [as_values(r) for r in rows],
+    )

@@ -41,8 +41,13 @@ def select_targets(con: duckdb.DuckDBPyConnection, cooldown_days: int, cap: int)
 def decision_for(customer: dict, today: date) -> Decision:
     days = (today - customer["last_date"].date()).days if customer["last_date"] else 10_000
     return decide(
-        canal=customer["canal"], country=customer["country"], last_amount=float(customer["amount"] or 0),
-        last_items=int(customer["items"] or 0), days_since_last_order=days, at_risk=True, today=today,
+        canal=customer["canal"],
+        country=customer["country"],
+        last_amount=float(customer["amount"] or 0),
+        last_items=int(customer["items"] or 0),
+        days_since_last_order=days,
+        at_risk=True,
+        today=today,
     )
 
 

@@ -129,11 +129,13 @@ def problems(
             out.append(f"{lang}: must greet {PLACEHOLDER} once, at the start")
         size = len(text.replace(PLACEHOLDER, "X" * name_length))
         if decision.style == "short" and size > SHORT_MAX:
-            out.append(f"{lang}: {size} characters with a {name_length}-character name, "
-                       f"short copy is at most {SHORT_MAX}")
+            out.append(
+                f"{lang}: {size} characters with a {name_length}-character name, short copy is at most {SHORT_MAX}"
+            )
         if decision.style == "long" and not LONG_MIN <= size <= LONG_MAX:
-            out.append(f"{lang}: {size} characters with a {name_length}-character name, "
-                       f"long copy is {LONG_MIN} to {LONG_MAX}")
+            out.append(
+                f"{lang}: {size} characters with a {name_length}-character name, long copy is {LONG_MIN} to {LONG_MAX}"
+            )
         if re.search(CLOSINGS, text.strip(), re.IGNORECASE):
             out.append(f"{lang}: no closing greeting")
         if lang in LANGUAGE_MARKERS and not re.search(LANGUAGE_MARKERS[lang], text, re.IGNORECASE):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import anthropic
 
 from churn_assets.defs.campaigns.decide import Decision
-from churn_assets.defs.campaigns.prompts import RULES, corrective_message, parse_answer, system_blocks, user_message
 from churn_assets.defs.campaigns.generation import Generation
+from churn_assets.defs.campaigns.prompts import RULES, corrective_message, parse_answer, system_blocks, user_message
 from churn_assets.defs.campaigns.validate import problems
 
 
@@ -59,7 +59,9 @@ class Budget:
 
 def is_spend_limit(exc: anthropic.APIStatusError) -> bool:
     text = str(getattr(exc, "message", "") or exc).lower()
-    return exc.status_code == 429 and any(w in text for w in ("spend limit", "credit balance", "billing", "usage limit"))
+    return exc.status_code == 429 and any(
+        w in text for w in ("spend limit", "credit balance", "billing", "usage limit")
+    )
 
 
 class ClaudeWriter:
@@ -72,12 +74,14 @@ class ClaudeWriter:
         self.stopped = threading.Event()  # set once the spend limit answers
         self.stop_reason: str | None = None
         # Worst case of one call: the whole rules prompt uncached, plus max_tokens out.
-        self._estimate = (len(RULES) / 3 + 200) * prices.cache_write_per_mtok / 1e6 + max_tokens * prices.output_per_mtok / 1e6
+        self._estimate = (
+            len(RULES) / 3 + 200
+        ) * prices.cache_write_per_mtok / 1e6 + max_tokens * prices.output_per_mtok / 1e6
 
     def write(self, decision: Decision) -> Generation:
         gen = Generation(decision, self.model, "failed")
         messages = [{"role": "user", "content": user_message(decision)}]
-        for attempt in (1, 2):
+        for _attempt in (1, 2):
             if self.stopped.is_set():
                 gen.status, gen.detail, gen.error = "skipped_budget", self.stop_reason, "spend limit"
                 return gen
@@ -111,8 +115,11 @@ class ClaudeWriter:
                 actual = self.prices.cost(response.usage) if response is not None else 0.0
                 self.budget.settle(self._estimate, actual)
             gen.api_calls += 1
-            gen.input_tokens += (response.usage.input_tokens or 0) + (getattr(response.usage, "cache_read_input_tokens", 0) or 0) + (
-                getattr(response.usage, "cache_creation_input_tokens", 0) or 0)
+            gen.input_tokens += (
+                (response.usage.input_tokens or 0)
+                + (getattr(response.usage, "cache_read_input_tokens", 0) or 0)
+                + (getattr(response.usage, "cache_creation_input_tokens", 0) or 0)
+            )
             gen.output_tokens += response.usage.output_tokens or 0
             gen.cost_usd += actual
             if response.stop_reason == "refusal":
@@ -130,5 +137,8 @@ class ClaudeWriter:
                 gen.status, gen.subject, gen.texts, gen.error = "ok", subject, texts, None
                 return gen
             gen.status, gen.detail, gen.error = "invalid", "; ".join(wrong)[:500], "invalid copy"
-            messages += [{"role": "assistant", "content": text or "(empty)"}, {"role": "user", "content": corrective_message(wrong)}]
+            messages += [
+                {"role": "assistant", "content": text or "(empty)"},
+                {"role": "user", "content": corrective_message(wrong)},
+            ]
         return gen

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from churn_assets.ops.alerts import AlertsResource
 from churn_assets.defs.dashboards.metrics import METRICS, Metric
 from churn_assets.defs.dashboards.page import markdown_image, png_of, render
 from churn_assets.metadata import previewable, table_metadata
+from churn_assets.ops.alerts import AlertsResource
 from churn_assets.resources import PipelineSettingsResource, WarehouseResource
 from churn_assets.warehouse import registered, transaction
 
@@ -55,14 +55,27 @@ def pipeline_runs(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         run = record.dagster_run
         start = record.start_time or record.create_timestamp.timestamp()
         end = record.end_time
-        rows.append({
-            "run_id": run.run_id, "job_name": run.job_name, "status": run.status.value,
-            "started_at": datetime.fromtimestamp(start, timezone.utc).replace(tzinfo=None),
-            "ended_at": datetime.fromtimestamp(end, timezone.utc).replace(tzinfo=None) if end else None,
-            "duration_seconds": round((end or now) - start, 3),
-        })
-    frame = pl.DataFrame(rows, schema={"run_id": pl.Utf8, "job_name": pl.Utf8, "status": pl.Utf8, "started_at": pl.Datetime,
-                                       "ended_at": pl.Datetime, "duration_seconds": pl.Float64})
+        rows.append(
+            {
+                "run_id": run.run_id,
+                "job_name": run.job_name,
+                "status": run.status.value,
+                "started_at": datetime.fromtimestamp(start, timezone.utc).replace(tzinfo=None),
+                "ended_at": datetime.fromtimestamp(end, timezone.utc).replace(tzinfo=None) if end else None,
+                "duration_seconds": round((end or now) - start, 3),
+            }
+        )
+    frame = pl.DataFrame(
+        rows,
+        schema={
+            "run_id": pl.Utf8,
+            "job_name": pl.Utf8,
+            "status": pl.Utf8,
+            "started_at": pl.Datetime,
+            "ended_at": pl.Datetime,
+            "duration_seconds": pl.Float64,
+        },
+    )
     with warehouse.get_connection() as con:
         with transaction(con), registered(con, "_runs", frame):
             con.execute("CREATE OR REPLACE TABLE dashboard.pipeline_runs AS SELECT * FROM _runs ORDER BY started_at")
@@ -83,8 +96,15 @@ def alerts_figure(warehouse: WarehouseResource, alerts: AlertsResource) -> dg.Ma
     rows = alerts.store().all()[:200]
     frame = pl.DataFrame(
         [{k: r[k] for k in ("raised_at", "kind", "job_name", "run_id", "reason", "link", "state")} for r in rows],
-        schema={"raised_at": pl.Utf8, "kind": pl.Utf8, "job_name": pl.Utf8, "run_id": pl.Utf8, "reason": pl.Utf8, "link": pl.Utf8,
-                "state": pl.Utf8},  # delivery: pending, delivered or expired
+        schema={
+            "raised_at": pl.Utf8,
+            "kind": pl.Utf8,
+            "job_name": pl.Utf8,
+            "run_id": pl.Utf8,
+            "reason": pl.Utf8,
+            "link": pl.Utf8,
+            "state": pl.Utf8,
+        },  # delivery: pending, delivered or expired
     ).with_columns(pl.col("raised_at").str.to_datetime(strict=False))
     with warehouse.get_connection() as con:
         with transaction(con), registered(con, "_alerts", frame):
@@ -116,7 +136,9 @@ def dashboard_page(warehouse: WarehouseResource, pipeline_settings: PipelineSett
         versions = con.execute("SELECT DISTINCT model_version FROM gold.churn_prediction").fetchall()
     model_version = ", ".join(sorted(str(v) for (v,) in versions)) or "none"
     page, specs = render(
-        fig, as_of=pipeline_settings.as_of_datetime(), model_version=model_version,
+        fig,
+        as_of=pipeline_settings.as_of_datetime(),
+        model_version=model_version,
         generated_at=datetime.now(timezone.utc).replace(tzinfo=None),
     )
     out = Path(pipeline_settings.home) / "dashboard" / "index.html"

@@ -31,7 +31,9 @@ class Metric:
 
 METRICS = [
     Metric(
-        "kpis", "all", (SILVER_USERS, SILVER_ORDERS, PREDICTION),
+        "kpis",
+        "all",
+        (SILVER_USERS, SILVER_ORDERS, PREDICTION),
         f"""
         SELECT name, value, $as_of::TIMESTAMP AS as_of, detail FROM (
           SELECT 'customers' AS name, count(*)::DOUBLE AS value, NULL AS detail, 1 AS o FROM silver.churn_users
@@ -48,47 +50,61 @@ METRICS = [
         "customers at risk and the latest month's revenue from them.",
     ),
     Metric(
-        "revenue_by_month", "churn analysis", (SILVER_ORDERS,),
+        "revenue_by_month",
+        "churn analysis",
+        (SILVER_ORDERS,),
         """SELECT date_trunc('month', creation_date)::DATE AS month, sum(amount)::BIGINT AS revenue, count(*) AS orders
            FROM silver.churn_orders WHERE creation_date IS NOT NULL GROUP BY 1 ORDER BY 1""",
         "Revenue (sum of order amounts) per calendar month over the whole history.",
     ),
     Metric(
-        "churn_by_platform", "churn analysis", (FEATURES,),
+        "churn_by_platform",
+        "churn analysis",
+        (FEATURES,),
         """SELECT coalesce(platform, 'unknown') AS platform, CASE WHEN churn = 1 THEN 'churned' ELSE 'stayed' END AS status,
                   count(*) AS customers
            FROM gold.churn_features GROUP BY ALL ORDER BY 1, 2""",
         "Customers per first platform seen, churned vs not.",
     ),
     Metric(
-        "churn_by_gender", "churn analysis", (SILVER_USERS,),
+        "churn_by_gender",
+        "churn analysis",
+        (SILVER_USERS,),
         """SELECT coalesce(gender::VARCHAR, 'unknown') AS gender, CASE WHEN churn = 1 THEN 'churned' ELSE 'stayed' END AS status,
                   count(*) AS customers
            FROM silver.churn_users GROUP BY ALL ORDER BY 1, 2""",
         "Customers per gender (0/1 as in the source), churned vs not.",
     ),
     Metric(
-        "revenue_by_channel", "churn analysis", (SILVER_ORDERS, SILVER_USERS),
+        "revenue_by_channel",
+        "churn analysis",
+        (SILVER_ORDERS, SILVER_USERS),
         """SELECT coalesce(u.canal, 'unknown') AS canal, sum(o.amount)::BIGINT AS revenue, count(*) AS orders
            FROM silver.churn_orders o JOIN silver.churn_users u USING (user_id) GROUP BY 1 ORDER BY 2 DESC""",
         "Revenue per acquisition channel (canal).",
     ),
     Metric(
-        "predicted_churn_by_country", "churn prediction", (PREDICTION, FEATURES),
+        "predicted_churn_by_country",
+        "churn prediction",
+        (PREDICTION, FEATURES),
         """SELECT f.country, count(*) AS customers, count(*) FILTER (p.churn_prediction = 1) AS at_risk,
                   round(avg(p.churn_prediction), 4) AS at_risk_share
            FROM gold.churn_prediction p JOIN gold.churn_features f USING (user_id) GROUP BY 1 ORDER BY 1""",
         "Customers predicted to churn, per country.",
     ),
     Metric(
-        "predicted_churn_by_channel", "churn prediction", (PREDICTION, FEATURES),
+        "predicted_churn_by_channel",
+        "churn prediction",
+        (PREDICTION, FEATURES),
         """SELECT coalesce(f.canal, 'unknown') AS canal, count(*) AS customers, count(*) FILTER (p.churn_prediction = 1) AS at_risk,
                   round(avg(p.churn_prediction), 4) AS at_risk_share
            FROM gold.churn_prediction p JOIN gold.churn_features f USING (user_id) GROUP BY 1 ORDER BY 1""",
         "Customers predicted to churn, per channel.",
     ),
     Metric(
-        "predicted_churn_by_tenure", "churn prediction", (PREDICTION, FEATURES),
+        "predicted_churn_by_tenure",
+        "churn prediction",
+        (PREDICTION, FEATURES),
         f"""SELECT {TENURE} AS tenure, min(m) AS from_months, count(*) AS customers,
                    count(*) FILTER (churn_prediction = 1) AS at_risk, round(avg(churn_prediction), 4) AS at_risk_share
             FROM (SELECT p.churn_prediction, date_diff('month', f.creation_date, $as_of::TIMESTAMP) AS m
@@ -97,7 +113,9 @@ METRICS = [
         "Customers predicted to churn, per tenure (whole months since account creation at the as-of date).",
     ),
     Metric(
-        "at_risk_customers", "churn prediction", (PREDICTION, FEATURES),
+        "at_risk_customers",
+        "churn prediction",
+        (PREDICTION, FEATURES),
         """SELECT p.user_id, f.country, coalesce(f.canal, 'unknown') AS canal, f.platform,
                   round(p.churn_probability, 4) AS churn_probability, f.total_amount, f.order_count,
                   f.days_last_event, round(p.churn_probability * f.total_amount, 2) AS value_at_risk
@@ -107,7 +125,9 @@ METRICS = [
         "The 100 customers predicted to churn with the highest risk, then the highest value (pseudonymous ids).",
     ),
     Metric(
-        "data_quality_daily", "data quality", (*BRONZE, SILVER_USERS, SILVER_ORDERS, FEATURES),
+        "data_quality_daily",
+        "data quality",
+        (*BRONZE, SILVER_USERS, SILVER_ORDERS, FEATURES),
         """SELECT checked_at::DATE AS day, table_name, expectation, sum(passed)::BIGINT AS passed,
                   sum(failed)::BIGINT AS failed, sum(dropped)::BIGINT AS dropped,
                   round(sum(failed) / nullif(sum(passed) + sum(failed), 0), 6) AS failure_rate
@@ -115,7 +135,9 @@ METRICS = [
         "Per table, expectation and day: records passed, failed and dropped, and the failure rate.",
     ),
     Metric(
-        "ingestion_daily", "data quality", BRONZE,
+        "ingestion_daily",
+        "data quality",
+        BRONZE,
         """SELECT ingested_at::DATE AS day, source, count(*) AS files, sum(records)::BIGINT AS records_landed,
                   sum(rows_loaded)::BIGINT AS rows_loaded, sum(rows_rescued)::BIGINT AS rows_rescued,
                   sum(rows_quarantined)::BIGINT AS rows_quarantined,
@@ -127,7 +149,9 @@ METRICS = [
         " whose appended tail was read, and files re-read as a new version (earlier records retired).",
     ),
     Metric(
-        "layer_freshness", "pipeline health", (*BRONZE, SILVER_USERS, SILVER_ORDERS, FEATURES, PREDICTION),
+        "layer_freshness",
+        "pipeline health",
+        (*BRONZE, SILVER_USERS, SILVER_ORDERS, FEATURES, PREDICTION),
         """SELECT * FROM (
              SELECT 'bronze' AS layer, max(ingested_at) AS updated_at FROM bronze.ingest_manifest
              UNION ALL SELECT 'silver', max(updated_at) FROM ops.watermarks WHERE consumer LIKE 'silver.%'

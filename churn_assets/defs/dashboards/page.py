@@ -62,57 +62,136 @@ def runs_for_page(rows: list[dict]) -> list[dict]:
 def _runs_chart(rows: list[dict]):
     base = alt.Chart(alt.Data(values=runs_for_page(rows)), title="Runs: duration (latest 200)").encode(
         x=alt.X("started_at:T", title="started (UTC)", axis=alt.Axis(format="%m-%d %H:%M", labelAngle=-40)),
-        color=alt.Color("status:N", legend=alt.Legend(orient="bottom", labelLimit=0), scale=alt.Scale(
-            domain=["SUCCESS", "FAILURE", "CANCELED", "RUNNING"], range=["#54A24B", "#E45756", "#9D755D", "#F58518"])),
+        color=alt.Color(
+            "status:N",
+            legend=alt.Legend(orient="bottom", labelLimit=0),
+            scale=alt.Scale(
+                domain=["SUCCESS", "FAILURE", "CANCELED", "RUNNING"], range=["#54A24B", "#E45756", "#9D755D", "#F58518"]
+            ),
+        ),
     )
-    finished = base.transform_filter("datum.status != 'RUNNING'").mark_bar(size=6).encode(
-        y=alt.Y("duration_seconds:Q", title="seconds"),
-        tooltip=["run_id:N", "job_name:N", "status:N", "started_at:T", alt.Tooltip("duration_seconds:Q", format=".1f")])
+    finished = (
+        base.transform_filter("datum.status != 'RUNNING'")
+        .mark_bar(size=6)
+        .encode(
+            y=alt.Y("duration_seconds:Q", title="seconds"),
+            tooltip=[
+                "run_id:N",
+                "job_name:N",
+                "status:N",
+                "started_at:T",
+                alt.Tooltip("duration_seconds:Q", format=".1f"),
+            ],
+        )
+    )
     # A running run is a marker on the axis, never a bar of its duration so far.
-    running = base.transform_filter("datum.status == 'RUNNING'").mark_point(
-        shape="triangle-up", size=90, filled=True,
-    ).encode(y=alt.datum(0), tooltip=["run_id:N", "job_name:N", "status:N", "started_at:T"])
+    running = (
+        base.transform_filter("datum.status == 'RUNNING'")
+        .mark_point(
+            shape="triangle-up",
+            size=90,
+            filled=True,
+        )
+        .encode(y=alt.datum(0), tooltip=["run_id:N", "job_name:N", "status:N", "started_at:T"])
+    )
     return alt.layer(finished, running)
 
 
 def chart_specs(fig: dict[str, list[dict]]) -> dict[str, dict]:
     """One Vega-Lite spec per charted figure, its data inlined."""
+
     def data(name):
         return alt.Data(values=records(fig[name]))
 
     charts = {
-        "revenue_by_month": alt.Chart(data("revenue_by_month"), title="Revenue per month").mark_bar(color="#4C78A8").encode(
-            x=alt.X("month:T", title=None, timeUnit="yearmonth"), y=alt.Y("revenue:Q", title="revenue ($)"),
-            tooltip=["month:T", alt.Tooltip("revenue:Q", format=",.0f"), "orders:Q"]),
-        "churn_by_platform": alt.Chart(data("churn_by_platform"), title="Churn by platform (first seen)").mark_bar().encode(
-            x=alt.X("platform:N", title=None), y=alt.Y("customers:Q"), color=_status_color(),
-            xOffset="status:N", tooltip=["platform:N", "status:N", "customers:Q"]),
-        "churn_by_gender": alt.Chart(data("churn_by_gender"), title="Churn by gender").mark_bar().encode(
-            x=alt.X("gender:N", title="gender"), y=alt.Y("customers:Q"), color=_status_color(),
-            xOffset="status:N", tooltip=["gender:N", "status:N", "customers:Q"]),
-        "revenue_by_channel": alt.Chart(data("revenue_by_channel"), title="Revenue by channel").mark_bar(color="#72B7B2").encode(
-            x=alt.X("revenue:Q", title="revenue ($)"), y=alt.Y("canal:N", sort="-x", title=None),
-            tooltip=["canal:N", alt.Tooltip("revenue:Q", format=",.0f"), "orders:Q"]),
-        "predicted_churn_by_country": alt.Chart(data("predicted_churn_by_country"), title="Predicted churn by country").mark_bar(color="#E45756").encode(
-            x=alt.X("country:N", title=None), y=alt.Y("at_risk:Q", title="customers at risk"),
-            tooltip=["country:N", "at_risk:Q", "customers:Q", alt.Tooltip("at_risk_share:Q", format=".1%")]),
-        "predicted_churn_by_channel": alt.Chart(data("predicted_churn_by_channel"), title="Predicted churn by channel").mark_bar(color="#E45756").encode(
-            x=alt.X("canal:N", title=None), y=alt.Y("at_risk:Q", title="customers at risk"),
-            tooltip=["canal:N", "at_risk:Q", "customers:Q", alt.Tooltip("at_risk_share:Q", format=".1%")]),
-        "predicted_churn_by_tenure": alt.Chart(data("predicted_churn_by_tenure"), title="Predicted churn by tenure").mark_bar(color="#E45756").encode(
-            x=alt.X("tenure:N", sort=alt.EncodingSortField("from_months"), title=None), y=alt.Y("at_risk_share:Q", title="share at risk", axis=alt.Axis(format="%")),
-            tooltip=["tenure:N", "at_risk:Q", "customers:Q", alt.Tooltip("at_risk_share:Q", format=".1%")]),
-        "data_quality_daily": alt.Chart(data("data_quality_daily"), title="Failure rate per table and expectation").mark_bar().encode(
+        "revenue_by_month": alt.Chart(data("revenue_by_month"), title="Revenue per month")
+        .mark_bar(color="#4C78A8")
+        .encode(
+            x=alt.X("month:T", title=None, timeUnit="yearmonth"),
+            y=alt.Y("revenue:Q", title="revenue ($)"),
+            tooltip=["month:T", alt.Tooltip("revenue:Q", format=",.0f"), "orders:Q"],
+        ),
+        "churn_by_platform": alt.Chart(data("churn_by_platform"), title="Churn by platform (first seen)")
+        .mark_bar()
+        .encode(
+            x=alt.X("platform:N", title=None),
+            y=alt.Y("customers:Q"),
+            color=_status_color(),
+            xOffset="status:N",
+            tooltip=["platform:N", "status:N", "customers:Q"],
+        ),
+        "churn_by_gender": alt.Chart(data("churn_by_gender"), title="Churn by gender")
+        .mark_bar()
+        .encode(
+            x=alt.X("gender:N", title="gender"),
+            y=alt.Y("customers:Q"),
+            color=_status_color(),
+            xOffset="status:N",
+            tooltip=["gender:N", "status:N", "customers:Q"],
+        ),
+        "revenue_by_channel": alt.Chart(data("revenue_by_channel"), title="Revenue by channel")
+        .mark_bar(color="#72B7B2")
+        .encode(
+            x=alt.X("revenue:Q", title="revenue ($)"),
+            y=alt.Y("canal:N", sort="-x", title=None),
+            tooltip=["canal:N", alt.Tooltip("revenue:Q", format=",.0f"), "orders:Q"],
+        ),
+        "predicted_churn_by_country": alt.Chart(data("predicted_churn_by_country"), title="Predicted churn by country")
+        .mark_bar(color="#E45756")
+        .encode(
+            x=alt.X("country:N", title=None),
+            y=alt.Y("at_risk:Q", title="customers at risk"),
+            tooltip=["country:N", "at_risk:Q", "customers:Q", alt.Tooltip("at_risk_share:Q", format=".1%")],
+        ),
+        "predicted_churn_by_channel": alt.Chart(data("predicted_churn_by_channel"), title="Predicted churn by channel")
+        .mark_bar(color="#E45756")
+        .encode(
+            x=alt.X("canal:N", title=None),
+            y=alt.Y("at_risk:Q", title="customers at risk"),
+            tooltip=["canal:N", "at_risk:Q", "customers:Q", alt.Tooltip("at_risk_share:Q", format=".1%")],
+        ),
+        "predicted_churn_by_tenure": alt.Chart(data("predicted_churn_by_tenure"), title="Predicted churn by tenure")
+        .mark_bar(color="#E45756")
+        .encode(
+            x=alt.X("tenure:N", sort=alt.EncodingSortField("from_months"), title=None),
+            y=alt.Y("at_risk_share:Q", title="share at risk", axis=alt.Axis(format="%")),
+            tooltip=["tenure:N", "at_risk:Q", "customers:Q", alt.Tooltip("at_risk_share:Q", format=".1%")],
+        ),
+        "data_quality_daily": alt.Chart(data("data_quality_daily"), title="Failure rate per table and expectation")
+        .mark_bar()
+        .encode(
             x=alt.X("failure_rate:Q", title="failed / (passed + failed)", axis=alt.Axis(format="%")),
             y=alt.Y("check:N", title=None, sort=None, axis=alt.Axis(labelLimit=320)),
             # Below the chart, labels whole: beside it, the legend did not fit the page's column.
             color=alt.Color("day:N", title="day", legend=alt.Legend(orient="bottom", labelLimit=0, columns=4)),
-            tooltip=["day:N", "table_name:N", "expectation:N", "passed:Q", "failed:Q", "dropped:Q", alt.Tooltip("failure_rate:Q", format=".3%")],
-        ).transform_calculate(check="datum.table_name + ' · ' + datum.expectation"),
-        "ingestion_daily": alt.Chart(data("ingestion_daily"), title="Ingestion per day (records landed)").mark_bar().encode(
-            x=alt.X("day:N", title=None), y=alt.Y("records_landed:Q", title="records"), color=alt.Color("source:N"),
+            tooltip=[
+                "day:N",
+                "table_name:N",
+                "expectation:N",
+                "passed:Q",
+                "failed:Q",
+                "dropped:Q",
+                alt.Tooltip("failure_rate:Q", format=".3%"),
+            ],
+        )
+        .transform_calculate(check="datum.table_name + ' · ' + datum.expectation"),
+        "ingestion_daily": alt.Chart(data("ingestion_daily"), title="Ingestion per day (records landed)")
+        .mark_bar()
+        .encode(
+            x=alt.X("day:N", title=None),
+            y=alt.Y("records_landed:Q", title="records"),
+            color=alt.Color("source:N"),
             xOffset="source:N",
-            tooltip=["day:N", "source:N", "files:Q", "records_landed:Q", "rows_rescued:Q", "rows_quarantined:Q", alt.Tooltip("rescued_share:Q", format=".3%")]),
+            tooltip=[
+                "day:N",
+                "source:N",
+                "files:Q",
+                "records_landed:Q",
+                "rows_rescued:Q",
+                "rows_quarantined:Q",
+                alt.Tooltip("rescued_share:Q", format=".3%"),
+            ],
+        ),
         "pipeline_runs": _runs_chart(fig["pipeline_runs"]),
     }
     return {name: c.properties(width=W, height=H).to_dict() for name, c in charts.items()}
@@ -129,7 +208,10 @@ def vega_bundle() -> str:
     from churn_assets.settings import Settings
 
     cache = Settings.read_one("cache_dir") / "churn_assets"
-    path = cache / f"vega-bundle-{vlc.get_vega_embed_version()}-{vlc.get_vega_version()}-{vlc.get_vegalite_versions()[-1]}.js"
+    path = (
+        cache
+        / f"vega-bundle-{vlc.get_vega_embed_version()}-{vlc.get_vega_version()}-{vlc.get_vegalite_versions()[-1]}.js"
+    )
     if path.exists():
         return path.read_text(encoding="utf-8")
     bundle = vlc.javascript_bundle()
@@ -172,8 +254,7 @@ def _table(name: str, rows: list[dict], columns: list[str] | None = None, limit:
     columns = columns or list(rows[0])
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(r[c]))}</td>" for c in columns) + "</tr>"
-        for r in rows[:limit]
+        "<tr>" + "".join(f"<td>{html.escape(_cell(r[c]))}</td>" for c in columns) + "</tr>" for r in rows[:limit]
     )
     return f'<table data-figure="{name}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
@@ -182,7 +263,9 @@ def _chart(name: str) -> str:
     return f'<div class="chart" id="chart-{name}" data-figure="{name}"></div>'
 
 
-def render(fig: dict[str, list[dict]], *, as_of: datetime, model_version: str, generated_at: datetime) -> tuple[str, dict[str, dict]]:
+def render(
+    fig: dict[str, list[dict]], *, as_of: datetime, model_version: str, generated_at: datetime
+) -> tuple[str, dict[str, dict]]:
     """(the page's HTML, the chart specs)."""
     specs = chart_specs(fig)
     kpis = {r["name"]: r for r in fig["kpis"]}
@@ -190,8 +273,10 @@ def render(fig: dict[str, list[dict]], *, as_of: datetime, model_version: str, g
     def tile(name):
         row = kpis.get(name, {"value": 0, "detail": None})
         detail = f'<span class="detail">{html.escape(row["detail"])}</span>' if row.get("detail") else ""
-        return (f'<div class="kpi" data-kpi="{name}" data-value="{jsonable(row["value"])}">'
-                f'<span class="label">{KPI_LABELS[name][0]}</span><span class="value">{_fmt_kpi(name, row["value"])}</span>{detail}</div>')
+        return (
+            f'<div class="kpi" data-kpi="{name}" data-value="{jsonable(row["value"])}">'
+            f'<span class="label">{KPI_LABELS[name][0]}</span><span class="value">{_fmt_kpi(name, row["value"])}</span>{detail}</div>'
+        )
 
     freshness = _table("layer_freshness", fig["layer_freshness"])
     alerts = _table("alerts", fig.get("alerts", []), limit=20)
@@ -216,7 +301,9 @@ def render(fig: dict[str, list[dict]], *, as_of: datetime, model_version: str, g
 <section><h2>Pipeline health</h2>
   <div class="grid">{_chart("pipeline_runs")}<div><h3>Freshness per layer (UTC)</h3>{freshness}<h3>Alerts raised</h3>{alerts}</div></div>
 </section>"""
-    data_json = json.dumps({name: records(rows) for name, rows in fig.items()}, separators=(",", ":")).replace("</", "<\\/")
+    data_json = json.dumps({name: records(rows) for name, rows in fig.items()}, separators=(",", ":")).replace(
+        "</", "<\\/"
+    )
     specs_json = json.dumps(specs, separators=(",", ":")).replace("</", "<\\/")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>churn_assets · dashboards</title>

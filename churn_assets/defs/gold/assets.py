@@ -1,6 +1,5 @@
 """Gold ``churn_features`` and its blocking quality check."""
 
-
 import dagster as dg
 
 from churn_assets.defs.gold.features import build_churn_features, gold_quality
@@ -19,10 +18,16 @@ from churn_assets.warehouse import record_quality, scalar, table_exists
     "event aggregates (first platform, events, sessions, last event) and day counts to the as-of instant "
     "(CHURN_AS_OF, default now).",
 )
-def churn_features(context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource):
+def churn_features(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource
+):
     as_of = pipeline_settings.as_of_datetime()
     with warehouse.get_connection() as con:
-        before = scalar(con, "SELECT count(*) FROM gold.churn_features") if table_exists(con, "gold", "churn_features") else 0
+        before = (
+            scalar(con, "SELECT count(*) FROM gold.churn_features")
+            if table_exists(con, "gold", "churn_features")
+            else 0
+        )
         result = build_churn_features(con, as_of)
         metadata = table_metadata(con, "gold.churn_features")
     return dg.MaterializeResult(
@@ -47,7 +52,10 @@ def churn_features_valid(context: dg.AssetCheckExecutionContext, warehouse: Ware
     with warehouse.get_connection() as con:
         results = gold_quality(con)
         record_quality(
-            con, context.op_execution_context.run_id, "gold", "gold.churn_features",
+            con,
+            context.op_execution_context.run_id,
+            "gold",
+            "gold.churn_features",
             [(name, passed, failed, 0, None) for name, (passed, failed) in results.items()],
         )
     failed = {name: f for name, (_, f) in results.items() if f}

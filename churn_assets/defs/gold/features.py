@@ -15,15 +15,34 @@ from datetime import datetime
 
 import duckdb
 
-from churn_assets.faults import fault_point
 from churn_assets.defs.silver.transform import TS_FORMAT, advance, watermark
+from churn_assets.faults import fault_point
 from churn_assets.warehouse import scalar, table_exists, transaction
 
 FEATURE_COLUMNS = [
-    "user_id", "email", "creation_date", "last_activity_date", "firstname", "lastname", "address",
-    "canal", "country", "gender", "age_group", "churn", "order_count", "total_amount", "total_item",
-    "last_transaction", "platform", "event_count", "session_count", "last_event",
-    "days_since_creation", "days_since_last_activity", "days_last_event",
+    "user_id",
+    "email",
+    "creation_date",
+    "last_activity_date",
+    "firstname",
+    "lastname",
+    "address",
+    "canal",
+    "country",
+    "gender",
+    "age_group",
+    "churn",
+    "order_count",
+    "total_amount",
+    "total_item",
+    "last_transaction",
+    "platform",
+    "event_count",
+    "session_count",
+    "last_event",
+    "days_since_creation",
+    "days_since_last_activity",
+    "days_last_event",
 ]
 
 
@@ -142,9 +161,7 @@ SANE_VALUES = {
 
 def gold_quality(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, int]]:
     """expectation -> (passed, failed) on the current gold table."""
-    total, distinct = con.execute(
-        "SELECT count(*), count(DISTINCT user_id) FROM gold.churn_features"
-    ).fetchall()[0]
+    total, distinct = con.execute("SELECT count(*), count(DISTINCT user_id) FROM gold.churn_features").fetchall()[0]
     out = {"one_row_per_customer": (distinct, total - distinct)}
     exprs = ", ".join(f"count(*) FILTER (WHERE NOT coalesce({cond}, false))" for cond in SANE_VALUES.values())
     fails = con.execute(f"SELECT {exprs} FROM gold.churn_features").fetchall()[0]

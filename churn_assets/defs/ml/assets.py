@@ -56,8 +56,11 @@ def churn_model(
         landed, ingested, df = landed_rows(con), latest_ingest(con), load_features(con)
     latest = registry.latest_version(client, mlflow_store.model_name)
     due = retrain_decision(
-        landed, str(latest.version) if latest else None, int(latest.tags.get(registry.LANDED_ROWS, 0)) if latest else 0,
-        model_policy.retrain_min_new_rows, config.force,
+        landed,
+        str(latest.version) if latest else None,
+        int(latest.tags.get(registry.LANDED_ROWS, 0)) if latest else 0,
+        model_policy.retrain_min_new_rows,
+        config.force,
     )
     if not due.train:
         return dg.MaterializeResult(metadata={"trained": False, "reason": due.reason, "model_version": ""})
@@ -65,18 +68,30 @@ def churn_model(
     params = {"learning_rate": config.learning_rate, "num_leaves": config.num_leaves}
     fitted = fit(df, params, config.num_boost_round, config.shuffle_labels_fraction)
     fingerprint = {
-        "data.rows": str(len(df)), "data.rows_train": str(fitted.rows_train),
-        "data.rows_holdout": str(fitted.rows_holdout), "data.as_of": pipeline_settings.as_of_datetime().isoformat(),
-        "data.latest_ingest": str(ingested), "data.landed_rows": str(landed),
+        "data.rows": str(len(df)),
+        "data.rows_train": str(fitted.rows_train),
+        "data.rows_holdout": str(fitted.rows_holdout),
+        "data.as_of": pipeline_settings.as_of_datetime().isoformat(),
+        "data.latest_ingest": str(ingested),
+        "data.landed_rows": str(landed),
         registry.DAGSTER_RUN_TAG: context.run.run_id,
     }
     model = fitted.model
     version, run_id = registry.log_and_register(
-        mlflow_store.store(), experiment_id, model,
+        mlflow_store.store(),
+        experiment_id,
+        model,
         metrics=fitted.metrics,
-        params={**model.params, "num_boost_round": model.num_boost_round, "features": ",".join(FEATURES),
-                "shuffle_labels_fraction": config.shuffle_labels_fraction, "threshold": round(fitted.threshold, 6)},
-        tags=fingerprint, threshold=fitted.threshold, importance_png=report.importance_png(fitted.importance),
+        params={
+            **model.params,
+            "num_boost_round": model.num_boost_round,
+            "features": ",".join(FEATURES),
+            "shuffle_labels_fraction": config.shuffle_labels_fraction,
+            "threshold": round(fitted.threshold, 6),
+        },
+        tags=fingerprint,
+        threshold=fitted.threshold,
+        importance_png=report.importance_png(fitted.importance),
         input_example=shareable_example(fitted.holdout_example),
     )
     registry.mark_challenger(client, mlflow_store.model_name, version, landed)
@@ -146,8 +161,9 @@ def churn_model_champion(
     # The candidate is the version the training step left as challenger, until it is judged.
     challenger = registry.version_by_alias(client, name, registry.CHALLENGER)
     if challenger is None or registry.DECISION in challenger.tags:
-        return dg.MaterializeResult(metadata={"decision": "no new candidate",
-                                              "champion_version": str(champion.version) if champion else ""})
+        return dg.MaterializeResult(
+            metadata={"decision": "no new candidate", "champion_version": str(champion.version) if champion else ""}
+        )
     candidate = str(challenger.version)
     with warehouse.get_connection() as con:
         frame, labels = holdout(con)
@@ -155,21 +171,29 @@ def churn_model_champion(
     champion_auc = registry.score_auc(name, str(champion.version), frame, labels) if champion else None
     promoted = promote(challenger_auc, champion_auc, model_policy.promotion_tolerance, model_policy.min_auc)
     decision = "promoted" if promoted else "kept challenger"
-    registry.record_decision(client, name, candidate, {
-        registry.DECISION: decision,
-        "challenger_holdout_roc_auc": f"{challenger_auc:.6f}",
-        "champion_holdout_roc_auc": "" if champion_auc is None else f"{champion_auc:.6f}",
-        "compared_with_version": str(champion.version) if champion else "",
-        "holdout_rows": str(len(labels)),
-    }, promoted)
+    registry.record_decision(
+        client,
+        name,
+        candidate,
+        {
+            registry.DECISION: decision,
+            "challenger_holdout_roc_auc": f"{challenger_auc:.6f}",
+            "champion_holdout_roc_auc": "" if champion_auc is None else f"{champion_auc:.6f}",
+            "compared_with_version": str(champion.version) if champion else "",
+            "holdout_rows": str(len(labels)),
+        },
+        promoted,
+    )
     context.log.info(
-        f"churn_model v{candidate}: {decision} (challenger {challenger_auc:.4f} vs champion {champion_auc})")
+        f"churn_model v{candidate}: {decision} (challenger {challenger_auc:.4f} vs champion {champion_auc})"
+    )
     return dg.MaterializeResult(
         metadata={
             "decision": decision,
             "challenger_version": candidate,
             "challenger_holdout_roc_auc": dg.MetadataValue.float(challenger_auc),
-            "champion_holdout_roc_auc": dg.MetadataValue.float(champion_auc) if champion_auc is not None
+            "champion_holdout_roc_auc": dg.MetadataValue.float(champion_auc)
+            if champion_auc is not None
             else dg.MetadataValue.text("none (first model)"),
             "previous_champion_version": str(champion.version) if champion else "",
             "champion_version": candidate if promoted else str(champion.version),
@@ -202,7 +226,8 @@ def churn_prediction(
         champion = registry.current_champion(client, mlflow_store.store(), experiment_id, context.log)
         if champion is None:
             raise dg.Failure(
-                description=f"no '{registry.CHAMPION}' version of {name} in the registry yet: nothing to score with")
+                description=f"no '{registry.CHAMPION}' version of {name} in the registry yet: nothing to score with"
+            )
         threshold = float(champion.tags["threshold"])
         model = registry.load_model(name, str(champion.version))
     except dg.Failure:

@@ -9,8 +9,16 @@ import polars as pl
 
 CATEGORICAL = ["canal", "country", "platform"]
 NUMERIC = [
-    "gender", "age_group", "order_count", "total_amount", "total_item", "event_count",
-    "session_count", "days_since_creation", "days_since_last_activity", "days_last_event",
+    "gender",
+    "age_group",
+    "order_count",
+    "total_amount",
+    "total_item",
+    "event_count",
+    "session_count",
+    "days_since_creation",
+    "days_since_last_activity",
+    "days_last_event",
 ]
 FEATURES = CATEGORICAL + NUMERIC
 LABEL = "churn"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -58,8 +58,9 @@ def configured(store: Store, http_timeout: int, http_retries: int) -> Iterator[N
     before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     # A remote server that is down must fail in seconds, not after MLflow's default
     # 7 retries with backoff.
-    with environment_scope(MLFLOW_HTTP_REQUEST_TIMEOUT=str(http_timeout),
-                           MLFLOW_HTTP_REQUEST_MAX_RETRIES=str(http_retries)):
+    with environment_scope(
+        MLFLOW_HTTP_REQUEST_TIMEOUT=str(http_timeout), MLFLOW_HTTP_REQUEST_MAX_RETRIES=str(http_retries)
+    ):
         mlflow.set_tracking_uri(store.tracking_uri)
         mlflow.set_registry_uri(store.tracking_uri)
         try:
@@ -76,8 +77,11 @@ def open_store(store: Store) -> tuple[MlflowClient, str]:
     try:
         client = store.client()  # a SQL store is opened (and migrated) right here
         exp = client.get_experiment_by_name(store.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(store.experiment,
-                                                                         artifact_location=store.artifact_root)
+        exp_id = (
+            exp.experiment_id
+            if exp
+            else client.create_experiment(store.experiment, artifact_location=store.artifact_root)
+        )
     except Exception as exc:  # noqa: BLE001 - every failure here means the same thing to the user
         raise ModelStoreUnavailable(
             f"MLflow store at {redact(store.tracking_uri)} is unreachable or corrupt ({type(exc).__name__}: "
@@ -192,8 +196,10 @@ def load_model(model_name: str, version: str) -> model_format.Scorer:
     with tempfile.TemporaryDirectory() as tmp:
         root, flavor = _model_files(model_name, version, tmp)
         if is_pickled(flavor):
-            raise PickledModel(f"{model_name} version {version} is a cloudpickle from an earlier release; "
-                               f"it is never unpickled (the next cycle migrates the champion)")
+            raise PickledModel(
+                f"{model_name} version {version} is a cloudpickle from an earlier release; "
+                f"it is never unpickled (the next cycle migrates the champion)"
+            )
         paths = {name: root / spec["path"] for name, spec in flavor.get("artifacts", {}).items()}
         return model_format.read_scorer(paths[model_format.BOOSTER], paths[model_format.VOCABULARY])
 
@@ -221,8 +227,9 @@ def ensure_not_pickled(client: MlflowClient, store: Store, experiment_id: str, v
             meta = Model.load(str(root))
             example = meta.load_input_example(str(root)) if meta.saved_input_example_info else None
             with mlflow.start_run(experiment_id=experiment_id, tags={"migrated_from_version": version}):
-                info = _log_pyfunc(store, paths[model_format.BOOSTER], paths[model_format.VOCABULARY], meta.signature,
-                                   example)
+                info = _log_pyfunc(
+                    store, paths[model_format.BOOSTER], paths[model_format.VOCABULARY], meta.signature, example
+                )
             new = str(info.registered_model_version)
             for key, value in old.tags.items():
                 client.set_model_version_tag(name, new, key, value)
@@ -241,8 +248,9 @@ def current_champion(client: MlflowClient, store: Store, experiment_id: str, log
     champion = version_by_alias(client, store.model_name, CHAMPION)
     if champion is None:
         return None
-    return client.get_model_version(store.model_name,
-                                    ensure_not_pickled(client, store, experiment_id, str(champion.version), log))
+    return client.get_model_version(
+        store.model_name, ensure_not_pickled(client, store, experiment_id, str(champion.version), log)
+    )
 
 
 def latest_version(client: MlflowClient, model_name: str):

@@ -67,6 +67,8 @@ class ModelPolicyResource(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides) -> ModelPolicyResource:
-        values = {"retrain_min_new_rows": settings.retrain_min_new_rows,
-                  "promotion_tolerance": settings.promotion_tolerance}
+        values = {
+            "retrain_min_new_rows": settings.retrain_min_new_rows,
+            "promotion_tolerance": settings.promotion_tolerance,
+        }
         return cls(**{**values, **overrides})

@@ -29,16 +29,18 @@ class Scored:
     rows_per_second: float
 
 
-def predictions(user_ids: pl.Series, proba: np.ndarray, threshold: float, model_name: str, version: str,
-                scored_at) -> pl.DataFrame:
+def predictions(
+    user_ids: pl.Series, proba: np.ndarray, threshold: float, model_name: str, version: str, scored_at
+) -> pl.DataFrame:
     """The rows of ``gold.churn_prediction``: probability, label at ``threshold``, which model, when."""
     return pl.DataFrame(
         {"user_id": user_ids, "churn_probability": proba, "churn_prediction": (proba >= threshold).astype(np.int32)}
     ).with_columns(model_name=pl.lit(model_name), model_version=pl.lit(version), scored_at=pl.lit(scored_at))
 
 
-def replace_predictions(con: duckdb.DuckDBPyConnection, model, threshold: float, model_name: str,
-                        version: str) -> Scored:
+def replace_predictions(
+    con: duckdb.DuckDBPyConnection, model, threshold: float, model_name: str, version: str
+) -> Scored:
     """Score every customer of gold.churn_features; the table is replaced only once all are scored."""
     df = load_features(con, with_label=False)
     t0 = time.perf_counter()

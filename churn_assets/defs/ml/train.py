@@ -9,7 +9,12 @@ import numpy as np
 import pandas as pd
 import polars as pl
 from sklearn.metrics import (
-    average_precision_score, f1_score, log_loss, precision_score, recall_score, roc_auc_score,
+    average_precision_score,
+    f1_score,
+    log_loss,
+    precision_score,
+    recall_score,
+    roc_auc_score,
 )
 
 from churn_assets.defs.ml.features import CATEGORICAL, FEATURES, LABEL, as_categories, to_model_frame
@@ -53,8 +58,9 @@ def train(
 ) -> TrainedModel:
     vocabulary = vocabulary_of(frame)
     params = {**DEFAULT_PARAMS, **(params or {})}
-    data = lgb.Dataset(as_categories(frame[FEATURES], vocabulary), label=labels, categorical_feature=CATEGORICAL,
-                       free_raw_data=True)
+    data = lgb.Dataset(
+        as_categories(frame[FEATURES], vocabulary), label=labels, categorical_feature=CATEGORICAL, free_raw_data=True
+    )
     booster = lgb.train(params, data, num_boost_round=num_boost_round)
     return TrainedModel(booster, vocabulary, params, num_boost_round)
 
@@ -115,5 +121,12 @@ def fit(df: pl.DataFrame, params: dict, num_boost_round: int, shuffle_fraction: 
     hold_x, hold_y = to_model_frame(hold_df), hold_df[LABEL].to_numpy().astype(int)
     proba = model.predict_proba(hold_x)
     threshold = best_threshold(hold_y, proba)
-    return Fitted(model, evaluate(hold_y, proba, threshold), threshold, feature_importance(model),
-                  len(train_df), len(hold_df), hold_x.head(5))
+    return Fitted(
+        model,
+        evaluate(hold_y, proba, threshold),
+        threshold,
+        feature_importance(model),
+        len(train_df),
+        len(hold_df),
+        hold_x.head(5),
+    )

@@ -1,11 +1,10 @@
 """Silver assets: cleaned, typed, pseudonymized; latest version of each key wins."""
 
-
 import dagster as dg
 
+from churn_assets.defs.silver.transform import SilverResult, build_churn_orders, build_churn_users
 from churn_assets.metadata import table_metadata
 from churn_assets.resources import PipelineSettingsResource, WarehouseResource
-from churn_assets.defs.silver.transform import SilverResult, build_churn_orders, build_churn_users
 from churn_assets.warehouse import record_quality
 
 # A key expectation drops rows, as the reference's ON VIOLATION DROP ROW; the check
@@ -15,20 +14,32 @@ MAX_DROP_RATE = 0.10
 
 def _result(context, con, res: SilverResult) -> dg.MaterializeResult:
     record_quality(
-        con, context.run.run_id, "silver", res.table,
+        con,
+        context.run.run_id,
+        "silver",
+        res.table,
         [(name, res.rows_read - dropped, dropped, dropped, None) for name, dropped in res.dropped.items()],
     )
     metadata = table_metadata(con, res.table)
     rate = sum(res.dropped.values()) / res.rows_read if res.rows_read else 0.0
     return dg.MaterializeResult(
-        metadata={**metadata, "rows_new": res.rows_new, "rows_read": res.rows_read, "rows_upserted": res.rows_written,
-                  **{f"dropped_{k}": v for k, v in res.dropped.items()}},
+        metadata={
+            **metadata,
+            "rows_new": res.rows_new,
+            "rows_read": res.rows_read,
+            "rows_upserted": res.rows_written,
+            **{f"dropped_{k}": v for k, v in res.dropped.items()},
+        },
         check_results=[
             dg.AssetCheckResult(
                 check_name="valid_keys",
                 passed=rate <= MAX_DROP_RATE,
                 severity=dg.AssetCheckSeverity.WARN,
-                metadata={"rows_read": res.rows_read, "drop_rate": rate, **{f"dropped_{k}": v for k, v in res.dropped.items()}},
+                metadata={
+                    "rows_read": res.rows_read,
+                    "drop_rate": rate,
+                    **{f"dropped_{k}": v for k, v in res.dropped.items()},
+                },
             )
         ],
     )
@@ -42,9 +53,15 @@ def _result(context, con, res: SilverResult) -> dg.MaterializeResult:
     pool="duckdb_warehouse",
     description="Customers: id -> user_id, e-mail pseudonymized with a keyed hash, timestamps parsed, names "
     "capitalized, gender/age_group/churn as integers; rows without user_id dropped and counted. Latest arrival wins.",
-    check_specs=[dg.AssetCheckSpec("valid_keys", asset=["silver", "churn_users"], description="rows without user_id are dropped (counted)")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "valid_keys", asset=["silver", "churn_users"], description="rows without user_id are dropped (counted)"
+        )
+    ],
 )
-def churn_users(context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource):
+def churn_users(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource
+):
     with warehouse.get_connection() as con:
         return _result(context, con, build_churn_users(con, pipeline_settings.email_pseudonym_key()))
 
@@ -57,7 +74,13 @@ def churn_users(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
     pool="duckdb_warehouse",
     description="Orders: amount and item_count as integers, id -> order_id, transaction_date parsed into "
     "creation_date; rows without order_id or user_id dropped and counted. An order seen twice counts once.",
-    check_specs=[dg.AssetCheckSpec("valid_keys", asset=["silver", "churn_orders"], description="rows without order_id or user_id are dropped (counted)")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "valid_keys",
+            asset=["silver", "churn_orders"],
+            description="rows without order_id or user_id are dropped (counted)",
+        )
+    ],
 )
 def churn_orders(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     with warehouse.get_connection() as con:

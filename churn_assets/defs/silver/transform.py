@@ -27,11 +27,14 @@ class SilverResult:
 
 
 def watermark(con, consumer: str, source_table: str) -> int:
-    return scalar(
-        con,
-        "SELECT max(file_id) FROM ops.watermarks WHERE consumer = ? AND source_table = ?",
-        [consumer, source_table],
-    ) or 0
+    return (
+        scalar(
+            con,
+            "SELECT max(file_id) FROM ops.watermarks WHERE consumer = ? AND source_table = ?",
+            [consumer, source_table],
+        )
+        or 0
+    )
 
 
 def advance(con, consumer: str, source_table: str, file_id: int) -> None:
@@ -51,8 +54,19 @@ def _define_macros(con) -> None:
     con.execute("CREATE OR REPLACE TEMP MACRO pseudonym(v, k) AS sha256(k || sha256(k || v))")
 
 
-def _upsert(con, *, consumer: str, source: str, key: str, target: str, target_key: str,
-            valid: str, select: str, params: list, tell_gold: bool = False) -> tuple[int, int, int, int]:
+def _upsert(
+    con,
+    *,
+    consumer: str,
+    source: str,
+    key: str,
+    target: str,
+    target_key: str,
+    valid: str,
+    select: str,
+    params: list,
+    tell_gold: bool = False,
+) -> tuple[int, int, int, int]:
     """Upsert the new bronze rows of ``source`` into ``target``; latest arrival per key wins.
 
     Returns (rows read, keys written, keys that replaced an existing row, high watermark).
@@ -61,8 +75,17 @@ def _upsert(con, *, consumer: str, source: str, key: str, target: str, target_ke
     """
     low = watermark(con, consumer, source)
     high = scalar(con, f"SELECT max(_file_id) FROM {source}") or low
-    _rederive_retired(con, source=source, key=key, target=target, target_key=target_key, valid=valid,
-                      select=select, params=params, low=low)
+    _rederive_retired(
+        con,
+        source=source,
+        key=key,
+        target=target,
+        target_key=target_key,
+        valid=valid,
+        select=select,
+        params=params,
+        low=low,
+    )
     new = f"(SELECT * FROM {source} WHERE _file_id > {int(low)} AND _file_id <= {int(high)})"
     read, valid_rows, distinct = con.execute(
         f"SELECT count(*), count(*) FILTER ({valid}), count(DISTINCT {key}) FILTER ({valid}) FROM {new}"
@@ -90,8 +113,9 @@ def _upsert(con, *, consumer: str, source: str, key: str, target: str, target_ke
     return read, distinct, replaced, high
 
 
-def _rederive_retired(con, *, source: str, key: str, target: str, target_key: str, valid: str, select: str,
-                      params: list, low: int) -> int:
+def _rederive_retired(
+    con, *, source: str, key: str, target: str, target_key: str, valid: str, select: str, params: list, low: int
+) -> int:
     """Take out the rows that came from a retired file version (bronze deleted its rows when a
     new version of the file arrived) and put back, for those keys, the latest remaining
     bronze row already read: the table then equals a fresh load of the landing folder.
@@ -132,8 +156,13 @@ def build_churn_users(con: duckdb.DuckDBPyConnection, pseudonym_key: str) -> Sil
         low = watermark(con, "silver.churn_users", source)
         missing_id = scalar(con, f"SELECT count(*) FROM {source} WHERE _file_id > ? AND id IS NULL", [low])
         read, written, replaced, high = _upsert(
-            con, consumer="silver.churn_users", source=source, key="id", target="silver.churn_users",
-            target_key="user_id", valid="id IS NOT NULL",
+            con,
+            consumer="silver.churn_users",
+            source=source,
+            key="id",
+            target="silver.churn_users",
+            target_key="user_id",
+            valid="id IS NOT NULL",
             select=f"""SELECT id, pseudonym(email, ?), try_strptime(creation_date, '{TS_FORMAT}'),
                        try_strptime(last_activity_date, '{TS_FORMAT}'), initcap(firstname), initcap(lastname),
                        address, canal, country, trunc(gender)::INTEGER, trunc(age_group)::INTEGER,
@@ -157,8 +186,13 @@ def build_churn_orders(con: duckdb.DuckDBPyConnection) -> SilverResult:
             [low],
         ).fetchall()[0]
         read, written, replaced, high = _upsert(
-            con, consumer="silver.churn_orders", source=source, key="id", target="silver.churn_orders",
-            target_key="order_id", valid="id IS NOT NULL AND user_id IS NOT NULL",
+            con,
+            consumer="silver.churn_orders",
+            source=source,
+            key="id",
+            target="silver.churn_orders",
+            target_key="order_id",
+            valid="id IS NOT NULL AND user_id IS NOT NULL",
             # Spark's cast(double as int) truncates; DuckDB's rounds, hence trunc().
             select=f"""SELECT trunc(amount)::INTEGER, id, user_id, trunc(item_count)::INTEGER,
                        try_strptime(transaction_date, '{TS_FORMAT}'), _file_id, _row_no
@@ -172,6 +206,10 @@ def build_churn_orders(con: duckdb.DuckDBPyConnection) -> SilverResult:
         fault_point("silver_before_commit")
         total = scalar(con, "SELECT count(*) FROM silver.churn_orders")
     return SilverResult(
-        "silver.churn_orders", read, written, written - replaced,
-        {"order_valid_id": missing_id, "order_valid_user_id": missing_user}, total,
+        "silver.churn_orders",
+        read,
+        written,
+        written - replaced,
+        {"order_valid_id": missing_id, "order_valid_user_id": missing_user},
+        total,
     )
