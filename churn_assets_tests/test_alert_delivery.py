@@ -99,6 +99,7 @@ def duration_tick(instance, alerts):
     return time.monotonic() - t0
 
 
+@pytest.mark.slow
 def test_a_webhook_failing_twice_gets_the_alert_exactly_once(tmp_path, receiver):
     receiver.fail_next = 2
     alerts = AlertsResource.from_settings(Settings(), store_path=str(tmp_path / "alerts.db"), webhook_url=receiver.url)
@@ -119,6 +120,7 @@ def test_a_webhook_failing_twice_gets_the_alert_exactly_once(tmp_path, receiver)
     assert receiver.requests == 3 and len(receiver.received) == 1
 
 
+@pytest.mark.slow
 def test_a_hanging_webhook_bounds_the_tick_and_gets_the_alert_once_it_recovers(tmp_path, receiver, instance):
     receiver.hanging = True
     alerts = AlertsResource.from_settings(
@@ -157,6 +159,7 @@ def test_a_hanging_webhook_bounds_the_tick_and_gets_the_alert_once_it_recovers(t
     assert row["attempts"] == receiver.requests
 
 
+@pytest.mark.slow
 def test_a_tick_with_many_undelivered_alerts_stays_within_its_budget(tmp_path, receiver):
     receiver.hanging = True
     alerts = AlertsResource.from_settings(
@@ -180,6 +183,7 @@ def test_a_tick_with_many_undelivered_alerts_stays_within_its_budget(tmp_path, r
     assert sorted(b["run_id"] for b in receiver.received) == [f"run-{i}" for i in range(5)]
 
 
+@pytest.mark.slow
 def test_an_alert_never_delivered_expires_and_is_recorded(tmp_path, receiver):
     receiver.fail_next = 10**6
     alerts = AlertsResource.from_settings(
@@ -202,6 +206,7 @@ def test_an_alert_never_delivered_expires_and_is_recorded(tmp_path, receiver):
     assert receiver.requests == requests and receiver.received == []  # expired: never sent again
 
 
+@pytest.mark.slow
 def test_two_concurrent_ticks_send_an_alert_once(tmp_path, receiver):
     receiver.fail_next = 1
     alerts = AlertsResource.from_settings(

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import dagster as dg
+import pytest
 
 from churn_assets_tests.helpers import materialize, one, query
+
+pytestmark = pytest.mark.slow  # a whole cycle, a subprocess or a server per test
 
 GOOD_USER = {
     "id": "u-1",

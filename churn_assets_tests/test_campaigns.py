@@ -170,6 +170,7 @@ def assert_all_valid(home, msgs):
 # --- offline ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_offline_every_at_risk_customer_within_the_cap_gets_a_valid_message(home):
     result, meta = campaign(home, cap=300)
     assert meta["mode"].startswith("offline") and meta["api_calls"] == 0
@@ -204,6 +205,7 @@ def test_offline_every_at_risk_customer_within_the_cap_gets_a_valid_message(home
 # --- against the fake API, through the real SDK --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_success_no_pii_cached_rules_and_dedup(home):
     with FakeAnthropic() as fake:
         _, meta = campaign(home, fake)
@@ -231,6 +233,7 @@ def test_success_no_pii_cached_rules_and_dedup(home):
     assert len(fake2.requests) == 0 and meta2["api_calls"] == 0
 
 
+@pytest.mark.slow
 def test_identical_decisions_are_not_asked_again_next_cycle(home):
     with FakeAnthropic() as fake:
         campaign(home, fake, cap=200)
@@ -240,6 +243,7 @@ def test_identical_decisions_are_not_asked_again_next_cycle(home):
     assert len(set(fake.decisions_requested())) == len(fake.decisions_requested())  # never the same decision twice
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("error", ["429", "529", "500"])
 def test_transient_errors_are_retried_by_the_sdk(home, error):
     with FakeAnthropic() as fake:
@@ -252,6 +256,7 @@ def test_transient_errors_are_retried_by_the_sdk(home, error):
         assert fake.requests[1]["at"] - fake.requests[0]["at"] >= 0.9
 
 
+@pytest.mark.slow
 def test_a_timeout_is_retried(home):
     with FakeAnthropic() as fake:
         fake.script.append("sleep3")
@@ -259,6 +264,7 @@ def test_a_timeout_is_retried(home):
     assert {m["status"] for m in messages(home)} == {"ready"} and len(fake.requests) == meta["distinct_decisions"] + 1
 
 
+@pytest.mark.slow
 def test_malformed_output_gets_one_corrective_turn_then_the_template(home):
     with FakeAnthropic() as fake:
         fake.script.extend(["malformed", "ok"])  # the first decision: fixed on the corrective turn
@@ -274,6 +280,7 @@ def test_malformed_output_gets_one_corrective_turn_then_the_template(home):
     assert_all_valid(home, msgs)
 
 
+@pytest.mark.slow
 def test_a_refusal_falls_back_to_the_template(home):
     with FakeAnthropic() as fake:
         fake.script.append("refusal")
@@ -282,6 +289,7 @@ def test_a_refusal_falls_back_to_the_template(home):
     assert refused and {m["generator"] for m in refused} == {"template"} and {m["status"] for m in refused} == {"ready"}
 
 
+@pytest.mark.slow
 def test_without_fallback_statuses_say_what_happened(home):
     with FakeAnthropic() as fake:
         fake.script.extend(["refusal", "invalid", "invalid"])
@@ -299,6 +307,7 @@ def test_without_fallback_statuses_say_what_happened(home):
     assert all(m["outbox"] is None for m in messages(home) if m["status"] != "ready")
 
 
+@pytest.mark.slow
 def test_spend_limit_stops_the_run_cleanly_without_retrying(home):
     with FakeAnthropic() as fake:
         fake.script.append("spend_limit")
@@ -310,6 +319,7 @@ def test_spend_limit_stops_the_run_cleanly_without_retrying(home):
     assert meta["customers_targeted"] == len(messages(home))
 
 
+@pytest.mark.slow
 def test_the_budget_holds(home):
     with FakeAnthropic() as fake:
         # One call costs ~0.0035 $ (1,500 cached-write tokens + output); 0.01 $ pays for two.
@@ -320,6 +330,7 @@ def test_the_budget_holds(home):
     assert len(fake.requests) <= 3
 
 
+@pytest.mark.slow
 def test_a_killed_run_loses_nothing_and_does_not_ask_again(home, tmp_path):
     env = {
         **os.environ,
@@ -603,6 +614,7 @@ def _break(rule: str):
         ("amount", "$20", "amount"),
     ],
 )
+@pytest.mark.slow
 def test_a_model_answer_breaking_a_rule_gets_a_corrective_turn_then_the_template(home, rule, evidence, problem):
     with FakeAnthropic(answer=_break(rule)) as fake:
         _, meta = campaign(home, fake, cap=60, max_concurrency=2)
@@ -623,6 +635,7 @@ def test_a_model_answer_breaking_a_rule_gets_a_corrective_turn_then_the_template
     assert_all_valid(home, msgs)
 
 
+@pytest.mark.slow
 def test_copy_too_long_for_a_40_character_name_is_not_sent(home):
     con = duckdb.connect(str(home / "warehouse.duckdb"))
     con.execute("UPDATE silver.churn_users SET firstname = 'Alexandrina-Maximiliana Josefina Marieke'")  # 40
@@ -640,6 +653,7 @@ def test_copy_too_long_for_a_40_character_name_is_not_sent(home):
     assert {m["generator"] for m in msgs if m["style"] == "long"} == {"claude-haiku-5-5"}
 
 
+@pytest.mark.slow
 def test_cached_copy_is_checked_again_when_used(home):
     with FakeAnthropic() as fake:
         campaign(home, fake, cap=100)
@@ -694,6 +708,7 @@ def assert_exactly_once(home, taken: dict[str, list[dict]] | None = None) -> dic
         ("outbox_renamed", True),  # ... and the sender took the file away before the next run
     ],
 )
+@pytest.mark.slow
 def test_outbox_exactly_once_through_kills(home, tmp_path, point, sender_took_it):
     env = {
         **os.environ,
@@ -728,6 +743,7 @@ def test_outbox_exactly_once_through_kills(home, tmp_path, point, sender_took_it
     assert sorted(len(lines) for lines in files.values()) == [120, 120] and name in files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["after_generation:3", "outbox_recorded", "outbox_file_written", "outbox_renamed"])
 def test_outbox_exactly_once_through_a_step_retry(home, monkeypatch, point):
     from churn_assets import faults
@@ -747,6 +763,7 @@ def test_outbox_exactly_once_through_a_step_retry(home, monkeypatch, point):
         assert (meta["outbox_files_recovered"], meta["messages_outboxed"], meta["customers_targeted"]) == (1, 0, 0)
 
 
+@pytest.mark.slow
 def test_a_retry_with_more_messages_never_overwrites_a_handed_over_file(home):
     from datetime import datetime
     from pathlib import Path
@@ -782,6 +799,7 @@ def test_a_retry_with_more_messages_never_overwrites_a_handed_over_file(home):
 # --- degradation is visible -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_total_outage_is_visible(home):
     from churn_assets.summary import cycle_summary
 
@@ -803,6 +821,7 @@ def test_a_total_outage_is_visible(home):
     ]
 
 
+@pytest.mark.slow
 def test_a_partial_degradation_is_visible_and_a_healthy_run_passes(home):
     from churn_assets.summary import cycle_summary
 

@@ -13,7 +13,7 @@ import pytest
 from churn_assets_tests import reference_oracle
 from churn_assets_tests.helpers import SAMPLE, land_sample, materialize, needs_sample, one, query
 
-pytestmark = needs_sample
+pytestmark = [needs_sample, pytest.mark.slow]
 
 
 def oracle(as_of: str):

@@ -21,6 +21,8 @@ from churn_assets.generator import generate_history
 from churn_assets_tests.helpers import one, query
 from churn_assets_tests.landing_state import accounting, differences, snapshot
 
+pytestmark = pytest.mark.slow  # a whole cycle, a subprocess or a server per test
+
 TABLES = ("bronze.churn_users_bronze", "bronze.churn_orders_bronze", "bronze.churn_app_events", "bronze.quarantine")
 DATA = "*gold/churn_features"
 # One e-mail pseudonym key for every home: a killed-and-rerun home is compared with a fresh load.

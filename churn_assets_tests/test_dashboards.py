@@ -18,6 +18,8 @@ from churn_assets.generator import generate_history
 from churn_assets_tests.browser import launch
 from churn_assets_tests.helpers import REPO, materialize, one, query
 
+pytestmark = pytest.mark.slow  # a whole cycle, a subprocess or a server per test
+
 AS_OF = "2026-11-01T06:00:00"
 
 
@@ -102,10 +104,10 @@ def test_every_figure_is_a_table_downstream_of_what_it_reads(cycle):
     defs = load_defs()
 
     graph = defs.resolve_asset_graph()
+
     def parents(k):
-        return {
-            p.to_user_string() for p in graph.get(__import__("dagster").AssetKey(k.split("/"))).parent_keys
-        }  # noqa: E731
+        return {p.to_user_string() for p in graph.get(__import__("dagster").AssetKey(k.split("/"))).parent_keys}  # noqa: E731
+
     assert parents("dashboard/revenue_by_month") == {"silver/churn_orders"}
     assert parents("dashboard/kpis") == {"silver/churn_users", "silver/churn_orders", "gold/churn_prediction"}
     assert parents("dashboard/predicted_churn_by_country") == {"gold/churn_prediction", "gold/churn_features"}

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from churn_assets.definitions import defs as load_defs
 from churn_assets_tests.helpers import REPO
@@ -109,6 +110,7 @@ def test_checks_and_blocking():
         assert all(spec.blocking for spec in check.check_specs), name
 
 
+@pytest.mark.slow
 def test_dg_check_defs(tmp_path):
     """The README's check, Dagster 1.13's current command (`dagster definitions validate` is superseded)."""
     dg_cli = Path(sys.executable).with_name("dg")

@@ -7,9 +7,13 @@ import shutil
 import time
 from datetime import date
 
+import pytest
+
 from churn_assets.generator import generate_history, generate_increment
 from churn_assets.landing import discover
 from churn_assets_tests.helpers import materialize, one, query
+
+pytestmark = pytest.mark.slow  # a whole cycle, a subprocess or a server per test
 
 DATA = "*gold/churn_features"  # the data layers; the model has tests of its own
 # After the generated history (ending 2026-11-01) and its increments: no negative day count.

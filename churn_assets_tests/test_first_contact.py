@@ -72,6 +72,7 @@ def small_home(tmp_path_factory) -> Path:
     return home
 
 
+@pytest.mark.slow
 def test_missing_home_is_reported_not_created(tmp_path):
     home = tmp_path / "nope"
     line = refused(["run"], clean_env(CHURN_HOME=str(home)), tmp_path)
@@ -85,6 +86,7 @@ def test_missing_home_is_reported_not_created(tmp_path):
     assert out.returncode == 2 and "does not exist" in out.stderr and not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow
 def test_home_without_landing_files(tmp_path):
     (tmp_path / "landing" / "users").mkdir(parents=True)
     line = refused(["run"], clean_env(CHURN_HOME=str(tmp_path)), tmp_path)
@@ -93,6 +95,7 @@ def test_home_without_landing_files(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_read_only_home(small_home, tmp_path):
     home = tmp_path / "ro"
     shutil.copytree(small_home / "landing", home / "landing")
@@ -121,12 +124,14 @@ def test_read_only_home(small_home, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_invalid_as_of(small_home):
     line = refused(["run"], clean_env(CHURN_HOME=str(small_home), CHURN_AS_OF="2023-13-45"), small_home)
     assert line.startswith("churn: CHURN_AS_OF='2023-13-45' is not an ISO date or date-time")
     assert not (small_home / "warehouse.duckdb").exists()
 
 
+@pytest.mark.slow
 def test_unknown_setting_value(small_home):
     line = refused(["run"], clean_env(CHURN_HOME=str(small_home), CHURN_EXECUTOR="foo"), small_home)
     assert line == "churn: CHURN_EXECUTOR='foo' is not a known value: use in_process or multiprocess, or unset it"
@@ -134,6 +139,7 @@ def test_unknown_setting_value(small_home):
     assert line.startswith("churn: CHURN_SETTLE_SECONDS='soon' is not a number")
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(small_home):
     out = subprocess.run(
         [*CHURN, "run", "--debug"],
@@ -163,6 +169,7 @@ def project(tmp_path_factory, small_home) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_as_of_earlier_than_the_data_is_refused(project):
     home = project / "data"
     env = clean_env(CHURN_HOME=str(home), CHURN_AS_OF="2023-06-10")
@@ -171,6 +178,7 @@ def test_as_of_earlier_than_the_data_is_refused(project):
     assert "day counts would be negative" in line and "a CHURN_HOME of its own" in line
 
 
+@pytest.mark.slow
 def test_a_run_started_by_dagster_meets_the_same_check(project, tmp_path):
     """`dg launch` (no `churn` in front): the first step fails with the same line, nothing ingested."""
     home = tmp_path / "empty"
@@ -210,6 +218,7 @@ def descendants(pid: int) -> set[int]:
     return _descendants(pid)
 
 
+@pytest.mark.slow
 def test_churn_ui_without_a_terminal_stops_whole_on_sigterm(project):
     port = free_port()
     log = project / "ui.log"
@@ -270,6 +279,7 @@ def readme_shell_examples(readme: Path) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_readme_examples_run_after_the_demo_and_keep_day_counts_non_negative(project):
     blocks = readme_shell_examples(REPO / "README.md")
     assert len(blocks) >= 3 and any("dg launch" in b for b in blocks) and any("CHURN_AS_OF=" in b for b in blocks)
@@ -315,6 +325,7 @@ def test_mode_defaults_match_the_definitions():
     assert default_running() == {name: declared[name] for _, name in MODES.values()}
 
 
+@pytest.mark.slow
 def test_churn_mode_answers_fast_and_quietly(project):
     env = clean_env(CHURN_HOME=str(project / "data"))
     t0 = time.perf_counter()

@@ -6,10 +6,13 @@ import json
 from datetime import date
 
 import duckdb
+import pytest
 
 from churn_assets.defs.gold.features import FEATURE_COLUMNS, churn_features_sql
 from churn_assets.generator import generate_history, generate_increment
 from churn_assets_tests.helpers import materialize, one, query
+
+pytestmark = pytest.mark.slow  # a whole cycle, a subprocess or a server per test
 
 COLS = ", ".join(FEATURE_COLUMNS)
 

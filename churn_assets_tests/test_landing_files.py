@@ -24,7 +24,7 @@ from churn_assets_tests import reference_oracle
 from churn_assets_tests.helpers import SAMPLE, land_sample, materialize, needs_sample, one, query
 from churn_assets_tests.landing_state import accounting, differences, snapshot
 
-pytestmark = needs_sample
+pytestmark = [needs_sample, pytest.mark.slow]
 DATA = "*gold/churn_features"
 HEADER = "user_id,event_id,platform,date,action,session_id,url"
 

@@ -28,7 +28,7 @@ from churn_assets.defs.ml.train import feature_importance, train
 from churn_assets.settings import Settings
 from churn_assets_tests.helpers import land_sample, materialize, needs_sample, query
 
-pytestmark = needs_sample
+pytestmark = [needs_sample, pytest.mark.slow]
 NAME = "churn_model"
 # Pickle protocol 2-5 streams start with PROTO (0x80) and the protocol number; 4 and 5 then FRAME (0x95).
 PICKLE_HEADER = re.compile(rb"\A\x80[\x02-\x05]|\x80[\x04\x05]\x95")

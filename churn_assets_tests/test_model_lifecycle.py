@@ -14,6 +14,8 @@ from churn_assets.generator import generate_history, generate_increment
 from churn_assets.settings import Settings
 from churn_assets_tests.helpers import materialize, one, query
 
+pytestmark = pytest.mark.slow  # a whole cycle, a subprocess or a server per test
+
 AS_OF = "2026-11-01T12:00:00"
 SHUFFLE_ALL = {"ops": {"ml__churn_model": {"config": {"shuffle_labels_fraction": 1.0}}}}
 

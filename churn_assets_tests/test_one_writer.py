@@ -19,6 +19,8 @@ from churn_assets.warehouse import connect, ensure_schema
 from churn_assets_tests.helpers import query
 from churn_assets_tests.landing_state import accounting, differences, snapshot
 
+pytestmark = pytest.mark.slow  # a whole cycle, a subprocess or a server per test
+
 DATA = "*gold/churn_features"
 # One e-mail pseudonym key for every home: the two-cycle home is compared with one loaded alone.
 SHARED_KEY = "one-writer-" + "7" * 53

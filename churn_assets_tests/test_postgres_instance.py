@@ -19,6 +19,8 @@ from churn_assets.generator import generate_history
 from churn_assets_tests.helpers import REPO, materialize
 from churn_assets_tests.live import free_port
 
+pytestmark = pytest.mark.slow  # a whole cycle, a subprocess or a server per test
+
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 
 

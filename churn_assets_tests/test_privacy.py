@@ -168,6 +168,7 @@ def _evaluate_alert_sensors(instance: dg.DagsterInstance, resources: dict, faile
     churn_duration_alerts(dg.build_sensor_context(instance=instance, resources={"alerts": resources["alerts"]}))
 
 
+@pytest.mark.slow
 @needs_sample
 def test_no_personal_value_outside_the_warehouse_and_the_outbox(tmp_path, monkeypatch, capfd):
     monkeypatch.delenv("CHURN_PSEUDONYM_KEY")  # the home's own key file, scanned like the rest
@@ -323,6 +324,7 @@ def _silver_users(home: Path) -> dict[str, str]:
     return dict(query(home, "SELECT user_id, email FROM silver.churn_users"))
 
 
+@pytest.mark.slow
 @needs_sample
 def test_each_home_its_own_pseudonyms_and_the_env_key_overrides(tmp_path, monkeypatch):
     monkeypatch.delenv("CHURN_PSEUDONYM_KEY")  # each home's own key file
@@ -340,6 +342,7 @@ def test_each_home_its_own_pseudonyms_and_the_env_key_overrides(tmp_path, monkey
     assert not key_path(tmp_path / "c").exists()
 
 
+@pytest.mark.slow
 @needs_sample
 def test_short_env_key_fails_the_step_with_that_line(tmp_path, monkeypatch):
     monkeypatch.setenv("CHURN_PSEUDONYM_KEY", "too-short")

@@ -23,6 +23,8 @@ from churn_assets.definitions import defs as load_defs
 from churn_assets_tests.browser import launch
 from churn_assets_tests.live import REPO, free_port, stop, wait_until_serving
 
+pytestmark = pytest.mark.slow  # a whole cycle, a subprocess or a server per test
+
 defs = load_defs()
 
 GROUPS = {"bronze", "silver", "gold", "ml", "dashboard", "campaigns"}
