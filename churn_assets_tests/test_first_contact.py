@@ -318,10 +318,10 @@ def test_readme_examples_run_after_the_demo_and_keep_day_counts_non_negative(pro
 
 
 def test_mode_defaults_match_the_definitions():
-    from churn_assets.defs.automation import triggers
     from churn_assets.defs.automation.mode import MODES, default_running
+    from churn_assets_tests.helpers import trigger
 
-    declared = {d.name: d.default_status.value == "RUNNING" for d in [*triggers.schedules, *triggers.sensors]}
+    declared = {name: trigger(name).default_status.value == "RUNNING" for _, name in MODES.values()}
     assert default_running() == {name: declared[name] for _, name in MODES.values()}
 
 
@@ -418,11 +418,13 @@ def test_preflight_rules(tmp_path):
         )
         == []
     )
-    assert preflight.setting_problems(
-        {"CHURN_DUCKDB_MEMORY_LIMIT": "lots", "CHURN_BATCH_BYTES": "1.5", "CHURN_CAMPAIGN_BUDGET_USD": "-1"}
+    assert sorted(
+        preflight.setting_problems(
+            {"CHURN_DUCKDB_MEMORY_LIMIT": "lots", "CHURN_BATCH_BYTES": "1.5", "CHURN_CAMPAIGN_BUDGET_USD": "-1"}
+        )
     ) == [
-        "CHURN_CAMPAIGN_BUDGET_USD='-1' is negative: set a value >= 0, or unset it",
         "CHURN_BATCH_BYTES='1.5' is not a whole number: set a whole number (see the README's settings), or unset it",
+        "CHURN_CAMPAIGN_BUDGET_USD='-1' is negative: set a value >= 0, or unset it",
         "CHURN_DUCKDB_MEMORY_LIMIT='lots' is not a memory size: use e.g. 3GB or 512MB, or unset it",
     ]
     # A home that does not exist yet may be created by `churn generate`, where its parent is writable.

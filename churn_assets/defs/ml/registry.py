@@ -52,22 +52,23 @@ def configured(store: Store, http_timeout: int, http_retries: int) -> Iterator[N
     """MLflow pointed at ``store`` for the block, then put back as it was.
 
     MLflow's fluent calls (``start_run``, ``log_model``) take the store from its global
-    URIs and the HTTP limits from the environment only: both are set for the block, never
-    left behind for other code (or another store) in the same process.
+    URIs (which it mirrors into the environment) and the HTTP limits from the environment
+    only: all are set for the block and restored after, never left for other code (or
+    another store) in the same process.
     """
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    before = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
+    uri = store.tracking_uri
     # A remote server that is down must fail in seconds, not after MLflow's default
     # 7 retries with backoff.
-    with environment_scope(
-        MLFLOW_HTTP_REQUEST_TIMEOUT=str(http_timeout), MLFLOW_HTTP_REQUEST_MAX_RETRIES=str(http_retries)
-    ):
-        mlflow.set_tracking_uri(store.tracking_uri)
-        mlflow.set_registry_uri(store.tracking_uri)
+    with environment_scope(MLFLOW_HTTP_REQUEST_TIMEOUT=str(http_timeout), MLFLOW_TRACKING_URI=uri,
+                           MLFLOW_HTTP_REQUEST_MAX_RETRIES=str(http_retries), MLFLOW_REGISTRY_URI=uri):
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
         try:
             yield
         finally:
-            mlflow.set_tracking_uri(before[0])
-            mlflow.set_registry_uri(before[1])
+            mlflow.set_tracking_uri(before)  # None: unset again
+            mlflow.set_registry_uri(before)
 
 
 def open_store(store: Store) -> tuple[MlflowClient, str]:
