@@ -77,19 +77,23 @@ def main() -> None:
             )
             r = rows[-1]
             print(
-                f"drop {i + 1:2d} (+{sum(report.records.values()):,} records): {r['total']:5.1f}s = pick-up {r['pickup']:4.1f}s"
+                f"drop {i + 1:2d} (+{sum(report.records.values()):,} records): "
+                f"{r['total']:5.1f}s = pick-up {r['pickup']:4.1f}s"
                 f" + launch {r['launch']:4.1f}s + run {r['run']:4.1f}s (skipped: {r['skipped']})"
             )
             time.sleep(1)
     totals = [r["total"] for r in rows]
     p50, p95 = statistics.median(totals), pct(totals, 0.95)
     print(
-        f"\nLATENCY   {len(rows)} drops, file complete -> predictions scored: p50 {p50:.1f}s, p95 {p95:.1f}s, max {max(totals):.1f}s "
-        f"(pick-up p50 {statistics.median(r['pickup'] for r in rows):.1f}s, launch p50 {statistics.median(r['launch'] for r in rows):.1f}s, "
+        f"\nLATENCY   {len(rows)} drops, file complete -> predictions scored: "
+        f"p50 {p50:.1f}s, p95 {p95:.1f}s, max {max(totals):.1f}s "
+        f"(pick-up p50 {statistics.median(r['pickup'] for r in rows):.1f}s, "
+        f"launch p50 {statistics.median(r['launch'] for r in rows):.1f}s, "
         f"run p50 {statistics.median(r['run'] for r in rows):.1f}s)"
     )
     print(
-        f"BASELINE  hourly cadence: a file waits 1,800 s on average for the next tick -> continuous is {1800 / p50:.0f}x faster at p50"
+        f"BASELINE  hourly cadence: a file waits 1,800 s on average for the next tick -> "
+        f"continuous is {1800 / p50:.0f}x faster at p50"
     )
 
 

@@ -44,21 +44,28 @@ def baseline(landing: Path, db: Path) -> float:
     t0 = time.perf_counter()
     con = duckdb.connect(str(db))
     con.execute("CREATE SCHEMA bronze; CREATE SCHEMA silver; CREATE SCHEMA gold")
-    con.execute(f"""CREATE TABLE bronze.churn_users_bronze AS SELECT *, now() AS _ingested_at FROM read_json('{landing}/users/*.json',
-        format='newline_delimited', filename='_source_file', columns={{'id':'VARCHAR','firstname':'VARCHAR','lastname':'VARCHAR',
+    con.execute(f"""CREATE TABLE bronze.churn_users_bronze AS SELECT *, now() AS _ingested_at
+        FROM read_json('{landing}/users/*.json', format='newline_delimited', filename='_source_file',
+        columns={{'id':'VARCHAR','firstname':'VARCHAR','lastname':'VARCHAR',
         'email':'VARCHAR','address':'VARCHAR','canal':'VARCHAR','country':'VARCHAR','creation_date':'VARCHAR',
         'last_activity_date':'VARCHAR','gender':'DOUBLE','age_group':'DOUBLE','churn':'BOOLEAN'}})""")
-    con.execute(f"""CREATE TABLE bronze.churn_orders_bronze AS SELECT *, now() AS _ingested_at FROM read_json('{landing}/orders/*.json',
-        format='newline_delimited', filename='_source_file', columns={{'user_id':'VARCHAR','id':'VARCHAR','transaction_date':'VARCHAR',
+    con.execute(f"""CREATE TABLE bronze.churn_orders_bronze AS SELECT *, now() AS _ingested_at
+        FROM read_json('{landing}/orders/*.json', format='newline_delimited', filename='_source_file',
+        columns={{'user_id':'VARCHAR','id':'VARCHAR','transaction_date':'VARCHAR',
         'item_count':'DOUBLE','amount':'DOUBLE'}})""")
-    con.execute(f"""CREATE TABLE bronze.churn_app_events AS SELECT *, now() AS _ingested_at FROM read_csv('{landing}/events/*.csv',
+    con.execute(f"""CREATE TABLE bronze.churn_app_events AS SELECT *, now() AS _ingested_at
+        FROM read_csv('{landing}/events/*.csv',
         header=true, all_varchar=true, filename='_source_file')""")
     con.execute(f"""CREATE TABLE silver.churn_users AS
-        SELECT id AS user_id, sha256('k' || sha256('k' || email)) AS email, strptime(creation_date, {P}) AS creation_date,
+        SELECT id AS user_id, sha256('k' || sha256('k' || email)) AS email,
+               strptime(creation_date, {P}) AS creation_date,
                strptime(last_activity_date, {P}) AS last_activity_date,
-               array_to_string(list_transform(string_split(lower(firstname), ' '), lambda w: upper(left(w, 1)) || substr(w, 2)), ' ') AS firstname,
-               array_to_string(list_transform(string_split(lower(lastname), ' '), lambda w: upper(left(w, 1)) || substr(w, 2)), ' ') AS lastname,
-               address, canal, country, trunc(gender)::INT AS gender, trunc(age_group)::INT AS age_group, churn::INT AS churn
+               array_to_string(list_transform(string_split(lower(firstname), ' '),
+                                              lambda w: upper(left(w, 1)) || substr(w, 2)), ' ') AS firstname,
+               array_to_string(list_transform(string_split(lower(lastname), ' '),
+                                              lambda w: upper(left(w, 1)) || substr(w, 2)), ' ') AS lastname,
+               address, canal, country, trunc(gender)::INT AS gender, trunc(age_group)::INT AS age_group,
+               churn::INT AS churn
         FROM bronze.churn_users_bronze WHERE id IS NOT NULL""")
     con.execute(f"""CREATE TABLE silver.churn_orders AS
         SELECT trunc(amount)::INT AS amount, id AS order_id, user_id, trunc(item_count)::INT AS item_count,
@@ -68,7 +75,8 @@ def baseline(landing: Path, db: Path) -> float:
         WITH o AS (SELECT user_id, count(*) order_count, sum(amount) total_amount, sum(item_count) total_item,
                           max(creation_date) last_transaction FROM silver.churn_orders GROUP BY user_id),
              e AS (SELECT user_id, arg_min(platform, strptime(date, {P})) FILTER (WHERE platform IS NOT NULL) platform,
-                          count(*) event_count, count(DISTINCT session_id) session_count, max(strptime(date, {P})) last_event
+                          count(*) event_count, count(DISTINCT session_id) session_count,
+                          max(strptime(date, {P})) last_event
                    FROM bronze.churn_app_events WHERE user_id IS NOT NULL GROUP BY user_id)
         SELECT *, date_diff('day', creation_date::DATE, DATE '{AS_OF[:10]}') days_since_creation,
                date_diff('day', last_activity_date::DATE, DATE '{AS_OF[:10]}') days_since_last_activity,
@@ -121,7 +129,8 @@ def main() -> None:
     t0 = time.perf_counter()
     report = generate_history(src, customers=customers, seed=42, end=date(2026, 11, 1), progress=False)
     print(
-        f"generated {customers:,} customers, {sum(report.records.values()):,} records in {time.perf_counter() - t0:.1f}s"
+        f"generated {customers:,} customers, {sum(report.records.values()):,} records "
+        f"in {time.perf_counter() - t0:.1f}s"
     )
 
     base_times, dag_compute, dag_wall = [], [], []
@@ -159,7 +168,8 @@ def main() -> None:
         compute, wall, steps, rows = dagster_run(last_home)
         inc.append(compute)
         print(
-            f"increment {k + 1} (+{sum(r.records.values()):,} records): dagster compute {compute:.2f}s, wall {wall:.2f}s "
+            f"increment {k + 1} (+{sum(r.records.values()):,} records): "
+            f"dagster compute {compute:.2f}s, wall {wall:.2f}s "
             f"= {compute / c:.1%} of the full load [{layer_times(steps)}]"
         )
     if inc:
@@ -176,7 +186,8 @@ def main() -> None:
         del os.environ["CHURN_COMPACT_EVERY_HOURS"]
         daily = (23 * m + compute) / 24
         print(
-            f"COMPACTING increment (+{sum(r.records.values()):,} records): dagster compute {compute:.2f}s, wall {wall:.2f}s "
+            f"COMPACTING increment (+{sum(r.records.values()):,} records): "
+            f"dagster compute {compute:.2f}s, wall {wall:.2f}s "
             f"[{layer_times(steps)}]; a day of 23 hourly increments + 1 compacting: {daily:.2f}s per increment "
             f"= {daily / c:.1%} of the full load"
         )

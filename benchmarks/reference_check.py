@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         con.close()
         expected, got, mismatches = compare(args.landing, home / "warehouse.duckdb", args.as_of[:10])
         print(
-            f"plain SQL of the contract: {expected:,} customers; pipeline: {got:,}; mismatching customers: {len(mismatches)}"
+            f"plain SQL of the contract: {expected:,} customers; pipeline: {got:,}; "
+            f"mismatching customers: {len(mismatches)}"
         )
         for row in mismatches[:5]:
             print("  pipeline", row[0], "\n  expected", row[1])

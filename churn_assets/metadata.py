@@ -139,7 +139,8 @@ def shareable_example(frame, what: str = "input example"):
 def table_metadata(con: duckdb.DuckDBPyConnection, qualified: str, preview_rows: int = 5) -> dict:
     schema, table = qualified.split(".")
     cols = con.execute(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+        "ORDER BY ordinal_position",
         [schema, table],
     ).fetchall()
     total = con.execute(f"SELECT count(*) FROM {qualified}").fetchall()[0][0]

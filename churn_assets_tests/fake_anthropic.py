@@ -53,9 +53,18 @@ PHRASES = {
     "urgent": {"en": "Until Sunday only.", "fr": "Jusqu'à dimanche.", "es": "Hasta el domingo."},
     "greet": {"en": "Hello {{first_name}},", "fr": "Bonjour {{first_name}},", "es": "Hola {{first_name}},"},
     "more": {
-        "en": "The new collection is in, and we kept your favourite styles in stock. Have a look and choose what you like; returns are free for 30 days.",
-        "fr": "La nouvelle collection est arrivée et nous avons gardé vos styles préférés en stock. Jetez un œil et choisissez ce qui vous plaît ; les retours sont gratuits pendant 30 jours.",
-        "es": "La nueva colección ya está aquí y tenemos tus estilos favoritos en stock. Echa un vistazo y elige lo que te guste; las devoluciones son gratis durante 30 días.",
+        "en": (
+            "The new collection is in, and we kept your favourite styles in stock. "
+            "Have a look and choose what you like; returns are free for 30 days."
+        ),
+        "fr": (
+            "La nouvelle collection est arrivée et nous avons gardé vos styles préférés en stock. "
+            "Jetez un œil et choisissez ce qui vous plaît ; les retours sont gratuits pendant 30 jours."
+        ),
+        "es": (
+            "La nueva colección ya está aquí y tenemos tus estilos favoritos en stock. "
+            "Echa un vistazo y elige lo que te guste; las devoluciones son gratis durante 30 días."
+        ),
     },
 }
 
@@ -75,7 +84,10 @@ def tamper(decision: dict, subject: str | None = None, **append: str) -> dict:
 def copy_for(decision: dict) -> dict:
     texts = {}
     for lang in decision["languages"]:
-        line = f"{PHRASES['greet'][lang]} {PHRASES['offer'][decision['offer']][lang]} {PHRASES['season'][decision['season']][lang]}."
+        line = (
+            f"{PHRASES['greet'][lang]} {PHRASES['offer'][decision['offer']][lang]} "
+            f"{PHRASES['season'][decision['season']][lang]}."
+        )
         if decision["urgency"] == "urgent":
             line += " " + PHRASES["urgent"][lang]
         if decision["style"] == "long":

@@ -47,10 +47,12 @@ def oracle(landing: Path, as_of_date: str) -> duckdb.DuckDBPyConnection:
              ev AS (SELECT user_id, count(*) n, count(DISTINCT session_id) sessions, max(strptime(date, {P})) last_ev
                     FROM e WHERE user_id IS NOT NULL GROUP BY user_id)
         SELECT u.id AS user_id, ord.n AS order_count, ord.amt AS total_amount, ord.items AS total_item,
-               ord.last_tx AS last_transaction, ev.n AS event_count, ev.sessions AS session_count, ev.last_ev AS last_event,
+               ord.last_tx AS last_transaction, ev.n AS event_count, ev.sessions AS session_count,
+               ev.last_ev AS last_event,
                u.churn::INT AS churn, u.gender::INT AS gender, u.age_group::INT AS age_group, u.canal, u.country,
                datediff('day', strptime(u.creation_date, {P})::DATE, DATE '{as_of_date}') AS days_since_creation,
-               datediff('day', strptime(u.last_activity_date, {P})::DATE, DATE '{as_of_date}') AS days_since_last_activity,
+               datediff('day', strptime(u.last_activity_date, {P})::DATE, DATE '{as_of_date}')
+                   AS days_since_last_activity,
                datediff('day', ev.last_ev::DATE, DATE '{as_of_date}') AS days_last_event
         FROM u JOIN ord ON ord.user_id = u.id JOIN ev ON ev.user_id = u.id WHERE u.id IS NOT NULL""")
     return con

@@ -125,7 +125,8 @@ def test_what_happens_to_each_kind_of_bad_input(home):
     assert one(home, "SELECT gender FROM bronze.churn_users_bronze WHERE id = 'u-21'") is None
     extra = query(
         home,
-        "SELECT event_id, _rescued_data FROM bronze.churn_app_events WHERE _source_file = 'events/extra_column.csv' ORDER BY event_id",
+        "SELECT event_id, _rescued_data FROM bronze.churn_app_events "
+        "WHERE _source_file = 'events/extra_column.csv' ORDER BY event_id",
     )
     assert json.loads(extra[0][1])["campaign"] == "spring" and extra[1][1] is None
     assert one(home, "SELECT date FROM bronze.churn_app_events WHERE event_id = 'e6'") is None

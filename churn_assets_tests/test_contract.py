@@ -75,7 +75,8 @@ def test_silver_users_cleaning(built):
     types = dict(
         query(
             built,
-            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema='silver' AND table_name='churn_users'",
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema='silver' AND table_name='churn_users'",
         )
     )
     assert types["gender"] == types["age_group"] == types["churn"] == "INTEGER"
@@ -122,7 +123,6 @@ def test_dashboard_kpis_on_the_reference_slice(tmp_path):
     revenue = raw.execute("""
         WITH v AS (SELECT trunc(amount)::INT AS amount, strptime(transaction_date, '%m-%d-%Y %H:%M:%S') AS t
                    FROM o WHERE id IS NOT NULL AND user_id IS NOT NULL)
-        SELECT sum(amount) FROM v WHERE date_trunc('month', t) = (SELECT max(date_trunc('month', t)) FROM v)""").fetchall()[
-        0
-    ][0]
+        SELECT sum(amount) FROM v
+        WHERE date_trunc('month', t) = (SELECT max(date_trunc('month', t)) FROM v)""").fetchall()[0][0]
     assert (kpis["customers_churned"], kpis["revenue_latest_month"]) == (churned, revenue) == (1303, 105762)

@@ -82,7 +82,8 @@ def sql_rows(home, name):
         r[0]
         for r in query(
             home,
-            f"SELECT column_name FROM information_schema.columns WHERE table_schema='dashboard' AND table_name='{name}' ORDER BY ordinal_position",
+            f"SELECT column_name FROM information_schema.columns "
+            f"WHERE table_schema='dashboard' AND table_name='{name}' ORDER BY ordinal_position",
         )
     ]
     from churn_assets.defs.dashboards.page import records
@@ -106,7 +107,7 @@ def test_every_figure_is_a_table_downstream_of_what_it_reads(cycle):
     graph = defs.resolve_asset_graph()
 
     def parents(k):
-        return {p.to_user_string() for p in graph.get(__import__("dagster").AssetKey(k.split("/"))).parent_keys}  # noqa: E731
+        return {p.to_user_string() for p in graph.get(__import__("dagster").AssetKey(k.split("/"))).parent_keys}
 
     assert parents("dashboard/revenue_by_month") == {"silver/churn_orders"}
     assert parents("dashboard/kpis") == {"silver/churn_users", "silver/churn_orders", "gold/churn_prediction"}
@@ -128,7 +129,8 @@ def test_kpis_equal_sql_on_the_base_tables(cycle):
     assert kpis["revenue_at_risk"] == one(
         home,
         """SELECT sum(o.amount) FROM silver.churn_orders o
-        WHERE date_trunc('month', o.creation_date) = ? AND o.user_id IN (SELECT user_id FROM gold.churn_prediction WHERE churn_prediction = 1)""",
+        WHERE date_trunc('month', o.creation_date) = ?
+          AND o.user_id IN (SELECT user_id FROM gold.churn_prediction WHERE churn_prediction = 1)""",
         [latest],
     )
     assert 0 < kpis["revenue_at_risk"] < kpis["revenue_latest_month"]
@@ -200,7 +202,8 @@ def test_page_in_headless_chromium(cycle, tmp_path):
         page.evaluate("window.chartsRendered.then(results => results.length)")
         charts = page.eval_on_selector_all(
             "div.chart",
-            "els => els.map(e => [e.dataset.figure, e.querySelectorAll('svg.marks .role-mark path, svg.marks .role-mark line').length])",
+            "els => els.map(e => [e.dataset.figure, "
+            "e.querySelectorAll('svg.marks .role-mark path, svg.marks .role-mark line').length])",
         )
         # Nothing cut: no label shortened with an ellipsis, no chart wider than its column.
         texts = page.eval_on_selector_all("div.chart svg text", "els => els.map(e => e.textContent)")

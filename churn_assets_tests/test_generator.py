@@ -104,7 +104,8 @@ def test_label_rule_for_customers_meeting_no_condition(tmp_path):
     assert rate[1] > 500
     assert 0.15 < rate[0] < 0.29
     usa = con.execute(f"""
-        SELECT avg(churn::INT) FROM read_json('{land}/users/*.json', format='newline_delimited', columns={{'country':'VARCHAR','churn':'BOOLEAN'}})
+        SELECT avg(churn::INT) FROM read_json('{land}/users/*.json', format='newline_delimited',
+                                              columns={{'country':'VARCHAR','churn':'BOOLEAN'}})
         WHERE country = 'USA'""").fetchall()[0][0]
     assert 0.76 < usa < 0.84  # a condition holds: 80 %
 

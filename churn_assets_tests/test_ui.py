@@ -121,7 +121,8 @@ def test_asset_graph_shows_every_group_with_its_assets(ui, tmp_path):
         open_groups = ",".join(f"global@global:{g}" for g in sorted(GROUPS))
         page.add_init_script(f"""
             localStorage.setItem('asset-graph-direction', JSON.stringify('vertical'));
-            localStorage.setItem('asset-graph-open-graph-nodes-global-__GLOBAL__', JSON.stringify({{expanded: '{open_groups}'}}));
+            localStorage.setItem('asset-graph-open-graph-nodes-global-__GLOBAL__',\
+ JSON.stringify({{expanded: '{open_groups}'}}));
             localStorage.setItem('dagster-nav-collapsed', 'true');
             {NO_PROMPT}""")
         page.goto(url)
@@ -137,7 +138,8 @@ def test_asset_graph_shows_every_group_with_its_assets(ui, tmp_path):
                 name: fo.querySelector('[data-tooltip]')?.getAttribute('data-tooltip'), rect: rect(fo)}));
             const nodes = [...document.querySelectorAll('foreignObject')]
                 .filter(fo => fo.querySelector('[class*="AssetNode_assetName"]'))
-                .map(fo => ({label: fo.querySelector('[class*="AssetNode_assetName"]').textContent.trim(), rect: rect(fo)}));
+                .map(fo => ({label: fo.querySelector('[class*="AssetNode_assetName"]').textContent.trim(),\
+ rect: rect(fo)}));
             return {groups, nodes};
         }""")
         shot = tmp_path / "asset-graph.png"
@@ -184,7 +186,8 @@ def automation_states(port: int) -> dict[str, bool]:
         )
         states = page.evaluate(
             """names => Object.fromEntries(names.map(name => {
-            let row = [...document.querySelectorAll('*')].find(e => e.children.length === 0 && e.textContent.trim() === name);
+            let row = [...document.querySelectorAll('*')].find(e => e.children.length === 0 &&\
+ e.textContent.trim() === name);
             // A row holds two checkboxes: the row's selection, then the on/off switch.
             while (row && row.querySelectorAll('input[type=checkbox]').length < 2) row = row.parentElement;
             return [name, row.querySelectorAll('input[type=checkbox]')[1].checked];

@@ -1,1 +1,2 @@
-"""The Dagster definitions, one folder per domain in the order the data flows (loaded by ``churn_assets.definitions``)."""
+"""The Dagster definitions, one folder per domain in the order the data flows
+(loaded by ``churn_assets.definitions``)."""

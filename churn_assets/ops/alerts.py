@@ -85,7 +85,10 @@ def duration_verdict(
     if len(history) >= min_history:
         median = statistics.median(history)
         if median > 0 and duration > factor * median:
-            return f"running {duration:.0f}s, more than {factor:g} x the median {median:.1f}s of the last {len(history)} successful runs"
+            return (
+                f"running {duration:.0f}s, more than {factor:g} x the median {median:.1f}s "
+                f"of the last {len(history)} successful runs"
+            )
     return None
 
 
@@ -109,7 +112,8 @@ class AlertStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute(
-                """CREATE TABLE IF NOT EXISTS alerts (alert_id TEXT PRIMARY KEY, raised_at TEXT, kind TEXT, job_name TEXT,
+                """CREATE TABLE IF NOT EXISTS alerts (alert_id TEXT PRIMARY KEY, raised_at TEXT, kind TEXT,
+                   job_name TEXT,
                    run_id TEXT, reason TEXT, link TEXT, delivered_to TEXT, UNIQUE (kind, run_id))"""
             )
             have = {r[1] for r in db.execute("PRAGMA table_info(alerts)")}
@@ -146,7 +150,8 @@ class AlertStore:
             return [
                 r[0]
                 for r in db.execute(
-                    "SELECT alert_id FROM alerts WHERE state = 'pending' AND next_attempt_at <= ? AND claimed_until <= ? "
+                    "SELECT alert_id FROM alerts WHERE state = 'pending' "
+                    "AND next_attempt_at <= ? AND claimed_until <= ? "
                     "ORDER BY raised_at",
                     [now, now],
                 )

@@ -53,14 +53,18 @@ Answer with one JSON object and nothing else, in this form:
 Example request:
 {"style": "short", "languages": ["en"], "offer": "discount", "urgency": "urgent", "season": "autumn"}
 Example answer:
-{"subject": null, "texts": {"en": "Hi {{first_name}}, 15% off your next order until Sunday - new coats and boots are in."}}
+{"subject": null, "texts": {"en": "Hi {{first_name}}, 15% off your next order until Sunday - \
+new coats and boots are in."}}
 
 Example request:
 {"style": "long", "languages": ["en", "fr"], "offer": "free_shipping", "urgency": "normal", "season": "summer"}
 Example answer:
 {"subject": "Your next order ships free", "texts": {
- "en": "Hi {{first_name}},\\n\\nSummer is here and so are our new linen shirts and light dresses. Your next order ships free: pick your favourites whenever you like, and returns stay free for 30 days.",
- "fr": "Bonjour {{first_name}},\\n\\nL'été est là, et nos nouvelles chemises en lin et robes légères aussi. La livraison de votre prochaine commande est offerte : choisissez vos pièces préférées quand vous le souhaitez, les retours restent gratuits pendant 30 jours."}}
+ "en": "Hi {{first_name}},\\n\\nSummer is here and so are our new linen shirts and light dresses. \
+Your next order ships free: pick your favourites whenever you like, and returns stay free for 30 days.",
+ "fr": "Bonjour {{first_name}},\\n\\nL'été est là, et nos nouvelles chemises en lin et robes légères aussi. \
+La livraison de votre prochaine commande est offerte : choisissez vos pièces préférées quand vous le souhaitez, \
+les retours restent gratuits pendant 30 jours."}}
 """
 
 

@@ -18,13 +18,25 @@ SUBJECT_MAX = 80
 # Words the copy must never contain, in every language it may be written in.
 FORBIDDEN = {
     "churn or risk": r"churn|\brisk|at[- ]risk|risque|riesgo|abandon|leaving us|quitter|dejarnos",
-    "gender": r"\bgender\b|\bmale\b|\bfemale\b|\bwom[ae]n\b|\bm[ae]n\b|\bsir\b|madam|monsieur|madame|mademoiselle|señor|señora|genre|género",
-    "channel": r"\bsms\b|text message|e-?mail|\bapp\b|webapp|\bphone\b|mobile|push notification|courriel|correo|móvil|t[ée]l[ée]phone",
-    "country": r"france|french|spain|spanish|españa|espagne|espagnol|united states|america|états-unis|estados unidos|francia|fran[çc]ais",
+    "gender": (
+        r"\bgender\b|\bmale\b|\bfemale\b|\bwom[ae]n\b|\bm[ae]n\b|\bsir\b|madam|monsieur|madame|mademoiselle|"
+        r"señor|señora|genre|género"
+    ),
+    "channel": (
+        r"\bsms\b|text message|e-?mail|\bapp\b|webapp|\bphone\b|mobile|push notification|"
+        r"courriel|correo|móvil|t[ée]l[ée]phone"
+    ),
+    "country": (
+        r"france|french|spain|spanish|españa|espagne|espagnol|united states|america|"
+        r"états-unis|estados unidos|francia|fran[çc]ais"
+    ),
 }
 # Case-sensitive: "usa" is also a Spanish verb.
 FORBIDDEN_EXACT = {"country": r"\bUSA\b|\bU\.S\.?\b|\bUS\b"}
-CLOSINGS = r"(best regards|kind regards|regards|cheers|sincerely|cordialement|bien à vous|saludos|atentamente|un saludo|the team|l'équipe|el equipo)[\s,.!]*$"
+CLOSINGS = (
+    r"(best regards|kind regards|regards|cheers|sincerely|cordialement|bien à vous|"
+    r"saludos|atentamente|un saludo|the team|l'équipe|el equipo)[\s,.!]*$"
+)
 LANGUAGE_MARKERS = {
     "en": r"\b(the|your|you|and|with|our)\b",
     "fr": r"\b(le|la|les|votre|vous|avec|nos|et)\b",

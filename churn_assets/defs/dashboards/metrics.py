@@ -41,7 +41,8 @@ METRICS = [
           UNION ALL SELECT 'churn_rate', avg(churn), NULL, 3 FROM silver.churn_users
           UNION ALL SELECT 'revenue_latest_month', coalesce(sum(amount), 0), strftime({LATEST_MONTH}, '%Y-%m'), 4
                     FROM silver.churn_orders WHERE date_trunc('month', creation_date) = {LATEST_MONTH}
-          UNION ALL SELECT 'customers_at_risk', count(*) FILTER (churn_prediction = 1), NULL, 5 FROM gold.churn_prediction
+          UNION ALL SELECT 'customers_at_risk', count(*) FILTER (churn_prediction = 1), NULL, 5
+                    FROM gold.churn_prediction
           UNION ALL SELECT 'revenue_at_risk', coalesce(sum(o.amount), 0), strftime({LATEST_MONTH}, '%Y-%m'), 6
                     FROM silver.churn_orders o JOIN gold.churn_prediction p USING (user_id)
                     WHERE p.churn_prediction = 1 AND date_trunc('month', o.creation_date) = {LATEST_MONTH}
@@ -61,7 +62,8 @@ METRICS = [
         "churn_by_platform",
         "churn analysis",
         (FEATURES,),
-        """SELECT coalesce(platform, 'unknown') AS platform, CASE WHEN churn = 1 THEN 'churned' ELSE 'stayed' END AS status,
+        """SELECT coalesce(platform, 'unknown') AS platform,
+                  CASE WHEN churn = 1 THEN 'churned' ELSE 'stayed' END AS status,
                   count(*) AS customers
            FROM gold.churn_features GROUP BY ALL ORDER BY 1, 2""",
         "Customers per first platform seen, churned vs not.",
@@ -70,7 +72,8 @@ METRICS = [
         "churn_by_gender",
         "churn analysis",
         (SILVER_USERS,),
-        """SELECT coalesce(gender::VARCHAR, 'unknown') AS gender, CASE WHEN churn = 1 THEN 'churned' ELSE 'stayed' END AS status,
+        """SELECT coalesce(gender::VARCHAR, 'unknown') AS gender,
+                  CASE WHEN churn = 1 THEN 'churned' ELSE 'stayed' END AS status,
                   count(*) AS customers
            FROM silver.churn_users GROUP BY ALL ORDER BY 1, 2""",
         "Customers per gender (0/1 as in the source), churned vs not.",
@@ -96,7 +99,8 @@ METRICS = [
         "predicted_churn_by_channel",
         "churn prediction",
         (PREDICTION, FEATURES),
-        """SELECT coalesce(f.canal, 'unknown') AS canal, count(*) AS customers, count(*) FILTER (p.churn_prediction = 1) AS at_risk,
+        """SELECT coalesce(f.canal, 'unknown') AS canal, count(*) AS customers,
+                  count(*) FILTER (p.churn_prediction = 1) AS at_risk,
                   round(avg(p.churn_prediction), 4) AS at_risk_share
            FROM gold.churn_prediction p JOIN gold.churn_features f USING (user_id) GROUP BY 1 ORDER BY 1""",
         "Customers predicted to churn, per channel.",

@@ -275,19 +275,24 @@ def render(
         detail = f'<span class="detail">{html.escape(row["detail"])}</span>' if row.get("detail") else ""
         return (
             f'<div class="kpi" data-kpi="{name}" data-value="{jsonable(row["value"])}">'
-            f'<span class="label">{KPI_LABELS[name][0]}</span><span class="value">{_fmt_kpi(name, row["value"])}</span>{detail}</div>'
+            f'<span class="label">{KPI_LABELS[name][0]}</span>'
+            f'<span class="value">{_fmt_kpi(name, row["value"])}</span>{detail}</div>'
         )
 
     freshness = _table("layer_freshness", fig["layer_freshness"])
     alerts = _table("alerts", fig.get("alerts", []), limit=20)
     sections = f"""
 <section><h2>Churn analysis <small>what happened</small></h2>
-  <div class="kpis">{tile("customers")}{tile("customers_churned")}{tile("churn_rate")}{tile("revenue_latest_month")}</div>
-  <div class="grid">{_chart("revenue_by_month")}{_chart("churn_by_platform")}{_chart("churn_by_gender")}{_chart("revenue_by_channel")}</div>
+  <div class="kpis">{tile("customers")}{tile("customers_churned")}\
+{tile("churn_rate")}{tile("revenue_latest_month")}</div>
+  <div class="grid">{_chart("revenue_by_month")}{_chart("churn_by_platform")}\
+{_chart("churn_by_gender")}{_chart("revenue_by_channel")}</div>
 </section>
-<section><h2>Churn prediction <small>what is about to happen · model churn_model v{html.escape(model_version)}</small></h2>
+<section><h2>Churn prediction <small>what is about to happen · \
+model churn_model v{html.escape(model_version)}</small></h2>
   <div class="kpis">{tile("customers_at_risk")}{tile("revenue_at_risk")}</div>
-  <div class="grid">{_chart("predicted_churn_by_country")}{_chart("predicted_churn_by_channel")}{_chart("predicted_churn_by_tenure")}</div>
+  <div class="grid">{_chart("predicted_churn_by_country")}{_chart("predicted_churn_by_channel")}\
+{_chart("predicted_churn_by_tenure")}</div>
   <h3>Customers at risk, highest risk and value first</h3>
   <div class="scroll">{_table("at_risk_customers", fig["at_risk_customers"], limit=100)}</div>
 </section>
@@ -299,7 +304,8 @@ def render(
   <div class="scroll">{_table("ingestion_daily", fig["ingestion_daily"])}</div>
 </section>
 <section><h2>Pipeline health</h2>
-  <div class="grid">{_chart("pipeline_runs")}<div><h3>Freshness per layer (UTC)</h3>{freshness}<h3>Alerts raised</h3>{alerts}</div></div>
+  <div class="grid">{_chart("pipeline_runs")}<div><h3>Freshness per layer (UTC)</h3>{freshness}\
+<h3>Alerts raised</h3>{alerts}</div></div>
 </section>"""
     data_json = json.dumps({name: records(rows) for name, rows in fig.items()}, separators=(",", ":")).replace(
         "</", "<\\/"
@@ -309,11 +315,15 @@ def render(
 <html lang="en"><head><meta charset="utf-8"><title>churn_assets · dashboards</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
- body {{ font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 0; background: #f5f6f8; color: #1f2933; }}
- header {{ background: #1f2933; color: #fff; padding: 14px 28px; display: flex; flex-wrap: wrap; gap: 28px; align-items: baseline; }}
+ body {{ font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;\
+ margin: 0; background: #f5f6f8; color: #1f2933; }}
+ header {{ background: #1f2933; color: #fff; padding: 14px 28px;\
+ display: flex; flex-wrap: wrap; gap: 28px; align-items: baseline; }}
  header h1 {{ font-size: 20px; margin: 0; }} header span {{ font-size: 13px; opacity: .85; }}
- section {{ background: #fff; margin: 18px 28px; padding: 8px 20px 18px; border-radius: 8px; box-shadow: 0 1px 3px rgba(0,0,0,.08); }}
- h2 {{ font-size: 18px; }} h2 small {{ font-weight: normal; color: #7b8794; font-size: 13px; margin-left: 8px; }} h3 {{ font-size: 14px; color: #3e4c59; }}
+ section {{ background: #fff; margin: 18px 28px; padding: 8px 20px 18px; border-radius: 8px;\
+ box-shadow: 0 1px 3px rgba(0,0,0,.08); }}
+ h2 {{ font-size: 18px; }} h2 small {{ font-weight: normal; color: #7b8794; font-size: 13px; margin-left: 8px; }}\
+ h3 {{ font-size: 14px; color: #3e4c59; }}
  .kpis {{ display: flex; flex-wrap: wrap; gap: 14px; margin-bottom: 10px; }}
  .kpi {{ border: 1px solid #e4e7eb; border-radius: 6px; padding: 10px 16px; min-width: 170px; }}
  .kpi .label {{ display: block; font-size: 12px; color: #616e7c; }} .kpi .value {{ font-size: 24px; font-weight: 600; }}
@@ -321,7 +331,8 @@ def render(
  .grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 10px; }}
  .chart {{ min-height: 260px; }}
  .scroll {{ max-height: 300px; overflow: auto; }}
- table {{ border-collapse: collapse; font-size: 12px; }} th, td {{ border-bottom: 1px solid #e4e7eb; padding: 3px 8px; text-align: left; }}
+ table {{ border-collapse: collapse; font-size: 12px; }}\
+ th, td {{ border-bottom: 1px solid #e4e7eb; padding: 3px 8px; text-align: left; }}
  th {{ position: sticky; top: 0; background: #f5f6f8; }}
 </style></head>
 <body>

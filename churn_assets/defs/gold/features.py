@@ -59,7 +59,8 @@ def churn_features_sql(users: str | None = None) -> str:
         FROM silver.churn_orders WHERE true {only} GROUP BY user_id
     ), events AS (
         SELECT user_id,
-               arg_min(platform, struct_pack(t := ts, f := _file_id, r := _row_no)) FILTER (WHERE platform IS NOT NULL) AS platform,
+               arg_min(platform, struct_pack(t := ts, f := _file_id, r := _row_no))
+                   FILTER (WHERE platform IS NOT NULL) AS platform,
                count(*)::INTEGER AS event_count, count(DISTINCT session_id)::INTEGER AS session_count,
                max(ts) AS last_event
         FROM (SELECT user_id, platform, session_id, _file_id, _row_no, try_strptime(date, '{TS_FORMAT}') AS ts
@@ -118,7 +119,8 @@ def build_churn_features(con: duckdb.DuckDBPyConnection, as_of: datetime, full: 
             con.execute(
                 "CREATE OR REPLACE TEMP TABLE _gold_affected AS "
                 + " UNION ".join(
-                    f"SELECT user_id FROM {src} WHERE _file_id > {int(lows[src])} AND _file_id <= {int(highs[src])} AND user_id IS NOT NULL"
+                    f"SELECT user_id FROM {src} WHERE _file_id > {int(lows[src])} "
+                    f"AND _file_id <= {int(highs[src])} AND user_id IS NOT NULL"
                     for src in GOLD_SOURCES
                 )
                 + " UNION SELECT user_id FROM ops.gold_pending_users"

@@ -60,8 +60,12 @@ def configured(store: Store, http_timeout: int, http_retries: int) -> Iterator[N
     uri = store.tracking_uri
     # A remote server that is down must fail in seconds, not after MLflow's default
     # 7 retries with backoff.
-    with environment_scope(MLFLOW_HTTP_REQUEST_TIMEOUT=str(http_timeout), MLFLOW_TRACKING_URI=uri,
-                           MLFLOW_HTTP_REQUEST_MAX_RETRIES=str(http_retries), MLFLOW_REGISTRY_URI=uri):
+    with environment_scope(
+        MLFLOW_HTTP_REQUEST_TIMEOUT=str(http_timeout),
+        MLFLOW_TRACKING_URI=uri,
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES=str(http_retries),
+        MLFLOW_REGISTRY_URI=uri,
+    ):
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         try:
