@@ -3,10 +3,7 @@ temporary CHURN_HOME, a materialize helper and warehouse queries (fixtures are i
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -14,6 +11,7 @@ import duckdb
 import pytest
 
 from churn_assets.definitions import defs as project_defs
+from churn_assets.settings import environment_scope
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "fixtures" / "dbdemos-sample"
@@ -39,24 +37,9 @@ def project_env(home: Path, as_of: str = AS_OF, **extra: str) -> dict[str, str]:
     return {"CHURN_HOME": str(home), "CHURN_AS_OF": as_of, "CHURN_SETTLE_SECONDS": "0", **extra}
 
 
-@contextlib.contextmanager
-def environment(**values: str) -> Iterator[None]:
-    """These variables set for the block, as a user's shell would set them."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def load_defs(home: Path, as_of: str = AS_OF, **env: str) -> dg.Definitions:
     """The project's definitions as the code location loads them for ``home``."""
-    with environment(**project_env(home, as_of, **env)):
+    with environment_scope(**project_env(home, as_of, **env)):
         return project_defs()
 
 
