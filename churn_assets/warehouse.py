@@ -164,6 +164,16 @@ def describe_holder(path: Path | str, lock_error: str) -> str:
     return f"pid {pid}" if pid else "another process"
 
 
+def _being_created(path: Path | str, error: str) -> bool:
+    """Another process is creating the file this very moment: DuckDB sees a file that is
+    not a database yet. A file that stays that way is corrupt, and its error is raised."""
+    try:
+        young = time.time() - Path(path).stat().st_mtime < 10
+    except OSError:
+        return False
+    return young and "not a valid DuckDB database" in error
+
+
 def connect_writer(
     path: Path | str, *, wait_seconds: float, holder: str, memory_limit: str | None = None, poll_seconds: float = 0.5
 ) -> duckdb.DuckDBPyConnection:
@@ -175,7 +185,7 @@ def connect_writer(
             con = connect(path, memory_limit=memory_limit)
             break
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower():
+            if "lock" not in str(exc).lower() and not _being_created(path, str(exc)):
                 raise
             if time.monotonic() >= deadline:
                 raise WarehouseBusy(
@@ -208,7 +218,7 @@ def when_free(read, path: Path | str, wait_seconds: float, poll_seconds: float =
         try:
             return read()
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower():
+            if "lock" not in str(exc).lower() and not _being_created(path, str(exc)):
                 raise
             if time.monotonic() >= deadline:
                 return f"warehouse {path} is busy: held by {describe_holder(path, str(exc))}"
