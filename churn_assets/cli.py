@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -303,11 +304,10 @@ def cmd_settings(args: argparse.Namespace) -> int:
         print(Settings.markdown_table())
         return 0
     current = Settings.load()
-    for env, _default, _ in Settings.reference():
-        name = next(f for f in Settings.__dataclass_fields__.values() if f.metadata["env"] == env)
-        value = getattr(current, name.name)
-        shown = ("set" if value else "unset") if name.metadata["secret"] else value
-        print(f"{env}={shown}")
+    for f in dataclasses.fields(Settings):
+        value = getattr(current, f.name)
+        shown = ("set" if value else "unset") if f.metadata["secret"] else value
+        print(f"{f.metadata['env']}={shown}")
     return 0
 
 

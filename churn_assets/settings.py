@@ -296,7 +296,7 @@ class Settings:
             raw = env.get(meta["env"], "").strip()
             if not raw:
                 if isinstance(f.default, Path):
-                    values[f.name] = meta["parse"](str(f.default))
+                    values[f.name] = _default(f)
                 continue
             shown = "(set)" if meta["secret"] else repr(raw)
             if meta["choices"] and raw not in meta["choices"]:
@@ -322,16 +322,14 @@ class Settings:
     @classmethod
     def read_one(cls, name: str, environ: Mapping[str, str] | None = None):
         """One setting, without reading the others (for hot paths such as a fault point)."""
-        f = next(f for f in dataclasses.fields(cls) if f.name == name)
+        f = _field(name)
         raw = (os.environ if environ is None else environ).get(f.metadata["env"], "").strip()
-        if raw:
-            return f.metadata["parse"](raw)
-        return f.metadata["parse"](str(f.default)) if isinstance(f.default, Path) else f.default
+        return f.metadata["parse"](raw) if raw else _default(f)
 
     @staticmethod
     def env_name(name: str) -> str:
         """The environment variable of the setting ``name``."""
-        return next(f.metadata["env"] for f in dataclasses.fields(Settings) if f.name == name)
+        return _field(name).metadata["env"]
 
     @staticmethod
     def reference() -> list[tuple[str, str, str]]:
@@ -403,6 +401,15 @@ class Settings:
     @property
     def dashboard_dir(self) -> Path:
         return self.home / "dashboard"
+
+
+def _field(name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(Settings) if f.name == name)
+
+
+def _default(f: dataclasses.Field):
+    """A setting's value when its variable is unset (a path default resolved as a set one would be)."""
+    return f.metadata["parse"](str(f.default)) if isinstance(f.default, Path) else f.default
 
 
 @contextlib.contextmanager
