@@ -3,6 +3,7 @@ temporary CHURN_HOME, a materialize helper and warehouse queries (fixtures are i
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,26 @@ from churn_assets.settings import environment_scope
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "fixtures" / "dbdemos-sample"
 AS_OF = "2023-06-10T00:00:00"
+
+
+def user_record(key: str, **fields) -> str:
+    """One well-formed landing user (a JSON line, in the reference format) with id ``key``;
+    ``fields`` override or add values (e.g. a malformed one)."""
+    base = {
+        "id": key,
+        "firstname": "ann",
+        "lastname": "lee",
+        "email": f"{key}@x.org",
+        "address": "1 St\nTown",
+        "canal": "WEBAPP",
+        "country": "FR",
+        "creation_date": "01-30-2023 00:00:00",
+        "last_activity_date": "06-04-2023 02:06:29",
+        "gender": 1.0,
+        "age_group": 2.0,
+        "churn": True,
+    }
+    return json.dumps({**base, **fields}, ensure_ascii=False)
 
 
 def sample_available() -> bool:

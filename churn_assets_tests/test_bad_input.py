@@ -7,28 +7,14 @@ import json
 import dagster as dg
 import pytest
 
-from churn_assets_tests.helpers import materialize, one, query
+from churn_assets_tests.helpers import materialize, one, query, user_record
 
 pytestmark = pytest.mark.slow  # a whole cycle, a subprocess or a server per test
 
-GOOD_USER = {
-    "id": "u-1",
-    "firstname": "ann",
-    "lastname": "lee",
-    "email": "a@x.org",
-    "address": "1 St\nTown",
-    "canal": "WEBAPP",
-    "country": "FR",
-    "creation_date": "01-30-2023 00:00:00",
-    "last_activity_date": "06-04-2023 02:06:29",
-    "gender": 1.0,
-    "age_group": 2.0,
-    "churn": True,
-}
-
 
 def user(i, **kw):
-    return json.dumps({**GOOD_USER, "id": f"u-{i}", **kw}, ensure_ascii=False)
+    # The e-mail as before this record moved to helpers: one address for every user of this file.
+    return user_record(f"u-{i}", **{"email": "a@x.org", **kw})
 
 
 def records_landed(path) -> int:

@@ -22,6 +22,7 @@ from churn_assets.pseudonym_key import key_path
 from churn_assets.warehouse import connect
 from churn_assets_tests import reference_oracle
 from churn_assets_tests.helpers import SAMPLE, land_sample, materialize, needs_sample, one, query
+from churn_assets_tests.helpers import user_record as user
 from churn_assets_tests.landing_state import accounting, differences, snapshot
 
 pytestmark = [needs_sample, pytest.mark.slow]
@@ -35,24 +36,6 @@ def sample_file(source: str, i: int) -> Path:
 
 def lines_of(path: Path) -> list[bytes]:
     return path.read_bytes().splitlines(keepends=True)
-
-
-def user(key: str, **kw) -> str:
-    base = {
-        "id": key,
-        "firstname": "ann",
-        "lastname": "lee",
-        "email": f"{key}@x.org",
-        "address": "1 St\nTown",
-        "canal": "WEBAPP",
-        "country": "FR",
-        "creation_date": "01-30-2023 00:00:00",
-        "last_activity_date": "06-04-2023 02:06:29",
-        "gender": 1.0,
-        "age_group": 2.0,
-        "churn": True,
-    }
-    return json.dumps({**base, **kw}, ensure_ascii=False)
 
 
 # One e-mail pseudonym key for every home of this file: each home would otherwise get its own
