@@ -205,20 +205,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_mode(args: argparse.Namespace) -> int:
-
     from churn_assets.defs.automation import mode as modes
 
     home = _dagster_home()
-    with _instance() as instance:
-        if args.mode:
-            # Dagster's CLI (it loads the code location) logs to stdout and stderr: kept for --verbose.
-            with _output_to(None if args.verbose else Settings.load().logs_dir / "mode.log"):
-                dagster = str(Path(sys.executable).with_name("dagster"))
-                on = modes.set_mode(instance, args.mode, dagster, environment_with(DAGSTER_HOME=str(home)), None)
-            print(f"cadence: {', '.join(on)} (switched; the daemon of `churn ui` / `dg dev` applies it)")
-        else:
+    url = modes.running_ui(home)
+    if url:
+        # `churn ui` is up: its GraphQL API reads and switches in well under a second.
+        on = modes.set_mode_through_ui(url, args.mode) if args.mode else modes.ui_modes(url)
+    elif args.mode:
+        # Dagster's CLI (it loads the code location) logs to stdout and stderr: kept for --verbose.
+        with _instance() as instance, _output_to(None if args.verbose else Settings.load().logs_dir / "mode.log"):
+            dagster = str(Path(sys.executable).with_name("dagster"))
+            on = modes.set_mode(instance, args.mode, dagster, environment_with(DAGSTER_HOME=str(home)), None)
+    else:
+        with _instance() as instance:
             on = modes.current_modes(instance)
-            print(f"cadence: {', '.join(on) or 'none (every trigger is off)'}")
+    if args.mode:
+        how = "" if url else "; with `churn ui` running a switch takes under a second"
+        print(f"cadence: {', '.join(on)} (switched; the daemon of `churn ui` / `dg dev` applies it{how})")
+    else:
+        print(f"cadence: {', '.join(on) or 'none (every trigger is off)'}")
     return 0
 
 
@@ -273,10 +279,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Where `churn mode` finds this webserver (and switches through its GraphQL API, fast).
+    from churn_assets.defs.automation.mode import UI_FILE
+
+    reachable = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    (home / UI_FILE).write_text(f"http://{reachable}:{args.port}\n")
     tree: set[int] = set()
-    while child.poll() is None and not stopping:
-        tree |= _descendants(child.pid)  # remembered: a child reparented on exit is still ours
-        time.sleep(0.5)
+    try:
+        while child.poll() is None and not stopping:
+            tree |= _descendants(child.pid)  # remembered: a child reparented on exit is still ours
+            time.sleep(0.5)
+    finally:
+        (home / UI_FILE).unlink(missing_ok=True)
     if child.poll() is None:
         tree |= _descendants(child.pid)
         # dg dev shuts its webserver, daemon and code servers down on SIGINT; what is left

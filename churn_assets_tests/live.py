@@ -19,6 +19,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from churn_assets.defs.automation.mode import UI_FILE
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -119,9 +121,12 @@ class LiveDagster:
         )
         wait_until_serving(self.port, self.proc, self.churn_home / "dagster-dev.log")
         os.environ["DAGSTER_HOME"] = str(self.dagster_home)
+        # As `churn ui` does: `churn mode` finds this webserver and switches through its GraphQL API.
+        (self.dagster_home / UI_FILE).write_text(f"http://127.0.0.1:{self.port}\n")
         return self
 
     def __exit__(self, *exc):
+        (self.dagster_home / UI_FILE).unlink(missing_ok=True)
         if self.proc:
             stop(self.proc)
         self.webhook.close()

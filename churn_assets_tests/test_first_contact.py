@@ -347,7 +347,23 @@ def test_churn_mode_answers_fast_and_quietly(project):
     assert switched.returncode == 0 and switched.stderr == "" and len(switched.stdout.splitlines()) == 1
     now = subprocess.run([str(VENV_BIN / "churn"), "mode"], env=env, cwd=project, capture_output=True, text=True)
     assert now.stdout == "cadence: continuous\n"
+    # No UI running: the switch went through Dagster's CLI, and the instance (what a daemon
+    # goes by) stores the new states.
+    assert stored_states(project / "data" / "dagster_home") == {
+        "churn_hourly": False,
+        "churn_landing_sensor": True,
+    }
     subprocess.run([str(VENV_BIN / "churn"), "mode", "hourly"], env=env, cwd=project, check=True, capture_output=True)
+    assert stored_states(project / "data" / "dagster_home") == {"churn_hourly": True, "churn_landing_sensor": False}
+
+
+def stored_states(dagster_home: Path) -> dict[str, bool]:
+    """The hourly schedule's and the landing sensor's on/off as stored in the instance."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        states = {s.instigator_name: s.is_running for s in instance.all_instigator_state()}
+    return {name: states[name] for name in ("churn_hourly", "churn_landing_sensor")}
 
 
 def test_summary_names_quarantined_files_with_their_reason_and_stray_files(tmp_path):
