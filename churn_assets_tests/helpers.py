@@ -4,7 +4,10 @@ temporary CHURN_HOME, a materialize helper and warehouse queries (fixtures are i
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -111,3 +114,38 @@ def trigger(name: str):
 
     schedules, sensors = triggers.build(Settings(), cycle_job(Settings()))
     return next(t for t in [*schedules, *sensors] if t.name == name)
+
+
+# --- crash tests: `churn run` in a subprocess, killed at a named fault point ---------------------------
+
+# One e-mail pseudonym key for every crash-test home: a killed-and-rerun home is compared with a fresh load.
+CRASH_KEY = "crash-safety-" + "3" * 51
+
+
+def run_cycle(home: Path, kill_at: str | None = None, select: str = "group:bronze") -> subprocess.Popen:
+    """`churn run --select` on ``home`` in a subprocess; with ``kill_at``, SIGKILLed at that fault point."""
+    env = {
+        **os.environ,
+        "CHURN_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster_home"),
+        "CHURN_SETTLE_SECONDS": "0",
+        "CHURN_AS_OF": "2026-11-02T00:00:00",
+        # Many small transactions, so kills land between and inside them.
+        "CHURN_BATCH_BYTES": "200000",
+        "CHURN_TEST_KILL_MARKER": str(home / "killed_at"),
+        "CHURN_PSEUDONYM_KEY": CRASH_KEY,
+    }
+    env.pop("CHURN_TEST_KILL_AT", None)
+    if kill_at:
+        env["CHURN_TEST_KILL_AT"] = kill_at
+    return subprocess.Popen(
+        [sys.executable, "-m", "churn_assets.cli", "run", "--select", select],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def killed_at(home: Path) -> str | None:
+    marker = home / "killed_at"
+    return marker.read_text().strip() if marker.exists() else None
