@@ -35,3 +35,23 @@ def _no_real_env(monkeypatch):
             monkeypatch.delenv(env, raising=False)
     monkeypatch.setenv("CHURN_PSEUDONYM_KEY", TEST_PSEUDONYM_KEY)
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+
+# The longest files first (estimated from what each runs: cycles in subprocesses, servers, kills):
+# `--dist loadfile` hands files to the two workers in collection order, so the long ones start
+# early and the short ones fill in at the end; the workers finish close together.
+LONGEST_FIRST = (
+    "test_first_contact.py",
+    "test_crash_safety_changes.py",
+    "test_crash_safety.py",
+    "test_operations_e2e.py",
+    "test_campaigns.py",
+    "test_ui.py",
+    "test_landing_files.py",
+    "test_postgres_instance.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
