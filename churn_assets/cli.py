@@ -209,15 +209,19 @@ def cmd_mode(args: argparse.Namespace) -> int:
 
     home = _dagster_home()
     url = modes.running_ui(home)
+    on = None
     if url:
         # `churn ui` is up: its GraphQL API reads and switches in well under a second.
-        on = modes.set_mode_through_ui(url, args.mode) if args.mode else modes.ui_modes(url)
-    elif args.mode:
+        try:
+            on = modes.set_mode_through_ui(url, args.mode) if args.mode else modes.ui_modes(url)
+        except (OSError, LookupError, RuntimeError):
+            url = None  # still starting, or stopping: the instance and Dagster's CLI instead
+    if on is None and args.mode:
         # Dagster's CLI (it loads the code location) logs to stdout and stderr: kept for --verbose.
         with _instance() as instance, _output_to(None if args.verbose else Settings.load().logs_dir / "mode.log"):
             dagster = str(Path(sys.executable).with_name("dagster"))
             on = modes.set_mode(instance, args.mode, dagster, environment_with(DAGSTER_HOME=str(home)), None)
-    else:
+    elif on is None:
         with _instance() as instance:
             on = modes.current_modes(instance)
     if args.mode:

@@ -118,12 +118,15 @@ def ui_triggers(url: str) -> dict[str, dict]:
                 entry = {"kind": kind, "on": item[state]["status"] == "RUNNING", "id": item[state]["id"], **where}
                 if item["name"] not in found or where["location"] == LOCATION:
                     found[item["name"]] = entry
+    missing = [name for _, name in MODES.values() if name not in found]
+    if missing:  # e.g. the webserver is still loading the code location
+        raise LookupError(f"the UI does not list {', '.join(missing)}")
     return found
 
 
 def ui_modes(url: str) -> list[str]:
     on = ui_triggers(url)
-    return [mode for mode, (_, name) in MODES.items() if name in on and on[name]["on"]]
+    return [mode for mode, (_, name) in MODES.items() if on[name]["on"]]
 
 
 _START = {
