@@ -325,6 +325,21 @@ def test_mode_defaults_match_the_definitions():
     assert default_running() == {name: declared[name] for _, name in MODES.values()}
 
 
+def test_mode_switch_stops_the_others_and_starts_one():
+    from churn_assets.defs.automation.mode import LOCATION, default_running, switch_commands
+
+    on = default_running()  # hourly on
+    assert switch_commands(on, "continuous", "dagster") == [
+        ["dagster", "schedule", "stop", "churn_hourly", "-m", LOCATION],
+        ["dagster", "sensor", "start", "churn_landing_sensor", "-m", LOCATION],
+    ]
+    assert switch_commands(on, "hourly", "dagster") == []  # already so: nothing to load
+    both = {**on, "churn_auto_cadence": True}
+    assert [c[1:4] for c in switch_commands(both, "hourly", "dagster")] == [["sensor", "stop", "churn_auto_cadence"]]
+    with pytest.raises(ValueError, match="mode is one of hourly, continuous, auto"):
+        switch_commands(on, "weekly", "dagster")
+
+
 @pytest.mark.slow
 def test_churn_mode_answers_fast_and_quietly(project):
     env = clean_env(CHURN_HOME=str(project / "data"))
