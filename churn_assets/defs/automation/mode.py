@@ -71,7 +71,8 @@ def set_mode(instance: dg.DagsterInstance, mode: str, dagster: str, env: dict[st
     trigger never toggled needs its origin, which only a loaded code location gives."""
     on = running_from_states(instance.all_instigator_state(), default_running())
     # Each command loads the code location (seconds); they touch different triggers, so they
-    # run side by side: the switch takes one load, not two.
+    # run side by side: the switch takes one load, not two. Both may be on for a moment; the run
+    # queue (one run at a time) and the triggers' "nothing queued or running" rule cover that.
     commands = switch_commands(on, mode, dagster)
     started = [subprocess.Popen(command, env=env, stdout=log, stderr=log) for command in commands]
     for command, process in zip(commands, started):
