@@ -18,7 +18,7 @@ from churn_assets.warehouse import registered, scalar, transaction
 
 def holdout(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, np.ndarray]:
     """The current holdout customers as model input, with their labels."""
-    hold = load_features(con).filter(pl.col("is_holdout"))
+    hold = load_features(con, holdout_only=True)
     return to_model_frame(hold), hold[LABEL].to_numpy().astype(int)
 
 
