@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
+import sys
 from datetime import date
 
 import duckdb
@@ -197,3 +199,25 @@ def test_streamed_history_matches_with_default_files_and_many_spoiled_records(tm
     )
     assert _landing_digest(tmp_path) == (BEFORE_STREAMING["C"], BEFORE_STREAMING["C_files"])
     assert _state_digest(tmp_path) == BEFORE_STREAMING["C_state"]
+
+
+def _peak_rss_mb(tmp_path, customers: int, chunk: int) -> float:
+    code = (
+        "import resource, sys; from datetime import date; from pathlib import Path; "
+        "from churn_assets.generator import generate_history; "
+        f"generate_history(Path(sys.argv[1]), customers={customers}, seed=3, end=date(2026, 11, 1), "
+        f"progress=False, chunk_customers={chunk}); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    home = tmp_path / f"{customers}-{chunk}"
+    out = subprocess.run([sys.executable, "-c", code, str(home)], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip()) / 1024
+
+
+@pytest.mark.slow
+def test_generator_memory_does_not_grow_with_the_history(tmp_path):
+    small = _peak_rss_mb(tmp_path, 10_000, 2_000)
+    eight_times = _peak_rss_mb(tmp_path, 80_000, 2_000)
+    at_once = _peak_rss_mb(tmp_path, 80_000, 80_000)  # one chunk: what the history cost before it streamed
+    assert eight_times - small < 40, (small, eight_times)
+    assert at_once - small > 60, (small, at_once)  # the measure sees a history held in memory
