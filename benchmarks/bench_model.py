@@ -75,6 +75,12 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--max-train-rows", type=int, default=None, help="CHURN_TRAIN_MAX_ROWS for the project")
+    ap.add_argument(
+        "--auc-caps",
+        default="",
+        help="comma-separated training row caps: holdout ROC AUC of the project's training on each "
+        "stratified sample against all training rows (what sampling costs)",
+    )
     args = ap.parse_args()
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
     env = {} if args.max_train_rows is None else {"CHURN_TRAIN_MAX_ROWS": str(args.max_train_rows)}
@@ -134,6 +140,28 @@ def main() -> None:
         f"SCORING    scale {args.scale:g}: booster.predict {data.rows / bs:,.0f} rows/s | gold/churn_prediction "
         f"(registry load + score + write) {data.rows / ps:,.0f} rows/s (ratio {ps / bs:.2f}x the time)"
     )
+    if args.auc_caps:
+        sample_cost(home, [int(c) for c in args.auc_caps.split(",")])
+
+
+def sample_cost(home: Path, caps: list[int]) -> None:
+    """Holdout ROC AUC of the project's training on all training rows and on stratified samples."""
+    from churn_assets.defs.ml.train import fit
+
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    full = None
+    for cap in [0, *caps]:
+        data = load_training(con, cap)
+        t0 = time.perf_counter()
+        fitted = fit(data.frame, {}, NUM_BOOST_ROUND)
+        took = time.perf_counter() - t0
+        auc = fitted.metrics["holdout_roc_auc"]
+        full = auc if full is None else full
+        print(
+            f"SAMPLE     {fitted.rows_train:,} of {data.rows_train_available:,} training rows: holdout ROC AUC "
+            f"{auc:.4f} ({auc - full:+.4f} against all rows; {fitted.rows_holdout:,} holdout rows), fit {took:.1f}s"
+        )
+    con.close()
 
 
 def parity(home: Path, booster: lgb.Booster, hold: pd.DataFrame) -> None:

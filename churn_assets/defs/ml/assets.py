@@ -146,9 +146,10 @@ def churn_model_better_than_chance(
     group_name="ml",
     kinds={"mlflow"},
     retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
-    description="Champion / challenger: the new version gets the alias 'champion' only if its holdout ROC AUC, "
-    "scored now from the registry on the current holdout, is not worse than the current champion's on the same "
-    "rows (within the policy's tolerance); otherwise it keeps 'challenger'. The first model becomes champion.",
+    description="Champion / challenger: the new version gets the alias 'champion' only if its holdout ROC AUC "
+    "(as its training measured it when this run trained it, else scored now from the registry) is not worse than "
+    "the current champion's, scored now on the same rows (within the policy's tolerance); otherwise it keeps "
+    "'challenger'. The first model becomes champion.",
 )
 def churn_model_champion(
     context: dg.AssetExecutionContext,
