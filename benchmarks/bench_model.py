@@ -31,11 +31,15 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from churn_assets.settings import quiet_openmp_waits  # noqa: E402
+
+quiet_openmp_waits()  # as the project's code location does, for both sides, before LightGBM loads
+import lightgbm as lgb  # noqa: E402
 
 from benchmarks.common import step_seconds  # noqa: E402
 from churn_assets.defs.ml.features import CATEGORICAL, FEATURES, LABEL, load_training  # noqa: E402

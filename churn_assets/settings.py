@@ -427,6 +427,14 @@ def duckdb_memory_for(total_bytes: int) -> str:
     return f"{min(max(total_bytes // 8 // 2**20, 1024), 16 * 1024)}MiB"
 
 
+def quiet_openmp_waits() -> None:
+    """OpenMP threads (LightGBM's) sleep while they wait instead of spinning, unless
+    ``OMP_WAIT_POLICY`` is set already. On a 2-core machine shared with other work, spinning
+    threads made training ~5x slower (20 rounds at 1x: 3.5 s spinning, 0.6 s sleeping, 0.9 s on
+    one thread). The OpenMP runtime reads it once, when LightGBM first loads in a process."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _field(name: str) -> dataclasses.Field:
     return next(f for f in dataclasses.fields(Settings) if f.name == name)
 

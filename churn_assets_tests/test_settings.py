@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 import pytest
 
@@ -79,7 +81,6 @@ def test_the_readme_table_is_the_settings():
 
 
 def test_duckdb_memory_follows_the_machine_unless_set(tmp_path):
-    import os
 
     from churn_assets.resources import WarehouseResource
     from churn_assets.settings import duckdb_memory_for
@@ -102,3 +103,15 @@ def test_duckdb_memory_follows_the_machine_unless_set(tmp_path):
     assert con.sql("SELECT current_setting('temp_directory')").fetchall()[0][0] == str(tmp_path / "w.duckdb.tmp")
     con.close()
     assert Settings.load({"CHURN_DUCKDB_MEMORY_LIMIT": "2GB"}).duckdb_memory == "2GB"
+
+
+def test_openmp_threads_sleep_while_waiting_unless_chosen(monkeypatch, tmp_path):
+    from churn_assets.settings import quiet_openmp_waits
+    from churn_assets_tests.helpers import load_defs
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    quiet_openmp_waits()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    load_defs(tmp_path)  # the code location sets it when it loads, before any step loads LightGBM
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
