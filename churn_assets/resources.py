@@ -70,7 +70,7 @@ class WarehouseResource(dg.ConfigurableResource):
     def from_settings(cls, settings: Settings) -> WarehouseResource:
         return cls(
             path=str(settings.warehouse_path),
-            memory_limit=settings.duckdb_memory_limit,
+            memory_limit=settings.duckdb_memory,
             compact_every_hours=settings.compact_every_hours,
             wait_seconds=settings.warehouse_wait_seconds,
         )

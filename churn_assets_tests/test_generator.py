@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import subprocess
+import sys
 from datetime import date
 
 import duckdb
+import polars as pl
 import pytest
 
 from churn_assets.generator import generate_history, generate_increment
@@ -141,3 +145,79 @@ def test_increment_is_one_hour_of_new_activity(tmp_path):
     assert all(u["last_activity_date"].startswith("11-01-2026 00:") for u in lines)
     second = generate_increment(tmp_path, fraction=0.02)
     assert second.clock == "2026-11-01T02:00:00" and not set(second.files["users"]) & set(report.files["users"])
+
+
+def _landing_digest(home) -> tuple[str, int]:
+    """One digest of every landing file (name and bytes) and how many there are."""
+    h = hashlib.sha256()
+    files = sorted(p.relative_to(home).as_posix() for p in (home / "landing").rglob("*") if p.is_file())
+    for name in files:
+        h.update(name.encode())
+        h.update((home / name).read_bytes())
+    return h.hexdigest(), len(files)
+
+
+def _state_digest(home) -> str:
+    return hashlib.sha256(pl.read_parquet(home / "generator" / "customers.parquet").write_csv().encode()).hexdigest()
+
+
+# Digests of the landing files and the generator's customer table written by the generator as it
+# was before it streamed (it drew every field for all customers at once), recorded with the
+# pinned numpy and polars (constraints.txt); the streamed generator must write the same bytes.
+BEFORE_STREAMING = {
+    "A": "99a3c522ac0bf43e345159e2bdf7cdc1b75e5548e8dc6d6af4ad768558150dab",
+    "A_files": 19,
+    "A_state": "9f204b5969e3d798536d1659c18c3dbd360e2464ff9142c35cbcd30ef72c09a5",
+    "C": "a10e3be76daf4e91a44acac842d35be12abbbfaa7bccd3a9a33a1c269f257f81",
+    "C_files": 3,
+    "C_state": "52b87e5148c3418932be7b36e6c24aae064a50cbe59b66b34ddedb5a0fc140d2",
+}
+
+
+@pytest.mark.parametrize("chunk", [10**9, 997, 64])
+def test_streamed_history_writes_the_same_bytes_as_all_at_once(tmp_path, chunk):
+    # Spoiled records on (their draws come last in the stream) and many files per source, so
+    # chunks end in the middle of files; 64 customers per chunk: ~45 chunks.
+    report = generate_history(
+        tmp_path,
+        customers=3_000,
+        seed=7,
+        end=date(2026, 11, 1),
+        dirty_rate=0.05,
+        rows_per_file=700,
+        progress=False,
+        chunk_customers=chunk,
+    )
+    assert _landing_digest(tmp_path) == (BEFORE_STREAMING["A"], BEFORE_STREAMING["A_files"])
+    assert _state_digest(tmp_path) == BEFORE_STREAMING["A_state"]
+    assert sum(report.dirty.values()) > 0 and report.records["orders"] == report.records["events"]
+
+
+def test_streamed_history_matches_with_default_files_and_many_spoiled_records(tmp_path):
+    generate_history(
+        tmp_path, customers=500, seed=9, end=date(2026, 1, 1), dirty_rate=0.2, progress=False, chunk_customers=37
+    )
+    assert _landing_digest(tmp_path) == (BEFORE_STREAMING["C"], BEFORE_STREAMING["C_files"])
+    assert _state_digest(tmp_path) == BEFORE_STREAMING["C_state"]
+
+
+def _peak_rss_mb(tmp_path, customers: int, chunk: int) -> float:
+    code = (
+        "import resource, sys; from datetime import date; from pathlib import Path; "
+        "from churn_assets.generator import generate_history; "
+        f"generate_history(Path(sys.argv[1]), customers={customers}, seed=3, end=date(2026, 11, 1), "
+        f"progress=False, chunk_customers={chunk}); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    home = tmp_path / f"{customers}-{chunk}"
+    out = subprocess.run([sys.executable, "-c", code, str(home)], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip()) / 1024
+
+
+@pytest.mark.slow
+def test_generator_memory_does_not_grow_with_the_history(tmp_path):
+    small = _peak_rss_mb(tmp_path, 10_000, 2_000)
+    eight_times = _peak_rss_mb(tmp_path, 80_000, 2_000)
+    at_once = _peak_rss_mb(tmp_path, 80_000, 80_000)  # one chunk: what the history cost before it streamed
+    assert eight_times - small < 40, (small, eight_times)
+    assert at_once - small > 60, (small, at_once)  # the measure sees a history held in memory

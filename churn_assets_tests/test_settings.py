@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 import pytest
 
@@ -76,3 +78,40 @@ def test_the_readme_table_is_the_settings():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert Settings.markdown_table() in readme
     assert len(Settings.reference()) == readme.count("\n| `", readme.index("## Settings"), readme.index("Nothing else"))
+
+
+def test_duckdb_memory_follows_the_machine_unless_set(tmp_path):
+
+    from churn_assets.resources import WarehouseResource
+    from churn_assets.settings import duckdb_memory_for
+    from churn_assets.warehouse import connect
+
+    gib = 2**30
+    # An eighth of the machine's memory, 1 GiB at least, 16 GiB at most.
+    assert [duckdb_memory_for(n * gib) for n in (4, 24, 64, 512)] == ["1024MiB", "3072MiB", "8192MiB", "16384MiB"]
+    machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    unset = Settings.load({"CHURN_HOME": str(tmp_path)})
+    assert unset.duckdb_memory_limit is None and unset.duckdb_memory == duckdb_memory_for(machine)
+    resource = WarehouseResource.from_settings(unset)
+    assert resource.memory_limit == unset.duckdb_memory
+    con = connect(tmp_path / "w.duckdb", memory_limit=resource.memory_limit)
+    limit = con.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    # DuckDB shows the limit rounded, in its own units (e.g. "2.8 GiB" for 2,944 MiB).
+    shown = float(limit.split()[0]) * {"MiB": 1, "GiB": 1024}[limit.split()[1]]
+    assert abs(shown - int(unset.duckdb_memory.removesuffix("MiB"))) < 60
+    # Where it spills beyond the limit: beside the warehouse file, under the data home.
+    assert con.sql("SELECT current_setting('temp_directory')").fetchall()[0][0] == str(tmp_path / "w.duckdb.tmp")
+    con.close()
+    assert Settings.load({"CHURN_DUCKDB_MEMORY_LIMIT": "2GB"}).duckdb_memory == "2GB"
+
+
+def test_openmp_threads_sleep_while_waiting_unless_chosen(monkeypatch, tmp_path):
+    from churn_assets.settings import quiet_openmp_waits
+    from churn_assets_tests.helpers import load_defs
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    quiet_openmp_waits()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    load_defs(tmp_path)  # the code location sets it when it loads, before any step loads LightGBM
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"

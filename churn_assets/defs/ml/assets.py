@@ -12,7 +12,7 @@ import time
 import dagster as dg
 
 from churn_assets.defs.gold.assets import churn_features
-from churn_assets.defs.ml.features import FEATURES, landed_rows, latest_ingest, load_features
+from churn_assets.defs.ml.features import FEATURES, landed_rows, latest_ingest, load_training
 from churn_assets.defs.ml.policy import better_than_chance, promote, retrain_decision
 from churn_assets.defs.ml.resources import MLflowResource, ModelPolicyResource
 from churn_assets.metadata import shareable_example, table_metadata
@@ -53,7 +53,7 @@ def churn_model(
 
     client, experiment_id = mlflow_store.open()
     with warehouse.get_connection() as con:
-        landed, ingested, df = landed_rows(con), latest_ingest(con), load_features(con)
+        landed, ingested = landed_rows(con), latest_ingest(con)
     latest = registry.latest_version(client, mlflow_store.model_name)
     due = retrain_decision(
         landed,
@@ -65,12 +65,15 @@ def churn_model(
     if not due.train:
         return dg.MaterializeResult(metadata={"trained": False, "reason": due.reason, "model_version": ""})
     t0 = time.perf_counter()
+    with warehouse.get_connection() as con:
+        data = load_training(con, model_policy.train_max_rows)
     params = {"learning_rate": config.learning_rate, "num_leaves": config.num_leaves}
-    fitted = fit(df, params, config.num_boost_round, config.shuffle_labels_fraction)
+    fitted = fit(data.frame, params, config.num_boost_round, config.shuffle_labels_fraction)
     fingerprint = {
-        "data.rows": str(len(df)),
+        "data.rows": str(data.rows),
         "data.rows_train": str(fitted.rows_train),
-        "data.rows_holdout": str(fitted.rows_holdout),
+        "data.rows_train_available": str(data.rows_train_available),
+        registry.ROWS_HOLDOUT: str(fitted.rows_holdout),
         "data.as_of": pipeline_settings.as_of_datetime().isoformat(),
         "data.latest_ingest": str(ingested),
         "data.landed_rows": str(landed),
@@ -105,6 +108,7 @@ def churn_model(
             **{k: dg.MetadataValue.float(v) for k, v in fitted.metrics.items()},
             "threshold": dg.MetadataValue.float(fitted.threshold),
             "rows_train": fitted.rows_train,
+            "rows_train_available": data.rows_train_available,
             "rows_holdout": fitted.rows_holdout,
             "training_seconds": dg.MetadataValue.float(round(took, 2)),
             "feature_importance": dg.MetadataValue.md(report.importance_markdown(fitted.importance)),
@@ -142,9 +146,10 @@ def churn_model_better_than_chance(
     group_name="ml",
     kinds={"mlflow"},
     retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
-    description="Champion / challenger: the new version gets the alias 'champion' only if its holdout ROC AUC, "
-    "scored now from the registry on the current holdout, is not worse than the current champion's on the same "
-    "rows (within the policy's tolerance); otherwise it keeps 'challenger'. The first model becomes champion.",
+    description="Champion / challenger: the new version gets the alias 'champion' only if its holdout ROC AUC "
+    "(as its training measured it when this run trained it, else scored now from the registry) is not worse than "
+    "the current champion's, scored now on the same rows (within the policy's tolerance); otherwise it keeps "
+    "'challenger'. The first model becomes champion.",
 )
 def churn_model_champion(
     context: dg.AssetExecutionContext,
@@ -165,9 +170,17 @@ def churn_model_champion(
             metadata={"decision": "no new candidate", "champion_version": str(champion.version) if champion else ""}
         )
     candidate = str(challenger.version)
-    with warehouse.get_connection() as con:
-        frame, labels = holdout(con)
-    challenger_auc = registry.score_auc(name, candidate, frame, labels)
+    # Trained by this run: its holdout was scored on these very rows when it was trained (gold
+    # does not change within a run), so that AUC stands; from an earlier run it is scored anew.
+    fresh = registry.trained_in(client, challenger, context.run.run_id)
+    frame = labels = None
+    if champion or not fresh:
+        with warehouse.get_connection() as con:
+            frame, labels = holdout(con)
+    if fresh:
+        challenger_auc, holdout_rows = registry.training_holdout(client, challenger)
+    else:
+        challenger_auc, holdout_rows = registry.score_auc(name, candidate, frame, labels), len(labels)
     champion_auc = registry.score_auc(name, str(champion.version), frame, labels) if champion else None
     promoted = promote(challenger_auc, champion_auc, model_policy.promotion_tolerance, model_policy.min_auc)
     decision = "promoted" if promoted else "kept challenger"
@@ -180,7 +193,7 @@ def churn_model_champion(
             "challenger_holdout_roc_auc": f"{challenger_auc:.6f}",
             "champion_holdout_roc_auc": "" if champion_auc is None else f"{champion_auc:.6f}",
             "compared_with_version": str(champion.version) if champion else "",
-            "holdout_rows": str(len(labels)),
+            "holdout_rows": str(holdout_rows),
         },
         promoted,
     )

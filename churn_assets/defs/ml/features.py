@@ -3,6 +3,8 @@ holdout that keeps each customer on the same side across retrains."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import duckdb
 import pandas as pd
 import polars as pl
@@ -25,14 +27,44 @@ LABEL = "churn"
 HOLDOUT_PERCENT = 20
 
 
-def load_features(con: duckdb.DuckDBPyConnection, with_label: bool = True) -> pl.DataFrame:
+def _features_sql(with_label: bool) -> str:
+    cols = ", ".join(["user_id", *FEATURES, *([LABEL] if with_label else [])])
+    return f"SELECT {cols}, (md5_number(user_id) % 100) < {HOLDOUT_PERCENT} AS is_holdout FROM gold.churn_features"
+
+
+def load_features(con: duckdb.DuckDBPyConnection, with_label: bool = True, holdout_only: bool = False) -> pl.DataFrame:
     """gold.churn_features with a stable holdout flag: md5 of user_id (a standard hash,
     unlike DuckDB's or Polars' own, so the split survives library upgrades)."""
-    cols = ", ".join(["user_id", *FEATURES, *([LABEL] if with_label else [])])
-    return con.sql(
-        f"""SELECT {cols}, (md5_number(user_id) % 100) < {HOLDOUT_PERCENT} AS is_holdout
-            FROM gold.churn_features ORDER BY user_id"""
+    where = "WHERE is_holdout" if holdout_only else ""
+    return con.sql(f"SELECT * FROM ({_features_sql(with_label)}) {where} ORDER BY user_id").pl()
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    frame: pl.DataFrame  # the holdout and the training customers (all, or the sample), flagged is_holdout
+    rows: int  # customers in gold.churn_features
+    rows_train_available: int  # training customers before sampling
+
+
+def load_training(con: duckdb.DuckDBPyConnection, max_train_rows: int) -> TrainingData:
+    """The holdout and the training customers; beyond ``max_train_rows`` training customers, a
+    sample of that many stratified by label (each label keeps its share, rounded), the same
+    customers every time while the data is the same (ranked by another md5 of user_id)."""
+    cap = max_train_rows or 2**62
+    frame = con.sql(
+        f"""WITH f AS ({_features_sql(True)}),
+            t AS (SELECT *, row_number() OVER (PARTITION BY {LABEL} ORDER BY md5_number('sample:' || user_id),
+                                                user_id) AS _rank,
+                         count(*) OVER (PARTITION BY {LABEL}) AS _in_label, count(*) OVER () AS _in_train
+                  FROM f WHERE NOT is_holdout)
+            SELECT * EXCLUDE (_rank, _in_label, _in_train) FROM t
+            WHERE _in_train <= {cap} OR _rank <= round({cap} * _in_label / _in_train)
+            UNION ALL
+            SELECT * FROM f WHERE is_holdout
+            ORDER BY user_id"""
     ).pl()
+    counts = con.sql(f"SELECT count(*), count(*) FILTER (NOT is_holdout) FROM ({_features_sql(False)})").fetchall()[0]
+    return TrainingData(frame, int(counts[0]), int(counts[1]))
 
 
 def landed_rows(con: duckdb.DuckDBPyConnection) -> int:
@@ -59,5 +91,28 @@ def to_model_frame(df: pl.DataFrame) -> pd.DataFrame:
 def as_categories(frame: pd.DataFrame, vocabulary: dict[str, list[str]]) -> pd.DataFrame:
     out = frame.copy()
     for c in CATEGORICAL:
-        out[c] = pd.Categorical(out[c], categories=vocabulary[c])
+        # A value the vocabulary lacks is missing to the model (pandas will refuse to build it in).
+        out[c] = pd.Categorical(out[c].where(out[c].isin(vocabulary[c])), categories=vocabulary[c])
+    return out
+
+
+def vocabulary_of(df: pl.DataFrame) -> dict[str, list[str]]:
+    """The categories of each categorical feature, sorted: the model's vocabulary."""
+    return {c: sorted(df[c].cast(pl.Utf8).drop_nulls().unique().to_list()) for c in CATEGORICAL}
+
+
+def model_matrix(df: pl.DataFrame, vocabulary: dict[str, list[str]]) -> pd.DataFrame:
+    """``as_categories(to_model_frame(df), vocabulary)`` built from Polars directly: each
+    categorical as its code in the vocabulary (missing or unknown: NaN), numbers as floats, and
+    no Python string per row (those cost seconds and gigabytes on millions of customers)."""
+    out = df.select(pl.col(c).cast(pl.Float64) for c in NUMERIC).to_pandas()
+    for i, c in enumerate(CATEGORICAL):
+        vocab = vocabulary[c]
+        codes = (
+            df[c]
+            .cast(pl.Utf8)
+            .replace_strict(vocab, list(range(len(vocab))), default=-1, return_dtype=pl.Int32)
+            .fill_null(-1)
+        )
+        out.insert(i, c, pd.Categorical.from_codes(codes.to_numpy(), categories=vocab))
     return out

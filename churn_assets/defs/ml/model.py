@@ -30,6 +30,13 @@ def score(booster, vocabulary: dict[str, list[str]], frame: pd.DataFrame) -> np.
     return booster.predict(as_categories(frame[FEATURES], vocabulary))
 
 
+def score_polars(booster, vocabulary: dict[str, list[str]], df) -> np.ndarray:
+    """``score`` of ``to_model_frame(df)``, straight from a Polars frame (no string per row)."""
+    from churn_assets.defs.ml.features import model_matrix
+
+    return booster.predict(model_matrix(df, vocabulary))
+
+
 @dataclass
 class Scorer:
     booster: object
@@ -37,6 +44,9 @@ class Scorer:
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         return score(self.booster, self.vocabulary, frame)
+
+    def predict_polars(self, df) -> np.ndarray:
+        return score_polars(self.booster, self.vocabulary, df)
 
 
 def read_scorer(booster_file: str | Path, vocabulary_file: str | Path) -> Scorer:

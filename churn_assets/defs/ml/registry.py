@@ -30,6 +30,7 @@ CHALLENGER = "challenger"
 DECISION = "decision"  # the version tag the champion step writes: a challenger with it has been judged
 LANDED_ROWS = "landed_rows"  # version tag: bronze rows landed when it was trained (the retrain policy's count)
 DAGSTER_RUN_TAG = "dagster.run_id"  # MLflow run tag: the Dagster run that trained it
+ROWS_HOLDOUT = "data.rows_holdout"  # MLflow run tag: holdout customers its metrics were measured on
 
 
 class ModelStoreUnavailable(RuntimeError):
@@ -121,7 +122,9 @@ def log_and_register(
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
         mlflow.set_tags(tags)
-        mlflow.log_image(_png_to_array(importance_png), "feature_importance.png")
+        plot = Path(tmp) / "feature_importance.png"
+        plot.write_bytes(importance_png)
+        mlflow.log_artifact(str(plot))
         booster = Path(tmp) / "booster.txt"
         model.booster.save_model(str(booster))
         vocabulary = Path(tmp) / "vocabulary.json"
@@ -148,14 +151,6 @@ def _log_pyfunc(store: Store, booster: Path, vocabulary: Path, signature, input_
         # Stated, not inferred: inference imports the model in a subprocess (seconds).
         pip_requirements=_requirements(),
     )
-
-
-def _png_to_array(png: bytes) -> np.ndarray:
-    import io
-
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def _requirements() -> list[str]:
@@ -279,6 +274,12 @@ def trained_in(client: MlflowClient, version, dagster_run_id: str) -> bool:
 def holdout_auc_of(client: MlflowClient, version) -> float:
     """The holdout ROC AUC logged by the training run of ``version``."""
     return float(client.get_run(version.run_id).data.metrics["holdout_roc_auc"])
+
+
+def training_holdout(client: MlflowClient, version) -> tuple[float, int]:
+    """The holdout ROC AUC the training run of ``version`` measured, and on how many customers."""
+    run = client.get_run(version.run_id)
+    return float(run.data.metrics["holdout_roc_auc"]), int(run.data.tags[ROWS_HOLDOUT])
 
 
 def record_decision(client: MlflowClient, model_name: str, version: str, tags: dict[str, str], promote: bool) -> None:

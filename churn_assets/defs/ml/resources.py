@@ -64,11 +64,14 @@ class ModelPolicyResource(dg.ConfigurableResource):
     promotion_tolerance: float
     # Below this holdout ROC AUC a model is no better than chance: never promoted.
     min_auc: float = 0.55
+    # Training customers beyond this are a stratified sample of this many (0 = all of them).
+    train_max_rows: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides) -> ModelPolicyResource:
         values = {
             "retrain_min_new_rows": settings.retrain_min_new_rows,
             "promotion_tolerance": settings.promotion_tolerance,
+            "train_max_rows": settings.train_max_rows,
         }
         return cls(**{**values, **overrides})

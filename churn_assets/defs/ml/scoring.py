@@ -18,7 +18,7 @@ from churn_assets.warehouse import registered, scalar, transaction
 
 def holdout(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, np.ndarray]:
     """The current holdout customers as model input, with their labels."""
-    hold = load_features(con).filter(pl.col("is_holdout"))
+    hold = load_features(con, holdout_only=True)
     return to_model_frame(hold), hold[LABEL].to_numpy().astype(int)
 
 
@@ -44,7 +44,7 @@ def replace_predictions(
     """Score every customer of gold.churn_features; the table is replaced only once all are scored."""
     df = load_features(con, with_label=False)
     t0 = time.perf_counter()
-    proba = model.predict(to_model_frame(df))
+    proba = model.predict_polars(df)
     took = time.perf_counter() - t0
     out = predictions(df["user_id"], proba, threshold, model_name, version, utcnow())
     with transaction(con), registered(con, "_scored", out):

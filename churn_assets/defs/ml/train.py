@@ -17,7 +17,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from churn_assets.defs.ml.features import CATEGORICAL, FEATURES, LABEL, as_categories, to_model_frame
+from churn_assets.defs.ml.features import CATEGORICAL, FEATURES, LABEL, as_categories, model_matrix, to_model_frame
+from churn_assets.defs.ml.features import vocabulary_of as features_vocabulary
 
 DEFAULT_PARAMS = {
     "objective": "binary",
@@ -56,20 +57,38 @@ def vocabulary_of(frame: pd.DataFrame) -> dict[str, list[str]]:
 def train(
     frame: pd.DataFrame, labels: np.ndarray, params: dict | None = None, num_boost_round: int = NUM_BOOST_ROUND
 ) -> TrainedModel:
+    """A model trained on ``frame`` as the model takes its input (``to_model_frame``)."""
     vocabulary = vocabulary_of(frame)
+    return train_matrix(as_categories(frame[FEATURES], vocabulary), labels, vocabulary, params, num_boost_round)
+
+
+def train_matrix(
+    matrix: pd.DataFrame,
+    labels: np.ndarray,
+    vocabulary: dict[str, list[str]],
+    params: dict | None = None,
+    num_boost_round: int = NUM_BOOST_ROUND,
+) -> TrainedModel:
+    """LightGBM on the features with their categoricals already coded in ``vocabulary``."""
     params = {**DEFAULT_PARAMS, **(params or {})}
-    data = lgb.Dataset(
-        as_categories(frame[FEATURES], vocabulary), label=labels, categorical_feature=CATEGORICAL, free_raw_data=True
-    )
+    data = lgb.Dataset(matrix, label=labels, categorical_feature=CATEGORICAL, free_raw_data=True)
     booster = lgb.train(params, data, num_boost_round=num_boost_round)
     return TrainedModel(booster, vocabulary, params, num_boost_round)
 
 
 def best_threshold(labels: np.ndarray, proba: np.ndarray) -> float:
-    """The probability cut that maximizes F1 on the holdout (recorded with the model)."""
+    """The probability cut that maximizes F1 on the holdout (recorded with the model), among 91
+    quantiles of the probabilities; the first of equals. F1 at every cut in one pass over the
+    sorted probabilities (one ``f1_score`` per cut cost seconds on a large holdout)."""
     grid = np.unique(np.quantile(proba, np.linspace(0.05, 0.95, 91)))
-    scores = [f1_score(labels, proba >= t, zero_division=0) for t in grid]
-    return float(grid[int(np.argmax(scores))])
+    order = np.argsort(proba, kind="stable")
+    positives_from = np.append(np.cumsum(labels[order][::-1])[::-1], 0)  # positives at sorted index >= k
+    first = np.searchsorted(proba[order], grid, side="left")  # the first index predicted positive
+    tp, predicted, positives = positives_from[first], len(proba) - first, int(labels.sum())
+    # F1 = 2 TP / (2 TP + FP + FN) = 2 TP / (predicted + positives); 0 when both are 0, as f1_score says.
+    total = predicted + positives
+    f1 = np.divide(2.0 * tp, total, out=np.zeros(len(grid)), where=total > 0)
+    return float(grid[int(np.argmax(f1))])
 
 
 def evaluate(labels: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
@@ -117,16 +136,18 @@ def fit(df: pl.DataFrame, params: dict, num_boost_round: int, shuffle_fraction: 
     """Train on the rows not flagged ``is_holdout``, choose the threshold and measure on the others."""
     train_df, hold_df = df.filter(~pl.col("is_holdout")), df.filter(pl.col("is_holdout"))
     labels = shuffle_labels(train_df[LABEL].to_numpy().astype(int), shuffle_fraction)
-    model = train(to_model_frame(train_df), labels, params, num_boost_round)
-    hold_x, hold_y = to_model_frame(hold_df), hold_df[LABEL].to_numpy().astype(int)
-    proba = model.predict_proba(hold_x)
+    vocabulary = features_vocabulary(train_df)
+    model = train_matrix(model_matrix(train_df, vocabulary), labels, vocabulary, params, num_boost_round)
+    del train_df  # the matrix LightGBM binned is all it needed
+    hold_y = hold_df[LABEL].to_numpy().astype(int)
+    proba = model.booster.predict(model_matrix(hold_df, vocabulary))
     threshold = best_threshold(hold_y, proba)
     return Fitted(
         model,
         evaluate(hold_y, proba, threshold),
         threshold,
         feature_importance(model),
-        len(train_df),
+        len(labels),
         len(hold_df),
-        hold_x.head(5),
+        to_model_frame(hold_df.head(5)),
     )

@@ -1,0 +1,99 @@
+"""Training on more customers than the cap: a stratified sample (labels keep their shares), the
+whole holdout, the same customers every time; and the holdout threshold chosen as f1_score says."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from churn_assets.defs.ml.features import FEATURES, HOLDOUT_PERCENT, load_training
+from churn_assets.defs.ml.train import best_threshold
+
+
+@pytest.fixture
+def con(tmp_path):
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("CREATE SCHEMA gold")
+    # 10,000 customers, ~30 % churn; the features' values do not matter here.
+    cols = ", ".join(
+        f"(i % 7)::DOUBLE AS {c}" if c not in ("canal", "country", "platform") else f"'x' AS {c}" for c in FEATURES
+    )
+    con.execute(f"""CREATE TABLE gold.churn_features AS
+        SELECT md5(i::VARCHAR) AS user_id, {cols}, (hash(i) % 10) < 3 AS churn FROM range(10000) t(i)""")
+    yield con
+    con.close()
+
+
+def _shares(frame) -> dict:
+    train = frame.filter(~frame["is_holdout"])
+    return {"rows": len(train), "churn": int(train["churn"].sum()), "holdout": int(frame["is_holdout"].sum())}
+
+
+def test_under_the_cap_every_customer_trains(con):
+    total, train_rows, churners, holdout = con.execute(
+        f"""SELECT count(*), count(*) FILTER (md5_number(user_id) % 100 >= {HOLDOUT_PERCENT}),
+                   count(*) FILTER (md5_number(user_id) % 100 >= {HOLDOUT_PERCENT} AND churn),
+                   count(*) FILTER (md5_number(user_id) % 100 < {HOLDOUT_PERCENT})
+            FROM gold.churn_features"""
+    ).fetchall()[0]
+    for cap in (0, train_rows, 10**9):
+        data = load_training(con, cap)
+        assert (data.rows, data.rows_train_available) == (total, train_rows)
+        assert _shares(data.frame) == {"rows": train_rows, "churn": churners, "holdout": holdout}
+    assert data.frame["user_id"].is_sorted()
+
+
+def test_over_the_cap_a_stratified_sample_and_the_whole_holdout(con):
+    full = load_training(con, 0)
+    every = _shares(full.frame)
+    data = load_training(con, 2_000)
+    got = _shares(data.frame)
+    assert data.rows_train_available == every["rows"] > 2_000
+    # Each label keeps its share of the training customers (rounded): the churn rate is unchanged.
+    assert got["churn"] == round(2_000 * every["churn"] / every["rows"])
+    assert got["rows"] - got["churn"] == round(2_000 * (every["rows"] - every["churn"]) / every["rows"])
+    assert abs(got["churn"] / got["rows"] - every["churn"] / every["rows"]) < 0.001
+    assert got["holdout"] == every["holdout"]  # the holdout is never sampled: metrics stay comparable
+    sample = set(data.frame.filter(~data.frame["is_holdout"])["user_id"])
+    assert sample <= set(full.frame.filter(~full.frame["is_holdout"])["user_id"])
+    assert set(load_training(con, 2_000).frame["user_id"]) == set(data.frame["user_id"])  # the same every time
+    # Rows as loaded: what the model sees, features and label, no sampling columns.
+    assert data.frame.columns == ["user_id", *FEATURES, "churn", "is_holdout"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_threshold_is_the_best_f1_cut_as_f1_score_finds_it(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(50, 5_000))
+    labels = (rng.random(n) < rng.uniform(0.1, 0.9)).astype(int)
+    # Scores that carry some signal, with ties (rounded), as a model's probabilities have.
+    proba = np.round(np.clip(0.5 * labels + rng.random(n) * rng.uniform(0.5, 2), 0, 1), int(rng.integers(2, 5)))
+    grid = np.unique(np.quantile(proba, np.linspace(0.05, 0.95, 91)))
+    scores = [f1_score(labels, proba >= t, zero_division=0) for t in grid]
+    assert best_threshold(labels, proba) == float(grid[int(np.argmax(scores))])
+
+
+def test_model_matrix_is_the_frame_the_model_input_becomes():
+    import pandas as pd
+    import polars as pl
+
+    from churn_assets.defs.ml.features import NUMERIC, as_categories, model_matrix, to_model_frame, vocabulary_of
+
+    rows = 9
+    df = pl.DataFrame(
+        {
+            "canal": ["WEBAPP", "PHONE", None, "MOBILE", "WEBAPP", "PHONE", "FAX", None, "MOBILE"],
+            "country": ["FR", "USA", "SPAIN", None, "FR", "FR", "USA", "SPAIN", "FR"],
+            "platform": [None] * rows,  # a feature with no value at all
+            **{c: [float(i) if i % 4 else None for i in range(rows)] for c in NUMERIC},
+        }
+    )
+    vocabulary = vocabulary_of(df.head(6))  # "FAX" (row 7) is unknown to it, as a new value at scoring is
+    assert vocabulary == {"canal": ["MOBILE", "PHONE", "WEBAPP"], "country": ["FR", "SPAIN", "USA"], "platform": []}
+    expected = as_categories(to_model_frame(df), vocabulary)
+    got = model_matrix(df, vocabulary)
+    pd.testing.assert_frame_equal(got, expected[got.columns])
+    assert list(got.columns) == list(FEATURES)
+    assert got["canal"].isna().tolist() == [False, False, True, False, False, False, True, True, False]
