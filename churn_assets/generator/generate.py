@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -73,6 +74,7 @@ POLARS_TYPES = {"VARCHAR": pl.String, "DOUBLE": pl.Float64, "BOOLEAN": pl.Boolea
 KEY_NULL_RATE = 0.02
 CATEGORY_NULL_RATE = 0.01
 ROWS_PER_FILE = {"users": 10_000, "orders": 20_000, "events": 20_000}
+RENAME_GAP_SECONDS = 0.02  # > one tick of the kernel's file clock (4 ms at HZ=250, 10 ms at HZ=100)
 
 
 @dataclass
@@ -335,6 +337,9 @@ class LandingWriter:
         name = f"part-{index:05d}-{self.tag}{SPECS[source].extension}"
         tmp = self.root / source / f".{name}.tmp"
         tmp.write_text(text, encoding="utf-8")
+        # File timestamps tick coarsely (a few ms): renamed in the same tick as its last write, the
+        # file would not show its rename (ctime past mtime) and would wait the settle time.
+        time.sleep(RENAME_GAP_SECONDS)
         os.replace(tmp, self.root / source / name)  # atomic: readers see all or nothing
         self.report.files[source].append(f"{source}/{name}")
 

@@ -16,6 +16,25 @@ from churn_assets.warehouse import registered, transaction
 # The charts whose PNG goes into the page asset's metadata, for the Dagster UI.
 KEY_CHARTS = ["revenue_by_month", "churn_by_platform", "predicted_churn_by_country", "data_quality_daily"]
 
+# How often the dashboards follow new data outside the hourly cycle (continuous mode): they
+# are slow-moving, and fresh predictions must not wait for them.
+REFRESH_CRON = "*/15 * * * *"
+
+
+def refresh_condition(reads_warehouse: bool = True, cron: str = REFRESH_CRON) -> dg.AutomationCondition:
+    """Once per tick of ``cron``, as soon as something the asset reads has changed since the
+    tick; never while the asset or one of its inputs is being written (a cycle that writes it
+    anyway counts as the refresh). A figure that reads nothing in the warehouse (run history,
+    alerts) refreshes at every tick."""
+    tick = dg.AutomationCondition.cron_tick_passed(cron)
+    changed = dg.AutomationCondition.any_deps_match(
+        dg.AutomationCondition.newly_updated().since(tick) | dg.AutomationCondition.will_be_requested()
+    )
+    due = tick.since_last_handled() & changed if reads_warehouse else tick.since_last_handled()
+    return (due & ~dg.AutomationCondition.in_progress() & ~dg.AutomationCondition.any_deps_in_progress()).with_label(
+        f"every {cron}, once its inputs changed, nothing in progress"
+    )
+
 
 def _metric_asset(metric: Metric) -> dg.AssetsDefinition:
     @dg.asset(
@@ -24,6 +43,7 @@ def _metric_asset(metric: Metric) -> dg.AssetsDefinition:
         group_name="dashboard",
         kinds={"duckdb"},
         pool="duckdb_warehouse",
+        automation_condition=refresh_condition(),
         description=f"{metric.description} ({metric.dashboard}; table dashboard.{metric.name})",
     )
     def _asset(warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource) -> dg.MaterializeResult:
@@ -40,6 +60,7 @@ def _metric_asset(metric: Metric) -> dg.AssetsDefinition:
 
 @dg.asset(
     key=["dashboard", "pipeline_runs"],
+    automation_condition=refresh_condition(reads_warehouse=False),
     group_name="dashboard",
     kinds={"duckdb", "dagster"},
     pool="duckdb_warehouse",
@@ -84,6 +105,7 @@ def pipeline_runs(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
 
 @dg.asset(
     key=["dashboard", "alerts"],
+    automation_condition=refresh_condition(reads_warehouse=False),
     group_name="dashboard",
     kinds={"duckdb", "sqlite"},
     pool="duckdb_warehouse",
@@ -118,6 +140,7 @@ FIGURES = [m.name for m in METRICS] + ["pipeline_runs", "alerts"]
 
 @dg.asset(
     key=["dashboard", "page"],
+    automation_condition=refresh_condition(),
     deps=[["dashboard", name] for name in FIGURES],
     group_name="dashboard",
     kinds={"html"},
