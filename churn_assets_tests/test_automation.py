@@ -262,3 +262,49 @@ def test_a_failed_run_raises_exactly_one_alert(tmp_path, instance):
     stored = alerts.store().all()
     assert len(stored) == 1 and stored[0]["delivered_to"] == "table,webhook"
     hook.close()
+
+
+def test_dashboards_refresh_on_their_own_cadence_once_their_inputs_changed(tmp_path, instance):
+    """The dashboards' AutomationCondition, evaluated as churn_refresh_sensor does it, with Dagster's own
+    evaluator: every 15 min, only once what a figure reads has changed since the tick."""
+    from datetime import datetime, timedelta, timezone
+
+    defs = load_defs(tmp_path)
+    graph = defs.resolve_asset_graph()
+    dashboards = [k for k in graph.get_all_asset_keys() if k.path[0] == "dashboard"]
+    page, features = dg.AssetKey(["dashboard", "page"]), dg.AssetKey(["gold", "churn_features"])
+    no_inputs = {dg.AssetKey(["dashboard", "pipeline_runs"]), dg.AssetKey(["dashboard", "alerts"])}
+    reads_features = {k for k in dashboards if features in graph.get(k).parent_keys}
+    assert len(reads_features) >= 5
+
+    t = datetime(2026, 11, 2, 10, 5, tzinfo=timezone.utc)
+    cursor = None
+
+    def evaluate(minutes: float) -> set:
+        nonlocal cursor
+        result = dg.evaluate_automation_conditions(defs, instance, evaluation_time=t + timedelta(minutes=minutes))
+        cursor = result.cursor
+        return {k for k in dashboards if result.get_num_requested(k)}
+
+    def evaluate_next(minutes: float) -> set:
+        nonlocal cursor
+        result = dg.evaluate_automation_conditions(
+            defs, instance, evaluation_time=t + timedelta(minutes=minutes), cursor=cursor
+        )
+        cursor = result.cursor
+        return {k for k in dashboards if result.get_num_requested(k)}
+
+    assert evaluate(0) == set()  # the first look starts the clock
+    assert evaluate_next(5) == set()  # no tick since (10:10)
+    # 10:15 passed, nothing upstream changed: only what reads no warehouse table, and the page drawing it.
+    assert evaluate_next(11) == no_inputs | {page}
+    assert evaluate_next(11.5) == set()  # the sensor's next look (every 30 s): requested once
+    # Gold changes: the figures that read it follow at the next evaluation, once; the others do not.
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=features))
+    assert evaluate_next(12) == reads_features | {page}
+    assert evaluate_next(13) == set()
+    # Gold changes again: nothing until 10:30 has passed, then every figure (and the page) once.
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=features))
+    assert evaluate_next(20) == set()
+    assert evaluate_next(26) == reads_features | no_inputs | {page}
+    assert evaluate_next(26.5) == set()

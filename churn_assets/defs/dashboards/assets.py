@@ -22,18 +22,25 @@ REFRESH_CRON = "*/15 * * * *"
 
 
 def refresh_condition(reads_warehouse: bool = True, cron: str = REFRESH_CRON) -> dg.AutomationCondition:
-    """Once per tick of ``cron``, as soon as something the asset reads has changed since the
-    tick; never while the asset or one of its inputs is being written (a cycle that writes it
-    anyway counts as the refresh). A figure that reads nothing in the warehouse (run history,
-    alerts) refreshes at every tick."""
-    tick = dg.AutomationCondition.cron_tick_passed(cron)
-    changed = dg.AutomationCondition.any_deps_match(
-        dg.AutomationCondition.newly_updated().since(tick) | dg.AutomationCondition.will_be_requested()
+    """At most once per tick of ``cron``, and only once something the asset reads has changed
+    since it was last refreshed; never while it or one of its inputs is being written (a cycle
+    that writes it anyway counts as the refresh). A figure that reads nothing in the warehouse
+    (run history, alerts) refreshes at every tick."""
+    due = dg.AutomationCondition.cron_tick_passed(cron).since_last_handled()
+    if reads_warehouse:
+        due = due & dg.AutomationCondition.any_deps_updated().since_last_handled()
+    return (due & _nothing_in_progress()).with_label(f"every {cron}, once its inputs changed, nothing in progress")
+
+
+def follows_inputs() -> dg.AutomationCondition:
+    """Whenever a figure it draws was refreshed (or is about to be, in the same run)."""
+    return (dg.AutomationCondition.any_deps_updated().since_last_handled() & _nothing_in_progress()).with_label(
+        "after its figures, nothing in progress"
     )
-    due = tick.since_last_handled() & changed if reads_warehouse else tick.since_last_handled()
-    return (due & ~dg.AutomationCondition.in_progress() & ~dg.AutomationCondition.any_deps_in_progress()).with_label(
-        f"every {cron}, once its inputs changed, nothing in progress"
-    )
+
+
+def _nothing_in_progress() -> dg.AutomationCondition:
+    return ~dg.AutomationCondition.in_progress() & ~dg.AutomationCondition.any_deps_in_progress()
 
 
 def _metric_asset(metric: Metric) -> dg.AssetsDefinition:
@@ -140,7 +147,7 @@ FIGURES = [m.name for m in METRICS] + ["pipeline_runs", "alerts"]
 
 @dg.asset(
     key=["dashboard", "page"],
-    automation_condition=refresh_condition(),
+    automation_condition=follows_inputs(),
     deps=[["dashboard", name] for name in FIGURES],
     group_name="dashboard",
     kinds={"html"},
