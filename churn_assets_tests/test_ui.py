@@ -206,6 +206,7 @@ def test_schedule_and_sensors_are_listed_with_their_state(ui):
         "churn_auto_cadence": False,
         "churn_failure_alerts": True,
         "churn_duration_alerts": True,
+        "churn_refresh_sensor": True,
     }
     # The operator switches cadence from the shell; the page shows it.
     subprocess.run(
@@ -221,4 +222,5 @@ def test_schedule_and_sensors_are_listed_with_their_state(ui):
         "churn_auto_cadence": False,
         "churn_failure_alerts": True,
         "churn_duration_alerts": True,
+        "churn_refresh_sensor": True,
     }
