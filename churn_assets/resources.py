@@ -87,11 +87,15 @@ class LandingZoneResource(dg.ConfigurableResource):
     root: str
     settle_seconds: float
     batch_bytes: int
+    listen_seconds: float = 0.0  # how long a sensor tick waits for a new file
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LandingZoneResource:
         return cls(
-            root=str(settings.landing_dir), settle_seconds=settings.settle_seconds, batch_bytes=settings.batch_bytes
+            root=str(settings.landing_dir),
+            settle_seconds=settings.settle_seconds,
+            batch_bytes=settings.batch_bytes,
+            listen_seconds=settings.sensor_listen_seconds,
         )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:

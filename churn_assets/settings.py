@@ -200,6 +200,13 @@ class Settings:
     sensor_interval_seconds: int = _setting(
         "CHURN_SENSOR_INTERVAL_SECONDS", 3, "how often the landing sensor looks for new files", _positive(int)
     )
+    sensor_listen_seconds: float = _setting(
+        "CHURN_SENSOR_LISTEN_SECONDS",
+        3.0,
+        "how long one landing sensor tick waits for a new file before it returns (Dagster starts a tick "
+        "every 5 s at most): files are picked up as they land, not at the next tick",
+        _positive(float),
+    )
     continuous_retrain_minutes: float = _setting(
         "CHURN_CONTINUOUS_RETRAIN_MINUTES", 60.0, "continuous mode: retrain at most this often", _positive(float)
     )

@@ -57,8 +57,15 @@ def land_sample(home: Path) -> None:
 
 
 def project_env(home: Path, as_of: str = AS_OF, **extra: str) -> dict[str, str]:
-    """The settings a test runs the project with: its own home, a fixed as-of, no settle wait."""
-    return {"CHURN_HOME": str(home), "CHURN_AS_OF": as_of, "CHURN_SETTLE_SECONDS": "0", **extra}
+    """The settings a test runs the project with: its own home, a fixed as-of, no settle wait,
+    sensor ticks that look once (no listening)."""
+    return {
+        "CHURN_HOME": str(home),
+        "CHURN_AS_OF": as_of,
+        "CHURN_SETTLE_SECONDS": "0",
+        "CHURN_SENSOR_LISTEN_SECONDS": "0",
+        **extra,
+    }
 
 
 def load_defs(home: Path, as_of: str = AS_OF, **env: str) -> dg.Definitions:

@@ -154,7 +154,7 @@ class LiveDagster:
             cwd=REPO,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=600,  # `churn mode` loads the code location: minutes on a busy machine
         )
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stdout

@@ -9,7 +9,13 @@ import time
 import dagster as dg
 import pytest
 
-from churn_assets.defs.automation.triggers import AutoState, auto_cadence, run_key_for
+from churn_assets.defs.automation.triggers import (
+    BATCH_QUIET_SECONDS,
+    AutoState,
+    auto_cadence,
+    run_key_for,
+    wait_for_new_files,
+)
 from churn_assets.ops.alerts import AlertsResource, duration_verdict
 from churn_assets.settings import Settings
 from churn_assets_tests.helpers import load_defs, trigger
@@ -120,18 +126,85 @@ def test_hourly_schedule_requests_the_whole_cycle(instance):
     assert churn_hourly.cron_schedule == "0 * * * *" and churn_hourly.execution_timezone == "UTC"
 
 
-def test_expensive_steps_only_when_due(tmp_path, instance):
+def test_expensive_steps_only_when_due_and_dashboards_on_their_own_cadence(tmp_path, instance):
     land(tmp_path, "users/a.json")
     first = churn_landing_sensor(sensor_context(tmp_path, instance))
-    assert first.asset_selection is None and first.tags["churn/skipped"] == "none"  # nothing ever trained: due
+    assert first.tags["churn/skipped"] == "none"  # nothing ever trained: due
+    first_keys = {k.to_user_string() for k in first.asset_selection}
+    assert {"ml/churn_model", "campaigns/retention_messages", "gold/churn_prediction"} <= first_keys
+    # The dashboards never ride along: churn_refresh_sensor refreshes them (AutomationCondition).
+    assert not {k for k in first_keys if k.startswith("dashboard/")}
     instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=["ml", "churn_model"]))
     instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=["campaigns", "retention_messages"]))
     land(tmp_path, "users/b.json")
     later = churn_landing_sensor(sensor_context(tmp_path, instance))
     keys = {k.to_user_string() for k in later.asset_selection}
     assert later.tags["churn/skipped"] == "retraining,campaign"
-    assert "gold/churn_prediction" in keys and "dashboard/page" in keys and "bronze/churn_users_bronze" in keys
-    assert not keys & {"ml/churn_model", "ml/churn_model_champion", "campaigns/retention_messages"}
+    # What fresh predictions need, and nothing else: bronze -> silver -> gold -> scoring.
+    assert keys == {
+        "bronze/churn_users_bronze",
+        "bronze/churn_orders_bronze",
+        "bronze/churn_app_events",
+        "silver/churn_users",
+        "silver/churn_orders",
+        "gold/churn_features",
+        "gold/churn_prediction",
+    }
+
+
+def fake_time(start: float = 1000.0):
+    """A clock and a sleep that advances it, with things to do at given times (a writer landing a file)."""
+    now = [start]
+    due: list[tuple[float, object]] = []
+
+    def clock():
+        return now[0]
+
+    def sleep(seconds):
+        now[0] += seconds
+        for t, action in [d for d in due if d[0] <= now[0]]:
+            due.remove((t, action))
+            action()
+
+    return clock, sleep, lambda after, action: due.append((start + after, action))
+
+
+def rename_into_place(root, rel, text='{"id":"x"}\n'):
+    final = root / "landing" / rel
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name("." + final.name + ".part")
+    tmp.write_text(text)
+    time.sleep(0.02)  # past a tick of the file clock, so the rename shows (as the generator does)
+    os.replace(tmp, final)
+
+
+def test_a_tick_takes_a_file_as_it_lands_and_its_batch_with_it(tmp_path):
+    clock, sleep, at = fake_time()
+    at(1.0, lambda: rename_into_place(tmp_path, "users/a.json"))
+    at(1.2, lambda: rename_into_place(tmp_path, "orders/b.json"))  # the rest of the increment, just after
+    at(1.3, lambda: rename_into_place(tmp_path, "events/c.csv", "user_id\n"))
+    at(9.0, lambda: rename_into_place(tmp_path, "users/late.json"))  # long after: the next tick's
+    found = wait_for_new_files(tmp_path / "landing", None, 120, 3.0, clock=clock, sleep=sleep)
+    assert sorted(f.relpath for f in found) == ["events/c.csv", "orders/b.json", "users/a.json"]
+    # Taken as it landed (within a poll and the batch's quiet time), not at the window's end.
+    assert clock() - 1000.0 <= 1.0 + 2 * BATCH_QUIET_SECONDS + 0.2
+
+
+def test_a_tick_never_takes_a_file_still_being_written(tmp_path):
+    clock, sleep, at = fake_time()
+    path = tmp_path / "landing" / "users" / "writing.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"id":"a"}\n')  # written in place, just now: not complete before the settle time
+
+    def append():
+        with path.open("a") as f:
+            f.write('{"id":"b"}\n')
+
+    at(1.0, append)
+    assert wait_for_new_files(tmp_path / "landing", None, 120, 3.0, clock=clock, sleep=sleep) == []
+    assert 3.0 <= clock() - 1000.0 < 3.5  # it listened the whole window, and only that
+    # No listening: one look, as before.
+    assert wait_for_new_files(tmp_path / "landing", None, 120, 0, clock=clock, sleep=sleep) == []
 
 
 def test_duration_rule():
@@ -189,3 +262,49 @@ def test_a_failed_run_raises_exactly_one_alert(tmp_path, instance):
     stored = alerts.store().all()
     assert len(stored) == 1 and stored[0]["delivered_to"] == "table,webhook"
     hook.close()
+
+
+def test_dashboards_refresh_on_their_own_cadence_once_their_inputs_changed(tmp_path, instance):
+    """The dashboards' AutomationCondition, evaluated as churn_refresh_sensor does it, with Dagster's own
+    evaluator: every 15 min, only once what a figure reads has changed since the tick."""
+    from datetime import datetime, timedelta, timezone
+
+    defs = load_defs(tmp_path)
+    graph = defs.resolve_asset_graph()
+    dashboards = [k for k in graph.get_all_asset_keys() if k.path[0] == "dashboard"]
+    page, features = dg.AssetKey(["dashboard", "page"]), dg.AssetKey(["gold", "churn_features"])
+    no_inputs = {dg.AssetKey(["dashboard", "pipeline_runs"]), dg.AssetKey(["dashboard", "alerts"])}
+    reads_features = {k for k in dashboards if features in graph.get(k).parent_keys}
+    assert len(reads_features) >= 5
+
+    t = datetime(2026, 11, 2, 10, 5, tzinfo=timezone.utc)
+    cursor = None
+
+    def evaluate(minutes: float) -> set:
+        nonlocal cursor
+        result = dg.evaluate_automation_conditions(defs, instance, evaluation_time=t + timedelta(minutes=minutes))
+        cursor = result.cursor
+        return {k for k in dashboards if result.get_num_requested(k)}
+
+    def evaluate_next(minutes: float) -> set:
+        nonlocal cursor
+        result = dg.evaluate_automation_conditions(
+            defs, instance, evaluation_time=t + timedelta(minutes=minutes), cursor=cursor
+        )
+        cursor = result.cursor
+        return {k for k in dashboards if result.get_num_requested(k)}
+
+    assert evaluate(0) == set()  # the first look starts the clock
+    assert evaluate_next(5) == set()  # no tick since (10:10)
+    # 10:15 passed, nothing upstream changed: only what reads no warehouse table, and the page drawing it.
+    assert evaluate_next(11) == no_inputs | {page}
+    assert evaluate_next(11.5) == set()  # the sensor's next look (every 30 s): requested once
+    # Gold changes: the figures that read it follow at the next evaluation, once; the others do not.
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=features))
+    assert evaluate_next(12) == reads_features | {page}
+    assert evaluate_next(13) == set()
+    # Gold changes again: nothing until 10:30 has passed, then every figure (and the page) once.
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=features))
+    assert evaluate_next(20) == set()
+    assert evaluate_next(26) == reads_features | no_inputs | {page}
+    assert evaluate_next(26.5) == set()

@@ -72,6 +72,35 @@ def test_asset_graph_snapshot():
         assert graph.get(key).description
 
 
+def test_triggers_and_automation_conditions_snapshot():
+    """Every schedule and sensor with its default state, and which assets refresh on their own
+    cadence (AutomationCondition): the dashboards, and nothing the predictions depend on."""
+    triggers = {s.name: s.default_status.value for s in defs.schedules} | {
+        s.name: s.default_status.value for s in defs.sensors
+    }
+    assert triggers == {
+        "churn_hourly": "RUNNING",
+        "churn_landing_sensor": "STOPPED",
+        "churn_auto_cadence": "STOPPED",
+        "churn_failure_alerts": "RUNNING",
+        "churn_duration_alerts": "RUNNING",
+        "churn_refresh_sensor": "RUNNING",
+    }
+    refresh = next(s for s in defs.sensors if s.name == "churn_refresh_sensor")
+    assert isinstance(refresh, dg.AutomationConditionSensorDefinition)
+    graph = defs.resolve_asset_graph()
+    conditioned = {k for k in graph.get_all_asset_keys() if graph.get(k).automation_condition is not None}
+    assert conditioned == {k for k in graph.get_all_asset_keys() if k.path[0] == "dashboard"}
+    labels = {graph.get(k).automation_condition.get_label() for k in conditioned}
+    assert labels == {
+        "every */15 * * * *, once its inputs changed, nothing in progress",
+        "after its figures, nothing in progress",
+    }
+    # Predictions never wait for a slow-moving asset: nothing upstream of them carries a condition.
+    upstream = dg.AssetSelection.assets(["gold", "churn_prediction"]).upstream().resolve(graph)
+    assert len(upstream) == 9 and not upstream & conditioned  # bronze, silver, gold, ml and itself
+
+
 def test_cycle_job_covers_every_asset_and_runs_in_one_process():
     job = defs.resolve_job_def("churn_cycle")
     graph = defs.resolve_asset_graph()

@@ -186,6 +186,8 @@ def test_better_challenger_is_promoted_and_serves(trained):
     assert metadata(result, "ml/churn_model_champion")["decision"] == "promoted"
     assert client(home).get_model_version_by_alias("churn_model", "champion").version == int(version)
     assert query(home, "SELECT DISTINCT model_version FROM gold.churn_prediction") == [(version,)]
+    # The champion loaded as the run started was the old one: the new one was loaded instead.
+    assert metadata(result, "gold/churn_prediction")["champion_prefetched"] is False
 
 
 def test_retrain_policy_skips_training_but_still_scores(trained):
@@ -199,6 +201,8 @@ def test_retrain_policy_skips_training_but_still_scores(trained):
     assert metadata(result, "ml/churn_model_champion")["decision"] == "no new candidate"
     assert len(client(home).search_model_versions("name = 'churn_model'")) == versions
     assert metadata(result, "gold/churn_prediction")["model_version"] == champion
+    # Nothing changed the champion during the run: the one loaded in the background scored.
+    assert metadata(result, "gold/churn_prediction")["champion_prefetched"] is True
 
 
 @pytest.mark.parametrize("store", ["unreachable", "corrupt"])

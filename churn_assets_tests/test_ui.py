@@ -206,6 +206,7 @@ def test_schedule_and_sensors_are_listed_with_their_state(ui):
         "churn_auto_cadence": False,
         "churn_failure_alerts": True,
         "churn_duration_alerts": True,
+        "churn_refresh_sensor": True,
     }
     # The operator switches cadence from the shell; the page shows it. With `churn ui` up,
     # `churn mode` goes through its GraphQL API: no code location loaded, no Dagster import.
@@ -246,4 +247,5 @@ def test_schedule_and_sensors_are_listed_with_their_state(ui):
         "churn_auto_cadence": False,
         "churn_failure_alerts": True,
         "churn_duration_alerts": True,
+        "churn_refresh_sensor": True,
     }

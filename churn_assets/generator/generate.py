@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -75,6 +76,7 @@ POLARS_TYPES = {"VARCHAR": pl.String, "DOUBLE": pl.Float64, "BOOLEAN": pl.Boolea
 KEY_NULL_RATE = 0.02
 CATEGORY_NULL_RATE = 0.01
 ROWS_PER_FILE = {"users": 10_000, "orders": 20_000, "events": 20_000}
+RENAME_GAP_SECONDS = 0.02  # > one tick of the kernel's file clock (4 ms at HZ=250, 10 ms at HZ=100)
 
 
 @dataclass
@@ -410,6 +412,9 @@ class LandingWriter:
         name = f"part-{len(self.report.files[source]):05d}-{self.tag}{SPECS[source].extension}"
         tmp = self.root / source / f".{name}.tmp"
         tmp.write_text(text, encoding="utf-8")
+        # File timestamps tick coarsely (a few ms): renamed in the same tick as its last write, the
+        # file would not show its rename (ctime past mtime) and would wait the settle time.
+        time.sleep(RENAME_GAP_SECONDS)
         os.replace(tmp, self.root / source / name)  # atomic: readers see all or nothing
         self.report.files[source].append(f"{source}/{name}")
 

@@ -2,11 +2,14 @@
 
 Two cadences, exactly one of them on at a time (``churn mode``):
 - ``churn_hourly`` (schedule, on by default): every hour, the whole cycle.
-- ``churn_landing_sensor`` (off by default): every few seconds, complete new landing
-  files -> one run for all of them; retraining and the campaign only when due.
+- ``churn_landing_sensor`` (off by default): complete new landing files, taken as they land
+  -> one run for all of them, bronze to predictions; retraining and the campaign only when
+  due; the dashboards are left to ``churn_refresh_sensor``.
 - ``churn_auto_cadence`` (off by default): watches the arrival rate and behaves as one or
   the other, with hysteresis; each switch is logged and alerted.
 Watching: ``churn_failure_alerts`` and ``churn_duration_alerts`` (on by default).
+Declared: ``churn_refresh_sensor`` (on by default) materializes the assets that carry an
+``AutomationCondition`` (the dashboards) on their own cadence, whatever the mode.
 """
 
 from __future__ import annotations
@@ -50,6 +53,41 @@ def new_files(landing_root: Path, after: tuple[float, str] | None, settle_second
     found = [f for s in SOURCES for f in discover(landing_root, s, set(), settle_seconds, now)]
     found = [f for f in found if after is None or (f.mtime, f.relpath) > tuple(after)]
     return sorted(found, key=lambda f: (f.mtime, f.relpath))
+
+
+# A tick that found a file waits until no further file has come for this long: the files a
+# writer lands together (an increment's users, orders and events) go into one run.
+BATCH_QUIET_SECONDS = 0.4
+POLL_SECONDS = 0.1  # three directory listings: cheap
+
+
+def wait_for_new_files(
+    landing_root: Path,
+    after: tuple[float, str] | None,
+    settle_seconds: float,
+    listen_seconds: float,
+    clock=time.time,
+    sleep=time.sleep,
+) -> list:
+    """``new_files``, waiting up to ``listen_seconds`` for the first complete one.
+
+    Dagster's sensor daemon starts a tick every 5 s at most, so a tick that only looked once
+    would leave a file waiting 2.5 s on average; one that listens for most of that interval
+    takes it as it lands. Completeness is the same test as ever (renamed into place, or
+    still for ``settle_seconds``): waiting never makes a half-written file count."""
+    start = clock()
+    found = new_files(landing_root, after, settle_seconds, start)
+    while not found and clock() - start < listen_seconds:
+        sleep(POLL_SECONDS)
+        found = new_files(landing_root, after, settle_seconds, clock())
+    # Once one has come, gather the rest of its batch (bounded: a steady stream still starts runs).
+    while found and listen_seconds > 0 and clock() - start < 2 * listen_seconds:
+        sleep(BATCH_QUIET_SECONDS)
+        more = new_files(landing_root, after, settle_seconds, clock())
+        if len(more) == len(found):
+            break
+        found = more
+    return found
 
 
 def run_key_for(files: list) -> str:
@@ -119,15 +157,19 @@ def not_due(instance: dg.DagsterInstance, now: float, settings: Settings) -> tup
     return excluded, skipped
 
 
+def on_own_cadence(asset_graph) -> list[dg.AssetKey]:
+    """The assets that carry an automation condition: they refresh on their own cadence
+    (``churn_refresh_sensor``), so a run for new files leaves them out."""
+    return [k for k in asset_graph.get_all_asset_keys() if asset_graph.get(k).automation_condition is not None]
+
+
 def _request_for_files(context, files: list, trigger: str) -> dg.RunRequest:
     now = time.time()
+    graph = context.repository_def.asset_graph
     excluded, skipped = not_due(context.instance, now, Settings.load())
-    # None = every asset; else the code location's own graph less what is not due.
-    selection = (
-        sorted(k for k in context.repository_def.asset_graph.get_all_asset_keys() if k not in excluded)
-        if excluded
-        else None
-    )
+    excluded += on_own_cadence(graph)
+    # The code location's own graph less what is not due and what refreshes on its own cadence.
+    selection = sorted(k for k in graph.get_all_asset_keys() if k not in excluded)
     return dg.RunRequest(
         run_key=run_key_for(files),
         asset_selection=selection,
@@ -151,12 +193,13 @@ def churn_hourly(context: dg.ScheduleEvaluationContext):
 
 def churn_landing_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource):
     after = json.loads(context.cursor) if context.cursor else default_after(context.instance)
-    files = new_files(Path(landing.root), after, landing.settle_seconds, time.time())
+    if pending_runs(context.instance) >= Settings.load().max_pending_runs:
+        # The cursor stays: new files trigger the next run, once this one is done.
+        waiting = len(new_files(Path(landing.root), after, landing.settle_seconds, time.time()))
+        return dg.SkipReason(f"{waiting} new files wait: a cycle is already queued or running")
+    files = wait_for_new_files(Path(landing.root), after, landing.settle_seconds, landing.listen_seconds)
     if not files:
         return dg.SkipReason("no new complete file")
-    if pending_runs(context.instance) >= Settings.load().max_pending_runs:
-        # The cursor stays: these files trigger the next run.
-        return dg.SkipReason(f"{len(files)} new files wait: a cycle is already queued or running")
     context.update_cursor(json.dumps([files[-1].mtime, files[-1].relpath]))
     return _request_for_files(context, files, "landing_sensor")
 
@@ -280,4 +323,17 @@ def build(settings: Settings, job) -> tuple[list[dg.ScheduleDefinition], list[dg
         "of the job's last successful runs, or CHURN_ALERT_DURATION_CEILING_SECONDS, without stopping it. Each tick "
         "also re-sends every alert not delivered yet (webhook or Slack down), until delivered or expired.",
     )(churn_duration_alerts)
-    return [hourly], [landing, auto, failures, durations]
+    # Declarative automation: assets that declare an AutomationCondition (the dashboards: every
+    # 15 min once their inputs changed) are evaluated here, in the daemon, every 30 s. Their
+    # runs go through the same run queue as the cycle (one run at a time: one warehouse writer).
+    refresh = dg.AutomationConditionSensorDefinition(
+        "churn_refresh_sensor",
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        run_tags={"churn/trigger": "automation_condition"},
+        description="Slow-moving assets on their own cadence, declared on the assets (AutomationCondition): the "
+        "dashboards every 15 min once something they read changed, never while they or their inputs are being "
+        "written. The landing sensor's runs leave these assets out, so fresh predictions do not wait for them.",
+    )
+    return [hourly], [landing, auto, failures, durations, refresh]

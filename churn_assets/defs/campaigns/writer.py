@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-
-import anthropic
+from typing import TYPE_CHECKING
 
 from churn_assets.defs.campaigns.decide import Decision
 from churn_assets.defs.campaigns.generation import Generation
 from churn_assets.defs.campaigns.prompts import RULES, corrective_message, parse_answer, system_blocks, user_message
 from churn_assets.defs.campaigns.validate import problems
+
+if TYPE_CHECKING:  # the SDK is imported where a call is made: every run and sensor tick loads this module
+    import anthropic
 
 
 @dataclass
@@ -79,6 +81,8 @@ class ClaudeWriter:
         ) * prices.cache_write_per_mtok / 1e6 + max_tokens * prices.output_per_mtok / 1e6
 
     def write(self, decision: Decision) -> Generation:
+        import anthropic
+
         gen = Generation(decision, self.model, "failed")
         messages = [{"role": "user", "content": user_message(decision)}]
         for _attempt in (1, 2):

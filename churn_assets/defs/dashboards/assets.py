@@ -16,6 +16,32 @@ from churn_assets.warehouse import registered, transaction
 # The charts whose PNG goes into the page asset's metadata, for the Dagster UI.
 KEY_CHARTS = ["revenue_by_month", "churn_by_platform", "predicted_churn_by_country", "data_quality_daily"]
 
+# How often the dashboards follow new data outside the hourly cycle (continuous mode): they
+# are slow-moving, and fresh predictions must not wait for them.
+REFRESH_CRON = "*/15 * * * *"
+
+
+def refresh_condition(reads_warehouse: bool = True, cron: str = REFRESH_CRON) -> dg.AutomationCondition:
+    """At most once per tick of ``cron``, and only once something the asset reads has changed
+    since it was last refreshed; never while it or one of its inputs is being written (a cycle
+    that writes it anyway counts as the refresh). A figure that reads nothing in the warehouse
+    (run history, alerts) refreshes at every tick."""
+    due = dg.AutomationCondition.cron_tick_passed(cron).since_last_handled()
+    if reads_warehouse:
+        due = due & dg.AutomationCondition.any_deps_updated().since_last_handled()
+    return (due & _nothing_in_progress()).with_label(f"every {cron}, once its inputs changed, nothing in progress")
+
+
+def follows_inputs() -> dg.AutomationCondition:
+    """Whenever a figure it draws was refreshed (or is about to be, in the same run)."""
+    return (dg.AutomationCondition.any_deps_updated().since_last_handled() & _nothing_in_progress()).with_label(
+        "after its figures, nothing in progress"
+    )
+
+
+def _nothing_in_progress() -> dg.AutomationCondition:
+    return ~dg.AutomationCondition.in_progress() & ~dg.AutomationCondition.any_deps_in_progress()
+
 
 def _metric_asset(metric: Metric) -> dg.AssetsDefinition:
     @dg.asset(
@@ -24,6 +50,7 @@ def _metric_asset(metric: Metric) -> dg.AssetsDefinition:
         group_name="dashboard",
         kinds={"duckdb"},
         pool="duckdb_warehouse",
+        automation_condition=refresh_condition(),
         description=f"{metric.description} ({metric.dashboard}; table dashboard.{metric.name})",
     )
     def _asset(warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource) -> dg.MaterializeResult:
@@ -40,6 +67,7 @@ def _metric_asset(metric: Metric) -> dg.AssetsDefinition:
 
 @dg.asset(
     key=["dashboard", "pipeline_runs"],
+    automation_condition=refresh_condition(reads_warehouse=False),
     group_name="dashboard",
     kinds={"duckdb", "dagster"},
     pool="duckdb_warehouse",
@@ -84,6 +112,7 @@ def pipeline_runs(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
 
 @dg.asset(
     key=["dashboard", "alerts"],
+    automation_condition=refresh_condition(reads_warehouse=False),
     group_name="dashboard",
     kinds={"duckdb", "sqlite"},
     pool="duckdb_warehouse",
@@ -118,6 +147,7 @@ FIGURES = [m.name for m in METRICS] + ["pipeline_runs", "alerts"]
 
 @dg.asset(
     key=["dashboard", "page"],
+    automation_condition=follows_inputs(),
     deps=[["dashboard", name] for name in FIGURES],
     group_name="dashboard",
     kinds={"html"},

@@ -14,8 +14,6 @@ from datetime import date, datetime
 from decimal import Decimal
 from functools import lru_cache
 
-import altair as alt
-
 KPI_LABELS = {
     "customers": ("Customers", "{:,.0f}"),
     "customers_churned": ("Customers who churned", "{:,.0f}"),
@@ -41,6 +39,8 @@ def records(rows: list[dict]) -> list[dict]:
 
 
 def _status_color():
+    import altair as alt
+
     return alt.Color("status:N", scale=alt.Scale(domain=list(PALETTE), range=list(PALETTE.values())), title=None)
 
 
@@ -60,6 +60,8 @@ def runs_for_page(rows: list[dict]) -> list[dict]:
 
 
 def _runs_chart(rows: list[dict]):
+    import altair as alt
+
     base = alt.Chart(alt.Data(values=runs_for_page(rows)), title="Runs: duration (latest 200)").encode(
         x=alt.X("started_at:T", title="started (UTC)", axis=alt.Axis(format="%m-%d %H:%M", labelAngle=-40)),
         color=alt.Color(
@@ -99,6 +101,7 @@ def _runs_chart(rows: list[dict]):
 
 def chart_specs(fig: dict[str, list[dict]]) -> dict[str, dict]:
     """One Vega-Lite spec per charted figure, its data inlined."""
+    import altair as alt  # here, not at import: every run and sensor tick loads this module
 
     def data(name):
         return alt.Data(values=records(fig[name]))

@@ -236,13 +236,16 @@ def churn_prediction(
     client, experiment_id = mlflow_store.open()
     name = mlflow_store.model_name
     try:
-        champion = registry.current_champion(client, mlflow_store.store(), experiment_id, context.log)
+        ready = mlflow_store.prefetched_champion(client)
+        champion, model = ready if ready else (None, None)
+        if champion is None:
+            champion = registry.current_champion(client, mlflow_store.store(), experiment_id, context.log)
         if champion is None:
             raise dg.Failure(
                 description=f"no '{registry.CHAMPION}' version of {name} in the registry yet: nothing to score with"
             )
         threshold = float(champion.tags["threshold"])
-        model = registry.load_model(name, str(champion.version))
+        model = model or registry.load_model(name, str(champion.version))
     except dg.Failure:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -260,6 +263,8 @@ def churn_prediction(
             "model_version": str(champion.version),
             "threshold": dg.MetadataValue.float(threshold),
             "customers_at_risk": scored.at_risk,
+            # Loaded in the background as the run started (the champion did not change since).
+            "champion_prefetched": ready is not None,
             "scoring_rows_per_second": dg.MetadataValue.float(scored.rows_per_second),
         }
     )

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import dagster as dg
 from pydantic import PrivateAttr
 
 from churn_assets.settings import Settings
+
+PREDICTION = dg.AssetKey(["gold", "churn_prediction"])  # the step that scores with the champion
 
 
 class MLflowResource(dg.ConfigurableResource):
@@ -21,6 +24,7 @@ class MLflowResource(dg.ConfigurableResource):
     http_timeout: int = 10
     http_retries: int = 1
     _scope: contextlib.ExitStack | None = PrivateAttr(default=None)
+    _champion: Future | None = PrivateAttr(default=None)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides) -> MLflowResource:
@@ -38,8 +42,47 @@ class MLflowResource(dg.ConfigurableResource):
 
         self._scope = contextlib.ExitStack()
         self._scope.enter_context(configured(self.store(), self.http_timeout, self.http_retries))
+        selection = context.run.asset_selection if context.run else None
+        if not selection or PREDICTION in selection:  # empty: the whole job
+            # Opening the store and loading the champion take seconds; a run that scores starts
+            # them now, in the background, while its first steps work in DuckDB (which releases
+            # the GIL). The scoring step checks the alias again and uses the result only if it
+            # still names the same version.
+            pool = ThreadPoolExecutor(1, thread_name_prefix="champion-prefetch")
+            self._champion = pool.submit(self._load_champion)
+            pool.shutdown(wait=False)
+
+    def _load_champion(self):
+        from churn_assets.defs.ml import registry
+
+        client, _ = self.open()
+        alias = registry.version_by_alias(client, self.model_name, registry.CHAMPION)
+        if alias is None:
+            return None
+        # A champion pickled by an earlier release fails to load here: the step migrates it.
+        champion = client.get_model_version(self.model_name, str(alias.version))
+        return champion, registry.load_model(self.model_name, str(champion.version))
+
+    def prefetched_champion(self, client):
+        """(champion version, model) loaded in the background, if the champion alias still names
+        that version; else None (the caller loads it itself)."""
+        from churn_assets.defs.ml import registry
+
+        if self._champion is None:
+            return None
+        try:
+            found = self._champion.result()
+        except Exception:  # noqa: BLE001 - the scoring step's own load reports the failure
+            return None
+        if found is None:
+            return None
+        now = registry.version_by_alias(client, self.model_name, registry.CHAMPION)
+        return found if now is not None and str(now.version) == str(found[0].version) else None
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._champion is not None:
+            self._champion.cancel()
+            self._champion = None
         if self._scope is not None:
             self._scope.close()
             self._scope = None
