@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -228,6 +229,11 @@ def dagster_run(home: Path) -> tuple[float, float, dict[str, float], int]:
     return sum(steps.values()), wall, steps, rows
 
 
+def peak_gb() -> float:
+    """The process's peak resident set (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
 def by_layer(steps: dict[str, float]) -> dict[str, float]:
     """Step seconds summed per layer (a step key starts with its layer: ``bronze__churn_app_events``)."""
     by: dict[str, float] = {}
@@ -277,6 +283,8 @@ def main() -> None:
         db.unlink()
         plain_db = work / f"plain-{rep}.duckdb"
         plain, plain_rows = plain_seed_sql(src / "landing", plain_db)
+        if rep == 0:
+            print(f"  peak RSS after the baselines: {peak_gb():.2f} GB")
         for layer, secs in plain.items():
             plain_layers.setdefault(layer, []).append(secs)
         home = work / f"dagster-{rep}"
@@ -296,6 +304,7 @@ def main() -> None:
             f"wall {wall:.2f}s ({dag_rows:,} gold rows) [{layer_times(steps)}]"
         )
         print("  " + assert_parity(plain_db, home / "warehouse.duckdb"))
+        print(f"  peak RSS of this process so far: {peak_gb():.2f} GB")
         plain_db.unlink()
         if last_home:
             shutil.rmtree(last_home, ignore_errors=True)
