@@ -183,17 +183,21 @@ def _insert_rows(
         view = f"_landing_{spec.name}_{files[0][0]}_{n}"
         table = pa.concat_tables([_with_lineage(pf, file_id) for file_id, pf in files])
         with registered(con, view, table):
+            bad_sql = None
             if spec.fmt == "json":
                 rows_sql, bad_sql = json_select_sql(spec, view)
-                quarantine += [tuple(r) for r in con.execute(bad_sql).fetchall()]
             else:
                 rows_sql = csv_select_sql(spec, list(header), view)
-            con.execute(
+            (inserted,) = con.execute(
                 f"""INSERT INTO bronze.{spec.table}
                     SELECT * EXCLUDE (row_no, file_id, source_file), source_file, file_id, row_no, ?
                     FROM ({rows_sql})""",
                 [now],
-            )
+            ).fetchone()
+            # The JSON rows query keeps the lines that are objects: the others, if any, are the
+            # quarantine's. A clean batch skips that second pass over every line.
+            if bad_sql is not None and inserted < table.num_rows:
+                quarantine += [tuple(r) for r in con.execute(bad_sql).fetchall()]
     if quarantine:
         q = pa.table(
             {

@@ -225,13 +225,15 @@ def churn_model_champion(
     retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
     description="Every customer of gold.churn_features scored by models:/churn_model@champion, loaded from the "
     "registry (so a champion from an earlier run serves): churn probability, predicted label at the threshold "
-    "chosen on the holdout, model name and version, scoring time. Replaced whole, only after scoring succeeded.",
+    "chosen on the holdout, model name and version, scoring time. The same model scores again only the "
+    "customers whose features changed (a features hash per row); a new model scores everyone. Written only after "
+    "scoring succeeded.",
 )
 def churn_prediction(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow_store: MLflowResource
 ) -> dg.MaterializeResult:
     from churn_assets.defs.ml import registry
-    from churn_assets.defs.ml.scoring import replace_predictions
+    from churn_assets.defs.ml.scoring import update_predictions
 
     client, experiment_id = mlflow_store.open()
     name = mlflow_store.model_name
@@ -255,7 +257,7 @@ def churn_prediction(
             allow_retries=True,
         ) from exc
     with warehouse.get_connection() as con:
-        scored = replace_predictions(con, model, threshold, name, str(champion.version))
+        scored = update_predictions(con, model, threshold, name, str(champion.version))
         metadata = table_metadata(con, "gold.churn_prediction")
     return dg.MaterializeResult(
         metadata={
@@ -266,6 +268,9 @@ def churn_prediction(
             # Loaded in the background as the run started (the champion did not change since).
             "champion_prefetched": ready is not None,
             "scoring_rows_per_second": dg.MetadataValue.float(scored.rows_per_second),
+            "scoring_mode": scored.mode,
+            "customers_scored": scored.rows,
+            "customers_removed": scored.rows_removed,
         }
     )
 

@@ -1,5 +1,12 @@
-"""Scoring with a registered model: the holdout the champion step compares on, and every
-customer's prediction, replaced whole in ``gold.churn_prediction``."""
+"""Scoring with a registered model: the holdout the champion step compares on, and the
+customers' predictions in ``gold.churn_prediction``.
+
+An hourly increment changes the features of a few customers, not all: each prediction row
+keeps a hash of the features it was scored from (``_features_hash``), and a run with the same
+model scores only the customers whose hash moved, plus new ones, and drops the ones gold no
+longer has. The table then equals a full rescoring (churn_assets_tests/test_scoring_incremental.py).
+A new model version, a changed threshold, or a table from before the hash column scores everyone.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +18,13 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from churn_assets.defs.ml.features import LABEL, load_features, to_model_frame
+from churn_assets.defs.ml.features import FEATURES, LABEL, load_features, to_model_frame
 from churn_assets.timeutil import utcnow
-from churn_assets.warehouse import registered, scalar, transaction
+from churn_assets.warehouse import registered, scalar, table_exists, transaction
+
+# What a prediction depends on: the key and every column the model reads. DuckDB's hash is
+# stable within a version; after an upgrade that changes it, every customer is scored once.
+FEATURES_HASH = f"hash({', '.join(['user_id', *FEATURES])})"
 
 
 def holdout(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, np.ndarray]:
@@ -24,9 +35,12 @@ def holdout(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, np.ndarray]:
 
 @dataclass(frozen=True)
 class Scored:
-    rows: int
-    at_risk: int
+    rows: int  # customers scored by this run
+    at_risk: int  # customers predicted to churn in the whole table
     rows_per_second: float
+    mode: str = "full"  # full | incremental
+    rows_total: int = 0  # customers in the table
+    rows_removed: int = 0  # customers gold no longer has (incremental only)
 
 
 def predictions(
@@ -38,16 +52,79 @@ def predictions(
     ).with_columns(model_name=pl.lit(model_name), model_version=pl.lit(version), scored_at=pl.lit(scored_at))
 
 
+def _features(con: duckdb.DuckDBPyConnection, only: str = "") -> pl.DataFrame:
+    """Model input columns and their hash, for every customer of gold or those of ``only`` (a SQL condition)."""
+    return con.sql(
+        f"""SELECT user_id, {", ".join(FEATURES)}, {FEATURES_HASH} AS _features_hash
+            FROM gold.churn_features {f"WHERE {only}" if only else ""} ORDER BY user_id"""
+    ).pl()
+
+
+def _score(df: pl.DataFrame, model, threshold: float, model_name: str, version: str) -> tuple[pl.DataFrame, float]:
+    t0 = time.perf_counter()
+    proba = model.predict_polars(df) if len(df) else np.zeros(0)
+    took = time.perf_counter() - t0
+    out = predictions(df["user_id"], proba, threshold, model_name, version, utcnow())
+    return out.with_columns(_features_hash=df["_features_hash"]), took
+
+
 def replace_predictions(
     con: duckdb.DuckDBPyConnection, model, threshold: float, model_name: str, version: str
 ) -> Scored:
     """Score every customer of gold.churn_features; the table is replaced only once all are scored."""
-    df = load_features(con, with_label=False)
-    t0 = time.perf_counter()
-    proba = model.predict_polars(df)
-    took = time.perf_counter() - t0
-    out = predictions(df["user_id"], proba, threshold, model_name, version, utcnow())
+    df = _features(con)
+    out, took = _score(df, model, threshold, model_name, version)
     with transaction(con), registered(con, "_scored", out):
         con.execute("CREATE OR REPLACE TABLE gold.churn_prediction AS SELECT * FROM _scored")
     at_risk = scalar(con, "SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction = 1")
-    return Scored(len(df), int(at_risk), round(len(df) / took if took else 0.0, 1))
+    return Scored(len(df), int(at_risk), round(len(df) / took if took else 0.0, 1), "full", len(df))
+
+
+def _same_model(con: duckdb.DuckDBPyConnection, threshold: float, model_name: str, version: str) -> bool:
+    """The table holds only this model's predictions at this threshold, each with its features hash."""
+    if not table_exists(con, "gold", "churn_prediction"):
+        return False
+    columns = {c for (c,) in con.execute("SELECT column_name FROM (DESCRIBE gold.churn_prediction)").fetchall()}
+    if "_features_hash" not in columns:
+        return False
+    other = scalar(
+        con,
+        """SELECT count(*) FROM gold.churn_prediction
+           WHERE model_name IS DISTINCT FROM ? OR model_version IS DISTINCT FROM ? OR _features_hash IS NULL
+              OR churn_prediction IS DISTINCT FROM (churn_probability >= ?)::INTEGER""",
+        [model_name, version, threshold],
+    )
+    return other == 0
+
+
+def update_predictions(
+    con: duckdb.DuckDBPyConnection, model, threshold: float, model_name: str, version: str
+) -> Scored:
+    """Score the customers whose features changed since the same model last scored them (new
+    ones included) and drop those gold no longer has; any other model scores everyone."""
+    if not _same_model(con, threshold, model_name, version):
+        return replace_predictions(con, model, threshold, model_name, version)
+    # One pass over gold and the predictions finds the rows to score; only those reach Python.
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _to_score AS
+            SELECT f.user_id FROM gold.churn_features f LEFT JOIN gold.churn_prediction p USING (user_id)
+            WHERE p._features_hash IS DISTINCT FROM {FEATURES_HASH}"""
+    )
+    df = _features(con, "user_id IN (SELECT user_id FROM _to_score)")
+    out, took = _score(df, model, threshold, model_name, version)
+    with transaction(con), registered(con, "_scored", out):
+        removed = scalar(
+            con, "SELECT count(*) FROM gold.churn_prediction ANTI JOIN gold.churn_features USING (user_id)"
+        )
+        con.execute(
+            """DELETE FROM gold.churn_prediction
+               WHERE user_id IN (SELECT user_id FROM _scored)
+                  OR user_id NOT IN (SELECT user_id FROM gold.churn_features)"""
+        )
+        con.execute("INSERT INTO gold.churn_prediction SELECT * FROM _scored")
+    con.execute("DROP TABLE _to_score")
+    at_risk, total = con.execute(
+        "SELECT count(*) FILTER (churn_prediction = 1), count(*) FROM gold.churn_prediction"
+    ).fetchall()[0]
+    rate = round(len(df) / took if took else 0.0, 1)
+    return Scored(len(df), int(at_risk), rate, "incremental", int(total), int(removed or 0))
