@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +27,7 @@ from churn_assets.landing import SOURCES  # noqa: F401  (re-exported: the landin
 from churn_assets.timeutil import parse_as_of
 
 EXECUTORS = ("in_process", "multiprocess")
+ENGINES = ("duckdb", "spark")
 
 
 class SettingsError(ValueError):
@@ -45,6 +47,8 @@ SHOWN = {  # how the docs state a default that is not a plain value
     "ANTHROPIC_BASE_URL": "the SDK's default",
     "DAGSTER_HOME": "$CHURN_HOME/dagster_home",
     "XDG_CACHE_HOME": "~/.cache",
+    "CHURN_SPARK_WAREHOUSE": "$CHURN_HOME/spark_warehouse",
+    "PYSPARK_PYTHON": "this Python (its sys.executable)",
 }
 
 
@@ -141,6 +145,30 @@ class Settings:
     )
     executor: str = _setting(
         "CHURN_EXECUTOR", "in_process", "in_process, or multiprocess: each step in its own process", choices=EXECUTORS
+    )
+    # --- engine -------------------------------------------------------------------------------
+    engine: str = _setting(
+        "CHURN_ENGINE",
+        "duckdb",
+        "duckdb (the warehouse file), or spark: bronze, silver and gold on Apache Spark (pip install .[spark])",
+        choices=ENGINES,
+    )
+    spark_master: str = _setting(
+        "CHURN_SPARK_MASTER",
+        "local[*]",
+        "with CHURN_ENGINE=spark: spark://host:7077 (standalone), sc://host:15002 (Spark Connect) or local[*]",
+    )
+    spark_python: str = _setting(
+        "PYSPARK_PYTHON",
+        sys.executable,
+        "with CHURN_ENGINE=spark: the Python the workers run; this environment (pyspark, pyarrow, this package) "
+        "at the same path on every worker",
+    )
+    spark_warehouse_override: str | None = _setting(
+        "CHURN_SPARK_WAREHOUSE",
+        None,
+        "with CHURN_ENGINE=spark: where the Spark tables live, a path or URI every worker reaches",
+        _optional,
     )
     # --- model --------------------------------------------------------------------------------
     mlflow_tracking_uri: str | None = _setting(
@@ -368,6 +396,10 @@ class Settings:
     @property
     def warehouse_path(self) -> Path:
         return self.home / "warehouse.duckdb"
+
+    @property
+    def spark_warehouse(self) -> str:
+        return self.spark_warehouse_override or str(self.home / "spark_warehouse")
 
     @property
     def landing_dir(self) -> Path:
