@@ -50,11 +50,18 @@ class EngineUnavailable(RuntimeError):
 def spark_session(
     master: str, warehouse: str, python: str = sys.executable, app_name: str = "churn_assets"
 ) -> SparkSession:
-    """One session per process and (master, warehouse): starting an application on a cluster
-    takes seconds, so the steps of a run and the runs of one process share it."""
+    """One application per process, one session per (master, warehouse): starting an
+    application on a cluster takes seconds, so the steps of a run and the runs of one process
+    share it; a session of its own per warehouse keeps each one's table views apart."""
     key = (master, warehouse)
     if key in _SESSIONS:
         return _SESSIONS[key]
+    if _SESSIONS:
+        first = next(iter(_SESSIONS.values()))
+        if first.sparkContext.master == master:
+            _SESSIONS[key] = first.newSession()
+            return _SESSIONS[key]
+        stop_sessions()
     try:
         from pyspark.sql import SparkSession
     except ImportError:
@@ -66,7 +73,6 @@ def spark_session(
         # Timestamps without a zone, as the DuckDB warehouse keeps them: no shift by the JVM's zone.
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.timestampType": "TIMESTAMP_NTZ",
-        "spark.sql.warehouse.dir": f"{warehouse}/_catalog",
         "spark.sql.adaptive.enabled": "true",
         # A task lost with its worker is retried elsewhere (the default, said out loud).
         "spark.task.maxFailures": "4",
@@ -111,9 +117,20 @@ class EngineResource(dg.ConfigurableResource):
         return self.name == "spark"
 
     def spark(self) -> SparkSession:
+        """The session, with every table of the warehouse as it is now (see ``register_tables``)."""
         session = spark_session(self.spark_master, self.spark_warehouse, self.spark_python)
         register_tables(session, self.spark_warehouse)
         return session
+
+    def table(self, table: str) -> DataFrame:
+        return self.spark().table(view_name(table))
+
+    def has_table(self, table: str) -> bool:
+        return current_dir(self.spark_warehouse, table) is not None
+
+    def sql(self, sql: str) -> DataFrame:
+        """Spark SQL naming tables as ``<schema>.<table>``."""
+        return self.spark().sql(qualify(sql))
 
     def table_dir(self, table: str) -> str:
         return table_dir(self.spark_warehouse, table)
@@ -127,11 +144,9 @@ class EngineResource(dg.ConfigurableResource):
         spark.createDataFrame(rows, columns).coalesce(1).write.parquet(
             f"{self.table_dir(table)}/batch={uuid.uuid4().hex[:16]}"
         )
-        register_tables(spark, self.spark_warehouse)
 
     def replace_table(self, df: DataFrame, table: str) -> None:
         replace_table(df, self.spark_warehouse, table)
-        register_tables(df.sparkSession, self.spark_warehouse)
 
 
 def spark_problem(master: str, groups: set[str] | None = None) -> str | None:
@@ -217,9 +232,27 @@ def replace_table(df: DataFrame, warehouse: str, table: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def view_name(table: str) -> str:
+    """The session's view of ``<schema>.<table>`` (temporary views have one-part names)."""
+    return table.replace(".", "__")
+
+
+def qualify(sql: str) -> str:
+    """Spark SQL with its ``<schema>.<table>`` names turned into the session's views."""
+    import sqlglot
+    from sqlglot import exp
+
+    def rename(node):
+        if isinstance(node, exp.Table) and node.args.get("db") is not None and node.db in SCHEMAS:
+            return exp.Table(this=exp.to_identifier(view_name(f"{node.db}.{node.name}")), alias=node.args.get("alias"))
+        return node
+
+    return sqlglot.parse_one(sql, read="spark").transform(rename).sql(dialect="spark")
+
+
 def register_tables(spark: SparkSession, warehouse: str) -> list[str]:
-    """Every table under the warehouse as ``<schema>.<table>`` in the session's catalog
-    (an external table over its current folder). Returns their names."""
+    """Every table under the warehouse as a view of the session over its current folder
+    (``<schema>__<table>``; ``qualify`` maps the dotted names to them). Returns the tables."""
     root = _local(warehouse)
     names = []
     if root is None or not root.is_dir():
@@ -228,17 +261,12 @@ def register_tables(spark: SparkSession, warehouse: str) -> list[str]:
         folder = root / schema
         if not folder.is_dir():
             continue
-        spark.sql(f"CREATE DATABASE IF NOT EXISTS {schema}")
         for table in sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
             name = f"{schema}.{table}"
             where = current_dir(warehouse, name)
-            if where is None:
-                continue
-            spark.sql(f"DROP TABLE IF EXISTS {name}")
-            spark.sql(f"CREATE TABLE {name} USING parquet LOCATION '{where}'")
-            if where == table_dir(warehouse, name):
-                spark.sql(f"ALTER TABLE {name} RECOVER PARTITIONS")
-            names.append(name)
+            if where is not None:
+                spark.read.parquet(where).createOrReplaceTempView(view_name(name))
+                names.append(name)
     return names
 
 
@@ -253,7 +281,7 @@ class SparkCursor:
     def execute(self, sql: str, params=None) -> SparkCursor:
         named = params if isinstance(params, dict) else None
         positional = params if isinstance(params, (list, tuple)) else ()
-        self._rows = [tuple(r) for r in self.spark.sql(duckdb_to_spark(sql, named, positional)).collect()]
+        self._rows = [tuple(r) for r in self.spark.sql(qualify(duckdb_to_spark(sql, named, positional))).collect()]
         return self
 
     def fetchall(self) -> list[tuple]:

@@ -156,7 +156,8 @@ class Settings:
     spark_master: str = _setting(
         "CHURN_SPARK_MASTER",
         "local[*]",
-        "with CHURN_ENGINE=spark: spark://host:7077 (standalone), sc://host:15002 (Spark Connect) or local[*]",
+        "with CHURN_ENGINE=spark: spark://host:7077 (a standalone master) or local[*]; Spark Connect (sc://) "
+        "is refused as not supported yet",
     )
     spark_python: str = _setting(
         "PYSPARK_PYTHON",
@@ -167,7 +168,8 @@ class Settings:
     spark_warehouse_override: str | None = _setting(
         "CHURN_SPARK_WAREHOUSE",
         None,
-        "with CHURN_ENGINE=spark: where the Spark tables live, a path or URI every worker reaches",
+        "with CHURN_ENGINE=spark: where the Spark tables live, a path every worker and the driver reach "
+        "(a shared disk; object-store URIs not yet)",
         _optional,
     )
     # --- model --------------------------------------------------------------------------------

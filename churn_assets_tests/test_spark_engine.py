@@ -57,6 +57,8 @@ class Cluster:
             "PYSPARK_PYTHON": sys.executable,
             "SPARK_LOG_DIR": str(root / "logs"),
             "SPARK_CONF_DIR": str(root / "conf"),
+            # A killed worker is known dead in seconds, not the default minute.
+            "SPARK_MASTER_OPTS": "-Dspark.worker.timeout=5",
         }
         (root / "conf").mkdir(parents=True, exist_ok=True)
         # The application's side: small executors, a few shuffle partitions for the sample.
@@ -186,12 +188,12 @@ def run_spark(cluster: Cluster, home: Path, selection: str = BRONZE_TO_GOLD):
 
 
 def spark_rows(cluster: Cluster, home: Path, sql: str) -> list[tuple]:
-    from churn_assets.engine import register_tables, spark_session
+    from churn_assets.engine import qualify, register_tables, spark_session
 
     warehouse = str(home / "spark_warehouse")
     spark = spark_session(cluster.master_url, warehouse)
     register_tables(spark, warehouse)
-    return [tuple(r) for r in spark.sql(sql).collect()]
+    return [tuple(r) for r in spark.sql(qualify(sql)).collect()]
 
 
 GOLD_COLUMNS = None  # filled from the gold module: every column, in the contract's order

@@ -154,7 +154,7 @@ def _spark_bronze(
     )
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": engine.spark().table(table).count(),
+            "dagster/row_count": engine.table(table).count(),
             "rows_new": result.rows_loaded,
             "files_ingested": result.files_loaded + result.files_quarantined,
             "files_duplicate": result.files_duplicate,

@@ -15,7 +15,6 @@ def gold_spark_sql(as_of: datetime) -> str:
 
 
 def build_churn_features_spark(engine: EngineResource, as_of: datetime) -> GoldResult:
-    spark = engine.spark()
-    engine.replace_table(spark.sql(gold_spark_sql(as_of)), "gold.churn_features")
-    total = spark.table("gold.churn_features").count()
+    engine.replace_table(engine.sql(gold_spark_sql(as_of)), "gold.churn_features")
+    total = engine.table("gold.churn_features").count()
     return GoldResult("full", total, total, True)

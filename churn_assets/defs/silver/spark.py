@@ -16,7 +16,7 @@ from churn_assets.defs.silver.transform import (
     USERS_VALID,
     SilverResult,
 )
-from churn_assets.engine import EngineResource, table_dir
+from churn_assets.engine import EngineResource
 from churn_assets.transpile import duckdb_to_spark
 
 BUILDS = {
@@ -48,10 +48,9 @@ def build_silver_spark(engine: EngineResource, target: str, pseudonym_key: str |
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    spark = engine.spark()
     source, key, valid, _, drops = BUILDS[target]
-    before = spark.table(target).count() if spark.catalog.tableExists(target) else 0
-    bronze = spark.table(source)
+    before = engine.table(target).count() if engine.has_table(target) else 0
+    bronze = engine.table(source)
     counts = bronze.agg(
         F.count("*").alias("read"),
         *[F.count(F.when(F.expr(cond), 1)).alias(name) for name, cond in drops.items()],
@@ -67,12 +66,6 @@ def build_silver_spark(engine: EngineResource, target: str, pseudonym_key: str |
     )
     view = f"_silver_latest_{target.split('.')[1]}"
     latest.createOrReplaceTempView(view)
-    engine.replace_table(spark.sql(silver_spark_sql(target, view, pseudonym_key)), target)
-    total = spark.read.parquet(_current(engine, target)).count()
+    engine.replace_table(latest.sparkSession.sql(silver_spark_sql(target, view, pseudonym_key)), target)
+    total = engine.table(target).count()
     return SilverResult(target, counts["read"], total, total - before, {name: counts[name] for name in drops}, total)
-
-
-def _current(engine: EngineResource, table: str) -> str:
-    from churn_assets.engine import current_dir
-
-    return current_dir(engine.spark_warehouse, table) or table_dir(engine.spark_warehouse, table)
