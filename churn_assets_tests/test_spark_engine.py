@@ -274,150 +274,6 @@ def test_quality_rows_and_checks_as_on_duckdb(cluster, spark_home):
     assert rows[("gold.churn_features", "one_row_per_customer")] == (450, 0, 0)
 
 
-def _counts(cluster, home) -> dict[str, int]:
-    tables = [
-        "bronze.churn_users_bronze",
-        "bronze.churn_orders_bronze",
-        "bronze.churn_app_events",
-        "silver.churn_users",
-        "silver.churn_orders",
-        "gold.churn_features",
-    ]
-    return {t: spark_rows(cluster, home, f"SELECT count(*) FROM {t}")[0][0] for t in tables}
-
-
-def test_exactly_once_second_run_copy_and_increment(cluster, tmp_path):
-    home = tmp_path
-    (home / "landing").mkdir()
-    land_sample(home)
-    assert run_spark(cluster, home)[0].success
-    first = _counts(cluster, home)
-    assert first == {
-        "bronze.churn_users_bronze": 2086,
-        "bronze.churn_orders_bronze": 2173,
-        "bronze.churn_app_events": 1125,
-        "silver.churn_users": 2086,
-        "silver.churn_orders": 2106,
-        "gold.churn_features": 450,
-    }
-    # A second run with nothing new adds nothing.
-    result, took = run_spark(cluster, home)
-    assert result.success
-    TIMES["sample_rerun_nothing_new_s"] = took
-    assert _counts(cluster, home) == first
-    # The same file landed again under another name: a duplicate, no row added anywhere.
-    events = sorted((home / "landing" / "events").iterdir())[0]
-    shutil.copy(events, events.with_name("copy-of-" + events.name))
-    assert run_spark(cluster, home)[0].success
-    assert _counts(cluster, home) == first
-    dup = spark_rows(cluster, home, "SELECT count(*) FROM bronze.ingest_manifest_events WHERE status = 'duplicate'")[0][
-        0
-    ]
-    assert dup == 1
-    # An increment: exactly its records, in bronze and in the silver and gold rows they make.
-    new_user = {
-        "id": "00000000-0000-4000-8000-000000000001",
-        "firstname": "ada",
-        "lastname": "LOVELACE",
-        "email": "ada@example.com",
-        "address": "1 Main St",
-        "canal": "WEBAPP",
-        "country": "FR",
-        "creation_date": "01-02-2023 10:00:00",
-        "last_activity_date": "06-01-2023 10:00:00",
-        "gender": 0.0,
-        "age_group": 4.0,
-        "churn": False,
-    }
-    (home / "landing" / "users" / "zz-increment.json").write_text(json.dumps(new_user) + "\n")
-    orders = [
-        {
-            "id": f"00000000-0000-4000-9000-00000000000{i}",
-            "user_id": new_user["id"],
-            "transaction_date": f"05-0{i}-2023 12:00:00",
-            "item_count": 2.0,
-            "amount": 37.9,
-        }
-        for i in (1, 2)
-    ]
-    (home / "landing" / "orders" / "zz-increment.json").write_text("".join(json.dumps(o) + "\n" for o in orders))
-    header = "user_id,event_id,platform,date,action,session_id,url\n"
-    (home / "landing" / "events" / "zz-increment.csv").write_text(
-        header + f"{new_user['id']},e1,ios,05-03-2023 09:00:00,view,s1,/a\n"
-    )
-    assert run_spark(cluster, home)[0].success
-    after = _counts(cluster, home)
-    assert {t: after[t] - first[t] for t in first} == {
-        "bronze.churn_users_bronze": 1,
-        "bronze.churn_orders_bronze": 2,
-        "bronze.churn_app_events": 1,
-        "silver.churn_users": 1,
-        "silver.churn_orders": 2,
-        "gold.churn_features": 1,
-    }
-    row = spark_rows(
-        cluster,
-        home,
-        f"SELECT firstname, order_count, total_amount, total_item, platform, event_count, days_since_creation "
-        f"FROM gold.churn_features WHERE user_id = '{new_user['id']}'",
-    )
-    # 37.9 truncates to 37 per order (as DuckDB's engine); 2023-01-02 -> 2023-06-10 is 159 days.
-    assert row == [("Ada", 2, 74, 4, "ios", 1, 159)]
-
-
-def test_a_worker_killed_mid_run_the_run_succeeds_nothing_doubled(cluster, tmp_path):
-    home = tmp_path
-    (home / "landing").mkdir()
-    land_sample(home)
-    killed: list[int] = []
-
-    def kill_an_executor():
-        # As soon as the application's executors run, SIGKILL one worker and its executor.
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
-            pids = cluster.executor_pids()
-            if pids:
-                time.sleep(1.0)  # into the run's first tasks
-                victim = cluster.workers[-1]
-                for pid in cluster.executor_pids():
-                    with contextlib.suppress(ProcessLookupError):
-                        if _parent(pid) == victim.pid:
-                            os.kill(pid, signal.SIGKILL)
-                            killed.append(pid)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(victim.pid, signal.SIGKILL)
-                killed.append(victim.pid)
-            time.sleep(0.1)
-
-    # A fresh application for this run, so that the kill lands during its tasks.
-    from churn_assets.engine import stop_sessions
-
-    stop_sessions()
-    killer = threading.Thread(target=kill_an_executor, daemon=True)
-    killer.start()
-    result, took = run_spark(cluster, home)
-    killer.join(timeout=5)
-    TIMES["sample_run_with_a_worker_killed_s"] = took
-    assert killed, "no executor was killed: the test did not test anything"
-    assert result.success
-    assert _counts(cluster, home) == {
-        "bronze.churn_users_bronze": 2086,
-        "bronze.churn_orders_bronze": 2173,
-        "bronze.churn_app_events": 1125,
-        "silver.churn_users": 2086,
-        "silver.churn_orders": 2106,
-        "gold.churn_features": 450,
-    }
-    # The cluster gets its second worker back for the tests after this one.
-    cluster.workers.pop()
-    cluster.add_worker(len(cluster.workers) + 10)
-    cluster.wait_alive(2)
-
-
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
 def _churn_sql(home: Path, sql: str, env: dict[str, str]) -> tuple[int, str, str]:
     from churn_assets.cli import main
     from churn_assets.settings import environment_scope
@@ -455,3 +311,121 @@ def test_the_rest_of_the_cycle_refuses_to_start_on_spark(cluster, tmp_path):
     assert not (tmp_path / "spark_warehouse").exists()
     text = " ".join(str(e.event_specific_data) for e in result.all_events if e.is_failure)
     assert "not supported yet: campaigns, dashboard, ml" in text
+
+
+def _counts(cluster, home) -> dict[str, int]:
+    return {t: spark_rows(cluster, home, f"SELECT count(*) FROM {t}")[0][0] for t in SAMPLE_COUNTS}
+
+
+SAMPLE_COUNTS = {
+    "bronze.churn_users_bronze": 2086,
+    "bronze.churn_orders_bronze": 2173,
+    "bronze.churn_app_events": 1125,
+    "silver.churn_users": 2086,
+    "silver.churn_orders": 2106,
+    "gold.churn_features": 450,
+}
+NEW_USER = "00000000-0000-4000-8000-000000000001"
+
+
+def _land_increment(home: Path) -> None:
+    """One new customer with two orders and one event (4 landed records in 3 files)."""
+    user = {
+        "id": NEW_USER,
+        "firstname": "ada",
+        "lastname": "LOVELACE",
+        "email": "ada@example.com",
+        "address": "1 Main St",
+        "canal": "WEBAPP",
+        "country": "FR",
+        "creation_date": "01-02-2023 10:00:00",
+        "last_activity_date": "06-01-2023 10:00:00",
+        "gender": 0.0,
+        "age_group": 4.0,
+        "churn": False,
+    }
+    (home / "landing" / "users" / "zz-increment.json").write_text(json.dumps(user) + "\n")
+    orders = [
+        {
+            "id": f"00000000-0000-4000-9000-00000000000{i}",
+            "user_id": NEW_USER,
+            "transaction_date": f"05-0{i}-2023 12:00:00",
+            "item_count": 2.0,
+            "amount": 37.9,
+        }
+        for i in (1, 2)
+    ]
+    (home / "landing" / "orders" / "zz-increment.json").write_text("".join(json.dumps(o) + "\n" for o in orders))
+    header = "user_id,event_id,platform,date,action,session_id,url\n"
+    (home / "landing" / "events" / "zz-increment.csv").write_text(
+        header + f"{NEW_USER},e1,ios,05-03-2023 09:00:00,view,s1,/a\n"
+    )
+
+
+def _kill_a_worker_once_executors_run(cluster: Cluster, killed: list[int]) -> None:
+    """SIGKILL the last worker (and its executor) as soon as the application's executors run."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        victim = cluster.workers[-1]
+        mine = [pid for pid in cluster.executor_pids() if _parent(pid) == victim.pid]
+        if mine:
+            time.sleep(1.0)  # into the run's first tasks
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(victim.pid, signal.SIGKILL)  # the worker's group: the worker and its executor
+            killed.extend([victim.pid, *mine])
+            return
+        time.sleep(0.1)
+
+
+def test_exactly_once_rerun_copy_increment_and_a_killed_worker(cluster, spark_home):
+    """On the sample already built (spark_home): a second run adds nothing; then a copy of a
+    landed file under a new name plus an increment, in a run during which a worker is killed
+    with SIGKILL: the run succeeds and adds exactly the increment's records."""
+    home = spark_home
+    assert _counts(cluster, home) == SAMPLE_COUNTS
+    result, took = run_spark(cluster, home)
+    assert result.success
+    TIMES["sample_rerun_nothing_new_s"] = took
+    assert _counts(cluster, home) == SAMPLE_COUNTS
+
+    events = sorted((home / "landing" / "events").glob("*.csv"))[0]
+    shutil.copy(events, events.with_name("copy-of-" + events.name))
+    _land_increment(home)
+    # A fresh application, so that the kill lands while its executors work for this run.
+    from churn_assets.engine import stop_sessions
+
+    stop_sessions()
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_a_worker_once_executors_run, args=(cluster, killed), daemon=True)
+    killer.start()
+    result, took = run_spark(cluster, home)
+    killer.join(timeout=5)
+    TIMES["increment_run_with_a_worker_killed_s"] = took
+    assert killed, "no executor was running to kill: the test tested nothing"
+    assert result.success
+    after = _counts(cluster, home)
+    assert {t: after[t] - SAMPLE_COUNTS[t] for t in SAMPLE_COUNTS} == {
+        "bronze.churn_users_bronze": 1,
+        "bronze.churn_orders_bronze": 2,
+        "bronze.churn_app_events": 1,
+        "silver.churn_users": 1,
+        "silver.churn_orders": 2,
+        "gold.churn_features": 1,
+    }
+    dup = spark_rows(cluster, home, "SELECT path FROM bronze.ingest_manifest_events WHERE status = 'duplicate'")
+    assert [p.rsplit("/", 1)[-1] for (p,) in dup] == ["copy-of-" + events.name]
+    row = spark_rows(
+        cluster,
+        home,
+        "SELECT firstname, order_count, total_amount, total_item, platform, event_count, days_since_creation "
+        f"FROM gold.churn_features WHERE user_id = '{NEW_USER}'",
+    )
+    # 37.9 truncates to 37 per order (as on DuckDB); 2023-01-02 -> 2023-06-10 is 159 days.
+    assert row == [("Ada", 2, 74, 4, "ios", 1, 159)]
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1

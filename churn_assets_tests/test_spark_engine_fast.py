@@ -1,4 +1,4 @@
-"""The one copy of the transformation SQL (DuckDB's dialect) transpiled for the Spark engine:
+"""The Spark engine without a cluster: the one copy of the transformation SQL (DuckDB's dialect) transpiled
 fast checks that nothing DuckDB-only survives and that parameters are bound. Row-for-row
 equality of the two engines is checked on a real cluster in test_spark_engine.py."""
 
@@ -74,3 +74,23 @@ def test_schema_names_become_the_sessions_views():
     out = qualify("SELECT g.user_id FROM gold.churn_features AS g JOIN silver.churn_users u USING (user_id)")
     assert "FROM gold__churn_features AS g JOIN silver__churn_users AS u" in out
     assert qualify("SELECT * FROM other.t") == "SELECT * FROM other.t"
+
+
+def test_spark_bronze_quarantines_what_the_duckdb_reader_cannot_read():
+    """The whole-file rules the Spark engine runs on its workers, on real bytes."""
+    import gzip
+
+    from churn_assets.defs.bronze.spark import decode
+
+    line = b'{"id": "a", "churn": true}\n'
+    assert decode("u.json", line, "users") == (line.decode(), None)
+    assert decode("u.json.gz", gzip.compress(b"\xef\xbb\xbf" + line), "users") == (line.decode(), None)
+    assert "not a readable gzip" in decode("u.json.gz", gzip.compress(line)[:20], "users")[1]
+    assert decode("u.json.zip", b"PK\x03\x04...", "users")[1] == "compressed in a format the reader does not take"
+    assert "NUL byte at offset 3" in decode("u.json", b'{"i\x00', "users")[1]
+    assert "not valid UTF-8" in decode("u.json", b'{"id": "\xff"}\n', "users")[1]
+    assert "JSON array" in decode("u.json", b'[{"id": "a"}]', "users")[1]
+    header = b"user_id,event_id,platform,date,action,session_id,url\n"
+    assert decode("e.csv", header + b"u,e,ios,d,view,s,/\n", "events")[1] is None
+    assert "none of the expected columns" in decode("e.csv", b"a,b\n1,2\n", "events")[1]
+    assert "order" in decode("e.csv", b"event_id,user_id,platform,date,action,session_id,url\n", "events")[1]
