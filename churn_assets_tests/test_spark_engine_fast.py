@@ -1,6 +1,7 @@
-"""The Spark engine without a cluster: the one copy of the transformation SQL (DuckDB's dialect) transpiled
-fast checks that nothing DuckDB-only survives and that parameters are bound. Row-for-row
-equality of the two engines is checked on a real cluster in test_spark_engine.py."""
+"""The Spark engine without a cluster: the one copy of the transformation SQL (DuckDB's
+dialect) transpiled for Spark, with nothing DuckDB-only left and every parameter bound; the
+whole-file rules bronze runs on the workers. Row-for-row equality of the two engines is
+checked on a real cluster in test_spark_engine.py."""
 
 from __future__ import annotations
 
