@@ -57,8 +57,6 @@ class Cluster:
             "PYSPARK_PYTHON": sys.executable,
             "SPARK_LOG_DIR": str(root / "logs"),
             "SPARK_CONF_DIR": str(root / "conf"),
-            # A killed worker is known dead in seconds, not the default minute.
-            "SPARK_MASTER_OPTS": "-Dspark.worker.timeout=5",
         }
         (root / "conf").mkdir(parents=True, exist_ok=True)
         # The application's side: small executors, a few shuffle partitions for the sample.
