@@ -149,8 +149,13 @@ class EngineResource(dg.ConfigurableResource):
         replace_table(df, self.spark_warehouse, table)
 
 
-def spark_problem(master: str, groups: set[str] | None = None) -> str | None:
+def spark_problem(master: str, groups: set[str] | None = None, warehouse: str | None = None) -> str | None:
     """Why a run cannot start on Spark (one line), or None."""
+    if warehouse is not None and _local(warehouse) is None:
+        return (
+            f"CHURN_SPARK_WAREHOUSE={warehouse}: object-store warehouses are not supported yet; use a path the "
+            "driver and every worker reach (a shared disk)"
+        )
     if master.startswith("sc://"):
         return (
             f"CHURN_SPARK_MASTER={master}: Spark Connect is not supported yet (the bronze stream's foreachBatch "
@@ -171,12 +176,12 @@ def spark_problem(master: str, groups: set[str] | None = None) -> str | None:
     return None
 
 
-def run_problem(context: dg.InitResourceContext, engine: str, master: str) -> str | None:
+def run_problem(context: dg.InitResourceContext, engine: str, master: str, warehouse: str) -> str | None:
     """Why this run cannot start on the configured engine (one line), or None: checked when the
     run's first resource is set up, so an unsupported run fails before any step, never halfway."""
     if engine != "spark":
         return None
-    return spark_problem(master, _run_groups(context))
+    return spark_problem(master, _run_groups(context), warehouse)
 
 
 def _run_groups(context: dg.InitResourceContext) -> set[str] | None:

@@ -46,12 +46,13 @@ class WarehouseResource(dg.ConfigurableResource):
     # The engine, checked against the run's steps when it starts (every step asks for this resource).
     engine: str = "duckdb"
     spark_master: str = "local[*]"
+    spark_warehouse: str = ""
     _con: duckdb.DuckDBPyConnection | None = PrivateAttr(default=None)
     _run_id: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._run_id = context.run.run_id if context.run else None
-        problem = run_problem(context, self.engine, self.spark_master)
+        problem = run_problem(context, self.engine, self.spark_master, self.spark_warehouse)
         if problem:
             raise dg.Failure(description=problem)
 
@@ -82,6 +83,7 @@ class WarehouseResource(dg.ConfigurableResource):
             wait_seconds=settings.warehouse_wait_seconds,
             engine=settings.engine,
             spark_master=settings.spark_master,
+            spark_warehouse=settings.spark_warehouse,
         )
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
