@@ -316,6 +316,80 @@ def cmd_summary(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _query(settings: Settings, sql: str) -> tuple[list[str], list[tuple]]:
+    """(column names, rows) of a read-only query against the configured engine's tables."""
+    if settings.engine == "spark":
+        from churn_assets.engine import EngineUnavailable, qualify, register_tables, spark_session
+
+        try:
+            import sqlglot
+        except ImportError:
+            raise EngineUnavailable(
+                "CHURN_ENGINE=spark needs the spark extra: pip install 'churn_assets[spark]'"
+            ) from None
+        try:
+            statements = sqlglot.parse(sql, read="spark")
+        except sqlglot.errors.ParseError as exc:
+            raise ValueError(f"not a query Spark reads: {str(exc).splitlines()[0]}") from None
+        if len(statements) != 1 or not isinstance(statements[0], sqlglot.exp.Query):
+            raise ValueError("churn sql runs one read-only query (SELECT, WITH ... SELECT): nothing that writes")
+        spark = spark_session(settings.spark_master, settings.spark_warehouse, settings.spark_python)
+        register_tables(spark, settings.spark_warehouse)
+        df = spark.sql(qualify(sql))
+        return df.columns, [tuple(r) for r in df.collect()]
+    import duckdb
+
+    from churn_assets.warehouse import describe_holder
+
+    path = settings.warehouse_path
+    if not path.is_file():
+        raise FileNotFoundError(f"no warehouse at {path} yet: run `churn run` first")
+    try:
+        # Read-only: no writer's lock taken, and nothing this command runs can change the data.
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.IOException as exc:
+        raise ValueError(
+            f"warehouse {path} is being written by {describe_holder(path, str(exc))}: query it when that run ends"
+        ) from None
+    try:
+        cur = con.execute(sql)
+        return [d[0] for d in cur.description or []], cur.fetchall()
+    finally:
+        con.close()
+
+
+def format_table(columns: list[str], rows: list[tuple]) -> str:
+    shown = [["NULL" if v is None else str(v) for v in row] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in shown)]) for i, c in enumerate(columns)]
+    line = lambda cells: " | ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    out = [line(columns), "-+-".join("-" * w for w in widths), *(line(r) for r in shown)]
+    out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(out)
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """A read-only query against the configured engine's tables, as a table or as CSV."""
+    import csv
+
+    try:
+        columns, rows = _query(Settings.load(), args.query)
+    except Exception as exc:  # noqa: BLE001 - any engine's error is the user's query to fix: one line
+        if args.debug:
+            raise
+        print(
+            f"churn sql: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+            file=sys.stderr,
+        )
+        return 1
+    if args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(["" if v is None else v for v in row] for row in rows)
+    else:
+        print(format_table(columns, rows))
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     """Every setting with its default and meaning; with --values, what this shell sets."""
     if not args.values:
@@ -332,6 +406,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
 # What each command needs of the data root before it starts.
 NEEDS = {
     "settings": {"home_must_exist": False},
+    "sql": {},
     "generate": {"home_must_exist": False},
     "demo": {"home_must_exist": False},
     "run": {"needs_landing": True},
@@ -407,6 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("summary", parents=[common], help="rows per layer, quarantined files and where the outputs are")
     s.set_defaults(func=cmd_summary)
+
+    q = sub.add_parser(
+        "sql", parents=[common], help="a read-only query against the engine's tables, e.g. gold.churn_features"
+    )
+    q.add_argument("query", help="one SELECT (or WITH ... SELECT) naming tables as <schema>.<table>")
+    q.add_argument("--csv", action="store_true", help="print CSV (a header line, then the rows)")
+    q.set_defaults(func=cmd_sql)
 
     st = sub.add_parser("settings", parents=[common], help="every setting, its default and meaning (a Markdown table)")
     st.add_argument("--values", action="store_true", help="print what this shell sets instead (secrets: set/unset)")

@@ -17,6 +17,7 @@ import dagster as dg
 import duckdb
 from pydantic import PrivateAttr
 
+from churn_assets.engine import EngineResource, run_problem
 from churn_assets.ops.alerts import AlertsResource
 from churn_assets.preflight import require
 from churn_assets.pseudonym_key import PseudonymKeyError, pseudonym_key
@@ -42,11 +43,18 @@ class WarehouseResource(dg.ConfigurableResource):
     # How long a run waits for another process's hold on the file before failing with one
     # line that names the holder.
     wait_seconds: float
+    # The engine, checked against the run's steps when it starts (every step asks for this resource).
+    engine: str = "duckdb"
+    spark_master: str = "local[*]"
+    spark_warehouse: str = ""
     _con: duckdb.DuckDBPyConnection | None = PrivateAttr(default=None)
     _run_id: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._run_id = context.run.run_id if context.run else None
+        problem = run_problem(context, self.engine, self.spark_master, self.spark_warehouse)
+        if problem:
+            raise dg.Failure(description=problem)
 
     @contextlib.contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -73,6 +81,9 @@ class WarehouseResource(dg.ConfigurableResource):
             memory_limit=settings.duckdb_memory,
             compact_every_hours=settings.compact_every_hours,
             wait_seconds=settings.warehouse_wait_seconds,
+            engine=settings.engine,
+            spark_master=settings.spark_master,
+            spark_warehouse=settings.spark_warehouse,
         )
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
@@ -137,4 +148,6 @@ def shared_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "landing": LandingZoneResource.from_settings(settings),
         "pipeline_settings": PipelineSettingsResource.from_settings(settings),
         "alerts": AlertsResource.from_settings(settings),
+        # duckdb (default) or spark: which engine executes bronze, silver and gold.
+        "engine": EngineResource.from_settings(settings),
     }

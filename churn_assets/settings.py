@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +27,7 @@ from churn_assets.landing import SOURCES  # noqa: F401  (re-exported: the landin
 from churn_assets.timeutil import parse_as_of
 
 EXECUTORS = ("in_process", "multiprocess")
+ENGINES = ("duckdb", "spark")
 
 
 class SettingsError(ValueError):
@@ -46,6 +48,8 @@ SHOWN = {  # how the docs state a default that is not a plain value
     "DAGSTER_HOME": "$CHURN_HOME/dagster_home",
     "XDG_CACHE_HOME": "~/.cache",
     "CHURN_DUCKDB_MEMORY_LIMIT": "1/8 of the machine's memory, 1-16 GB",
+    "CHURN_SPARK_WAREHOUSE": "$CHURN_HOME/spark_warehouse",
+    "PYSPARK_PYTHON": "this Python (its sys.executable)",
 }
 
 
@@ -147,6 +151,32 @@ class Settings:
     )
     executor: str = _setting(
         "CHURN_EXECUTOR", "in_process", "in_process, or multiprocess: each step in its own process", choices=EXECUTORS
+    )
+    # --- engine -------------------------------------------------------------------------------
+    engine: str = _setting(
+        "CHURN_ENGINE",
+        "duckdb",
+        "duckdb (the warehouse file), or spark: bronze, silver and gold on Apache Spark (pip install .[spark])",
+        choices=ENGINES,
+    )
+    spark_master: str = _setting(
+        "CHURN_SPARK_MASTER",
+        "local[*]",
+        "with CHURN_ENGINE=spark: spark://host:7077 (a standalone master) or local[*]; Spark Connect (sc://) "
+        "is refused as not supported yet",
+    )
+    spark_python: str = _setting(
+        "PYSPARK_PYTHON",
+        sys.executable,
+        "with CHURN_ENGINE=spark: the Python the workers run; this environment (pyspark, pyarrow, this package) "
+        "at the same path on every worker",
+    )
+    spark_warehouse_override: str | None = _setting(
+        "CHURN_SPARK_WAREHOUSE",
+        None,
+        "with CHURN_ENGINE=spark: where the Spark tables live, a path every worker and the driver reach "
+        "(a shared disk; object-store URIs not yet)",
+        _optional,
     )
     # --- model --------------------------------------------------------------------------------
     mlflow_tracking_uri: str | None = _setting(
@@ -392,6 +422,10 @@ class Settings:
     def duckdb_memory(self) -> str:
         """DuckDB's memory limit: the setting, else ``duckdb_memory_for(the machine's memory)``."""
         return self.duckdb_memory_limit or duckdb_memory_for(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+    @property
+    def spark_warehouse(self) -> str:
+        return self.spark_warehouse_override or str(self.home / "spark_warehouse")
 
     @property
     def landing_dir(self) -> Path:

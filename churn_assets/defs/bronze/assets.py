@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from churn_assets.defs.bronze.ingest import ingest_source
+from churn_assets.engine import QUALITY_COLUMNS, EngineResource
 from churn_assets.landing import SPECS
 from churn_assets.metadata import table_metadata
 from churn_assets.ops.alerts import AlertsResource
@@ -48,7 +49,10 @@ def _bronze_asset(source: str) -> dg.AssetsDefinition:
         warehouse: WarehouseResource,
         landing: LandingZoneResource,
         alerts: AlertsResource,
+        engine: EngineResource,
     ) -> dg.MaterializeResult:
+        if engine.is_spark:
+            return _spark_bronze(context, engine, landing, source)
         with warehouse.get_connection() as con:
             result = ingest_source(
                 con,
@@ -116,6 +120,63 @@ def _bronze_asset(source: str) -> dg.AssetsDefinition:
         )
 
     return _asset
+
+
+def _spark_bronze(
+    context: dg.AssetExecutionContext, engine: EngineResource, landing: LandingZoneResource, source: str
+) -> dg.MaterializeResult:
+    from churn_assets.defs.bronze.spark import ingest_source_spark
+
+    spec = SPECS[source]
+    table = f"bronze.{spec.table}"
+    result = ingest_source_spark(engine.spark(), engine.spark_warehouse, landing.root, source, context.run.run_id)
+    fit = result.rows_loaded - result.rows_rescued
+    engine.append_rows(
+        "ops.data_quality",
+        QUALITY_COLUMNS,
+        [
+            (context.run.run_id, "bronze", table, "correct_schema", fit, result.rows_rescued, 0, None),
+            (
+                context.run.run_id,
+                "bronze",
+                table,
+                "records_parseable",
+                result.rows_loaded,
+                result.rows_quarantined,
+                result.rows_quarantined,
+                None,
+            ),
+        ],
+    )
+    context.log.info(
+        f"{source} (spark): {result.files_loaded} files loaded, {result.files_duplicate} duplicate, "
+        f"{result.files_quarantined} quarantined, {result.rows_loaded} rows, {result.rows_quarantined} quarantined"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": engine.table(table).count(),
+            "rows_new": result.rows_loaded,
+            "files_ingested": result.files_loaded + result.files_quarantined,
+            "files_duplicate": result.files_duplicate,
+            "rows_rescued": result.rows_rescued,
+            "records_quarantined": result.rows_quarantined,
+            "engine": "spark",
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="correct_schema",
+                passed=result.rows_rescued == 0,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"passed": fit, "failed": result.rows_rescued},
+            ),
+            dg.AssetCheckResult(
+                check_name="records_parseable",
+                passed=result.rows_quarantined == 0,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"loaded": result.rows_loaded, "quarantined": result.rows_quarantined},
+            ),
+        ],
+    )
 
 
 churn_users_bronze = _bronze_asset("users")

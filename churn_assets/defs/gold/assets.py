@@ -3,6 +3,7 @@
 import dagster as dg
 
 from churn_assets.defs.gold.features import build_churn_features, gold_quality
+from churn_assets.engine import QUALITY_COLUMNS, EngineResource
 from churn_assets.metadata import table_metadata
 from churn_assets.resources import PipelineSettingsResource, WarehouseResource
 from churn_assets.warehouse import record_quality, scalar, table_exists
@@ -19,9 +20,24 @@ from churn_assets.warehouse import record_quality, scalar, table_exists
     "(CHURN_AS_OF, default now).",
 )
 def churn_features(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    pipeline_settings: PipelineSettingsResource,
+    engine: EngineResource,
 ):
     as_of = pipeline_settings.as_of_datetime()
+    if engine.is_spark:
+        from churn_assets.defs.gold.spark import build_churn_features_spark
+
+        result = build_churn_features_spark(engine, as_of)
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": result.rows_total,
+                "build_mode": result.mode,
+                "as_of": as_of.isoformat(),
+                "engine": "spark",
+            }
+        )
     with warehouse.get_connection() as con:
         before = (
             scalar(con, "SELECT count(*) FROM gold.churn_features")
@@ -48,7 +64,20 @@ def churn_features(
     description="One row per customer and sane values (counts >= 1, amounts >= 0, sessions <= events, "
     "binary label, day counts >= 0). Blocking: a failure stops the cycle before the model reads gold.",
 )
-def churn_features_valid(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+def churn_features_valid(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, engine: EngineResource
+) -> dg.AssetCheckResult:
+    if engine.is_spark:  # the same rules, transpiled
+        results = gold_quality(engine.cursor())
+        engine.append_rows(
+            "ops.data_quality",
+            QUALITY_COLUMNS,
+            [
+                (context.op_execution_context.run_id, "gold", "gold.churn_features", name, p, f, 0, None)
+                for name, (p, f) in results.items()
+            ],
+        )
+        return _check_result(results)
     with warehouse.get_connection() as con:
         results = gold_quality(con)
         record_quality(
@@ -58,6 +87,10 @@ def churn_features_valid(context: dg.AssetCheckExecutionContext, warehouse: Ware
             "gold.churn_features",
             [(name, passed, failed, 0, None) for name, (passed, failed) in results.items()],
         )
+    return _check_result(results)
+
+
+def _check_result(results: dict[str, tuple[int, int]]) -> dg.AssetCheckResult:
     failed = {name: f for name, (_, f) in results.items() if f}
     return dg.AssetCheckResult(
         passed=not failed,

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from churn_assets.defs.silver.transform import SilverResult, build_churn_orders, build_churn_users
+from churn_assets.engine import QUALITY_COLUMNS, EngineResource
 from churn_assets.metadata import table_metadata
 from churn_assets.resources import PipelineSettingsResource, WarehouseResource
 from churn_assets.warehouse import record_quality
@@ -12,15 +13,16 @@ from churn_assets.warehouse import record_quality
 MAX_DROP_RATE = 0.10
 
 
-def _result(context, con, res: SilverResult) -> dg.MaterializeResult:
-    record_quality(
-        con,
-        context.run.run_id,
-        "silver",
-        res.table,
-        [(name, res.rows_read - dropped, dropped, dropped, None) for name, dropped in res.dropped.items()],
-    )
-    metadata = table_metadata(con, res.table)
+def _result(context, con, res: SilverResult, engine: EngineResource | None = None) -> dg.MaterializeResult:
+    rows = [(name, res.rows_read - dropped, dropped, dropped, None) for name, dropped in res.dropped.items()]
+    if engine is not None:  # Spark: the same quality rows, in the Spark warehouse's ops.data_quality
+        engine.append_rows(
+            "ops.data_quality", QUALITY_COLUMNS, [(context.run.run_id, "silver", res.table, *r) for r in rows]
+        )
+        metadata = {"dagster/row_count": res.rows_total, "engine": "spark"}
+    else:
+        record_quality(con, context.run.run_id, "silver", res.table, rows)
+        metadata = table_metadata(con, res.table)
     rate = sum(res.dropped.values()) / res.rows_read if res.rows_read else 0.0
     return dg.MaterializeResult(
         metadata={
@@ -60,8 +62,16 @@ def _result(context, con, res: SilverResult) -> dg.MaterializeResult:
     ],
 )
 def churn_users(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    pipeline_settings: PipelineSettingsResource,
+    engine: EngineResource,
 ):
+    if engine.is_spark:
+        from churn_assets.defs.silver.spark import build_silver_spark
+
+        res = build_silver_spark(engine, "silver.churn_users", pipeline_settings.email_pseudonym_key())
+        return _result(context, None, res, engine)
     with warehouse.get_connection() as con:
         return _result(context, con, build_churn_users(con, pipeline_settings.email_pseudonym_key()))
 
@@ -82,7 +92,11 @@ def churn_users(
         )
     ],
 )
-def churn_orders(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+def churn_orders(context: dg.AssetExecutionContext, warehouse: WarehouseResource, engine: EngineResource):
+    if engine.is_spark:
+        from churn_assets.defs.silver.spark import build_silver_spark
+
+        return _result(context, None, build_silver_spark(engine, "silver.churn_orders"), engine)
     with warehouse.get_connection() as con:
         return _result(context, con, build_churn_orders(con))
 

@@ -15,6 +15,24 @@ from churn_assets.faults import fault_point
 from churn_assets.timeutil import LANDING_TS_FORMAT as TS_FORMAT
 from churn_assets.warehouse import scalar, transaction
 
+# The cleaning of each silver table, written once in DuckDB's SQL: the DuckDB engine runs it
+# as is, the Spark engine transpiled (``defs/silver/spark.py``). ``{new}`` is the latest
+# valid bronze row per key; ``?`` the pseudonym key. Columns in the silver DDL's order.
+USERS_VALID = "id IS NOT NULL"
+USERS_SELECT = f"""SELECT id AS user_id, pseudonym(email, ?) AS email,
+                   try_strptime(creation_date, '{TS_FORMAT}') AS creation_date,
+                   try_strptime(last_activity_date, '{TS_FORMAT}') AS last_activity_date,
+                   initcap(firstname) AS firstname, initcap(lastname) AS lastname,
+                   address, canal, country, trunc(gender)::INTEGER AS gender, trunc(age_group)::INTEGER AS age_group,
+                   churn::INTEGER AS churn, _file_id, _row_no
+            FROM {{new}}"""
+ORDERS_VALID = "id IS NOT NULL AND user_id IS NOT NULL"
+# Spark's cast(double as int) truncates; DuckDB's rounds, hence trunc().
+ORDERS_SELECT = f"""SELECT trunc(amount)::INTEGER AS amount, id AS order_id, user_id,
+                    trunc(item_count)::INTEGER AS item_count,
+                    try_strptime(transaction_date, '{TS_FORMAT}') AS creation_date, _file_id, _row_no
+             FROM {{new}}"""
+
 
 @dataclass
 class SilverResult:
@@ -162,12 +180,8 @@ def build_churn_users(con: duckdb.DuckDBPyConnection, pseudonym_key: str) -> Sil
             key="id",
             target="silver.churn_users",
             target_key="user_id",
-            valid="id IS NOT NULL",
-            select=f"""SELECT id, pseudonym(email, ?), try_strptime(creation_date, '{TS_FORMAT}'),
-                       try_strptime(last_activity_date, '{TS_FORMAT}'), initcap(firstname), initcap(lastname),
-                       address, canal, country, trunc(gender)::INTEGER, trunc(age_group)::INTEGER,
-                       churn::INTEGER, _file_id, _row_no
-                FROM {{new}}""",
+            valid=USERS_VALID,
+            select=USERS_SELECT,
             params=[pseudonym_key],
         )
         advance(con, "silver.churn_users", source, high)
@@ -192,11 +206,8 @@ def build_churn_orders(con: duckdb.DuckDBPyConnection) -> SilverResult:
             key="id",
             target="silver.churn_orders",
             target_key="order_id",
-            valid="id IS NOT NULL AND user_id IS NOT NULL",
-            # Spark's cast(double as int) truncates; DuckDB's rounds, hence trunc().
-            select=f"""SELECT trunc(amount)::INTEGER, id, user_id, trunc(item_count)::INTEGER,
-                       try_strptime(transaction_date, '{TS_FORMAT}'), _file_id, _row_no
-                FROM {{new}}""",
+            valid=ORDERS_VALID,
+            select=ORDERS_SELECT,
             params=[],
             # An order re-sent under another customer changes that customer's aggregates
             # too: gold is told, since the new version no longer names them.

@@ -1,0 +1,71 @@
+"""Silver on Spark: the same cleaning SQL as DuckDB (``transform.USERS_SELECT``,
+``ORDERS_SELECT``, transpiled), latest arrival per key wins.
+
+Rebuilt whole from bronze at each run and switched to in one rename (``engine.replace_table``):
+on a cluster a full pass over bronze is one parallel scan, and a rebuild has no watermark
+to keep in step with the table. Latest wins as on DuckDB: per key, the row of the latest
+file id, then the latest line of that file.
+"""
+
+from __future__ import annotations
+
+from churn_assets.defs.silver.transform import (
+    ORDERS_SELECT,
+    ORDERS_VALID,
+    USERS_SELECT,
+    USERS_VALID,
+    SilverResult,
+)
+from churn_assets.engine import EngineResource
+from churn_assets.transpile import duckdb_to_spark
+
+BUILDS = {
+    # target: (bronze source, key, valid condition, select, expectations -> condition of a dropped row)
+    "silver.churn_users": (
+        "bronze.churn_users_bronze",
+        "id",
+        USERS_VALID,
+        USERS_SELECT,
+        {"user_valid_id": "id IS NULL"},
+    ),
+    "silver.churn_orders": (
+        "bronze.churn_orders_bronze",
+        "id",
+        ORDERS_VALID,
+        ORDERS_SELECT,
+        {"order_valid_id": "id IS NULL", "order_valid_user_id": "id IS NOT NULL AND user_id IS NULL"},
+    ),
+}
+
+
+def silver_spark_sql(target: str, view: str, pseudonym_key: str | None) -> str:
+    """The Spark SQL of one silver table over ``view`` (its latest valid bronze rows)."""
+    _, _, _, select, _ = BUILDS[target]
+    return duckdb_to_spark(select.format(new=view), positional=[pseudonym_key] if "?" in select else ())
+
+
+def build_silver_spark(engine: EngineResource, target: str, pseudonym_key: str | None = None) -> SilverResult:
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    source, key, valid, _, drops = BUILDS[target]
+    before = engine.table(target).count() if engine.has_table(target) else 0
+    bronze = engine.table(source)
+    counts = bronze.agg(
+        F.count("*").alias("read"),
+        *[F.count(F.when(F.expr(cond), 1)).alias(name) for name, cond in drops.items()],
+    ).first()
+    latest = (
+        bronze.where(valid)
+        .withColumn(
+            "_latest",
+            F.row_number().over(Window.partitionBy(key).orderBy(F.desc("_file_id"), F.desc("_row_no"))),
+        )
+        .where("_latest = 1")
+        .drop("_latest")
+    )
+    view = f"_silver_latest_{target.split('.')[1]}"
+    latest.createOrReplaceTempView(view)
+    engine.replace_table(latest.sparkSession.sql(silver_spark_sql(target, view, pseudonym_key)), target)
+    total = engine.table(target).count()
+    return SilverResult(target, counts["read"], total, total - before, {name: counts[name] for name in drops}, total)

@@ -1,0 +1,300 @@
+"""The engine that executes bronze, silver and gold: DuckDB (the warehouse file, default) or
+Apache Spark (``CHURN_ENGINE=spark``), and what the Spark side needs from below the domains.
+
+On Spark every table is a parquet folder under ``CHURN_SPARK_WAREHOUSE`` (a path every
+worker reaches): ``<warehouse>/<schema>/<table>/``. Bronze tables are append-only, one
+sub-folder per streaming micro-batch (``batch=<id>``, overwritten whole when a batch is
+replayed); silver and gold are rebuilt into a new version folder and switched to it by
+renaming one pointer file (``_CURRENT``), so a reader sees the old or the new table, never
+half of one. No Delta Lake: its jars come from Maven at run time, which a locked-down
+cluster cannot reach.
+
+``pyspark`` is an optional extra: it is imported only when the Spark engine runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import dagster as dg
+
+from churn_assets.settings import Settings, environment_scope
+from churn_assets.transpile import duckdb_to_spark
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import DataFrame, SparkSession
+
+# What runs on Spark today; the rest of the cycle refuses to start on it (see ``unsupported``).
+SPARK_GROUPS = ("bronze", "silver", "gold")
+# Tables a query may name as <schema>.<table>.
+SCHEMAS = ("bronze", "silver", "gold", "ops")
+POINTER = "_CURRENT"
+# ops.data_quality on Spark: the DuckDB table's columns (checked_at set when written).
+QUALITY_COLUMNS = (
+    "run_id string, layer string, table_name string, expectation string, passed long, failed long, "
+    "dropped long, detail string"
+)
+
+_SESSIONS: dict[tuple[str, str], SparkSession] = {}
+
+
+class EngineUnavailable(RuntimeError):
+    """The Spark engine cannot start here; the message says what to install or set."""
+
+
+def spark_session(
+    master: str, warehouse: str, python: str = sys.executable, app_name: str = "churn_assets"
+) -> SparkSession:
+    """One application per process, one session per (master, warehouse): starting an
+    application on a cluster takes seconds, so the steps of a run and the runs of one process
+    share it; a session of its own per warehouse keeps each one's table views apart."""
+    key = (master, warehouse)
+    if key in _SESSIONS:
+        return _SESSIONS[key]
+    if _SESSIONS:
+        first = next(iter(_SESSIONS.values()))
+        if first.sparkContext.master == master:
+            _SESSIONS[key] = first.newSession()
+            return _SESSIONS[key]
+        stop_sessions()
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise EngineUnavailable(
+            "CHURN_ENGINE=spark needs pyspark: pip install 'churn_assets[spark]' (and Java 17)"
+        ) from None
+    builder = SparkSession.builder.appName(app_name).master(master)
+    conf = {
+        # Timestamps without a zone, as the DuckDB warehouse keeps them: no shift by the JVM's zone.
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.timestampType": "TIMESTAMP_NTZ",
+        "spark.sql.adaptive.enabled": "true",
+        # A task lost with its worker is retried elsewhere (the default, said out loud).
+        "spark.task.maxFailures": "4",
+    }
+    for k, v in conf.items():
+        builder = builder.config(k, v)
+    # The workers' Python: pyspark reads it from the environment when the context starts.
+    with environment_scope(PYSPARK_PYTHON=python):
+        session = builder.getOrCreate()
+    _SESSIONS[key] = session
+    return session
+
+
+def _local(uri: str) -> Path | None:
+    """A local path for a ``file:`` URI or a plain path; None for an object store."""
+    if uri.startswith("file://"):
+        return Path(uri[len("file://") :])
+    if "://" in uri:
+        return None
+    return Path(uri)
+
+
+class EngineResource(dg.ConfigurableResource):
+    """Which engine executes bronze, silver and gold, and (Spark) where its cluster and tables are."""
+
+    name: str
+    spark_master: str
+    spark_warehouse: str
+    spark_python: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineResource:
+        return cls(
+            name=settings.engine,
+            spark_master=settings.spark_master,
+            spark_warehouse=settings.spark_warehouse,
+            spark_python=settings.spark_python,
+        )
+
+    @property
+    def is_spark(self) -> bool:
+        return self.name == "spark"
+
+    def spark(self) -> SparkSession:
+        """The session, with every table of the warehouse as it is now (see ``register_tables``)."""
+        session = spark_session(self.spark_master, self.spark_warehouse, self.spark_python)
+        register_tables(session, self.spark_warehouse)
+        return session
+
+    def table(self, table: str) -> DataFrame:
+        return self.spark().table(view_name(table))
+
+    def has_table(self, table: str) -> bool:
+        return current_dir(self.spark_warehouse, table) is not None
+
+    def sql(self, sql: str) -> DataFrame:
+        """Spark SQL naming tables as ``<schema>.<table>``."""
+        return self.spark().sql(qualify(sql))
+
+    def table_dir(self, table: str) -> str:
+        return table_dir(self.spark_warehouse, table)
+
+    def cursor(self) -> SparkCursor:
+        return SparkCursor(self.spark())
+
+    def append_rows(self, table: str, columns: str, rows: list[tuple]) -> None:
+        """Append rows (``columns``: a Spark DDL schema) to an append-only table, one folder a call."""
+        spark = self.spark()
+        spark.createDataFrame(rows, columns).coalesce(1).write.parquet(
+            f"{self.table_dir(table)}/batch={uuid.uuid4().hex[:16]}"
+        )
+
+    def replace_table(self, df: DataFrame, table: str) -> None:
+        replace_table(df, self.spark_warehouse, table)
+
+
+def spark_problem(master: str, groups: set[str] | None = None, warehouse: str | None = None) -> str | None:
+    """Why a run cannot start on Spark (one line), or None."""
+    if warehouse is not None and _local(warehouse) is None:
+        return (
+            f"CHURN_SPARK_WAREHOUSE={warehouse}: object-store warehouses are not supported yet; use a path the "
+            "driver and every worker reach (a shared disk)"
+        )
+    if master.startswith("sc://"):
+        return (
+            f"CHURN_SPARK_MASTER={master}: Spark Connect is not supported yet (the bronze stream's foreachBatch "
+            "and UDFs are untested there); use spark://host:7077 or local[*]"
+        )
+    if not (master.startswith("spark://") or master.startswith("local")):
+        return f"CHURN_SPARK_MASTER={master!r} is not a master URL: use spark://host:7077 or local[*]"
+    beyond = sorted((groups or set()) - set(SPARK_GROUPS))
+    if beyond:
+        return (
+            f"CHURN_ENGINE=spark runs bronze, silver and gold only; not supported yet: {', '.join(beyond)} "
+            "(select group:bronze, group:silver, group:gold, or use CHURN_ENGINE=duckdb for the whole cycle)"
+        )
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        return "CHURN_ENGINE=spark needs pyspark: pip install 'churn_assets[spark]' (and Java 17)"
+    return None
+
+
+def run_problem(context: dg.InitResourceContext, engine: str, master: str, warehouse: str) -> str | None:
+    """Why this run cannot start on the configured engine (one line), or None: checked when the
+    run's first resource is set up, so an unsupported run fails before any step, never halfway."""
+    if engine != "spark":
+        return None
+    return spark_problem(master, _run_groups(context), warehouse)
+
+
+def _run_groups(context: dg.InitResourceContext) -> set[str] | None:
+    """The groups of the steps this run executes (None when it is not known). A step's key is
+    its asset key joined with ``__``; its first part names the group here."""
+    run = context.dagster_run
+    if run is None:
+        return None
+    keys = run.step_keys_to_execute
+    if keys is None and run.execution_plan_snapshot_id and context.instance is not None:
+        plan = context.instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+        keys = [step.key for step in plan.steps]
+    if keys is None:
+        return None
+    return {GROUP_OF_PREFIX.get(key.split("__")[0], key.split("__")[0]) for key in keys}
+
+
+# The first part of an asset key -> its group, where the two differ (today they never do).
+GROUP_OF_PREFIX: dict[str, str] = {}
+
+
+def table_dir(warehouse: str, table: str) -> str:
+    schema, name = table.split(".")
+    return f"{warehouse.rstrip('/')}/{schema}/{name}"
+
+
+def current_dir(warehouse: str, table: str) -> str | None:
+    """The folder a versioned table reads from now (None before its first build); a bronze
+    (append-only) table is its folder itself."""
+    base = table_dir(warehouse, table)
+    local = _local(base)
+    if local is None:
+        raise EngineUnavailable(f"{warehouse}: object-store warehouses are not supported yet; use a shared path")
+    pointer = local / POINTER
+    if pointer.is_file():
+        return f"{base}/{pointer.read_text().strip()}"
+    if local.is_dir() and any(p.name.startswith("batch=") for p in local.iterdir()):
+        return base
+    return None
+
+
+def replace_table(df: DataFrame, warehouse: str, table: str) -> None:
+    """Write ``df`` as a new version of ``table`` and switch to it in one rename."""
+    base = _local(table_dir(warehouse, table))
+    base.mkdir(parents=True, exist_ok=True)
+    version = f"v-{uuid.uuid4().hex[:12]}"
+    df.write.mode("error").parquet(f"{table_dir(warehouse, table)}/{version}")
+    tmp = base / f".{POINTER}.{uuid.uuid4().hex[:8]}"
+    tmp.write_text(version)
+    os.replace(tmp, base / POINTER)  # the switch: readers see the old or the new version
+    for old in base.iterdir():
+        if old.is_dir() and old.name.startswith("v-") and old.name != version:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def view_name(table: str) -> str:
+    """The session's view of ``<schema>.<table>`` (temporary views have one-part names)."""
+    return table.replace(".", "__")
+
+
+def qualify(sql: str) -> str:
+    """Spark SQL with its ``<schema>.<table>`` names turned into the session's views."""
+    import sqlglot
+    from sqlglot import exp
+
+    def rename(node):
+        if isinstance(node, exp.Table) and node.args.get("db") is not None and node.db in SCHEMAS:
+            return exp.Table(this=exp.to_identifier(view_name(f"{node.db}.{node.name}")), alias=node.args.get("alias"))
+        return node
+
+    return sqlglot.parse_one(sql, read="spark").transform(rename).sql(dialect="spark")
+
+
+def register_tables(spark: SparkSession, warehouse: str) -> list[str]:
+    """Every table under the warehouse as a view of the session over its current folder
+    (``<schema>__<table>``; ``qualify`` maps the dotted names to them). Returns the tables."""
+    root = _local(warehouse)
+    names = []
+    if root is None or not root.is_dir():
+        return names
+    for schema in SCHEMAS:
+        folder = root / schema
+        if not folder.is_dir():
+            continue
+        for table in sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+            name = f"{schema}.{table}"
+            where = current_dir(warehouse, name)
+            if where is not None:
+                spark.read.parquet(where).createOrReplaceTempView(view_name(name))
+                names.append(name)
+    return names
+
+
+class SparkCursor:
+    """DuckDB's ``execute(sql, params).fetchall()`` over Spark: the SQL (DuckDB's dialect) is
+    transpiled, so a query written once for the warehouse (e.g. a quality rule) runs on both."""
+
+    def __init__(self, spark: SparkSession):
+        self.spark = spark
+        self._rows: list[tuple] = []
+
+    def execute(self, sql: str, params=None) -> SparkCursor:
+        named = params if isinstance(params, dict) else None
+        positional = params if isinstance(params, (list, tuple)) else ()
+        self._rows = [tuple(r) for r in self.spark.sql(qualify(duckdb_to_spark(sql, named, positional))).collect()]
+        return self
+
+    def fetchall(self) -> list[tuple]:
+        return self._rows
+
+
+def stop_sessions() -> None:
+    """Stop this process's Spark sessions (the next use starts a new application)."""
+    for session in _SESSIONS.values():
+        session.stop()
+    _SESSIONS.clear()

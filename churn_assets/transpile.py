@@ -1,0 +1,83 @@
+"""DuckDB SQL -> Spark SQL with SQLGlot: the transformation SQL is written once (in DuckDB's
+dialect, which the default engine runs as is) and the Spark engine runs its transpilation,
+made at run time from the same text, so a change to the SQL reaches both engines.
+
+SQLGlot maps the functions the two dialects share under other names (``arg_min`` ->
+``min_by``, ``date_diff('day', a, b)``, ``struct_pack`` -> ``struct``, ``trunc(x)::INTEGER``);
+the rewrites below cover what it does not: the project's own macro ``pseudonym`` and
+``try_strptime`` (-> ``try_to_timestamp``, the format translated). Parameters (``$as_of``,
+``?``) become literals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+
+class TranspileError(ValueError):
+    """SQL the Spark engine cannot run; the message names the construct."""
+
+
+def _literal(value):
+    from sqlglot import exp
+
+    if isinstance(value, datetime):
+        return exp.cast(exp.Literal.string(value.strftime("%Y-%m-%d %H:%M:%S")), exp.DataType.build("TIMESTAMP"))
+    if isinstance(value, str):
+        return exp.Literal.string(value)
+    if isinstance(value, bool):
+        return exp.Boolean(this=value)
+    return exp.Literal.number(value)
+
+
+def duckdb_to_spark(
+    sql: str, named: Mapping[str, object] | None = None, positional: Sequence[object] = (), pretty: bool = False
+) -> str:
+    """``sql`` (DuckDB) as Spark SQL, with ``$name`` and ``?`` parameters bound as literals."""
+    import sqlglot
+    from sqlglot import exp
+
+    named = dict(named or {})
+    queue = list(positional)
+
+    def bind(node):
+        if isinstance(node, exp.Parameter) or (isinstance(node, exp.Placeholder) and node.args.get("this")):
+            if node.name not in named:
+                raise TranspileError(f"no value for the parameter ${node.name}")
+            return _literal(named[node.name])
+        if isinstance(node, exp.Placeholder):
+            if not queue:
+                raise TranspileError("more ? parameters than values")
+            return _literal(queue.pop(0))
+        return node
+
+    def rewrite(node):
+        if isinstance(node, exp.Anonymous) and node.name.lower() == "pseudonym":
+            value, key = node.expressions
+            inner = exp.func("sha2", exp.func("concat", key.copy(), value.copy()), exp.Literal.number(256))
+            return exp.func("sha2", exp.func("concat", key.copy(), inner), exp.Literal.number(256))
+        if isinstance(node, exp.Anonymous) and node.name.lower() == "try_strptime":
+            # Null for a value that does not fit (Spark's to_timestamp raises under ANSI mode).
+            value, fmt = node.expressions
+            return exp.Anonymous(this="try_to_timestamp", expressions=[value.copy(), exp.Literal.string(_java(fmt))])
+        return node
+
+    try:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+    except sqlglot.errors.ParseError as exc:
+        raise TranspileError(f"DuckDB SQL SQLGlot cannot parse: {exc}") from None
+    tree = tree.transform(bind)
+    if queue:
+        raise TranspileError(f"{len(queue)} ? parameter value(s) left over")
+    return tree.transform(rewrite).sql(dialect="spark", pretty=pretty)
+
+
+def _java(fmt) -> str:
+    """A strftime format (a string literal) as Spark's datetime pattern."""
+    from sqlglot.dialects.spark import Spark
+    from sqlglot.time import format_time
+
+    if not fmt.is_string:
+        raise TranspileError(f"the format of try_strptime must be a string literal, not {fmt.sql()}")
+    return format_time(fmt.this, Spark.INVERSE_TIME_MAPPING, Spark.INVERSE_TIME_TRIE)
