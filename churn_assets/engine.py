@@ -29,12 +29,12 @@ from churn_assets.transpile import duckdb_to_spark
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
-# What runs on Spark today; the rest of the cycle refuses to start on it (see ``unsupported``).
+# What runs on Spark today; the rest of the cycle refuses to start on it (see ``spark_problem``).
 SPARK_GROUPS = ("bronze", "silver", "gold")
 # Tables a query may name as <schema>.<table>.
 SCHEMAS = ("bronze", "silver", "gold", "ops")
 POINTER = "_CURRENT"
-# ops.data_quality on Spark: the DuckDB table's columns (checked_at set when written).
+# ops.data_quality on Spark: the DuckDB table's columns but checked_at (one folder per write).
 QUALITY_COLUMNS = (
     "run_id string, layer string, table_name string, expectation string, passed long, failed long, "
     "dropped long, detail string"
@@ -196,11 +196,8 @@ def _run_groups(context: dg.InitResourceContext) -> set[str] | None:
         keys = [step.key for step in plan.steps]
     if keys is None:
         return None
-    return {GROUP_OF_PREFIX.get(key.split("__")[0], key.split("__")[0]) for key in keys}
-
-
-# The first part of an asset key -> its group, where the two differ (today they never do).
-GROUP_OF_PREFIX: dict[str, str] = {}
+    # In this project an asset key's first part is its group (bronze/..., ml/..., dashboard/...).
+    return {key.split("__")[0] for key in keys}
 
 
 def table_dir(warehouse: str, table: str) -> str:

@@ -132,13 +132,18 @@ class Cluster:
 
     def executor_pids(self) -> list[int]:
         """Executor JVMs the workers started (children of the worker processes)."""
-        out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
-        pids = {w.pid for w in self.workers}
-        return [
-            int(line.split()[0])
-            for line in out.splitlines()[1:]
-            if "CoarseGrainedExecutorBackend" in line and int(line.split()[1]) in pids
-        ]
+        workers = {w.pid for w in self.workers}
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"CoarseGrainedExecutorBackend" in cmdline and _parent(int(proc.name)) in workers:
+                found.append(int(proc.name))
+        return found
 
     def stop(self) -> None:
         for proc in [*self.workers, self.master]:
