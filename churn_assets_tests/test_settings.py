@@ -96,7 +96,7 @@ def test_duckdb_memory_follows_the_machine_unless_set(tmp_path):
     assert resource.memory_limit == unset.duckdb_memory
     con = connect(tmp_path / "w.duckdb", memory_limit=resource.memory_limit)
     limit = con.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
-    # DuckDB shows the limit rounded, in its own units (e.g. "2.8 GiB" for 2,944 MiB).
+    # DuckDB shows the limit rounded, in its own units (e.g. "2.9 GiB" for 3,013 MiB).
     shown = float(limit.split()[0]) * {"MiB": 1, "GiB": 1024}[limit.split()[1]]
     assert abs(shown - int(unset.duckdb_memory.removesuffix("MiB"))) < 60
     # Where it spills beyond the limit: beside the warehouse file, under the data home.
