@@ -6,7 +6,8 @@ SQLGlot maps the functions the two dialects share under other names (``arg_min``
 ``min_by``, ``date_diff('day', a, b)``, ``struct_pack`` -> ``struct``, ``trunc(x)::INTEGER``);
 the rewrites below cover what it does not: the project's own macro ``pseudonym`` and
 ``try_strptime`` (-> ``try_to_timestamp``, the format translated). Parameters (``$as_of``,
-``?``) become literals.
+``?``) become literals, or an expression where one is given (a secret must never be a literal:
+Spark shows a plan's literals in its UI and logs).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class TranspileError(ValueError):
 def _literal(value):
     from sqlglot import exp
 
+    if isinstance(value, exp.Expression):  # bound to an expression (a column), not a value
+        return value
     if isinstance(value, datetime):
         return exp.cast(exp.Literal.string(value.strftime("%Y-%m-%d %H:%M:%S")), exp.DataType.build("TIMESTAMP"))
     if isinstance(value, str):

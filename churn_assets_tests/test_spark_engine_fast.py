@@ -13,6 +13,7 @@ import pytest
 sqlglot = pytest.importorskip("sqlglot", reason="the spark extra is not installed (CHURN_EXTRAS=spark scripts/setup)")
 
 from churn_assets.defs.gold.features import SANE_VALUES, churn_features_sql, gold_quality  # noqa: E402
+from churn_assets.defs.silver.spark import KEY_COLUMN, silver_spark_sql  # noqa: E402
 from churn_assets.defs.silver.transform import ORDERS_SELECT, USERS_SELECT  # noqa: E402
 from churn_assets.engine import qualify  # noqa: E402
 from churn_assets.transpile import TranspileError, duckdb_to_spark  # noqa: E402
@@ -40,6 +41,9 @@ def test_what_sqlglot_leaves_is_rewritten():
     out = duckdb_to_spark(USERS_SELECT.format(new="v"), positional=["KEY"])
     # The keyed pseudonym as DuckDB computes it: sha256(key || sha256(key || email)), in hex.
     assert "SHA2(CONCAT('KEY', SHA2(CONCAT('KEY', email), 256)), 256) AS email" in out
+    # Silver on Spark binds the key to a column, so the key's value is never in a plan.
+    spark_sql = silver_spark_sql("silver.churn_users", "v")
+    assert f"SHA2(CONCAT({KEY_COLUMN}, SHA2(CONCAT({KEY_COLUMN}, email), 256)), 256) AS email" in spark_sql
     assert "TRY_TO_TIMESTAMP(creation_date, 'MM-dd-yyyy HH:mm:ss')" in out
     # trunc() of a number: Spark's own trunc() is for dates; a cast to BIGINT truncates.
     assert "CAST(CAST(gender AS BIGINT) AS INT) AS gender" in out

@@ -38,10 +38,18 @@ BUILDS = {
 }
 
 
-def silver_spark_sql(target: str, view: str, pseudonym_key: str | None) -> str:
-    """The Spark SQL of one silver table over ``view`` (its latest valid bronze rows)."""
+# The pseudonym key reaches the SQL as a column of a one-row frame joined in, never as a
+# literal: Spark prints a plan's literals in its UI, its event log and its errors.
+KEY_COLUMN = "_pseudonym_key"
+
+
+def silver_spark_sql(target: str, view: str) -> str:
+    """The Spark SQL of one silver table over ``view`` (its latest valid bronze rows, with the
+    key column ``KEY_COLUMN`` where the select pseudonymizes)."""
+    from sqlglot import exp
+
     _, _, _, select, _ = BUILDS[target]
-    return duckdb_to_spark(select.format(new=view), positional=[pseudonym_key] if "?" in select else ())
+    return duckdb_to_spark(select.format(new=view), positional=[exp.column(KEY_COLUMN)] if "?" in select else ())
 
 
 def build_silver_spark(engine: EngineResource, target: str, pseudonym_key: str | None = None) -> SilverResult:
@@ -64,8 +72,11 @@ def build_silver_spark(engine: EngineResource, target: str, pseudonym_key: str |
         .where("_latest = 1")
         .drop("_latest")
     )
+    if "?" in BUILDS[target][3]:
+        key = latest.sparkSession.createDataFrame([(pseudonym_key,)], f"{KEY_COLUMN} string")
+        latest = latest.crossJoin(F.broadcast(key))
     view = f"_silver_latest_{target.split('.')[1]}"
     latest.createOrReplaceTempView(view)
-    engine.replace_table(latest.sparkSession.sql(silver_spark_sql(target, view, pseudonym_key)), target)
+    engine.replace_table(latest.sparkSession.sql(silver_spark_sql(target, view)), target)
     total = engine.table(target).count()
     return SilverResult(target, counts["read"], total, total - before, {name: counts[name] for name in drops}, total)
