@@ -187,7 +187,7 @@ def run_problem(context: dg.InitResourceContext, engine: str, master: str, wareh
 def _run_groups(context: dg.InitResourceContext) -> set[str] | None:
     """The groups of the steps this run executes (None when it is not known). A step's key is
     its asset key joined with ``__``; its first part names the group here."""
-    run = context.dagster_run
+    run = context.run
     if run is None:
         return None
     keys = run.step_keys_to_execute

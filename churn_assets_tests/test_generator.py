@@ -203,12 +203,14 @@ def test_streamed_history_matches_with_default_files_and_many_spoiled_records(tm
 
 def _peak_rss_mb(tmp_path, customers: int, chunk: int) -> float:
     code = (
-        "import resource, sys; from datetime import date; from pathlib import Path; "
+        "import sys; from datetime import date; from pathlib import Path; "
         "from churn_assets.generator import generate_history; "
         f"generate_history(Path(sys.argv[1]), customers={customers}, seed=3, end=date(2026, 11, 1), "
         f"progress=False, chunk_customers={chunk}); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')))"
     )
+    # VmHWM is this process's own peak: ru_maxrss keeps, across exec, the peak of the process
+    # that forked it (a pytest worker of several hundred MB), which would hide the generator's.
     home = tmp_path / f"{customers}-{chunk}"
     out = subprocess.run([sys.executable, "-c", code, str(home)], capture_output=True, text=True, check=True)
     return int(out.stdout.strip()) / 1024
