@@ -17,31 +17,18 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_scale import layer_of  # noqa: E402
+from benchmarks.bench_scale import layer_of, measured  # noqa: E402
 from benchmarks.common import step_seconds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 AS_OF = "2026-11-01T23:00:00"  # the increments' hours stay on this date
 NEXT_DAY = "2026-11-02T00:30:00"
-
-
-def measured(cmd: list[str], env: dict) -> tuple[float, float]:
-    """Wall seconds and peak RSS (GB) of one child process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-3000:]}")
-    return wall, usage.ru_maxrss / 1024 / 1024
 
 
 def last_run_layers(dagster_home: Path) -> dict[str, float]:
