@@ -36,9 +36,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from churn_assets.settings import quiet_openmp_waits  # noqa: E402
-
-quiet_openmp_waits()  # as the project's code location does, for both sides, before LightGBM loads
+# As `churn` gives the processes it starts (settings.PROCESS_DEFAULTS), for both sides, before LightGBM loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import lightgbm as lgb  # noqa: E402
 
 from benchmarks.common import step_seconds  # noqa: E402

@@ -468,12 +468,12 @@ def duckdb_memory_for(total_bytes: int) -> str:
     return f"{min(max(total_bytes // 8 // 2**20, 1024), 16 * 1024)}MiB"
 
 
-def quiet_openmp_waits() -> None:
-    """OpenMP threads (LightGBM's) sleep while they wait instead of spinning, unless
-    ``OMP_WAIT_POLICY`` is set already. On a 2-core machine shared with other work, spinning
-    threads made training ~5x slower (20 rounds at 1x: 3.5 s spinning, 0.6 s sleeping, 0.9 s on
-    one thread). The OpenMP runtime reads it once, when LightGBM first loads in a process."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Given to the processes `churn` starts (the webserver, the daemon, the run workers) unless set
+# already: OpenMP threads (LightGBM's) then sleep while they wait instead of spinning. On a
+# 2-core machine shared with other work, spinning made training ~5x slower (20 rounds at 1x:
+# 3.5 s spinning, 0.6 s sleeping). The OpenMP runtime reads it once, when it loads, so it is
+# set where a process starts, never changed in a running one.
+PROCESS_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def _field(name: str) -> dataclasses.Field:
@@ -503,7 +503,7 @@ def environment_scope(**values: str) -> Iterator[None]:
 
 def environment_with(**values: str | None) -> dict[str, str]:
     """A copy of the environment with these variables set (None removes one): for a child process."""
-    env = dict(os.environ)
+    env = {**PROCESS_DEFAULTS, **os.environ}
     for name, value in values.items():
         if value is None:
             env.pop(name, None)

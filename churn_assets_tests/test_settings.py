@@ -105,13 +105,12 @@ def test_duckdb_memory_follows_the_machine_unless_set(tmp_path):
     assert Settings.load({"CHURN_DUCKDB_MEMORY_LIMIT": "2GB"}).duckdb_memory == "2GB"
 
 
-def test_openmp_threads_sleep_while_waiting_unless_chosen(monkeypatch, tmp_path):
-    from churn_assets.settings import quiet_openmp_waits
-    from churn_assets_tests.helpers import load_defs
+def test_openmp_threads_sleep_while_waiting_unless_chosen(monkeypatch):
+    from churn_assets.settings import environment_with
 
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    # The processes `churn` starts (webserver, daemon, run workers) get it; nothing running is changed.
+    assert environment_with(X="1")["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "OMP_WAIT_POLICY" not in os.environ
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    quiet_openmp_waits()
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice
-    monkeypatch.delenv("OMP_WAIT_POLICY")
-    load_defs(tmp_path)  # the code location sets it when it loads, before any step loads LightGBM
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert environment_with()["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice

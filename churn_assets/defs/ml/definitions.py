@@ -4,14 +4,12 @@ import dagster as dg
 
 from churn_assets.defs.ml.assets import asset_checks, assets
 from churn_assets.defs.ml.resources import MLflowResource, ModelPolicyResource
-from churn_assets.settings import Settings, quiet_openmp_waits
+from churn_assets.settings import Settings
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
     settings = Settings.load()
-    # Before any step of this code location's processes loads LightGBM.
-    quiet_openmp_waits()
     return dg.Definitions(
         assets=assets,
         asset_checks=asset_checks,
