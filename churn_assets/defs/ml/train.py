@@ -17,8 +17,15 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from churn_assets.defs.ml.features import CATEGORICAL, FEATURES, LABEL, as_categories, model_matrix, to_model_frame
-from churn_assets.defs.ml.features import vocabulary_of as features_vocabulary
+from churn_assets.defs.ml.features import (
+    CATEGORICAL,
+    FEATURES,
+    LABEL,
+    as_categories,
+    model_matrix,
+    to_model_frame,
+    vocabulary_of,
+)
 
 DEFAULT_PARAMS = {
     "objective": "binary",
@@ -50,15 +57,11 @@ class TrainedModel:
         return score(self.booster, self.vocabulary, frame)
 
 
-def vocabulary_of(frame: pd.DataFrame) -> dict[str, list[str]]:
-    return {c: sorted(v for v in frame[c].dropna().unique()) for c in CATEGORICAL}
-
-
 def train(
     frame: pd.DataFrame, labels: np.ndarray, params: dict | None = None, num_boost_round: int = NUM_BOOST_ROUND
 ) -> TrainedModel:
     """A model trained on ``frame`` as the model takes its input (``to_model_frame``)."""
-    vocabulary = vocabulary_of(frame)
+    vocabulary = vocabulary_of(pl.from_pandas(frame[CATEGORICAL]))
     return train_matrix(as_categories(frame[FEATURES], vocabulary), labels, vocabulary, params, num_boost_round)
 
 
@@ -136,7 +139,7 @@ def fit(df: pl.DataFrame, params: dict, num_boost_round: int, shuffle_fraction: 
     """Train on the rows not flagged ``is_holdout``, choose the threshold and measure on the others."""
     train_df, hold_df = df.filter(~pl.col("is_holdout")), df.filter(pl.col("is_holdout"))
     labels = shuffle_labels(train_df[LABEL].to_numpy().astype(int), shuffle_fraction)
-    vocabulary = features_vocabulary(train_df)
+    vocabulary = vocabulary_of(train_df)
     model = train_matrix(model_matrix(train_df, vocabulary), labels, vocabulary, params, num_boost_round)
     del train_df  # the matrix LightGBM binned is all it needed
     hold_y = hold_df[LABEL].to_numpy().astype(int)
