@@ -273,7 +273,8 @@ def _csv_rows(F, spec, lines):
     ok = F.col("s._corrupt").isNull()
     rows = parsed.where(ok).select(
         *[F.col(f"s.`{c}`").alias(c) for c in spec.column_names],
-        F.when(~ok, F.col("line")).alias("_rescued_data"),
+        # A CSV line either has the contract's fields or is quarantined: nothing to rescue.
+        F.lit(None).cast("string").alias("_rescued_data"),
         "_source_file",
         "_file_id",
         F.col("pos").cast("bigint").alias("_row_no"),
