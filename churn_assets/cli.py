@@ -319,7 +319,7 @@ def cmd_summary(_args: argparse.Namespace) -> int:
 def _query(settings: Settings, sql: str) -> tuple[list[str], list[tuple]]:
     """(column names, rows) of a read-only query against the configured engine's tables."""
     if settings.engine == "spark":
-        from churn_assets.engine import EngineUnavailable, qualify, register_tables, spark_session
+        from churn_assets.engine import EngineResource, EngineUnavailable
 
         try:
             import sqlglot
@@ -333,9 +333,7 @@ def _query(settings: Settings, sql: str) -> tuple[list[str], list[tuple]]:
             raise ValueError(f"not a query Spark reads: {str(exc).splitlines()[0]}") from None
         if len(statements) != 1 or not isinstance(statements[0], sqlglot.exp.Query):
             raise ValueError("churn sql runs one read-only query (SELECT, WITH ... SELECT): nothing that writes")
-        spark = spark_session(settings.spark_master, settings.spark_warehouse, settings.spark_python)
-        register_tables(spark, settings.spark_warehouse)
-        df = spark.sql(qualify(sql))
+        df = EngineResource.from_settings(settings).sql(sql)
         return df.columns, [tuple(r) for r in df.collect()]
     import duckdb
 

@@ -117,26 +117,35 @@ class EngineResource(dg.ConfigurableResource):
         return self.name == "spark"
 
     def spark(self) -> SparkSession:
-        """The session, with every table of the warehouse as it is now (see ``register_tables``)."""
-        session = spark_session(self.spark_master, self.spark_warehouse, self.spark_python)
+        """The session. Its table views are registered only where SQL names tables (``sql``,
+        ``cursor``): each registration lists every table's folder and reads its parquet schema."""
+        return spark_session(self.spark_master, self.spark_warehouse, self.spark_python)
+
+    def _with_tables(self) -> SparkSession:
+        """The session with every table of the warehouse as it is now (see ``register_tables``)."""
+        session = self.spark()
         register_tables(session, self.spark_warehouse)
         return session
 
     def table(self, table: str) -> DataFrame:
-        return self.spark().table(view_name(table))
+        """One table as it is now, read from its current folder."""
+        where = current_dir(self.spark_warehouse, table)
+        if where is None:
+            raise LookupError(f"{table}: no such table under {self.spark_warehouse} yet")
+        return self.spark().read.parquet(where)
 
     def has_table(self, table: str) -> bool:
         return current_dir(self.spark_warehouse, table) is not None
 
     def sql(self, sql: str) -> DataFrame:
         """Spark SQL naming tables as ``<schema>.<table>``."""
-        return self.spark().sql(qualify(sql))
+        return self._with_tables().sql(qualify(sql))
 
     def table_dir(self, table: str) -> str:
         return table_dir(self.spark_warehouse, table)
 
     def cursor(self) -> SparkCursor:
-        return SparkCursor(self.spark())
+        return SparkCursor(self._with_tables())
 
     def append_rows(self, table: str, columns: str, rows: list[tuple]) -> None:
         """Append rows (``columns``: a Spark DDL schema) to an append-only table, one folder a call."""
