@@ -207,28 +207,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_mode(args: argparse.Namespace) -> int:
     from churn_assets.defs.automation import mode as modes
 
-    home = _dagster_home()
-    url = modes.running_ui(home)
-    on = None
-    if url:
-        # `churn ui` is up: its GraphQL API reads and switches in well under a second.
-        try:
-            on = modes.set_mode_through_ui(url, args.mode) if args.mode else modes.ui_modes(url)
-        except (OSError, LookupError, RuntimeError):
-            url = None  # still starting, or stopping: the instance and Dagster's CLI instead
-    if on is None and args.mode:
-        # Dagster's CLI (it loads the code location) logs to stdout and stderr: kept for --verbose.
-        with _instance() as instance, _output_to(None if args.verbose else Settings.load().logs_dir / "mode.log"):
-            dagster = str(Path(sys.executable).with_name("dagster"))
-            on = modes.set_mode(instance, args.mode, dagster, environment_with(DAGSTER_HOME=str(home)), None)
-    elif on is None:
-        with _instance() as instance:
-            on = modes.current_modes(instance)
+    path = Settings.load().cadence_path
     if args.mode:
-        how = "" if url else "; with `churn ui` running a switch takes under a second"
-        print(f"cadence: {', '.join(on)} (switched; the daemon of `churn ui` / `dg dev` applies it{how})")
-    else:
-        print(f"cadence: {', '.join(on) or 'none (every trigger is off)'}")
+        modes.write_mode(path, args.mode)
+        print(f"cadence: {args.mode} (switched; the daemon of `churn ui` / `dg dev` acts on it at its next tick)")
+        return 0
+    try:
+        print(f"cadence: {modes.read_mode(path)}")
+    except ValueError as exc:
+        print(f"churn: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -283,18 +271,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    # Where `churn mode` finds this webserver (and switches through its GraphQL API, fast).
-    from churn_assets.defs.automation.mode import UI_FILE
-
-    reachable = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-    (home / UI_FILE).write_text(f"http://{reachable}:{args.port}\n")
     tree: set[int] = set()
-    try:
-        while child.poll() is None and not stopping:
-            tree |= _descendants(child.pid)  # remembered: a child reparented on exit is still ours
-            time.sleep(0.5)
-    finally:
-        (home / UI_FILE).unlink(missing_ok=True)
+    while child.poll() is None and not stopping:
+        tree |= _descendants(child.pid)  # remembered: a child reparented on exit is still ours
+        time.sleep(0.5)
     if child.poll() is None:
         tree |= _descendants(child.pid)
         # dg dev shuts its webserver, daemon and code servers down on SIGINT; what is left

@@ -441,6 +441,11 @@ class Settings:
         return self.home / "logs"
 
     @property
+    def cadence_path(self) -> Path:
+        """Which cadence acts (``churn mode``): beside the data every trigger and command reaches."""
+        return self.home / "cadence"
+
+    @property
     def mlflow_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
 

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import dagster as dg
 
-from churn_assets.defs.automation.mode import UI_FILE
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -121,12 +119,9 @@ class LiveDagster:
         )
         wait_until_serving(self.port, self.proc, self.churn_home / "dagster-dev.log")
         os.environ["DAGSTER_HOME"] = str(self.dagster_home)
-        # As `churn ui` does: `churn mode` finds this webserver and switches through its GraphQL API.
-        (self.dagster_home / UI_FILE).write_text(f"http://127.0.0.1:{self.port}\n")
         return self
 
     def __exit__(self, *exc):
-        (self.dagster_home / UI_FILE).unlink(missing_ok=True)
         if self.proc:
             stop(self.proc)
         self.webhook.close()
@@ -143,9 +138,7 @@ class LiveDagster:
         return self.graphql().submit_job_execution("churn_cycle", run_config=run_config or {})
 
     def instance(self) -> dg.DagsterInstance:
-        from dagster._core.instance.ref import InstanceRef
-
-        return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.dagster_home)))
+        return dg.DagsterInstance.from_config(str(self.dagster_home))
 
     def churn(self, *args: str) -> str:
         out = subprocess.run(
@@ -154,7 +147,7 @@ class LiveDagster:
             cwd=REPO,
             capture_output=True,
             text=True,
-            timeout=600,  # `churn mode` loads the code location: minutes on a busy machine
+            timeout=600,
         )
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stdout

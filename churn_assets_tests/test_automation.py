@@ -9,6 +9,7 @@ import time
 import dagster as dg
 import pytest
 
+from churn_assets.defs.automation.mode import write_mode
 from churn_assets.defs.automation.triggers import (
     BATCH_QUIET_SECONDS,
     AutoState,
@@ -23,6 +24,16 @@ from churn_assets_tests.live import Webhook
 
 churn_hourly, churn_landing_sensor = trigger("churn_hourly"), trigger("churn_landing_sensor")
 churn_failure_alerts = trigger("churn_failure_alerts")
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    # What a tick reads at run time (the cadence file among it) comes from this home.
+    monkeypatch.setenv("CHURN_HOME", str(tmp_path))
+
+
+def cadence(home, mode):
+    write_mode(home / "cadence", mode)
 
 
 @pytest.fixture
@@ -42,7 +53,9 @@ def land(root, rel, age_seconds=600.0):
     return path
 
 
-def sensor_context(home, instance, cursor=None, settle=120):
+def sensor_context(home, instance, cursor=None, settle=120, mode: str | None = "continuous"):
+    if mode:
+        cadence(home, mode)  # the landing sensor acts in continuous mode only
     # The definitions as the code location loads them for this home. The settle time is long: loading
     # them takes seconds on a busy machine, and a file landed 1 s earlier must still be settling.
     loaded = load_defs(home, CHURN_SETTLE_SECONDS=str(settle))
@@ -116,7 +129,38 @@ def test_no_run_while_a_cycle_is_pending_and_the_files_wait(tmp_path, status, in
     result = churn_landing_sensor(ctx)
     assert isinstance(result, dg.SkipReason) and "wait" in result.skip_message
     assert ctx.cursor is None  # not consumed: the next tick takes them
+    cadence(tmp_path, "hourly")
+    skipped = churn_hourly(dg.build_schedule_context(instance=instance))
+    assert isinstance(skipped, dg.SkipReason) and "already queued or running" in skipped.skip_message
+
+
+def test_the_cadence_file_says_which_trigger_acts(tmp_path, instance):
+    land(tmp_path, "users/a.json")
+    # Hourly (no file: the default): the landing sensor skips, says how to switch, forgets its cursor.
+    ctx = sensor_context(tmp_path, instance, cursor=json.dumps([1.0, "users/z.json"]), mode="hourly")
+    skipped = churn_landing_sensor(ctx)
+    assert isinstance(skipped, dg.SkipReason)
+    assert skipped.skip_message == "cadence is hourly: `churn mode continuous` makes this trigger act"
+    assert ctx.cursor is None
+    assert isinstance(churn_hourly(dg.build_schedule_context(instance=instance)), dg.RunRequest)
+    # Continuous: the sensor takes the file, the schedule skips.
+    assert isinstance(churn_landing_sensor(sensor_context(tmp_path, instance)), dg.RunRequest)
+    skipped = churn_hourly(dg.build_schedule_context(instance=instance))
+    assert skipped.skip_message == "cadence is continuous: `churn mode hourly` makes this trigger act"
+    # Auto: both skip; the auto sensor acts (and nothing else).
+    auto = trigger("churn_auto_cadence")
+    assert isinstance(churn_landing_sensor(sensor_context(tmp_path, instance, mode="auto")), dg.SkipReason)
     assert isinstance(churn_hourly(dg.build_schedule_context(instance=instance)), dg.SkipReason)
+    acted = auto(sensor_context(tmp_path, instance, mode="auto"))
+    assert "cadence is" not in getattr(acted, "skip_message", "")
+    assert auto(sensor_context(tmp_path, instance, mode="hourly")).skip_message.endswith(
+        "`churn mode auto` makes this trigger act"
+    )
+    # A file naming no cadence: the hourly default acts (data stays fresh), the others skip and say why.
+    (tmp_path / "cadence").write_text("weekly\n")
+    assert isinstance(churn_hourly(dg.build_schedule_context(instance=instance)), dg.RunRequest)
+    said = churn_landing_sensor(sensor_context(tmp_path, instance, mode=None)).skip_message
+    assert "says 'weekly', not a cadence" in said and "hourly meanwhile" in said
 
 
 def test_hourly_schedule_requests_the_whole_cycle(instance):

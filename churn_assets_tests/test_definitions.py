@@ -80,8 +80,8 @@ def test_triggers_and_automation_conditions_snapshot():
     }
     assert triggers == {
         "churn_hourly": "RUNNING",
-        "churn_landing_sensor": "STOPPED",
-        "churn_auto_cadence": "STOPPED",
+        "churn_landing_sensor": "RUNNING",
+        "churn_auto_cadence": "RUNNING",
         "churn_failure_alerts": "RUNNING",
         "churn_duration_alerts": "RUNNING",
         "churn_refresh_sensor": "RUNNING",

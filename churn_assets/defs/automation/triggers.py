@@ -1,11 +1,12 @@
 """What starts the cycle, and what watches it.
 
-Two cadences, exactly one of them on at a time (``churn mode``):
-- ``churn_hourly`` (schedule, on by default): every hour, the whole cycle.
-- ``churn_landing_sensor`` (off by default): complete new landing files, taken as they land
+Three cadence triggers, all on in Dagster; the cadence file (``churn mode``, see ``mode.py``)
+says which one acts, the others skip:
+- ``churn_hourly`` (schedule; the default cadence): every hour, the whole cycle.
+- ``churn_landing_sensor`` (``continuous``): complete new landing files, taken as they land
   -> one run for all of them, bronze to predictions; retraining and the campaign only when
   due; the dashboards are left to ``churn_refresh_sensor``.
-- ``churn_auto_cadence`` (off by default): watches the arrival rate and behaves as one or
+- ``churn_auto_cadence`` (``auto``): watches the arrival rate and behaves as one or
   the other, with hysteresis; each switch is logged and alerted.
 Watching: ``churn_failure_alerts`` and ``churn_duration_alerts`` (on by default).
 Declared: ``churn_refresh_sensor`` (on by default) materializes the assets that carry an
@@ -24,6 +25,7 @@ from pathlib import Path
 import dagster as dg
 
 from churn_assets.defs.automation.jobs import CYCLE_JOB
+from churn_assets.defs.automation.mode import gate
 from churn_assets.defs.campaigns.assets import retention_messages
 from churn_assets.defs.ml.assets import churn_model, churn_model_champion
 from churn_assets.landing import SOURCES, discover
@@ -185,13 +187,32 @@ def _request_for_files(context, files: list, trigger: str) -> dg.RunRequest:
 # --- the triggers --------------------------------------------------------------------------------
 
 
+def _acts(context, mode: str, settings: Settings) -> str | None:
+    """None when the cadence file names ``mode``; else why this trigger skips (see ``mode.gate``)."""
+    acts, say = gate(settings.cadence_path, mode)
+    if say and acts:
+        context.log.warning(say)
+    return None if acts else say
+
+
 def churn_hourly(context: dg.ScheduleEvaluationContext):
-    if pending_runs(context.instance) >= Settings.load().max_pending_runs:
+    settings = Settings.load()
+    skip = _acts(context, "hourly", settings)
+    if skip:
+        return dg.SkipReason(skip)
+    if pending_runs(context.instance) >= settings.max_pending_runs:
         return dg.SkipReason("a cycle is already queued or running")
     return dg.RunRequest(tags={"churn/trigger": "hourly"})
 
 
 def churn_landing_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource):
+    skip = _acts(context, "continuous", Settings.load())
+    if skip:
+        # Forget where it stopped: when it acts again, it starts after the last cycle
+        # (``default_after``), not at files the cycles in between already took.
+        if context.cursor:
+            context.update_cursor(None)
+        return dg.SkipReason(skip)
     after = json.loads(context.cursor) if context.cursor else default_after(context.instance)
     if pending_runs(context.instance) >= Settings.load().max_pending_runs:
         # The cursor stays: new files trigger the next run, once this one is done.
@@ -205,11 +226,16 @@ def churn_landing_sensor(context: dg.SensorEvaluationContext, landing: LandingZo
 
 
 def churn_auto_cadence(context: dg.SensorEvaluationContext, landing: LandingZoneResource, alerts: AlertsResource):
+    settings = Settings.load()
+    skip = _acts(context, "auto", settings)
+    if skip:
+        if context.cursor:
+            context.update_cursor(None)  # as the landing sensor: a fresh start when it acts again
+        return dg.SkipReason(skip)
     cursor = json.loads(context.cursor) if context.cursor else {}
     state = AutoState(cursor.get("mode", "hourly"), cursor.get("switched_at", 0.0))
     now = time.time()
     files = new_files(Path(landing.root), None, 0, now)
-    settings = Settings.load()
     state, reason = auto_cadence(state, [f.mtime for f in files], now, settings)
     if reason:
         context.log.info(f"cadence switched to {state.mode}: {reason}")
@@ -289,23 +315,27 @@ def build(settings: Settings, job) -> tuple[list[dg.ScheduleDefinition], list[dg
         cron_schedule=settings.schedule_cron,
         execution_timezone=settings.schedule_timezone,
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Efficient cycles: the whole cycle every hour (CHURN_SCHEDULE_CRON, CHURN_SCHEDULE_TIMEZONE). "
+        description="Cadence `hourly` (the default; `churn mode`): the whole cycle every hour "
+        "(CHURN_SCHEDULE_CRON, CHURN_SCHEDULE_TIMEZONE). "
         "Skips a tick while a cycle is already pending, so runs never pile up.",
     )(churn_hourly)
+    # All three cadence triggers are on; the cadence file says which one acts (``churn mode``).
     landing = dg.sensor(
         name="churn_landing_sensor",
         job=job,
         minimum_interval_seconds=settings.sensor_interval_seconds,
-        default_status=dg.DefaultSensorStatus.STOPPED,
-        description="Always-on: polls the landing zone; all complete new files go into one run (run key = the file "
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Cadence `continuous` (`churn mode continuous`): polls the landing zone; all complete new "
+        "files go into one run (run key = the file "
         "set); never starts a run while a cycle is pending. Retraining and the campaign run only when due.",
     )(churn_landing_sensor)
     auto = dg.sensor(
         name="churn_auto_cadence",
         job=job,
         minimum_interval_seconds=settings.sensor_interval_seconds,
-        default_status=dg.DefaultSensorStatus.STOPPED,
-        description="Auto cadence: continuous while files arrive fast (CHURN_AUTO_UP_FILES_PER_MINUTE over "
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Cadence `auto` (`churn mode auto`): continuous while files arrive fast "
+        "(CHURN_AUTO_UP_FILES_PER_MINUTE over "
         "CHURN_AUTO_WINDOW_MINUTES), back to hourly after CHURN_AUTO_QUIET_MINUTES without a file. "
         "Switches are alerted.",
     )(churn_auto_cadence)
