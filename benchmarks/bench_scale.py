@@ -74,9 +74,8 @@ def run_scale(scale: float, work: Path) -> dict:
     run_wall, run_rss = measured([*churn, "run"], env)
 
     import dagster as dg
-    from dagster._core.instance.ref import InstanceRef
 
-    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home / "dagster_home"))) as instance:
+    with dg.DagsterInstance.from_config(str(home / "dagster_home")) as instance:
         (record,) = instance.get_run_records(limit=1)
         steps = step_seconds(instance, record.dagster_run.run_id)
     layers: dict[str, float] = {}

@@ -80,9 +80,7 @@ def test_runs_and_events_are_stored_in_postgres(postgres, tmp_path, monkeypatch)
         monkeypatch.setenv(k, v)
     churn_home = tmp_path / "churn"
     generate_history(churn_home, customers=1_500, seed=8, end=date(2026, 11, 1), progress=False)
-    from dagster._core.instance.ref import InstanceRef
-
-    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         result = materialize(churn_home, "*gold/churn_features", as_of="2026-11-01", instance=instance)
         assert result.success
@@ -129,12 +127,10 @@ def test_multiprocess_executor_on_the_postgres_instance(postgres, tmp_path, monk
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    from dagster._core.instance.ref import InstanceRef
-
     for k in ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_DB", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD"):
         monkeypatch.setenv(k, env[k])
 
-    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
         (record,) = instance.get_run_records()
         run_id = record.dagster_run.run_id
         pids, engine = {}, []
