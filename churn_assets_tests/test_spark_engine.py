@@ -362,7 +362,8 @@ def test_the_training_sample_is_taken_on_the_cluster_as_on_duckdb(cluster, duckd
     import duckdb
     import polars as pl
 
-    from churn_assets.defs.ml.features import LABEL, load_features, load_training
+    from churn_assets.defs.ml.features import LABEL, landed_rows, load_features, load_training
+    from churn_assets.defs.ml.spark import landed_and_latest
     from churn_assets.engine import EngineResource
 
     engine = EngineResource(
@@ -387,6 +388,14 @@ def test_the_training_sample_is_taken_on_the_cluster_as_on_duckdb(cluster, duckd
         assert dict(train[LABEL].value_counts().iter_rows()) == shares
         hold_d, hold_s = load_features(con, holdout_only=True), load_features(engine.cursor(), holdout_only=True)
         assert hold_s["user_id"].to_list() == hold_d["user_id"].to_list() and hold_s.height == 83
+        # What the retrain policy counts: bronze rows landed (DuckDB's manifest, Spark's bronze tables).
+        assert (
+            landed_and_latest(engine)[0]
+            == landed_rows(con)
+            == sum(
+                SAMPLE_COUNTS[f"bronze.{t}"] for t in ("churn_users_bronze", "churn_orders_bronze", "churn_app_events")
+            )
+        )
     finally:
         con.close()
 

@@ -3,11 +3,12 @@
 Training is LightGBM on one machine (the driver), as on DuckDB: ``features.load_training``
 runs its one SQL statement through the engine's cursor, so the holdout flag and the
 stratified sample above ``CHURN_TRAIN_MAX_ROWS`` are computed by the cluster, and only the
-result (the sample plus the holdout) is collected to the driver, as Arrow batches. With the
-default cap of 2,000,000 training customers and the holdout (20 % of all customers) that is
-~0.7 GB of Arrow and Polars on the driver per million customers collected (the benchmark's
-figure for the DuckDB path, which holds the same frame): it holds while the holdout fits too,
-i.e. up to ~10M customers on a 16 GB driver; beyond, lower the cap (the holdout stays whole).
+result (the sample plus the whole holdout) is collected to the driver, as Arrow batches:
+~130 bytes per customer (measured on the sample). Spark refuses a collect above
+``spark.driver.maxResultSize`` (1 GiB by default, ~8M customers): with the default cap of 2M
+training customers and a holdout of 20 % of all customers, at ~30M customers. Above that the
+step fails with Spark's error naming the setting: raise it (and ``spark.driver.memory``) or
+lower the cap; the holdout stays whole.
 
 Scoring runs where the data is: ``mlflow.pyfunc.spark_udf`` over ``gold.churn_features``,
 with the champion's version resolved just before (the model that scores is exactly the one the
