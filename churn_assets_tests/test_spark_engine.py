@@ -355,6 +355,17 @@ def test_model_and_predictions_equal_the_duckdb_engine(cluster, duckdb_home, spa
     duck_cols = [c for (c,) in query(duckdb_home, "SELECT column_name FROM (DESCRIBE gold.churn_prediction)")]
     assert spark_cols == duck_cols
 
+    # A retrain on Spark: the champion step scores the champion on the holdout read from the
+    # cluster, and the new version (the same booster) is not worse: promoted, at DuckDB's AUC.
+    t0 = time.perf_counter()
+    force = {"ops": {"ml__churn_model": {"config": {"force": True}}}}
+    again = materialize(spark_home, ML[:2], env=spark_env(cluster, spark_home), run_config=force)
+    TIMES["ml_retrain_spark_s"] = time.perf_counter() - t0
+    decision = again.asset_materializations_for_node("ml__churn_model_champion")[0].metadata
+    assert decision["decision"].value == "promoted" and decision["champion_version"].value == "2"
+    auc = _ml_metadata(duck)["holdout_roc_auc"]
+    assert decision["champion_holdout_roc_auc"].value == pytest.approx(auc, abs=1e-12)
+
 
 def test_the_training_sample_is_taken_on_the_cluster_as_on_duckdb(cluster, duckdb_home, spark_home):
     """Above CHURN_TRAIN_MAX_ROWS both engines keep the same customers: the one training SQL,
