@@ -50,15 +50,19 @@ def training_sql(max_train_rows: int) -> str:
     """The holdout and the training customers, beyond ``max_train_rows`` (0 = no cap) training
     customers a sample of that many, as one query in DuckDB's dialect: the one statement of
     the rule, which the Spark engine runs transpiled (``transpile.duckdb_to_spark``), so the
-    sample is taken where the data is and only the sample reaches the driver."""
+    sample is taken where the data is and only the sample reaches the driver. (No window
+    without a partition: on Spark that would move every row into one task.)"""
     cols = ", ".join(["user_id", *FEATURES, LABEL, "is_holdout"])
-    keep = f"_in_train <= {max_train_rows} OR _rank <= round({max_train_rows} * _in_label / _in_train)"
+    if not max_train_rows:
+        return f"SELECT {cols} FROM ({_features_sql(True)}) ORDER BY user_id"
     return f"""WITH f AS ({_features_sql(True)}),
             t AS (SELECT *, row_number() OVER (PARTITION BY {LABEL} ORDER BY md5_number('sample:' || user_id),
                                                 user_id) AS _rank,
-                         count(*) OVER (PARTITION BY {LABEL}) AS _in_label, count(*) OVER () AS _in_train
-                  FROM f WHERE NOT is_holdout)
-            SELECT {cols} FROM t WHERE {keep if max_train_rows else "TRUE"}
+                         count(*) OVER (PARTITION BY {LABEL}) AS _in_label
+                  FROM f WHERE NOT is_holdout),
+            n AS (SELECT count(*) AS _in_train FROM f WHERE NOT is_holdout)
+            SELECT {cols} FROM t CROSS JOIN n
+            WHERE _in_train <= {max_train_rows} OR _rank <= round({max_train_rows} * _in_label / _in_train)
             UNION ALL
             SELECT {cols} FROM f WHERE is_holdout
             ORDER BY user_id"""
