@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
 # What runs on Spark today; the rest of the cycle refuses to start on it (see ``spark_problem``).
-SPARK_GROUPS = ("bronze", "silver", "gold")
+SPARK_GROUPS = ("bronze", "silver", "gold", "ml")
 # Tables a query may name as <schema>.<table>.
 SCHEMAS = ("bronze", "silver", "gold", "ops")
 POINTER = "_CURRENT"
@@ -175,8 +175,8 @@ def spark_problem(master: str, groups: set[str] | None = None, warehouse: str | 
     beyond = sorted((groups or set()) - set(SPARK_GROUPS))
     if beyond:
         return (
-            f"CHURN_ENGINE=spark runs bronze, silver and gold only; not supported yet: {', '.join(beyond)} "
-            "(select group:bronze, group:silver, group:gold, or use CHURN_ENGINE=duckdb for the whole cycle)"
+            f"CHURN_ENGINE=spark runs {', '.join(SPARK_GROUPS)} only; not supported yet: {', '.join(beyond)} "
+            f"(select {', '.join(f'group:{g}' for g in SPARK_GROUPS)}, or use CHURN_ENGINE=duckdb for the whole cycle)"
         )
     try:
         import pyspark  # noqa: F401
@@ -282,21 +282,32 @@ def register_tables(spark: SparkSession, warehouse: str) -> list[str]:
 
 
 class SparkCursor:
-    """DuckDB's ``execute(sql, params).fetchall()`` over Spark: the SQL (DuckDB's dialect) is
-    transpiled, so a query written once for the warehouse (e.g. a quality rule) runs on both."""
+    """DuckDB's ``execute(sql, params).fetchall()`` and ``sql(sql).pl()`` over Spark: the SQL
+    (DuckDB's dialect) is transpiled, so a query written once for the warehouse (a quality
+    rule, the model's training rows) runs on both. Nothing reaches the driver before
+    ``fetchall`` or ``pl``."""
 
     def __init__(self, spark: SparkSession):
         self.spark = spark
-        self._rows: list[tuple] = []
+        self._df: DataFrame | None = None
 
     def execute(self, sql: str, params=None) -> SparkCursor:
         named = params if isinstance(params, dict) else None
         positional = params if isinstance(params, (list, tuple)) else ()
-        self._rows = [tuple(r) for r in self.spark.sql(qualify(duckdb_to_spark(sql, named, positional))).collect()]
+        self._df = self.spark.sql(qualify(duckdb_to_spark(sql, named, positional)))
         return self
 
+    def sql(self, sql: str) -> SparkCursor:
+        return self.execute(sql)
+
     def fetchall(self) -> list[tuple]:
-        return self._rows
+        return [tuple(r) for r in self._df.collect()]
+
+    def pl(self):
+        """The result as a Polars frame, collected to the driver as Arrow batches."""
+        import polars as pl
+
+        return pl.from_arrow(self._df.toArrow())
 
 
 def stop_sessions() -> None:

@@ -4,8 +4,9 @@ made at run time from the same text, so a change to the SQL reaches both engines
 
 SQLGlot maps the functions the two dialects share under other names (``arg_min`` ->
 ``min_by``, ``date_diff('day', a, b)``, ``struct_pack`` -> ``struct``, ``trunc(x)::INTEGER``);
-the rewrites below cover what it does not: the project's own macro ``pseudonym`` and
-``try_strptime`` (-> ``try_to_timestamp``, the format translated). Parameters (``$as_of``,
+the rewrites below cover what it does not: the project's own macro ``pseudonym``,
+``try_strptime`` (-> ``try_to_timestamp``, the format translated) and ``md5_number`` (the
+holdout and sample rules of the model; see ``_md5_number``). Parameters (``$as_of``,
 ``?``) become literals, or an expression where one is given (a secret must never be a literal:
 Spark shows a plan's literals in its UI and logs).
 """
@@ -70,7 +71,7 @@ def duckdb_to_spark(
         tree = sqlglot.parse_one(sql, read="duckdb")
     except sqlglot.errors.ParseError as exc:
         raise TranspileError(f"DuckDB SQL SQLGlot cannot parse: {exc}") from None
-    tree = tree.transform(bind)
+    tree = _md5_number(tree.transform(bind))
     if queue:
         raise TranspileError(f"{len(queue)} ? parameter value(s) left over")
     return tree.transform(rewrite).sql(dialect="spark", pretty=pretty)
@@ -84,3 +85,63 @@ def _java(fmt) -> str:
     if not fmt.is_string:
         raise TranspileError(f"the format of try_strptime must be a string literal, not {fmt.sql()}")
     return format_time(fmt.this, Spark.INVERSE_TIME_MAPPING, Spark.INVERSE_TIME_TRIE)
+
+
+def md5_number_word_factors(modulus: int) -> list[int]:
+    """What each 32-bit word of a 128-bit number weighs modulo ``modulus``, most significant
+    first: ``n % m == sum(word_i * factor_i) % m``, small enough for a BIGINT."""
+    return [pow(2, 32 * i, modulus) for i in (3, 2, 1, 0)]
+
+
+def _md5_number(tree):
+    """DuckDB's ``md5_number(x)``: the MD5 digest of x read as one little-endian 128-bit
+    integer. Spark has no 128-bit integer, so it is rewritten where the project uses it:
+    ``md5_number(x) % <integer>`` (from the four 32-bit words of the number, see
+    ``md5_number_word_factors``) and ``ORDER BY md5_number(x)`` (the digest's hex with its
+    bytes reversed: 32 lowercase hex digits, most significant first, sort as the number does).
+    Anywhere else it is refused rather than guessed."""
+    from sqlglot import exp
+
+    for node in list(tree.find_all(exp.Anonymous)):
+        if node.name.lower() != "md5_number":
+            continue
+        (value,) = node.expressions
+        # The digest's bytes reversed: reverse the hex digits, then swap each pair back.
+        number_hex = exp.func(
+            "regexp_replace",
+            exp.func("reverse", exp.func("md5", value.copy())),
+            exp.Literal.string("(.)(.)"),
+            exp.Literal.string("$2$1"),
+        )
+        parent = node.parent
+        if isinstance(parent, exp.Ordered):
+            node.replace(number_hex)
+        elif (
+            isinstance(parent, exp.Mod)
+            and parent.this is node
+            and isinstance(parent.expression, exp.Literal)
+            and parent.expression.is_int
+        ):
+            modulus = int(parent.expression.name)
+            words = [
+                exp.cast(
+                    exp.func(
+                        "conv",
+                        exp.func("substr", number_hex.copy(), exp.Literal.number(1 + 8 * i), exp.Literal.number(8)),
+                        exp.Literal.number(16),
+                        exp.Literal.number(10),
+                    ),
+                    exp.DataType.build("BIGINT"),
+                )
+                for i in range(4)
+            ]
+            total = None
+            for word, factor in zip(words, md5_number_word_factors(modulus), strict=True):
+                term = word if factor == 1 else exp.Mul(this=word, expression=exp.Literal.number(factor))
+                total = term if total is None else exp.Add(this=total, expression=term)
+            parent.replace(exp.Mod(this=exp.Paren(this=total), expression=exp.Literal.number(modulus)))
+        else:
+            raise TranspileError(
+                f"md5_number is rewritten for Spark only as md5_number(x) % <integer> or in an ORDER BY: {parent.sql()}"
+            )
+    return tree

@@ -313,7 +313,102 @@ def test_the_rest_of_the_cycle_refuses_to_start_on_spark(cluster, tmp_path):
     assert result.get_step_success_events() == []
     assert not (tmp_path / "spark_warehouse").exists()
     text = " ".join(str(e.event_specific_data) for e in result.all_events if e.is_failure)
-    assert "not supported yet: campaigns, dashboard, ml" in text
+    assert "not supported yet: campaigns, dashboard" in text
+
+
+ML = ["ml/churn_model", "ml/churn_model_champion", "gold/churn_prediction"]
+PREDICTION_COLUMNS = "user_id, churn_probability, churn_prediction, model_name, model_version"
+
+
+def _ml_metadata(result) -> dict:
+    meta = result.asset_materializations_for_node("ml__churn_model")[0].metadata
+    keys = ("model_version", "holdout_roc_auc", "holdout_log_loss", "threshold", "rows_train", "rows_holdout")
+    return {k: meta[k].value for k in keys}
+
+
+def test_model_and_predictions_equal_the_duckdb_engine(cluster, duckdb_home, spark_home):
+    """The ml group on both engines: training on the same gold rows (Spark's collected as Arrow)
+    gives the same booster, and the cluster's scoring with that champion (an MLflow spark_udf)
+    writes DuckDB's predictions row for row."""
+    duck = materialize(duckdb_home, ML)
+    assert duck.success
+    spark, took = run_spark(cluster, spark_home, ML)
+    TIMES["ml_group_spark_s"] = took
+    assert spark.success
+    assert _ml_metadata(spark) == _ml_metadata(duck)
+    assert _ml_metadata(spark)["model_version"] == "1"
+    # The same model: LightGBM's text of the champion's booster, byte for byte.
+    (booster_d,), (booster_s,) = ([p.read_text() for p in h.rglob("booster.txt")] for h in (duckdb_home, spark_home))
+    assert booster_s == booster_d
+    expected = query(duckdb_home, f"SELECT {PREDICTION_COLUMNS} FROM gold.churn_prediction ORDER BY user_id")
+    got = spark_rows(cluster, spark_home, f"SELECT {PREDICTION_COLUMNS} FROM gold.churn_prediction ORDER BY user_id")
+    assert len(expected) == 450 and len(got) == 450
+    assert [(r[0], r[2], r[3], r[4]) for r in got] == [(r[0], r[2], r[3], r[4]) for r in expected]
+    assert max(abs(g[1] - e[1]) for g, e in zip(got, expected, strict=True)) <= 1e-9
+    assert 0 < sum(r[2] for r in got) < 450  # both tiers present: the comparison compares something
+    # The same columns as the DuckDB table.
+    from churn_assets.engine import current_dir, spark_session
+
+    warehouse = str(spark_home / "spark_warehouse")
+    where = current_dir(warehouse, "gold.churn_prediction")
+    spark_cols = spark_session(cluster.master_url, warehouse).read.parquet(where).columns
+    duck_cols = [c for (c,) in query(duckdb_home, "SELECT column_name FROM (DESCRIBE gold.churn_prediction)")]
+    assert spark_cols == duck_cols
+
+    # A retrain on Spark: the champion step scores the champion on the holdout read from the
+    # cluster, and the new version (the same booster) is not worse: promoted, at DuckDB's AUC.
+    t0 = time.perf_counter()
+    force = {"ops": {"ml__churn_model": {"config": {"force": True}}}}
+    again = materialize(spark_home, ML[:2], env=spark_env(cluster, spark_home), run_config=force)
+    TIMES["ml_retrain_spark_s"] = time.perf_counter() - t0
+    decision = again.asset_materializations_for_node("ml__churn_model_champion")[0].metadata
+    assert decision["decision"].value == "promoted" and decision["champion_version"].value == "2"
+    auc = _ml_metadata(duck)["holdout_roc_auc"]
+    assert decision["champion_holdout_roc_auc"].value == pytest.approx(auc, abs=1e-12)
+
+
+def test_the_training_sample_is_taken_on_the_cluster_as_on_duckdb(cluster, duckdb_home, spark_home):
+    """Above CHURN_TRAIN_MAX_ROWS both engines keep the same customers: the one training SQL,
+    its md5_number rule transpiled, run where the data is; only the result is collected."""
+    import duckdb
+    import polars as pl
+
+    from churn_assets.defs.ml.features import LABEL, landed_rows, load_features, load_training
+    from churn_assets.defs.ml.spark import landed_and_latest
+    from churn_assets.engine import EngineResource
+
+    engine = EngineResource(
+        name="spark",
+        spark_master=cluster.master_url,
+        spark_warehouse=str(spark_home / "spark_warehouse"),
+        spark_python=sys.executable,
+    )
+    con = duckdb.connect(str(duckdb_home / "warehouse.duckdb"), read_only=True)
+    try:
+        for cap in (0, 100):
+            d, s = load_training(con, cap), load_training(engine.cursor(), cap)
+            assert (s.rows, s.rows_train_available) == (d.rows, d.rows_train_available) == (450, 367)
+            assert s.frame["user_id"].to_list() == d.frame["user_id"].to_list()
+            # Every value (Python's == across the engines' integer widths).
+            assert s.frame.to_dicts() == d.frame.to_dicts()
+        # cap 100: 100 training customers, each label its share (rounded), and the whole holdout (83).
+        train = s.frame.filter(~pl.col("is_holdout"))
+        assert train.height == 100 and s.frame.height == 183
+        available = dict(load_training(con, 0).frame.filter(~pl.col("is_holdout"))[LABEL].value_counts().iter_rows())
+        shares = {label: round(100 * n / 367) for label, n in available.items()}
+        assert dict(train[LABEL].value_counts().iter_rows()) == shares
+        hold_d, hold_s = load_features(con, holdout_only=True), load_features(engine.cursor(), holdout_only=True)
+        assert hold_s["user_id"].to_list() == hold_d["user_id"].to_list() and hold_s.height == 83
+        # What the retrain policy counts: bronze rows landed (DuckDB's manifest, Spark's bronze tables).
+        assert (
+            landed_and_latest(engine)[0]
+            == landed_rows(con)
+            == sum(
+                SAMPLE_COUNTS[f"bronze.{t}"] for t in ("churn_users_bronze", "churn_orders_bronze", "churn_app_events")
+            )
+        )
+    finally:
+        con.close()
 
 
 def _counts(cluster, home) -> dict[str, int]:

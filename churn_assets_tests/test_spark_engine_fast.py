@@ -99,3 +99,51 @@ def test_spark_bronze_quarantines_what_the_duckdb_reader_cannot_read():
     assert decode("e.csv", header + b"u,e,ios,d,view,s,/\n", "events")[1] is None
     assert "none of the expected columns" in decode("e.csv", b"a,b\n1,2\n", "events")[1]
     assert "order" in decode("e.csv", b"event_id,user_id,platform,date,action,session_id,url\n", "events")[1]
+
+
+def test_md5_number_is_rewritten_with_duckdbs_numbers():
+    """The model's holdout and sample rules use DuckDB's md5_number (a 128-bit integer, which
+    Spark lacks): the rewrite's arithmetic, replayed in Python on the Spark expression's own
+    steps, gives DuckDB's numbers for 3,000 keys; on a cluster, test_spark_engine.py checks
+    the same customers land in the holdout and the sample on both engines."""
+    import duckdb
+
+    from churn_assets.transpile import md5_number_word_factors
+
+    rows = (
+        duckdb.connect()
+        .execute(
+            "SELECT md5(s), md5_number(s) % 100, md5_number(s) % 7, md5_number(s)::VARCHAR "
+            "FROM (SELECT 'sample:' || i::VARCHAR AS s FROM range(3000) t(i))"
+        )
+        .fetchall()
+    )
+    numbers = []
+    for digest, mod100, mod7, number in rows:
+        # REGEXP_REPLACE(REVERSE(MD5(x)), '(.)(.)', '$2$1'): the digest's bytes reversed.
+        number_hex = re.sub("(.)(.)", r"\2\1", digest[::-1])
+        assert int(number_hex, 16) == int(number)
+        words = [int(number_hex[8 * i : 8 * i + 8], 16) for i in range(4)]
+        for modulus, expected in ((100, mod100), (7, mod7)):
+            assert (
+                sum(w * f for w, f in zip(words, md5_number_word_factors(modulus), strict=True)) % modulus == expected
+            )
+        numbers.append((number_hex, int(number)))
+    # Ordered by the hex string is ordered by the number.
+    assert [n for _, n in sorted(numbers)] == sorted(n for _, n in numbers)
+    assert len({n % 100 for _, n in numbers}) == 100
+
+
+def test_the_training_sql_transpiles_and_other_md5_number_uses_are_refused():
+    from churn_assets.defs.ml.features import training_sql
+
+    for cap in (0, 2_000_000):
+        out = duckdb_to_spark(training_sql(cap))
+        assert not re.search(r"MD5_NUMBER|EXCLUDE", out, re.I), out
+        assert sqlglot.parse_one(out, read="spark") is not None
+    out = duckdb_to_spark(training_sql(100))
+    assert "REGEXP_REPLACE(REVERSE(MD5(user_id)), '(.)(.)', '$2$1')" in out
+    assert "% 100) < 20 AS is_holdout" in out
+    assert "ORDER BY REGEXP_REPLACE(REVERSE(MD5(" in out
+    with pytest.raises(TranspileError, match="md5_number"):
+        duckdb_to_spark("SELECT md5_number(user_id) + 1 FROM t")

@@ -7,6 +7,7 @@ retrain and promote in ``policy.py``, the plot in ``report.py``, every MLflow re
 the steps that use them: every run and every sensor tick loads this module, and they cost ~2 s.
 """
 
+import contextlib
 import time
 
 import dagster as dg
@@ -15,8 +16,20 @@ from churn_assets.defs.gold.assets import churn_features
 from churn_assets.defs.ml.features import FEATURES, landed_rows, latest_ingest, load_training
 from churn_assets.defs.ml.policy import better_than_chance, promote, retrain_decision
 from churn_assets.defs.ml.resources import MLflowResource, ModelPolicyResource
+from churn_assets.engine import EngineResource
 from churn_assets.metadata import shareable_example, table_metadata
 from churn_assets.resources import PipelineSettingsResource, WarehouseResource
+
+
+@contextlib.contextmanager
+def gold_reader(warehouse: WarehouseResource, engine: EngineResource):
+    """Where the model reads gold: the DuckDB connection, or on Spark the engine's cursor (the
+    same SQL, transpiled and run on the cluster; see ``defs/ml/spark.py``)."""
+    if engine.is_spark:
+        yield engine.cursor()
+    else:
+        with warehouse.get_connection() as con:
+            yield con
 
 
 class TrainConfig(dg.Config):
@@ -47,13 +60,19 @@ def churn_model(
     mlflow_store: MLflowResource,
     model_policy: ModelPolicyResource,
     pipeline_settings: PipelineSettingsResource,
+    engine: EngineResource,
 ) -> dg.MaterializeResult:
     from churn_assets.defs.ml import registry, report
     from churn_assets.defs.ml.train import fit
 
     client, experiment_id = mlflow_store.open()
-    with warehouse.get_connection() as con:
-        landed, ingested = landed_rows(con), latest_ingest(con)
+    if engine.is_spark:
+        from churn_assets.defs.ml.spark import landed_and_latest
+
+        landed, ingested = landed_and_latest(engine)
+    else:
+        with warehouse.get_connection() as con:
+            landed, ingested = landed_rows(con), latest_ingest(con)
     latest = registry.latest_version(client, mlflow_store.model_name)
     due = retrain_decision(
         landed,
@@ -65,7 +84,7 @@ def churn_model(
     if not due.train:
         return dg.MaterializeResult(metadata={"trained": False, "reason": due.reason, "model_version": ""})
     t0 = time.perf_counter()
-    with warehouse.get_connection() as con:
+    with gold_reader(warehouse, engine) as con:
         data = load_training(con, model_policy.train_max_rows)
     params = {"learning_rate": config.learning_rate, "num_leaves": config.num_leaves}
     fitted = fit(data.frame, params, config.num_boost_round, config.shuffle_labels_fraction)
@@ -78,6 +97,7 @@ def churn_model(
         "data.latest_ingest": str(ingested),
         "data.landed_rows": str(landed),
         registry.DAGSTER_RUN_TAG: context.run.run_id,
+        "data.engine": engine.name,
     }
     model = fitted.model
     version, run_id = registry.log_and_register(
@@ -156,6 +176,7 @@ def churn_model_champion(
     warehouse: WarehouseResource,
     mlflow_store: MLflowResource,
     model_policy: ModelPolicyResource,
+    engine: EngineResource,
 ) -> dg.MaterializeResult:
     from churn_assets.defs.ml import registry
     from churn_assets.defs.ml.scoring import holdout
@@ -175,7 +196,7 @@ def churn_model_champion(
     fresh = registry.trained_in(client, challenger, context.run.run_id)
     frame = labels = None
     if champion or not fresh:
-        with warehouse.get_connection() as con:
+        with gold_reader(warehouse, engine) as con:
             frame, labels = holdout(con)
     if fresh:
         challenger_auc, holdout_rows = registry.training_holdout(client, challenger)
@@ -230,7 +251,10 @@ def churn_model_champion(
     "scoring succeeded.",
 )
 def churn_prediction(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow_store: MLflowResource
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    mlflow_store: MLflowResource,
+    engine: EngineResource,
 ) -> dg.MaterializeResult:
     from churn_assets.defs.ml import registry
     from churn_assets.defs.ml.scoring import update_predictions
@@ -247,7 +271,12 @@ def churn_prediction(
                 description=f"no '{registry.CHAMPION}' version of {name} in the registry yet: nothing to score with"
             )
         threshold = float(champion.tags["threshold"])
-        model = model or registry.load_model(name, str(champion.version))
+        if engine.is_spark:  # the driver fetches it for the executors, which load it (defs/ml/spark.py)
+            from churn_assets.defs.ml.spark import spark_model
+
+            model = spark_model(engine, name, str(champion.version))
+        else:
+            model = model or registry.load_model(name, str(champion.version))
     except dg.Failure:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -256,9 +285,16 @@ def churn_prediction(
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); previous predictions left untouched",
             allow_retries=True,
         ) from exc
-    with warehouse.get_connection() as con:
-        scored = update_predictions(con, model, threshold, name, str(champion.version))
-        metadata = table_metadata(con, "gold.churn_prediction")
+    if engine.is_spark:
+        from churn_assets.defs.ml.spark import score_spark
+        from churn_assets.timeutil import utcnow
+
+        scored = score_spark(engine, model, threshold, name, str(champion.version), utcnow())
+        metadata = {"dagster/row_count": dg.MetadataValue.int(scored.rows_total), "engine": "spark"}
+    else:
+        with warehouse.get_connection() as con:
+            scored = update_predictions(con, model, threshold, name, str(champion.version))
+            metadata = table_metadata(con, "gold.churn_prediction")
     return dg.MaterializeResult(
         metadata={
             **metadata,

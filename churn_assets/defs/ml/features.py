@@ -32,7 +32,7 @@ def _features_sql(with_label: bool) -> str:
     return f"SELECT {cols}, (md5_number(user_id) % 100) < {HOLDOUT_PERCENT} AS is_holdout FROM gold.churn_features"
 
 
-def load_features(con: duckdb.DuckDBPyConnection, with_label: bool = True, holdout_only: bool = False) -> pl.DataFrame:
+def load_features(con, with_label: bool = True, holdout_only: bool = False) -> pl.DataFrame:
     """gold.churn_features with a stable holdout flag: md5 of user_id (a standard hash,
     unlike DuckDB's or Polars' own, so the split survives library upgrades)."""
     where = "WHERE is_holdout" if holdout_only else ""
@@ -46,24 +46,39 @@ class TrainingData:
     rows_train_available: int  # training customers before sampling
 
 
-def load_training(con: duckdb.DuckDBPyConnection, max_train_rows: int) -> TrainingData:
-    """The holdout and the training customers; beyond ``max_train_rows`` training customers, a
-    sample of that many stratified by label (each label keeps its share, rounded), the same
-    customers every time while the data is the same (ranked by another md5 of user_id)."""
-    cap = max_train_rows or 2**62
-    frame = con.sql(
-        f"""WITH f AS ({_features_sql(True)}),
+def training_sql(max_train_rows: int) -> str:
+    """The holdout and the training customers, beyond ``max_train_rows`` (0 = no cap) training
+    customers a sample of that many, as one query in DuckDB's dialect: the one statement of
+    the rule, which the Spark engine runs transpiled (``transpile.duckdb_to_spark``), so the
+    sample is taken where the data is and only the sample reaches the driver. (No window
+    without a partition: on Spark that would move every row into one task.)"""
+    cols = ", ".join(["user_id", *FEATURES, LABEL, "is_holdout"])
+    if not max_train_rows:
+        return f"SELECT {cols} FROM ({_features_sql(True)}) ORDER BY user_id"
+    return f"""WITH f AS ({_features_sql(True)}),
             t AS (SELECT *, row_number() OVER (PARTITION BY {LABEL} ORDER BY md5_number('sample:' || user_id),
                                                 user_id) AS _rank,
-                         count(*) OVER (PARTITION BY {LABEL}) AS _in_label, count(*) OVER () AS _in_train
-                  FROM f WHERE NOT is_holdout)
-            SELECT * EXCLUDE (_rank, _in_label, _in_train) FROM t
-            WHERE _in_train <= {cap} OR _rank <= round({cap} * _in_label / _in_train)
+                         count(*) OVER (PARTITION BY {LABEL}) AS _in_label
+                  FROM f WHERE NOT is_holdout),
+            n AS (SELECT count(*) AS _in_train FROM f WHERE NOT is_holdout)
+            SELECT {cols} FROM t CROSS JOIN n
+            WHERE _in_train <= {max_train_rows} OR _rank <= round({max_train_rows} * _in_label / _in_train)
             UNION ALL
-            SELECT * FROM f WHERE is_holdout
+            SELECT {cols} FROM f WHERE is_holdout
             ORDER BY user_id"""
-    ).pl()
-    counts = con.sql(f"SELECT count(*), count(*) FILTER (NOT is_holdout) FROM ({_features_sql(False)})").fetchall()[0]
+
+
+def load_training(con, max_train_rows: int) -> TrainingData:
+    """The holdout and the training customers; beyond ``max_train_rows`` training customers, a
+    sample of that many stratified by label (each label keeps its share, rounded), the same
+    customers every time while the data is the same (ranked by another md5 of user_id).
+
+    ``con``: the DuckDB connection, or the Spark engine's cursor (``EngineResource.cursor``),
+    which runs the same SQL on the cluster and collects only its result, as Arrow."""
+    frame = con.sql(training_sql(max_train_rows)).pl()
+    counts = con.execute(f"SELECT count(*), count(*) FILTER (NOT is_holdout) FROM ({_features_sql(False)})").fetchall()[
+        0
+    ]
     return TrainingData(frame, int(counts[0]), int(counts[1]))
 
 

@@ -81,7 +81,12 @@ class MLflowResource(dg.ConfigurableResource):
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._champion is not None:
-            self._champion.cancel()
+            # Not started: dropped. Started (a run that ended before scoring, e.g. refused): waited
+            # for, so no thread of this run still migrates or reads the store once it is over
+            # (MLflow's migrations and Dagster's share alembic's module state).
+            if not self._champion.cancel():
+                with contextlib.suppress(Exception):
+                    self._champion.result()
             self._champion = None
         if self._scope is not None:
             self._scope.close()
