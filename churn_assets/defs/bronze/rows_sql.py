@@ -32,9 +32,9 @@ def json_select_sql(spec: SourceSpec, view: str) -> tuple[str, str]:
     fits = []
     for i, (c, t) in enumerate(spec.columns, start=1):
         allowed = ", ".join(f"'{x}'" for x in JSON_FITS[t] + ("NULL",))
-        cond = f"(t[{i}] IS NULL OR t[{i}] IN ({allowed}))"
+        cond = f"CASE WHEN canon THEN true ELSE t[{i}] IS NULL OR t[{i}] IN ({allowed}) END"
         if c in spec.timestamps:
-            cond += f" AND (s.{_q(c)} IS NULL OR regexp_full_match(s.{_q(c)}, '{TIMESTAMP_REGEX}'))"
+            cond = f"({cond}) AND (s.{_q(c)} IS NULL OR regexp_full_match(s.{_q(c)}, '{TIMESTAMP_REGEX}'))"
         fits.append((c, cond))
     # No key outside the schema: as many keys as expected paths found (t and k are NULL on
     # a canonical line, whose t[i] IS NULL then holds for every column).
