@@ -20,28 +20,40 @@ def _q(name: str) -> str:
 
 
 def json_select_sql(spec: SourceSpec, view: str) -> tuple[str, str]:
-    """SQL turning a (row_no, raw) view of JSON lines into bronze rows, and into quarantine."""
+    """SQL turning a (row_no, raw) view of JSON lines into bronze rows, and into quarantine.
+
+    Each object line is parsed once into the schema's struct. A line that is exactly that
+    struct written back (``to_json``: the schema's keys in order, compact, each value of its
+    declared JSON type or null) fits by construction, so only the other lines (keys left
+    out, another order, spaces, an integer in a DOUBLE field, extra keys...) pay the two
+    more parses that decide fit key by key. The timestamp format is checked on every line."""
     struct = "{" + ", ".join(f'"{c}": "{t}"' for c, t in spec.columns) + "}"
     paths = "[" + ", ".join(f"'$.\"{c}\"'" for c in spec.column_names) + "]"
     fits = []
     for i, (c, t) in enumerate(spec.columns, start=1):
         allowed = ", ".join(f"'{x}'" for x in JSON_FITS[t] + ("NULL",))
-        cond = f"(t[{i}] IS NULL OR t[{i}] IN ({allowed}))"
+        cond = f"CASE WHEN canon THEN true ELSE t[{i}] IS NULL OR t[{i}] IN ({allowed}) END"
         if c in spec.timestamps:
-            cond += f" AND (s.{_q(c)} IS NULL OR regexp_full_match(s.{_q(c)}, '{TIMESTAMP_REGEX}'))"
+            cond = f"({cond}) AND (s.{_q(c)} IS NULL OR regexp_full_match(s.{_q(c)}, '{TIMESTAMP_REGEX}'))"
         fits.append((c, cond))
-    # No key outside the schema: as many keys as expected paths found.
+    # No key outside the schema: as many keys as expected paths found (t and k are NULL on
+    # a canonical line, whose t[i] IS NULL then holds for every column).
     all_fit = (
-        " AND ".join(f"f_{i}" for i in range(len(fits))) + " AND len(k) = len(list_filter(t, lambda x: x IS NOT NULL))"
+        " AND ".join(f"f_{i}" for i in range(len(fits)))
+        + " AND (canon OR len(k) = len(list_filter(t, lambda x: x IS NOT NULL)))"
     )
     flags = ", ".join(f"{cond} AS f_{i}" for i, (_, cond) in enumerate(fits))
     parsed = f"""
-        SELECT row_no, file_id, source_file, raw, s, t, k, {flags}
+        SELECT row_no, file_id, source_file, raw, s, canon, t, k, {flags}
         FROM (
-            SELECT row_no, file_id, source_file, raw,
-                   from_json(raw, '{struct}') AS s, json_type(raw, {paths}) AS t, json_keys(raw) AS k
-            FROM {view}
-            WHERE {IS_OBJECT}
+            SELECT row_no, file_id, source_file, raw, s, canon,
+                   CASE WHEN NOT canon THEN json_type(raw, {paths}) END AS t,
+                   CASE WHEN NOT canon THEN json_keys(raw) END AS k
+            FROM (
+                SELECT row_no, file_id, source_file, raw, s, to_json(s) = raw AS canon
+                FROM (SELECT row_no, file_id, source_file, raw, from_json(raw, '{struct}') AS s
+                      FROM {view} WHERE {IS_OBJECT})
+            )
         )"""
     cols = ", ".join(f"CASE WHEN f_{i} THEN s.{_q(c)} END AS {_q(c)}" for i, (c, _) in enumerate(fits))
     rows = (

@@ -1,0 +1,135 @@
+"""Which JSON lines fit the landing schema: bronze's SQL against a plain Python statement of the
+contract, line by line, for every kind of misfit, each written compactly (as the generator and
+Spark write: the SQL's one-parse path) and with spaces (the key-by-key path)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from churn_assets.defs.bronze.parse import _parse_json_lines
+from churn_assets.defs.bronze.rows_sql import json_select_sql
+from churn_assets.landing import SPECS, TIMESTAMP_REGEX
+
+SPEC = SPECS["orders"]
+GOOD = {"user_id": "u-1", "id": "o-1", "transaction_date": "06-05-2023 12:07:59", "item_count": 3.0, "amount": 57.5}
+
+
+def pairs(**changes) -> list[tuple[str, object]]:
+    """GOOD's members in schema order with ``changes`` (a value of ... drops the key)."""
+    return [(k, changes.get(k, v)) for k, v in GOOD.items() if changes.get(k, v) is not ...] + [
+        (k, v) for k, v in changes.items() if k not in GOOD
+    ]
+
+
+def write(members: list[tuple[str, object]], compact: bool) -> str:
+    sep = (",", ":") if compact else (", ", ": ")
+    return "{" + sep[0].join(json.dumps(k) + sep[1] + json.dumps(v) for k, v in members) + "}"
+
+
+CASES = {
+    "fits": pairs(),
+    "explicit null": pairs(amount=None),
+    "key left out": pairs(id=...),
+    "integer in a DOUBLE": pairs(item_count=3),
+    "exponent in a DOUBLE": pairs(amount=1.5e-7),
+    "number in a VARCHAR": pairs(id=5),
+    "object in a VARCHAR": pairs(id={"a": 1}),
+    "string number in a DOUBLE": pairs(amount="1.5"),
+    "NaN as a string in a DOUBLE": pairs(amount="NaN"),
+    "boolean in a DOUBLE": pairs(amount=True),
+    "extra key": pairs(coupon="X"),
+    "extra key set to null": pairs(coupon=None),
+    "key in another case": pairs(id=..., ID="o-1"),
+    "duplicate key": pairs() + [("id", "o-2")],
+    "timestamp in another format": pairs(transaction_date="2023-06-05 12:07:59"),
+    "keys in another order": list(reversed(pairs())),
+    "escapes and non-ASCII": pairs(id='o-"1"\\/\n\u00e9\u2028'),
+}
+
+
+def oracle(members: list[tuple[str, object]]) -> tuple[dict, bool]:
+    """The contract in Python: (the typed values kept, whether the record fits)."""
+    types = dict(SPEC.columns)
+    names = [k for k, _ in members]
+    fits = len(set(names)) == len(names) and set(names) <= set(types)
+    values = {}
+    for k, v in members:
+        if k not in types:
+            continue
+        ok = (
+            v is None
+            or {
+                "VARCHAR": isinstance(v, str),
+                "DOUBLE": isinstance(v, int | float) and not isinstance(v, bool),
+                "BOOLEAN": isinstance(v, bool),
+            }[types[k]]
+        )
+        if ok and k in SPEC.timestamps and v is not None:
+            ok = re.fullmatch(TIMESTAMP_REGEX, v) is not None
+        values[k] = (float(v) if types[k] == "DOUBLE" and v is not None else v) if ok else None
+        fits = fits and ok
+    if len(set(names)) != len(names):
+        values = {k: values[k] for k in dict(members) if k in types}  # which duplicate wins is not asserted
+    return {c: values.get(c) for c in SPEC.column_names}, fits
+
+
+def bronze_rows(lines: list[str]) -> tuple[dict[int, tuple], list[tuple]]:
+    """(row_no -> (typed values, _rescued_data), quarantine rows) from the project's parse and SQL."""
+    pf = _parse_json_lines(None, "", ("\n".join(lines) + "\n").encode(), 1)
+    n = pf.lines.num_rows
+    view = pf.lines.append_column("file_id", pa.array([1] * n, pa.int64())).append_column(
+        "source_file", pa.array(["orders/t.json"] * n)
+    )
+    con = duckdb.connect()
+    con.register("lines", view)
+    rows_sql, bad_sql = json_select_sql(SPEC, "lines")
+    cols = ", ".join(f'"{c}"' for c in SPEC.column_names)
+    rows = {
+        r[0]: (dict(zip(SPEC.column_names, r[1:-1])), r[-1])
+        for r in con.execute(f"SELECT row_no, {cols}, _rescued_data FROM ({rows_sql})").fetchall()
+    }
+    return rows, con.execute(bad_sql).fetchall()
+
+
+@pytest.mark.parametrize("compact", [True, False], ids=["compact", "spaced"])
+def test_each_line_fits_exactly_when_the_contract_says_so(compact):
+    lines = [write(members, compact) for members in CASES.values()]
+    rows, quarantined = bronze_rows(lines)
+    assert quarantined == [] and sorted(rows) == list(range(1, len(lines) + 1))
+    for row_no, (name, members) in enumerate(CASES.items(), start=1):
+        values, rescued = rows[row_no]
+        want, fits = oracle(members)
+        assert (rescued is None) == fits, name
+        if not fits:
+            assert rescued == lines[row_no - 1], name  # the raw line, as landed
+        if name == "duplicate key":
+            continue
+        assert values == want, name
+
+
+def test_the_compact_form_is_the_one_parse_path():
+    """The compact good line is what ``to_json`` writes back, so it skips the key-by-key parses."""
+    line = write(CASES["fits"], compact=True)
+    struct = "{" + ", ".join(f'"{c}": "{t}"' for c, t in SPEC.columns) + "}"
+    assert duckdb.sql(f"SELECT to_json(from_json(?, '{struct}')) = ?", params=[line, line]).fetchall() == [(True,)]
+
+
+def test_lines_that_are_not_objects_go_to_quarantine_with_their_reason():
+    good = write(CASES["fits"], compact=True)
+    lines = [good, "{not json", "[1, 2]", "null", '"text"', "  ", good + "\r", "{" + '"id":"o-\x01"}']
+    rows, quarantined = bronze_rows(lines)
+    reasons = {r[2]: r[4] for r in quarantined}
+    assert reasons == {
+        2: "malformed JSON",
+        3: "JSON value is not an object",
+        4: "JSON value is not an object",
+        5: "JSON value is not an object",
+        8: "malformed JSON",  # a raw control character inside a string
+    }
+    assert sorted(rows) == [1, 7]  # line 6 is blank: no record; a CRLF line ends before its CR
+    assert rows[7] == rows[1]
