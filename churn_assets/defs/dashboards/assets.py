@@ -1,4 +1,5 @@
-"""Dashboard assets: one DuckDB table per figure, and the page that draws them all."""
+"""Dashboard assets: one table per figure (in the DuckDB file, or the Spark warehouse with
+CHURN_ENGINE=spark: ``spark.py``), and the page that draws them all."""
 
 import os
 from datetime import datetime, timezone
