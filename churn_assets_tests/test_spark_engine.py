@@ -192,12 +192,17 @@ def run_spark(cluster: Cluster, home: Path, selection: str = BRONZE_TO_GOLD):
 
 
 def spark_rows(cluster: Cluster, home: Path, sql: str) -> list[tuple]:
+    return spark_reader(cluster, home)(sql)
+
+
+def spark_reader(cluster: Cluster, home: Path):
+    """A query function over the Spark warehouse's tables as they are now (registered once)."""
     from churn_assets.engine import qualify, register_tables, spark_session
 
     warehouse = str(home / "spark_warehouse")
     spark = spark_session(cluster.master_url, warehouse)
     register_tables(spark, warehouse)
-    return [tuple(r) for r in spark.sql(qualify(sql)).collect()]
+    return lambda sql: [tuple(r) for r in spark.sql(qualify(sql)).collect()]
 
 
 GOLD_COLUMNS = None  # filled from the gold module: every column, in the contract's order
@@ -372,9 +377,10 @@ def test_dashboards_and_campaign_equal_on_both_engines(cluster, duckdb_home, spa
     TIMES["sample_dashboards_and_campaign_s"] = took
     assert result.success
 
+    on_spark = spark_reader(cluster, spark_home)
     for metric in METRICS:
         sql = f"SELECT * FROM dashboard.{metric.name}"
-        expected, got = query(duckdb_home, sql), spark_rows(cluster, spark_home, sql)
+        expected, got = query(duckdb_home, sql), on_spark(sql)
         if metric.name in CLOCK_FIGURES:
             expected, got = [r[0] for r in expected], [r[0] for r in got if r[1] is not None]
         assert got == expected, metric.name
@@ -391,9 +397,7 @@ def test_dashboards_and_campaign_equal_on_both_engines(cluster, duckdb_home, spa
     assert len(fake_s.requests) == len(fake_d.requests) > 0
     # Read from the cluster's tables, the prompts still carry no personal data.
     bodies = "\n".join(json.dumps(r["body"], ensure_ascii=False) for r in fake_s.requests)
-    people = spark_rows(
-        cluster, spark_home, "SELECT id, firstname, lastname, email, address FROM bronze.churn_users_bronze"
-    )
+    people = on_spark("SELECT id, firstname, lastname, email, address FROM bronze.churn_users_bronze")
     for user_id, first, last, email, address in people:
         for value in (user_id, email, address, f'"{first}"', f" {first},", f" {last} ", f'"{last}"'):
             assert value is None or value not in bodies
