@@ -13,7 +13,7 @@ from churn_assets.timeutil import utcnow
 _RECENT = "SELECT user_id FROM campaigns.retention_messages WHERE status = 'ready' AND created_at >= ?"
 # The at-risk customers, written once; ``{recent}`` is the cooldown's customers: the ledger's query
 # on DuckDB, the view of the ledger's rows on Spark (the ledger stays in the DuckDB file).
-_TARGETS = """
+TARGETS_TEMPLATE = """
     WITH last_order AS (
         SELECT user_id, arg_max(amount, creation_date) AS amount, arg_max(item_count, creation_date) AS items,
                max(creation_date) AS last_date
@@ -27,9 +27,9 @@ _TARGETS = """
     WHERE p.churn_prediction = 1 AND p.user_id NOT IN ({recent})
     ORDER BY p.churn_probability DESC, f.total_amount DESC, p.user_id
     LIMIT ?"""
-_IN_COOLDOWN = "SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction = 1 AND user_id IN ({recent})"
-TARGETS_SQL = _TARGETS.format(recent=_RECENT)
-IN_COOLDOWN_SQL = _IN_COOLDOWN.format(recent=_RECENT)
+IN_COOLDOWN_TEMPLATE = "SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction = 1 AND user_id IN ({recent})"
+TARGETS_SQL = TARGETS_TEMPLATE.format(recent=_RECENT)
+IN_COOLDOWN_SQL = IN_COOLDOWN_TEMPLATE.format(recent=_RECENT)
 RECENT_VIEW = "_campaign_recent"
 
 
@@ -46,8 +46,8 @@ def select_targets(con: duckdb.DuckDBPyConnection, cooldown_days: int, cap: int,
         recent = con.execute(_RECENT, [since]).fetchall()
         tables.register(RECENT_VIEW, "user_id string", recent)
         recent_sql = f"SELECT user_id FROM {RECENT_VIEW}"
-        in_cooldown = tables.execute(_IN_COOLDOWN.format(recent=recent_sql)).fetchall()[0][0]
-        cur = tables.execute(_TARGETS.format(recent=recent_sql), [cap])
+        in_cooldown = tables.execute(IN_COOLDOWN_TEMPLATE.format(recent=recent_sql)).fetchall()[0][0]
+        cur = tables.execute(TARGETS_TEMPLATE.format(recent=recent_sql), [cap])
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, row)) for row in cur.fetchall()], in_cooldown
 
