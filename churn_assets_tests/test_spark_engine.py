@@ -20,6 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from churn_assets_tests import reference_oracle
@@ -322,7 +323,8 @@ def test_the_rest_of_the_cycle_refuses_to_start_on_spark(cluster, tmp_path):
     assert "not supported yet: ml" in text
 
 
-FIGURES_AND_CAMPAIGN = "group:dashboard or group:campaigns"
+FIGURES_AND_CAMPAIGN = dg.AssetSelection.groups("dashboard", "campaigns")
+MODEL_AND_SCORES = dg.AssetSelection.groups("ml") | dg.AssetSelection.assets(["gold", "churn_prediction"])
 # A figure of wall-clock instants (when each layer last took data in): equal in shape only.
 CLOCK_FIGURES = {"layer_freshness"}
 
@@ -367,7 +369,7 @@ def test_dashboards_and_campaign_equal_on_both_engines(cluster, duckdb_home, spa
     from churn_assets.defs.dashboards.metrics import METRICS
     from churn_assets_tests.fake_anthropic import FakeAnthropic
 
-    assert materialize(duckdb_home, "group:ml or key:gold/churn_prediction").success
+    assert materialize(duckdb_home, MODEL_AND_SCORES).success
     with FakeAnthropic() as fake_d:
         result, _ = _figures_and_campaign(duckdb_home, fake_d)
     assert result.success
