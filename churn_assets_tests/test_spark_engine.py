@@ -315,6 +315,11 @@ def test_the_rest_of_the_cycle_refuses_to_start_on_spark(cluster, tmp_path):
     (tmp_path / "landing").mkdir()
     land_sample(tmp_path)
     result = materialize(tmp_path, "*", env=spark_env(cluster, tmp_path), raise_on_error=False)
+    # The MLflow resource set up before the refusal starts loading the champion in the background;
+    # its store's alembic migration must not overlap the next test's instance (alembic is not thread-safe).
+    for thread in threading.enumerate():
+        if thread.name.startswith("champion-prefetch"):
+            thread.join(timeout=120)
     assert not result.success
     # Not a half-run: no step started, no Spark table written.
     assert result.get_step_success_events() == []
