@@ -1,4 +1,4 @@
-"""The engine that executes bronze, silver and gold: DuckDB (the warehouse file, default) or
+"""The engine that executes the cycle: DuckDB (the warehouse file, default) or
 Apache Spark (``CHURN_ENGINE=spark``), and what the Spark side needs from below the domains.
 
 On Spark every table is a parquet folder under ``CHURN_SPARK_WAREHOUSE`` (a path every
@@ -18,27 +18,31 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from churn_assets.settings import Settings, environment_scope
+from churn_assets.timeutil import utcnow
 from churn_assets.transpile import duckdb_to_spark
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
-# What runs on Spark today; the rest of the cycle refuses to start on it (see ``spark_problem``).
-SPARK_GROUPS = ("bronze", "silver", "gold", "ml")
 # Tables a query may name as <schema>.<table>.
-SCHEMAS = ("bronze", "silver", "gold", "ops")
+SCHEMAS = ("bronze", "silver", "gold", "ops", "dashboard")
 POINTER = "_CURRENT"
-# ops.data_quality on Spark: the DuckDB table's columns but checked_at (one folder per write).
+# ops.data_quality on Spark: the DuckDB table's columns (one folder per write).
 QUALITY_COLUMNS = (
-    "run_id string, layer string, table_name string, expectation string, passed long, failed long, "
-    "dropped long, detail string"
+    "run_id string, checked_at timestamp_ntz, layer string, table_name string, expectation string, passed long, "
+    "failed long, dropped long, detail string"
 )
+# ops.watermarks and ops.gold_state on Spark (the DuckDB tables' columns, one row a build): when
+# silver and gold last took in data, which the pipeline-health figure shows.
+WATERMARK_COLUMNS = "consumer string, source_table string, file_id long, updated_at timestamp_ntz"
+GOLD_STATE_COLUMNS = "table_name string, as_of timestamp_ntz, built_at timestamp_ntz"
 
 _SESSIONS: dict[tuple[str, str], SparkSession] = {}
 
@@ -96,7 +100,7 @@ def _local(uri: str) -> Path | None:
 
 
 class EngineResource(dg.ConfigurableResource):
-    """Which engine executes bronze, silver and gold, and (Spark) where its cluster and tables are."""
+    """Which engine executes the cycle, and (Spark) where its cluster and tables are."""
 
     name: str
     spark_master: str
@@ -121,10 +125,10 @@ class EngineResource(dg.ConfigurableResource):
         ``cursor``): each registration lists every table's folder and reads its parquet schema."""
         return spark_session(self.spark_master, self.spark_warehouse, self.spark_python)
 
-    def _with_tables(self) -> SparkSession:
-        """The session with every table of the warehouse as it is now (see ``register_tables``)."""
+    def _with_tables(self, *sqls: str) -> SparkSession:
+        """The session with the tables the Spark SQL texts name, as they are now (see ``register_tables``)."""
         session = self.spark()
-        register_tables(session, self.spark_warehouse)
+        register_tables(session, self.spark_warehouse, {name for sql in sqls for name in named_tables(sql)})
         return session
 
     def table(self, table: str) -> DataFrame:
@@ -137,15 +141,19 @@ class EngineResource(dg.ConfigurableResource):
     def has_table(self, table: str) -> bool:
         return current_dir(self.spark_warehouse, table) is not None
 
-    def sql(self, sql: str) -> DataFrame:
-        """Spark SQL naming tables as ``<schema>.<table>``."""
-        return self._with_tables().sql(qualify(sql))
+    def sql(self, sql: str, views: Mapping[str, str] | None = None) -> DataFrame:
+        """Spark SQL naming tables as ``<schema>.<table>``; ``views`` (name -> Spark SQL over the
+        tables) are tables this engine keeps in another shape, e.g. one per source."""
+        session = self._with_tables(sql, *(views or {}).values())
+        for name, view_sql in (views or {}).items():
+            session.sql(qualify(view_sql)).createOrReplaceTempView(view_name(name))
+        return session.sql(qualify(sql))
 
     def table_dir(self, table: str) -> str:
         return table_dir(self.spark_warehouse, table)
 
     def cursor(self) -> SparkCursor:
-        return SparkCursor(self._with_tables())
+        return SparkCursor(self.spark(), self.spark_warehouse)
 
     def append_rows(self, table: str, columns: str, rows: list[tuple]) -> None:
         """Append rows (``columns``: a Spark DDL schema) to an append-only table, one folder a call."""
@@ -157,8 +165,13 @@ class EngineResource(dg.ConfigurableResource):
     def replace_table(self, df: DataFrame, table: str) -> None:
         replace_table(df, self.spark_warehouse, table)
 
+    def record_quality(self, run_id: str, layer: str, table: str, rows: list[tuple]) -> None:
+        """``warehouse.record_quality`` on Spark: (expectation, passed, failed, dropped, detail) rows."""
+        now = utcnow()
+        self.append_rows("ops.data_quality", QUALITY_COLUMNS, [(run_id, now, layer, table, *r) for r in rows])
 
-def spark_problem(master: str, groups: set[str] | None = None, warehouse: str | None = None) -> str | None:
+
+def spark_problem(master: str, warehouse: str | None = None) -> str | None:
     """Why a run cannot start on Spark (one line), or None."""
     if warehouse is not None and _local(warehouse) is None:
         return (
@@ -172,12 +185,6 @@ def spark_problem(master: str, groups: set[str] | None = None, warehouse: str | 
         )
     if not (master.startswith("spark://") or master.startswith("local")):
         return f"CHURN_SPARK_MASTER={master!r} is not a master URL: use spark://host:7077 or local[*]"
-    beyond = sorted((groups or set()) - set(SPARK_GROUPS))
-    if beyond:
-        return (
-            f"CHURN_ENGINE=spark runs {', '.join(SPARK_GROUPS)} only; not supported yet: {', '.join(beyond)} "
-            f"(select {', '.join(f'group:{g}' for g in SPARK_GROUPS)}, or use CHURN_ENGINE=duckdb for the whole cycle)"
-        )
     try:
         import pyspark  # noqa: F401
     except ImportError:
@@ -185,28 +192,12 @@ def spark_problem(master: str, groups: set[str] | None = None, warehouse: str | 
     return None
 
 
-def run_problem(context: dg.InitResourceContext, engine: str, master: str, warehouse: str) -> str | None:
-    """Why this run cannot start on the configured engine (one line), or None: checked when the
-    run's first resource is set up, so an unsupported run fails before any step, never halfway."""
+def run_problem(engine: str, master: str, warehouse: str) -> str | None:
+    """Why a run cannot start on the configured engine (one line), or None: checked when the
+    run's first resource is set up, so a run that cannot work fails before any step."""
     if engine != "spark":
         return None
-    return spark_problem(master, _run_groups(context), warehouse)
-
-
-def _run_groups(context: dg.InitResourceContext) -> set[str] | None:
-    """The groups of the steps this run executes (None when it is not known). A step's key is
-    its asset key joined with ``__``; its first part names the group here."""
-    run = context.run
-    if run is None:
-        return None
-    keys = run.step_keys_to_execute
-    if keys is None and run.execution_plan_snapshot_id and context.instance is not None:
-        plan = context.instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
-        keys = [step.key for step in plan.steps]
-    if keys is None:
-        return None
-    # In this project an asset key's first part is its group (bronze/..., ml/..., dashboard/...).
-    return {key.split("__")[0] for key in keys}
+    return spark_problem(master, warehouse)
 
 
 def table_dir(warehouse: str, table: str) -> str:
@@ -261,9 +252,19 @@ def qualify(sql: str) -> str:
     return sqlglot.parse_one(sql, read="spark").transform(rename).sql(dialect="spark")
 
 
-def register_tables(spark: SparkSession, warehouse: str) -> list[str]:
-    """Every table under the warehouse as a view of the session over its current folder
-    (``<schema>__<table>``; ``qualify`` maps the dotted names to them). Returns the tables."""
+def named_tables(sql: str) -> set[str]:
+    """The ``<schema>.<table>`` names a Spark SQL text reads."""
+    import sqlglot
+    from sqlglot import exp
+
+    tree = sqlglot.parse_one(sql, read="spark")
+    return {f"{t.db}.{t.name}" for t in tree.find_all(exp.Table) if t.args.get("db") is not None and t.db in SCHEMAS}
+
+
+def register_tables(spark: SparkSession, warehouse: str, only: set[str] | None = None) -> list[str]:
+    """Every table under the warehouse (or those of ``only`` that exist) as a view of the session
+    over its current folder (``<schema>__<table>``; ``qualify`` maps the dotted names to them):
+    each registration lists the table's folder and reads its parquet schema. Returns the tables."""
     root = _local(warehouse)
     names = []
     if root is None or not root.is_dir():
@@ -274,6 +275,8 @@ def register_tables(spark: SparkSession, warehouse: str) -> list[str]:
             continue
         for table in sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
             name = f"{schema}.{table}"
+            if only is not None and name not in only:
+                continue
             where = current_dir(warehouse, name)
             if where is not None:
                 spark.read.parquet(where).createOrReplaceTempView(view_name(name))
@@ -287,14 +290,17 @@ class SparkCursor:
     rule, the model's training rows) runs on both. Nothing reaches the driver before
     ``fetchall`` or ``pl``."""
 
-    def __init__(self, spark: SparkSession):
+    def __init__(self, spark: SparkSession, warehouse: str):
         self.spark = spark
+        self.warehouse = warehouse
         self._df: DataFrame | None = None
 
     def execute(self, sql: str, params=None) -> SparkCursor:
         named = params if isinstance(params, dict) else None
         positional = params if isinstance(params, (list, tuple)) else ()
-        self._df = self.spark.sql(qualify(duckdb_to_spark(sql, named, positional)))
+        spark_sql = duckdb_to_spark(sql, named, positional)
+        register_tables(self.spark, self.warehouse, named_tables(spark_sql))
+        self._df = self.spark.sql(qualify(spark_sql))  # planned now, run by fetchall or pl
         return self
 
     def sql(self, sql: str) -> SparkCursor:
@@ -308,6 +314,15 @@ class SparkCursor:
         import polars as pl
 
         return pl.from_arrow(self._df.toArrow())
+
+    def register(self, name: str, columns: str, rows: list[tuple]) -> None:
+        """Rows from elsewhere (``columns``: a Spark DDL schema) as a view ``name`` of this cursor's queries."""
+        self.spark.createDataFrame(rows, columns).createOrReplaceTempView(name)
+
+    @property
+    def description(self) -> list[tuple[str]]:
+        """The columns of the last query, first item of each entry its name (as DuckDB's)."""
+        return [(name,) for name in self._df.columns]
 
 
 def stop_sessions() -> None:

@@ -43,7 +43,7 @@ class WarehouseResource(dg.ConfigurableResource):
     # How long a run waits for another process's hold on the file before failing with one
     # line that names the holder.
     wait_seconds: float
-    # The engine, checked against the run's steps when it starts (every step asks for this resource).
+    # The engine, checked when a run starts (every step asks for this resource): a bad setting fails it at once.
     engine: str = "duckdb"
     spark_master: str = "local[*]"
     spark_warehouse: str = ""
@@ -52,7 +52,7 @@ class WarehouseResource(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._run_id = context.run.run_id if context.run else None
-        problem = run_problem(context, self.engine, self.spark_master, self.spark_warehouse)
+        problem = run_problem(self.engine, self.spark_master, self.spark_warehouse)
         if problem:
             raise dg.Failure(description=problem)
 
@@ -148,6 +148,6 @@ def shared_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "landing": LandingZoneResource.from_settings(settings),
         "pipeline_settings": PipelineSettingsResource.from_settings(settings),
         "alerts": AlertsResource.from_settings(settings),
-        # duckdb (default) or spark: which engine executes bronze, silver and gold.
+        # duckdb (default) or spark: which engine executes the cycle.
         "engine": EngineResource.from_settings(settings),
     }

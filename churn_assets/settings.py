@@ -156,7 +156,7 @@ class Settings:
     engine: str = _setting(
         "CHURN_ENGINE",
         "duckdb",
-        "duckdb (the warehouse file), or spark: bronze, silver and gold on Apache Spark (pip install .[spark])",
+        "duckdb (the warehouse file), or spark: the whole cycle on Apache Spark (pip install .[spark])",
         choices=ENGINES,
     )
     spark_master: str = _setting(

@@ -5,8 +5,9 @@ made at run time from the same text, so a change to the SQL reaches both engines
 SQLGlot maps the functions the two dialects share under other names (``arg_min`` ->
 ``min_by``, ``date_diff('day', a, b)``, ``struct_pack`` -> ``struct``, ``trunc(x)::INTEGER``);
 the rewrites below cover what it does not: the project's own macro ``pseudonym``,
-``try_strptime`` (-> ``try_to_timestamp``, the format translated) and ``md5_number`` (the
-holdout and sample rules of the model; see ``_md5_number``). Parameters (``$as_of``,
+``try_strptime`` (-> ``try_to_timestamp``, the format translated), ``md5_number`` (the
+holdout and sample rules of the model; see ``_md5_number``) and ``date_diff`` in months,
+quarters or years (DuckDB counts boundaries crossed, Spark whole periods elapsed). Parameters (``$as_of``,
 ``?``) become literals, or an expression where one is given (a secret must never be a literal:
 Spark shows a plan's literals in its UI and logs).
 """
@@ -65,6 +66,18 @@ def duckdb_to_spark(
             # Null for a value that does not fit (Spark's to_timestamp raises under ANSI mode).
             value, fmt = node.expressions
             return exp.Anonymous(this="try_to_timestamp", expressions=[value.copy(), exp.Literal.string(_java(fmt))])
+        if isinstance(node, exp.DateDiff) and node.text("unit").upper() in _PER_YEAR:
+            # DuckDB counts the month (quarter, year) boundaries crossed, Spark the whole months elapsed.
+            per_year = _PER_YEAR[node.text("unit").upper()]
+            end, start = node.this, node.expression
+            years = exp.Sub(this=exp.func("year", end.copy()), expression=exp.func("year", start.copy()))
+            if per_year == 1:
+                return exp.paren(years)
+            part = "month" if per_year == 12 else "quarter"
+            within = exp.Sub(this=exp.func(part, end.copy()), expression=exp.func(part, start.copy()))
+            return exp.paren(
+                exp.Add(this=exp.Mul(this=exp.paren(years), expression=exp.Literal.number(per_year)), expression=within)
+            )
         return node
 
     try:
@@ -75,6 +88,9 @@ def duckdb_to_spark(
     if queue:
         raise TranspileError(f"{len(queue)} ? parameter value(s) left over")
     return tree.transform(rewrite).sql(dialect="spark", pretty=pretty)
+
+
+_PER_YEAR = {"MONTH": 12, "QUARTER": 4, "YEAR": 1}
 
 
 def _java(fmt) -> str:

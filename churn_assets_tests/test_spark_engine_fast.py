@@ -12,6 +12,8 @@ import pytest
 
 sqlglot = pytest.importorskip("sqlglot", reason="the spark extra is not installed (CHURN_EXTRAS=spark scripts/setup)")
 
+from churn_assets.defs.campaigns.targets import RECENT_VIEW, TARGETS_TEMPLATE  # noqa: E402
+from churn_assets.defs.dashboards.metrics import METRICS  # noqa: E402
 from churn_assets.defs.gold.features import SANE_VALUES, churn_features_sql, gold_quality  # noqa: E402
 from churn_assets.defs.silver.spark import KEY_COLUMN, silver_spark_sql  # noqa: E402
 from churn_assets.defs.silver.transform import ORDERS_SELECT, USERS_SELECT  # noqa: E402
@@ -28,6 +30,8 @@ DUCKDB_ONLY = re.compile(r"\b(TRY_STRPTIME|STRPTIME|ARG_MIN|STRUCT_PACK|PSEUDONY
         (churn_features_sql("(SELECT user_id FROM x)"), {"as_of": datetime(2023, 6, 10)}, ()),
         (USERS_SELECT.format(new="v"), None, ["k" * 32]),
         (ORDERS_SELECT.format(new="v"), None, ()),
+        *[(m.sql, {"as_of": datetime(2023, 6, 10)}, ()) for m in METRICS],
+        (TARGETS_TEMPLATE.format(recent=f"SELECT user_id FROM {RECENT_VIEW}"), None, [100]),
     ],
 )
 def test_the_duckdb_sql_transpiles_to_spark_only(sql, named, positional):
@@ -50,6 +54,15 @@ def test_what_sqlglot_leaves_is_rewritten():
     gold = duckdb_to_spark(churn_features_sql(), {"as_of": datetime(2023, 6, 10, 12)})
     assert "MIN_BY(platform, STRUCT(ts AS t, _file_id AS f, _row_no AS r))" in gold
     assert "CAST('2023-06-10 12:00:00' AS TIMESTAMP)" in gold
+
+
+def test_month_differences_count_boundaries_as_duckdb():
+    """DuckDB's date_diff('month') counts month boundaries crossed (Jan 31 -> Feb 1 is 1); Spark's
+    datediff(MONTH) whole months elapsed (0): the transpiler writes DuckDB's meaning out."""
+    out = duckdb_to_spark("SELECT date_diff('month', a, b) AS m, date_diff('year', a, b) AS y FROM t")
+    assert "((YEAR(b) - YEAR(a)) * 12 + MONTH(b) - MONTH(a)) AS m" in out
+    assert "(YEAR(b) - YEAR(a)) AS y" in out
+    assert "DATEDIFF(DAY" in duckdb_to_spark("SELECT date_diff('day', a::DATE, b::DATE) FROM t")
 
 
 def test_parameters_must_all_be_bound():

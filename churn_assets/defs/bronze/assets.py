@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from churn_assets.defs.bronze.ingest import ingest_source
-from churn_assets.engine import QUALITY_COLUMNS, EngineResource
+from churn_assets.engine import EngineResource
 from churn_assets.landing import SPECS
 from churn_assets.metadata import table_metadata
 from churn_assets.ops.alerts import AlertsResource
@@ -136,21 +136,13 @@ def _spark_bronze(
     table = f"bronze.{spec.table}"
     result = ingest_source_spark(engine.spark(), engine.spark_warehouse, landing.root, source, context.run.run_id)
     fit = result.rows_loaded - result.rows_rescued
-    engine.append_rows(
-        "ops.data_quality",
-        QUALITY_COLUMNS,
+    engine.record_quality(
+        context.run.run_id,
+        "bronze",
+        table,
         [
-            (context.run.run_id, "bronze", table, "correct_schema", fit, result.rows_rescued, 0, None),
-            (
-                context.run.run_id,
-                "bronze",
-                table,
-                "records_parseable",
-                result.rows_loaded,
-                result.rows_quarantined,
-                result.rows_quarantined,
-                None,
-            ),
+            ("correct_schema", fit, result.rows_rescued, 0, None),
+            ("records_parseable", result.rows_loaded, result.rows_quarantined, result.rows_quarantined, None),
         ],
     )
     context.log.info(

@@ -99,6 +99,25 @@ def paths(warehouse: str, source: str) -> dict[str, str]:
     }
 
 
+MANIFEST = "bronze.ingest_manifest"
+_MANIFEST_COLUMNS = (
+    "_file_id AS file_id, source, path, length AS size_bytes, modificationTime AS mtime, content_hash, records, "
+    "rows_loaded, rows_rescued, rows_quarantined, status, detail, run_id, ingested_at, event"
+)
+
+
+def manifest_view(engine) -> dict[str, str]:
+    """``bronze.ingest_manifest`` as the DuckDB engine keeps it (one table, a ``source`` column)
+    over this engine's manifests (one per source, each its stream's own), for ``engine.sql(views=...)``;
+    empty before the first file."""
+    parts = [
+        f"SELECT {_MANIFEST_COLUMNS} FROM bronze.ingest_manifest_{source}"
+        for source in SPECS
+        if engine.has_table(f"bronze.ingest_manifest_{source}")
+    ]
+    return {MANIFEST: " UNION ALL ".join(parts)} if parts else {}
+
+
 def ingest_source_spark(spark, warehouse: str, landing_root: str, source: str, run_id: str) -> SparkBronzeResult:
     """Take every landed file of ``source`` the checkpoint has not seen, once."""
     from pyspark.sql import functions as F
@@ -165,7 +184,23 @@ def ingest_source_spark(spark, warehouse: str, landing_root: str, source: str, r
         )
         quarantine = bad.unionByName(whole).withColumn("run_id", F.lit(run_id))
         quarantine.write.mode("overwrite").parquet(f"{where['quarantine']}/batch={batch_id}")
-        ranked.select(
+        # Per file, what became of its records (the DuckDB manifest's counts), from the batch as written.
+        loaded = (
+            spark.read.parquet(f"{where['table']}/batch={batch_id}")
+            .groupBy("_file_id")
+            .agg(F.count("*").alias("rows_loaded"), F.count("_rescued_data").alias("rows_rescued"))
+        )
+        quarantined = (
+            spark.read.parquet(f"{where['quarantine']}/batch={batch_id}")
+            .groupBy("_file_id")
+            .agg(F.count("*").alias("rows_quarantined"))
+        )
+        counted = (
+            ranked.join(loaded, "_file_id", "left")
+            .join(quarantined, "_file_id", "left")
+            .fillna(0, ["rows_loaded", "rows_rescued", "rows_quarantined"])
+        )
+        counted.select(
             "_file_id",
             "path",
             "length",
@@ -174,16 +209,28 @@ def ingest_source_spark(spark, warehouse: str, landing_root: str, source: str, r
             "status",
             F.col("d.problem").alias("detail"),
             F.lit(run_id).alias("run_id"),
+            F.lit(source).alias("source"),
+            F.when(F.col("status") == "duplicate", 0)
+            .otherwise(F.col("rows_loaded") + F.col("rows_quarantined"))
+            .alias("records"),
+            "rows_loaded",
+            "rows_rescued",
+            "rows_quarantined",
+            F.localtimestamp().alias("ingested_at"),
+            F.lit("new").alias("event"),  # a path is taken once: never appended to or rewritten here
         ).write.mode("overwrite").parquet(f"{where['manifest']}/batch={batch_id}")
-        counts = {r["status"]: r["n"] for r in ranked.groupBy("status").agg(F.count("*").alias("n")).collect()}
-        written = spark.read.parquet(f"{where['table']}/batch={batch_id}")
-        loaded, rescued = written.agg(F.count("*"), F.count("_rescued_data")).first()
-        result.files_loaded += counts.get("loaded", 0)
-        result.files_duplicate += counts.get("duplicate", 0)
-        result.files_quarantined += counts.get("quarantined", 0)
-        result.rows_loaded += loaded
-        result.rows_rescued += rescued
-        result.rows_quarantined += spark.read.parquet(f"{where['quarantine']}/batch={batch_id}").count()
+        written = spark.read.parquet(f"{where['manifest']}/batch={batch_id}")
+        totals = written.groupBy("status").agg(
+            F.count("*").alias("n"),
+            F.sum("rows_loaded").alias("loaded"),
+            F.sum("rows_rescued").alias("rescued"),
+            F.sum("rows_quarantined").alias("quarantined"),
+        )
+        for r in totals.collect():
+            setattr(result, f"files_{r['status']}", getattr(result, f"files_{r['status']}") + r["n"])
+            result.rows_loaded += r["loaded"]
+            result.rows_rescued += r["rescued"]
+            result.rows_quarantined += r["quarantined"]
         result.batches += 1
         ranked.unpersist()
         files.unpersist()

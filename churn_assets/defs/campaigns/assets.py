@@ -10,6 +10,7 @@ from churn_assets.defs.campaigns.run import CampaignResult, run_campaign
 from churn_assets.defs.gold.assets import churn_features
 from churn_assets.defs.ml.assets import churn_prediction
 from churn_assets.defs.silver.assets import churn_orders, churn_users
+from churn_assets.engine import EngineResource
 from churn_assets.metadata import table_metadata
 from churn_assets.resources import PipelineSettingsResource, WarehouseResource
 
@@ -44,8 +45,12 @@ def retention_messages(
     anthropic: AnthropicResource,
     campaign_policy: CampaignPolicyResource,
     pipeline_settings: PipelineSettingsResource,
+    engine: EngineResource,
 ) -> dg.MaterializeResult:
     writer = None if anthropic.offline else anthropic.writer()
+    # On Spark the at-risk customers are read from the cluster's tables; the ledger (copy cache,
+    # messages, outbox files) stays in the DuckDB file, whose transactions its exactly-once handover needs.
+    tables = engine.cursor() if engine.is_spark else None
     with warehouse.get_connection() as con:
         result = run_campaign(
             con,
@@ -58,6 +63,7 @@ def retention_messages(
             cooldown_days=campaign_policy.cooldown_days,
             cap=campaign_policy.max_messages_per_run,
             fallback_to_template=campaign_policy.fallback_to_template,
+            tables=tables,
         )
         metadata = table_metadata(con, "campaigns.retention_messages")
     if result.stopped:

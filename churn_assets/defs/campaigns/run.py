@@ -135,11 +135,14 @@ def run_campaign(
     cooldown_days: int,
     cap: int,
     fallback_to_template: bool = True,
+    tables=None,  # where the at-risk customers are read when not in ``con``: a Spark engine's cursor
 ) -> CampaignResult:
     ensure_campaign_tables(con)
     result = CampaignResult()
     # A step retry is the same run: what an earlier attempt wrote counts against the cap.
-    targets, result.in_cooldown = select_targets(con, cooldown_days, max(0, cap - store.messages_of_run(con, run_id)))
+    targets, result.in_cooldown = select_targets(
+        con, cooldown_days, max(0, cap - store.messages_of_run(con, run_id)), tables
+    )
     result.targets = len(targets)
     generator_name = model_name if writer is not None else "template"
     decisions, customers = group_by_decision(targets, as_of.date(), PROMPT_VERSION, generator_name)

@@ -11,7 +11,9 @@ from churn_assets.timeutil import utcnow
 
 # A customer who got a ready message within the cooldown is not written to again.
 _RECENT = "SELECT user_id FROM campaigns.retention_messages WHERE status = 'ready' AND created_at >= ?"
-TARGETS_SQL = f"""
+# The at-risk customers, written once; ``{recent}`` is the cooldown's customers: the ledger's query
+# on DuckDB, the view of the ledger's rows on Spark (the ledger stays in the DuckDB file).
+TARGETS_TEMPLATE = """
     WITH last_order AS (
         SELECT user_id, arg_max(amount, creation_date) AS amount, arg_max(item_count, creation_date) AS items,
                max(creation_date) AS last_date
@@ -22,18 +24,30 @@ TARGETS_SQL = f"""
     JOIN silver.churn_users u USING (user_id)
     JOIN gold.churn_features f USING (user_id)
     JOIN last_order lo USING (user_id)
-    WHERE p.churn_prediction = 1 AND p.user_id NOT IN ({_RECENT})
+    WHERE p.churn_prediction = 1 AND p.user_id NOT IN ({recent})
     ORDER BY p.churn_probability DESC, f.total_amount DESC, p.user_id
     LIMIT ?"""
-IN_COOLDOWN_SQL = f"SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction = 1 AND user_id IN ({_RECENT})"
+IN_COOLDOWN_TEMPLATE = "SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction = 1 AND user_id IN ({recent})"
+TARGETS_SQL = TARGETS_TEMPLATE.format(recent=_RECENT)
+IN_COOLDOWN_SQL = IN_COOLDOWN_TEMPLATE.format(recent=_RECENT)
+RECENT_VIEW = "_campaign_recent"
 
 
-def select_targets(con: duckdb.DuckDBPyConnection, cooldown_days: int, cap: int) -> tuple[list[dict], int]:
+def select_targets(con: duckdb.DuckDBPyConnection, cooldown_days: int, cap: int, tables=None) -> tuple[list[dict], int]:
     """Customers predicted to churn, highest risk then value first, not contacted within
-    the cooldown; at most ``cap``. Returns (targets, customers skipped for cooldown)."""
+    the cooldown; at most ``cap``. Returns (targets, customers skipped for cooldown).
+    ``tables``: where the predictions, features and silver tables are when not in ``con`` (a
+    Spark engine's cursor); the cooldown's customers come from the ledger in ``con`` either way."""
     since = utcnow() - timedelta(days=cooldown_days)
-    in_cooldown = con.execute(IN_COOLDOWN_SQL, [since]).fetchall()[0][0]
-    cur = con.execute(TARGETS_SQL, [since, cap])
+    if tables is None:
+        in_cooldown = con.execute(IN_COOLDOWN_SQL, [since]).fetchall()[0][0]
+        cur = con.execute(TARGETS_SQL, [since, cap])
+    else:
+        recent = con.execute(_RECENT, [since]).fetchall()
+        tables.register(RECENT_VIEW, "user_id string", recent)
+        recent_sql = f"SELECT user_id FROM {RECENT_VIEW}"
+        in_cooldown = tables.execute(IN_COOLDOWN_TEMPLATE.format(recent=recent_sql)).fetchall()[0][0]
+        cur = tables.execute(TARGETS_TEMPLATE.format(recent=recent_sql), [cap])
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, row)) for row in cur.fetchall()], in_cooldown
 

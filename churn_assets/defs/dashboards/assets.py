@@ -1,4 +1,5 @@
-"""Dashboard assets: one DuckDB table per figure, and the page that draws them all."""
+"""Dashboard assets: one table per figure (in the DuckDB file, or the Spark warehouse with
+CHURN_ENGINE=spark: ``spark.py``), and the page that draws them all."""
 
 import os
 from datetime import datetime, timezone
@@ -8,6 +9,7 @@ import dagster as dg
 
 from churn_assets.defs.dashboards.metrics import METRICS, Metric
 from churn_assets.defs.dashboards.page import markdown_image, png_of, render
+from churn_assets.engine import EngineResource
 from churn_assets.metadata import previewable, table_metadata
 from churn_assets.ops.alerts import AlertsResource
 from churn_assets.resources import PipelineSettingsResource, WarehouseResource
@@ -53,7 +55,14 @@ def _metric_asset(metric: Metric) -> dg.AssetsDefinition:
         automation_condition=refresh_condition(),
         description=f"{metric.description} ({metric.dashboard}; table dashboard.{metric.name})",
     )
-    def _asset(warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource) -> dg.MaterializeResult:
+    def _asset(
+        warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
+        if engine.is_spark:
+            from churn_assets.defs.dashboards.spark import build_metric_spark
+
+            rows = build_metric_spark(engine, metric, pipeline_settings.as_of_datetime())
+            return dg.MaterializeResult(metadata={"dagster/row_count": rows, "engine": "spark"})
         with warehouse.get_connection() as con:
             with transaction(con):
                 con.execute(
@@ -74,7 +83,9 @@ def _metric_asset(metric: Metric) -> dg.AssetsDefinition:
     description="Run history from the Dagster instance: job, status, start, duration of the latest 200 runs "
     "(pipeline health; table dashboard.pipeline_runs).",
 )
-def pipeline_runs(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+def pipeline_runs(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, engine: EngineResource
+) -> dg.MaterializeResult:
     import polars as pl
 
     now = datetime.now(timezone.utc).timestamp()
@@ -104,6 +115,8 @@ def pipeline_runs(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
             "duration_seconds": pl.Float64,
         },
     )
+    if engine.is_spark:
+        return _spark_frame(engine, frame.sort("started_at"), "dashboard.pipeline_runs")
     with warehouse.get_connection() as con:
         with transaction(con), registered(con, "_runs", frame):
             con.execute("CREATE OR REPLACE TABLE dashboard.pipeline_runs AS SELECT * FROM _runs ORDER BY started_at")
@@ -119,7 +132,7 @@ def pipeline_runs(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     description="Alerts raised by the cycle's monitoring (failed and abnormally long runs, cadence switches), "
     "copied from the alerts store the sensors write (table dashboard.alerts).",
 )
-def alerts_figure(warehouse: WarehouseResource, alerts: AlertsResource) -> dg.MaterializeResult:
+def alerts_figure(warehouse: WarehouseResource, alerts: AlertsResource, engine: EngineResource) -> dg.MaterializeResult:
     import polars as pl
 
     rows = alerts.store().all()[:200]
@@ -135,10 +148,20 @@ def alerts_figure(warehouse: WarehouseResource, alerts: AlertsResource) -> dg.Ma
             "state": pl.Utf8,
         },  # delivery: pending, delivered or expired
     ).with_columns(pl.col("raised_at").str.to_datetime(strict=False))
+    if engine.is_spark:
+        return _spark_frame(engine, frame.sort("raised_at", descending=True), "dashboard.alerts")
     with warehouse.get_connection() as con:
         with transaction(con), registered(con, "_alerts", frame):
             con.execute("CREATE OR REPLACE TABLE dashboard.alerts AS SELECT * FROM _alerts ORDER BY raised_at DESC")
         return dg.MaterializeResult(metadata=table_metadata(con, "dashboard.alerts"))
+
+
+def _spark_frame(engine: EngineResource, frame, table: str) -> dg.MaterializeResult:
+    from churn_assets.defs.dashboards.spark import write_frame_spark
+
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": write_frame_spark(engine, frame, table), "engine": "spark"}
+    )
 
 
 metric_assets = [_metric_asset(m) for m in METRICS]
@@ -155,16 +178,28 @@ FIGURES = [m.name for m in METRICS] + ["pipeline_runs", "alerts"]
     "(Vega-Lite, inlined), the as-of time, the production model's version, each layer's freshness. Opens from "
     "disk with no network and no database.",
 )
-def dashboard_page(warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource) -> dg.MaterializeResult:
-    with warehouse.get_connection() as con:
-        fig = {}
-        for name in FIGURES:
-            cur = con.execute(f"SELECT * FROM dashboard.{name}")
-            cols = [d[0] for d in cur.description]
-            shown = previewable(cols, f"dashboard.{name}")  # the page leaves the warehouse
-            fig[name] = [{c: v for c, v in zip(cols, row) if c in shown} for row in cur.fetchall()]
-        versions = con.execute("SELECT DISTINCT model_version FROM gold.churn_prediction").fetchall()
-    model_version = ", ".join(sorted(str(v) for (v,) in versions)) or "none"
+def dashboard_page(
+    warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource, engine: EngineResource
+) -> dg.MaterializeResult:
+    fig = {}
+    if engine.is_spark:  # the figures' tables are small: each comes to the driver whole
+        from churn_assets.defs.dashboards.spark import figure_rows, model_versions
+
+        tables = {name: figure_rows(engine, f"dashboard.{name}") for name in FIGURES}
+        versions = model_versions(engine)
+    else:
+        with warehouse.get_connection() as con:
+            tables = {}
+            for name in FIGURES:
+                cur = con.execute(f"SELECT * FROM dashboard.{name}")
+                tables[name] = ([d[0] for d in cur.description], cur.fetchall())
+            versions = [
+                v for (v,) in con.execute("SELECT DISTINCT model_version FROM gold.churn_prediction").fetchall()
+            ]
+    for name, (cols, rows) in tables.items():
+        shown = previewable(cols, f"dashboard.{name}")  # the page leaves the warehouse
+        fig[name] = [{c: v for c, v in zip(cols, row) if c in shown} for row in rows]
+    model_version = ", ".join(sorted(str(v) for v in versions)) or "none"
     page, specs = render(
         fig,
         as_of=pipeline_settings.as_of_datetime(),

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from churn_assets.defs.gold.features import build_churn_features, gold_quality
-from churn_assets.engine import QUALITY_COLUMNS, EngineResource
+from churn_assets.engine import EngineResource
 from churn_assets.metadata import table_metadata
 from churn_assets.resources import PipelineSettingsResource, WarehouseResource
 from churn_assets.warehouse import record_quality, scalar, table_exists
@@ -69,13 +69,11 @@ def churn_features_valid(
 ) -> dg.AssetCheckResult:
     if engine.is_spark:  # the same rules, transpiled
         results = gold_quality(engine.cursor())
-        engine.append_rows(
-            "ops.data_quality",
-            QUALITY_COLUMNS,
-            [
-                (context.op_execution_context.run_id, "gold", "gold.churn_features", name, p, f, 0, None)
-                for name, (p, f) in results.items()
-            ],
+        engine.record_quality(
+            context.op_execution_context.run_id,
+            "gold",
+            "gold.churn_features",
+            [(name, p, f, 0, None) for name, (p, f) in results.items()],
         )
         return _check_result(results)
     with warehouse.get_connection() as con:

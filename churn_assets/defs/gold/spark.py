@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from churn_assets.defs.gold.features import GoldResult, churn_features_sql
-from churn_assets.engine import EngineResource
+from churn_assets.defs.gold.features import CONSUMER, GoldResult, churn_features_sql
+from churn_assets.engine import GOLD_STATE_COLUMNS, EngineResource
+from churn_assets.timeutil import utcnow
 from churn_assets.transpile import duckdb_to_spark
 
 
@@ -17,4 +18,5 @@ def gold_spark_sql(as_of: datetime) -> str:
 def build_churn_features_spark(engine: EngineResource, as_of: datetime) -> GoldResult:
     engine.replace_table(engine.sql(gold_spark_sql(as_of)), "gold.churn_features")
     total = engine.table("gold.churn_features").count()
+    engine.append_rows("ops.gold_state", GOLD_STATE_COLUMNS, [(CONSUMER, as_of, utcnow())])
     return GoldResult("full", total, total, True)

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from churn_assets.defs.silver.transform import SilverResult, build_churn_orders, build_churn_users
-from churn_assets.engine import QUALITY_COLUMNS, EngineResource
+from churn_assets.engine import EngineResource
 from churn_assets.metadata import table_metadata
 from churn_assets.resources import PipelineSettingsResource, WarehouseResource
 from churn_assets.warehouse import record_quality
@@ -16,9 +16,7 @@ MAX_DROP_RATE = 0.10
 def _result(context, con, res: SilverResult, engine: EngineResource | None = None) -> dg.MaterializeResult:
     rows = [(name, res.rows_read - dropped, dropped, dropped, None) for name, dropped in res.dropped.items()]
     if engine is not None:  # Spark: the same quality rows, in the Spark warehouse's ops.data_quality
-        engine.append_rows(
-            "ops.data_quality", QUALITY_COLUMNS, [(context.run.run_id, "silver", res.table, *r) for r in rows]
-        )
+        engine.record_quality(context.run.run_id, "silver", res.table, rows)
         metadata = {"dagster/row_count": res.rows_total, "engine": "spark"}
     else:
         record_quality(con, context.run.run_id, "silver", res.table, rows)

@@ -16,7 +16,8 @@ from churn_assets.defs.silver.transform import (
     USERS_VALID,
     SilverResult,
 )
-from churn_assets.engine import EngineResource
+from churn_assets.engine import WATERMARK_COLUMNS, EngineResource
+from churn_assets.timeutil import utcnow
 from churn_assets.transpile import duckdb_to_spark
 
 BUILDS = {
@@ -62,6 +63,7 @@ def build_silver_spark(engine: EngineResource, target: str, pseudonym_key: str |
     counts = bronze.agg(
         F.count("*").alias("read"),
         *[F.count(F.when(F.expr(cond), 1)).alias(name) for name, cond in drops.items()],
+        F.max("_file_id").alias("file_id"),
     ).first()
     latest = (
         bronze.where(valid)
@@ -79,4 +81,5 @@ def build_silver_spark(engine: EngineResource, target: str, pseudonym_key: str |
     latest.createOrReplaceTempView(view)
     engine.replace_table(latest.sparkSession.sql(silver_spark_sql(target, view)), target)
     total = engine.table(target).count()
+    engine.append_rows("ops.watermarks", WATERMARK_COLUMNS, [(target, source, counts["file_id"] or 0, utcnow())])
     return SilverResult(target, counts["read"], total, total - before, {name: counts[name] for name in drops}, total)
