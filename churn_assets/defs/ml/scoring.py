@@ -25,8 +25,6 @@ from churn_assets.warehouse import registered, scalar, table_exists, transaction
 # What a prediction depends on: the key and every column the model reads. DuckDB's hash is
 # stable within a version; after an upgrade that changes it, every customer is scored once.
 FEATURES_HASH = f"hash({', '.join(['user_id', *FEATURES])})"
-# Beyond this share of the customers changed, the table is written anew.
-REPLACE_SHARE = 0.5
 
 
 def holdout(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, np.ndarray]:
@@ -115,14 +113,6 @@ def update_predictions(
             FULL JOIN (SELECT user_id, _features_hash AS h FROM gold.churn_prediction) p USING (user_id)
             WHERE f.h IS DISTINCT FROM p.h"""
     )
-    changed, total = con.execute(
-        "SELECT count(*) FILTER (NOT removed), (SELECT count(*) FROM gold.churn_prediction) FROM _to_score"
-    ).fetchall()[0]
-    if changed > REPLACE_SHARE * total:
-        # The daily refresh (every day count moved): writing a new table costs less time and
-        # memory than deleting and re-inserting nearly every row in one transaction.
-        con.execute("DROP TABLE _to_score")
-        return replace_predictions(con, model, threshold, model_name, version)
     df = _features(con, "user_id IN (SELECT user_id FROM _to_score WHERE NOT removed)")
     out, took = _score(df, model, threshold, model_name, version)
     with transaction(con), registered(con, "_scored", out):
