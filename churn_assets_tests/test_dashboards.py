@@ -11,10 +11,11 @@ from datetime import date
 from html.parser import HTMLParser
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from churn_assets.defs.dashboards.assets import FIGURES
-from churn_assets.generator import generate_history
+from churn_assets.generator import generate_history, generate_increment
 from churn_assets_tests.browser import launch
 from churn_assets_tests.helpers import REPO, materialize, one, query
 
@@ -111,7 +112,8 @@ def test_every_figure_is_a_table_downstream_of_what_it_reads(cycle):
 
     assert parents("dashboard/revenue_by_month") == {"silver/churn_orders"}
     assert parents("dashboard/kpis") == {"silver/churn_users", "silver/churn_orders", "gold/churn_prediction"}
-    assert parents("dashboard/predicted_churn_by_country") == {"gold/churn_prediction", "gold/churn_features"}
+    assert parents("dashboard/predicted_churn_by_country") == {"dashboard/customer_risk"}
+    assert parents("dashboard/customer_risk") == {"gold/churn_prediction", "gold/churn_features"}
     assert {f"dashboard/{f}" for f in FIGURES} == parents("dashboard/page")
 
 
@@ -264,3 +266,91 @@ def test_a_run_not_ended_is_shown_running_without_a_duration():
     bars, marker = spec["layer"]
     assert bars["mark"]["type"] == "bar" and bars["transform"] == [{"filter": "datum.status != 'RUNNING'"}]
     assert marker["mark"]["type"] == "point" and marker["encoding"]["y"] == {"datum": 0}
+
+
+# The prediction figures as they were written before dashboard.customer_risk: each a join of
+# the predictions with gold over every customer.
+JOINED = {
+    "predicted_churn_by_country": """SELECT f.country, count(*) AS customers,
+        count(*) FILTER (p.churn_prediction = 1) AS at_risk, round(avg(p.churn_prediction), 4) AS at_risk_share
+        FROM gold.churn_prediction p JOIN gold.churn_features f USING (user_id) GROUP BY 1 ORDER BY 1""",
+    "predicted_churn_by_channel": """SELECT coalesce(f.canal, 'unknown') AS canal, count(*) AS customers,
+        count(*) FILTER (p.churn_prediction = 1) AS at_risk, round(avg(p.churn_prediction), 4) AS at_risk_share
+        FROM gold.churn_prediction p JOIN gold.churn_features f USING (user_id) GROUP BY 1 ORDER BY 1""",
+    "predicted_churn_by_tenure": """SELECT CASE WHEN m < 3 THEN '0-2 months' WHEN m < 6 THEN '3-5 months'
+        WHEN m < 12 THEN '6-11 months' WHEN m < 24 THEN '12-23 months' ELSE '24+ months' END AS tenure,
+        min(m) AS from_months, count(*) AS customers, count(*) FILTER (churn_prediction = 1) AS at_risk,
+        round(avg(churn_prediction), 4) AS at_risk_share
+        FROM (SELECT p.churn_prediction, date_diff('month', f.creation_date, ?::TIMESTAMP) AS m
+              FROM gold.churn_prediction p JOIN gold.churn_features f USING (user_id))
+        GROUP BY 1 ORDER BY 2""",
+    "at_risk_customers": """SELECT p.user_id, f.country, coalesce(f.canal, 'unknown') AS canal, f.platform,
+        round(p.churn_probability, 4) AS churn_probability, f.total_amount, f.order_count, f.days_last_event,
+        round(p.churn_probability * f.total_amount, 2) AS value_at_risk
+        FROM gold.churn_prediction p JOIN gold.churn_features f USING (user_id) WHERE p.churn_prediction = 1
+        ORDER BY p.churn_probability DESC, f.total_amount DESC, p.user_id LIMIT 100""",
+}
+# The four figures and everything upstream of them (models, scoring, gold), not the page or the campaign.
+PREDICTION_FIGURES = dg.AssetSelection.assets(*(dg.AssetKey(["dashboard", name]) for name in JOINED)).upstream()
+
+
+def assert_risk_table_equals_the_join(home) -> None:
+    from churn_assets.defs.dashboards.risk import RISK_SQL
+
+    cols = "* EXCLUDE (scored_at)"
+    assert query(home, f"SELECT {cols} FROM dashboard.customer_risk ORDER BY user_id") == query(
+        home, f"SELECT {cols} FROM ({RISK_SQL}) ORDER BY user_id"
+    )
+
+
+def assert_risk_figures_equal_the_joins(home, as_of: str) -> None:
+    assert_risk_table_equals_the_join(home)
+    for name, sql in JOINED.items():
+        assert query(home, f"SELECT * FROM dashboard.{name}") == query(home, sql, [as_of] if "?" in sql else []), name
+
+
+def risk_refresh(result) -> tuple[str, int, int]:
+    (mat,) = [
+        e.materialization
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == "dashboard/customer_risk"
+    ]
+    return tuple(mat.metadata[k].value for k in ("refresh_mode", "rows_changed", "rows_removed"))
+
+
+def test_prediction_figures_follow_what_scoring_changed_and_equal_the_joins(home):
+    """dashboard.customer_risk rewrites only the customers scored since its last refresh; after
+    increments, a next-day refresh and a customer leaving gold, it and the four prediction figures
+    equal the joins over every customer."""
+    from churn_assets.defs.dashboards.risk import refresh_customer_risk
+    from churn_assets.warehouse import connect
+
+    generate_history(home, customers=3_000, seed=23, end=date(2026, 11, 1), progress=False)
+    env = {"CHURN_RETRAIN_MIN_NEW_ROWS": "100000000"}  # one model: increments are scored incrementally
+    first = materialize(home, PREDICTION_FIGURES, as_of="2026-11-01T01:00:00", env=env)
+    total = one(home, "SELECT count(*) FROM gold.churn_prediction")
+    assert risk_refresh(first) == ("full", total, 0)
+    assert_risk_figures_equal_the_joins(home, "2026-11-01T01:00:00")
+    for hour in (2, 3):
+        generate_increment(home, fraction=0.03, dirty_rate=0.01)
+        as_of = f"2026-11-01T0{hour}:00:00"
+        mode, changed, removed = risk_refresh(materialize(home, PREDICTION_FIGURES, as_of=as_of, env=env))
+        total = one(home, "SELECT count(*) FROM gold.churn_prediction")
+        assert mode == "incremental" and 0 < changed < total / 4 and removed == 0, (mode, changed, total)
+        assert_risk_figures_equal_the_joins(home, as_of)
+    # The next day every customer is scored again: rebuilt.
+    mode, changed, _ = risk_refresh(materialize(home, PREDICTION_FIGURES, as_of="2026-11-02T00:30:00", env=env))
+    assert (mode, changed) == ("full", one(home, "SELECT count(*) FROM gold.churn_prediction"))
+    assert_risk_figures_equal_the_joins(home, "2026-11-02T00:30:00")
+    # A customer leaving gold and the predictions (as gold and scoring do it) leaves the table.
+    con = connect(home / "warehouse.duckdb")
+    try:
+        gone = con.execute("SELECT min(user_id) FROM gold.churn_prediction").fetchone()[0]
+        con.execute("DELETE FROM gold.churn_features WHERE user_id = ?", [gone])
+        con.execute("DELETE FROM gold.churn_prediction WHERE user_id = ?", [gone])
+        done = refresh_customer_risk(con)
+        assert (done.mode, done.rows_changed, done.rows_removed) == ("incremental", 0, 1)
+    finally:
+        con.close()
+    assert one(home, "SELECT count(*) FROM dashboard.customer_risk WHERE user_id = ?", [gone]) == 0
+    assert_risk_table_equals_the_join(home)

@@ -13,20 +13,26 @@ from churn_assets.timeutil import utcnow
 _RECENT = "SELECT user_id FROM campaigns.retention_messages WHERE status = 'ready' AND created_at >= ?"
 # The at-risk customers, written once; ``{recent}`` is the cooldown's customers: the ledger's query
 # on DuckDB, the view of the ledger's rows on Spark (the ledger stays in the DuckDB file).
+# The chosen customers first, then their last order: aggregating every customer's orders would
+# follow the whole history. Every gold customer has an order (gold's orders join), and the
+# EXISTS keeps the result the same should one not.
 TARGETS_TEMPLATE = """
-    WITH last_order AS (
+    WITH chosen AS (
+        SELECT p.user_id, u.firstname, u.canal, u.country, p.churn_probability, f.total_amount
+        FROM gold.churn_prediction p
+        JOIN silver.churn_users u USING (user_id)
+        JOIN gold.churn_features f USING (user_id)
+        WHERE p.churn_prediction = 1 AND p.user_id NOT IN ({recent})
+          AND EXISTS (SELECT 1 FROM silver.churn_orders o WHERE o.user_id = p.user_id)
+        ORDER BY p.churn_probability DESC, f.total_amount DESC, p.user_id
+        LIMIT ?),
+    last_order AS (
         SELECT user_id, arg_max(amount, creation_date) AS amount, arg_max(item_count, creation_date) AS items,
                max(creation_date) AS last_date
-        FROM silver.churn_orders GROUP BY user_id)
-    SELECT p.user_id, u.firstname, u.canal, u.country, p.churn_probability, f.total_amount,
-           lo.amount, lo.items, lo.last_date
-    FROM gold.churn_prediction p
-    JOIN silver.churn_users u USING (user_id)
-    JOIN gold.churn_features f USING (user_id)
-    JOIN last_order lo USING (user_id)
-    WHERE p.churn_prediction = 1 AND p.user_id NOT IN ({recent})
-    ORDER BY p.churn_probability DESC, f.total_amount DESC, p.user_id
-    LIMIT ?"""
+        FROM silver.churn_orders WHERE user_id IN (SELECT user_id FROM chosen) GROUP BY user_id)
+    SELECT c.*, lo.amount, lo.items, lo.last_date
+    FROM chosen c JOIN last_order lo USING (user_id)
+    ORDER BY c.churn_probability DESC, c.total_amount DESC, c.user_id"""
 IN_COOLDOWN_TEMPLATE = "SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction = 1 AND user_id IN ({recent})"
 TARGETS_SQL = TARGETS_TEMPLATE.format(recent=_RECENT)
 IN_COOLDOWN_SQL = IN_COOLDOWN_TEMPLATE.format(recent=_RECENT)

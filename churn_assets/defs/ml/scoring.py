@@ -104,23 +104,20 @@ def update_predictions(
     ones included) and drop those gold no longer has; any other model scores everyone."""
     if not _same_model(con, threshold, model_name, version):
         return replace_predictions(con, model, threshold, model_name, version)
-    # One pass over gold and the predictions finds the rows to score; only those reach Python.
+    # One pass over gold and the predictions finds the rows to score (hash moved, or new) and
+    # the customers gold no longer has; only the former reach Python.
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _to_score AS
-            SELECT f.user_id FROM gold.churn_features f LEFT JOIN gold.churn_prediction p USING (user_id)
-            WHERE p._features_hash IS DISTINCT FROM {FEATURES_HASH}"""
+            SELECT coalesce(f.user_id, p.user_id) AS user_id, f.user_id IS NULL AS removed
+            FROM (SELECT user_id, {FEATURES_HASH} AS h FROM gold.churn_features) f
+            FULL JOIN (SELECT user_id, _features_hash AS h FROM gold.churn_prediction) p USING (user_id)
+            WHERE f.h IS DISTINCT FROM p.h"""
     )
-    df = _features(con, "user_id IN (SELECT user_id FROM _to_score)")
+    df = _features(con, "user_id IN (SELECT user_id FROM _to_score WHERE NOT removed)")
     out, took = _score(df, model, threshold, model_name, version)
     with transaction(con), registered(con, "_scored", out):
-        removed = scalar(
-            con, "SELECT count(*) FROM gold.churn_prediction ANTI JOIN gold.churn_features USING (user_id)"
-        )
-        con.execute(
-            """DELETE FROM gold.churn_prediction
-               WHERE user_id IN (SELECT user_id FROM _scored)
-                  OR user_id NOT IN (SELECT user_id FROM gold.churn_features)"""
-        )
+        removed = scalar(con, "SELECT count(*) FROM _to_score WHERE removed")
+        con.execute("DELETE FROM gold.churn_prediction WHERE user_id IN (SELECT user_id FROM _to_score)")
         con.execute("INSERT INTO gold.churn_prediction SELECT * FROM _scored")
     con.execute("DROP TABLE _to_score")
     at_risk, total = con.execute(
