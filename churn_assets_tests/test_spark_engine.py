@@ -12,12 +12,9 @@ import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -25,6 +22,7 @@ import pytest
 
 from churn_assets_tests import reference_oracle
 from churn_assets_tests.helpers import AS_OF, SAMPLE, land_sample, materialize, needs_sample, query
+from churn_assets_tests.spark_cluster import Cluster, parent_pid
 
 pyspark = pytest.importorskip("pyspark", reason="the spark extra is not installed (CHURN_EXTRAS=spark scripts/setup)")
 pytestmark = [
@@ -34,128 +32,6 @@ pytestmark = [
 ]
 
 BRONZE_TO_GOLD = "*gold/churn_features"
-WORKER_MEMORY = "1g"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Cluster:
-    """A standalone master and workers, each a `spark-class` process of the pyspark distribution."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.spark_home = Path(pyspark.__file__).parent
-        self.port, self.ui_port = _free_port(), _free_port()
-        self.master_url = f"spark://127.0.0.1:{self.port}"
-        self.workers: list[subprocess.Popen] = []
-        self.env = {
-            **os.environ,
-            "SPARK_HOME": str(self.spark_home),
-            "SPARK_LOCAL_IP": "127.0.0.1",
-            "PYSPARK_PYTHON": sys.executable,
-            "SPARK_LOG_DIR": str(root / "logs"),
-            "SPARK_CONF_DIR": str(root / "conf"),
-        }
-        (root / "conf").mkdir(parents=True, exist_ok=True)
-        # The application's side: small executors, a few shuffle partitions for the sample.
-        (root / "conf" / "spark-defaults.conf").write_text(
-            "spark.executor.memory 512m\n"
-            "spark.executor.cores 1\n"
-            "spark.driver.host 127.0.0.1\n"
-            "spark.driver.memory 1g\n"
-            "spark.sql.shuffle.partitions 4\n"
-            "spark.ui.enabled false\n"
-        )
-
-    def _spawn(self, cls: str, *args: str, log: str) -> subprocess.Popen:
-        out = open(self.root / f"{log}.log", "wb")  # noqa: SIM115 - closed with the process
-        return subprocess.Popen(
-            [str(self.spark_home / "bin" / "spark-class"), cls, *args],
-            env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def start(self, workers: int = 2) -> float:
-        t0 = time.perf_counter()
-        self.master = self._spawn(
-            "org.apache.spark.deploy.master.Master",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--webui-port",
-            str(self.ui_port),
-            log="master",
-        )
-        for i in range(workers):
-            self.add_worker(i)
-        self.wait_alive(workers)
-        return time.perf_counter() - t0
-
-    def add_worker(self, i: int) -> subprocess.Popen:
-        work = self.root / f"worker-{i}"
-        work.mkdir(exist_ok=True)
-        proc = self._spawn(
-            "org.apache.spark.deploy.worker.Worker",
-            "--host",
-            "127.0.0.1",
-            "--cores",
-            "1",
-            "--memory",
-            WORKER_MEMORY,
-            "--work-dir",
-            str(work),
-            "--webui-port",
-            str(_free_port()),
-            self.master_url,
-            log=f"worker-{i}",
-        )
-        self.workers.append(proc)
-        return proc
-
-    def state(self) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.ui_port}/json/", timeout=2) as r:
-            return json.load(r)
-
-    def wait_alive(self, n: int, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError, ValueError):
-                if self.state().get("aliveworkers", 0) >= n:
-                    return
-            time.sleep(0.3)
-        raise AssertionError(f"{n} workers not alive after {timeout}s; see {self.root}")
-
-    def executor_pids(self) -> list[int]:
-        """Executor JVMs the workers started (children of the worker processes)."""
-        workers = {w.pid for w in self.workers}
-        found = []
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                cmdline = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"CoarseGrainedExecutorBackend" in cmdline and _parent(int(proc.name)) in workers:
-                found.append(int(proc.name))
-        return found
-
-    def stop(self) -> None:
-        for proc in [*self.workers, self.master]:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in [*self.workers, self.master]:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
 
 
 TIMES: dict[str, float] = {}
@@ -542,7 +418,7 @@ def _kill_a_worker_once_executors_run(cluster: Cluster, killed: list[int]) -> No
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         victim = cluster.workers[-1]
-        mine = [pid for pid in cluster.executor_pids() if _parent(pid) == victim.pid]
+        mine = [pid for pid in cluster.executor_pids() if parent_pid(pid) == victim.pid]
         if mine:
             time.sleep(1.0)  # into the run's first tasks
             with contextlib.suppress(ProcessLookupError):
@@ -597,10 +473,3 @@ def test_exactly_once_rerun_copy_increment_and_a_killed_worker(cluster, spark_ho
     )
     # 37.9 truncates to 37 per order (as on DuckDB); 2023-01-02 -> 2023-06-10 is 159 days.
     assert row == [("Ada", 2, 74, 4, "ios", 1, 159)]
-
-
-def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return -1

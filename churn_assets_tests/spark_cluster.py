@@ -1,0 +1,156 @@
+"""A real Spark standalone cluster on 127.0.0.1 from the pyspark distribution (one master,
+workers via `bin/spark-class`): what the Spark engine test and the engine benchmark start."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parent_pid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+class Cluster:
+    """A standalone master and workers, each a `spark-class` process of the pyspark distribution.
+
+    The defaults are the test's (small executors, a few shuffle partitions for the sample)."""
+
+    def __init__(
+        self,
+        root: Path,
+        worker_memory: str = "1g",
+        worker_cores: int = 1,
+        executor_memory: str = "512m",
+        driver_memory: str = "1g",
+        shuffle_partitions: int = 4,
+    ):
+        import pyspark
+
+        self.root = root
+        self.worker_memory, self.worker_cores = worker_memory, worker_cores
+        self.spark_home = Path(pyspark.__file__).parent
+        self.port, self.ui_port = _free_port(), _free_port()
+        self.master_url = f"spark://127.0.0.1:{self.port}"
+        self.workers: list[subprocess.Popen] = []
+        self.env = {
+            **os.environ,
+            "SPARK_HOME": str(self.spark_home),
+            "SPARK_LOCAL_IP": "127.0.0.1",
+            "PYSPARK_PYTHON": sys.executable,
+            "SPARK_LOG_DIR": str(root / "logs"),
+            "SPARK_CONF_DIR": str(root / "conf"),
+        }
+        (root / "conf").mkdir(parents=True, exist_ok=True)
+        # The application's side (read by every driver that points SPARK_CONF_DIR here).
+        (root / "conf" / "spark-defaults.conf").write_text(
+            f"spark.executor.memory {executor_memory}\n"
+            f"spark.executor.cores {worker_cores}\n"
+            "spark.driver.host 127.0.0.1\n"
+            f"spark.driver.memory {driver_memory}\n"
+            f"spark.sql.shuffle.partitions {shuffle_partitions}\n"
+            "spark.ui.enabled false\n"
+        )
+
+    def _spawn(self, cls: str, *args: str, log: str) -> subprocess.Popen:
+        out = open(self.root / f"{log}.log", "wb")  # noqa: SIM115 - closed with the process
+        return subprocess.Popen(
+            [str(self.spark_home / "bin" / "spark-class"), cls, *args],
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def start(self, workers: int = 2) -> float:
+        t0 = time.perf_counter()
+        self.master = self._spawn(
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--webui-port",
+            str(self.ui_port),
+            log="master",
+        )
+        for i in range(workers):
+            self.add_worker(i)
+        self.wait_alive(workers)
+        return time.perf_counter() - t0
+
+    def add_worker(self, i: int) -> subprocess.Popen:
+        work = self.root / f"worker-{i}"
+        work.mkdir(exist_ok=True)
+        proc = self._spawn(
+            "org.apache.spark.deploy.worker.Worker",
+            "--host",
+            "127.0.0.1",
+            "--cores",
+            str(self.worker_cores),
+            "--memory",
+            self.worker_memory,
+            "--work-dir",
+            str(work),
+            "--webui-port",
+            str(_free_port()),
+            self.master_url,
+            log=f"worker-{i}",
+        )
+        self.workers.append(proc)
+        return proc
+
+    def state(self) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ui_port}/json/", timeout=2) as r:
+            return json.load(r)
+
+    def wait_alive(self, n: int, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                if self.state().get("aliveworkers", 0) >= n:
+                    return
+            time.sleep(0.3)
+        raise AssertionError(f"{n} workers not alive after {timeout}s; see {self.root}")
+
+    def executor_pids(self) -> list[int]:
+        """Executor JVMs the workers started (children of the worker processes)."""
+        workers = {w.pid for w in self.workers}
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"CoarseGrainedExecutorBackend" in cmdline and parent_pid(int(proc.name)) in workers:
+                found.append(int(proc.name))
+        return found
+
+    def stop(self) -> None:
+        for proc in [*self.workers, self.master]:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in [*self.workers, self.master]:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
