@@ -188,11 +188,17 @@ def _request_for_files(context, files: list, trigger: str) -> dg.RunRequest:
 
 
 def _acts(context, mode: str, settings: Settings) -> str | None:
-    """None when the cadence file names ``mode``; else why this trigger skips (see ``mode.gate``)."""
+    """None when the cadence file names ``mode``; else why this trigger skips (see ``mode.gate``).
+    A sensor that skips forgets where it stopped: when it acts again, it starts after the last
+    cycle (``default_after``), not at files the cycles in between already took."""
     acts, say = gate(settings.cadence_path, mode)
-    if say and acts:
-        context.log.warning(say)
-    return None if acts else say
+    if acts:
+        if say:
+            context.log.warning(say)
+        return None
+    if isinstance(context, dg.SensorEvaluationContext) and context.cursor:
+        context.update_cursor(None)
+    return say
 
 
 def churn_hourly(context: dg.ScheduleEvaluationContext):
@@ -208,10 +214,6 @@ def churn_hourly(context: dg.ScheduleEvaluationContext):
 def churn_landing_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource):
     skip = _acts(context, "continuous", Settings.load())
     if skip:
-        # Forget where it stopped: when it acts again, it starts after the last cycle
-        # (``default_after``), not at files the cycles in between already took.
-        if context.cursor:
-            context.update_cursor(None)
         return dg.SkipReason(skip)
     after = json.loads(context.cursor) if context.cursor else default_after(context.instance)
     if pending_runs(context.instance) >= Settings.load().max_pending_runs:
@@ -229,8 +231,6 @@ def churn_auto_cadence(context: dg.SensorEvaluationContext, landing: LandingZone
     settings = Settings.load()
     skip = _acts(context, "auto", settings)
     if skip:
-        if context.cursor:
-            context.update_cursor(None)  # as the landing sensor: a fresh start when it acts again
         return dg.SkipReason(skip)
     cursor = json.loads(context.cursor) if context.cursor else {}
     state = AutoState(cursor.get("mode", "hourly"), cursor.get("switched_at", 0.0))
