@@ -9,9 +9,9 @@ there does nothing whatever the cadence."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
+
+from churn_assets.files import write_atomic
 
 MODES = {
     "hourly": ("schedule", "churn_hourly"),
@@ -37,10 +37,7 @@ def write_mode(path: Path, mode: str) -> None:
     """Set the cadence: written aside and renamed into place, so a tick reads the old word or the new."""
     if mode not in MODES:
         raise ValueError(f"mode is one of {', '.join(MODES)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(mode + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, mode + "\n")
 
 
 def gate(path: Path, mode: str) -> tuple[bool, str]:

@@ -1,7 +1,6 @@
 """Dashboard assets: one table per figure (in the DuckDB file, or the Spark warehouse with
 CHURN_ENGINE=spark: ``spark.py``), and the page that draws them all."""
 
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from churn_assets.defs.dashboards.metrics import METRICS, Metric
 from churn_assets.defs.dashboards.page import markdown_image, png_of, render
 from churn_assets.defs.dashboards.risk import refresh_customer_risk
 from churn_assets.engine import EngineResource
+from churn_assets.files import write_atomic
 from churn_assets.metadata import previewable, table_metadata
 from churn_assets.ops.alerts import AlertsResource
 from churn_assets.resources import PipelineSettingsResource, WarehouseResource
@@ -237,10 +237,7 @@ def dashboard_page(
         generated_at=datetime.now(timezone.utc).replace(tzinfo=None),
     )
     out = Path(pipeline_settings.home) / "dashboard" / "index.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".index.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)  # a reader never sees half a page
+    write_atomic(out, page)  # a reader never sees half a page
     images = {f"chart_{name}": dg.MetadataValue.md(markdown_image(png_of(specs[name]), name)) for name in KEY_CHARTS}
     return dg.MaterializeResult(
         metadata={

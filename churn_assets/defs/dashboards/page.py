@@ -14,6 +14,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from functools import lru_cache
 
+from churn_assets.files import write_atomic
+
 KPI_LABELS = {
     "customers": ("Customers", "{:,.0f}"),
     "customers_churned": ("Customers who churned", "{:,.0f}"),
@@ -204,7 +206,6 @@ def chart_specs(fig: dict[str, list[dict]]) -> dict[str, dict]:
 def vega_bundle() -> str:
     """Vega + Vega-Lite + vega-embed as one script. Building it takes ~1.4 s, and every
     run is a new process: it is kept on disk, per vl-convert version."""
-    import os
 
     import vl_convert as vlc
 
@@ -219,10 +220,7 @@ def vega_bundle() -> str:
         return path.read_text(encoding="utf-8")
     bundle = vlc.javascript_bundle()
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(bundle, encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, bundle)
     except OSError:
         pass  # a read-only home: build it each time
     return bundle
