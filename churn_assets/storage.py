@@ -7,8 +7,10 @@ a local or shared path, a ``file://`` URI and an object store (``s3://``, ``s3a:
 The URI stays the user's (Spark gets it as given: ``s3a://`` is Hadoop's S3 connector); pyarrow
 gets the same location under its own scheme name. Credentials come from the environment of the
 process that runs this (the Dagster run worker; with Spark Connect, the client), as pyarrow's
-file systems read them: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_ENDPOINT_URL``,
-``GOOGLE_APPLICATION_CREDENTIALS``, ``AZURE_STORAGE_ACCOUNT_KEY`` and their kin.
+file systems read them: the AWS SDK's (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_ENDPOINT_URL`` ...), Google's default credentials (``GOOGLE_APPLICATION_CREDENTIALS``), Azure's
+default credential (``AZURE_CLIENT_ID``, ``AZURE_TENANT_ID``, ``AZURE_CLIENT_SECRET``), or an
+instance's own identity. Never in the URI.
 
 Layout of a table folder: ``v-<id>/`` versions and a ``_CURRENT`` pointer naming the one readers
 take (silver, gold, dashboards), or ``batch=<id>/`` folders that together are the table (bronze
