@@ -75,7 +75,7 @@ def warehouse_store(uri: str) -> WarehouseStore:
         return WarehouseStore(uri, LocalFileSystem(), os.path.abspath(uri), atomic_rename=True)
     if scheme not in PYARROW_SCHEMES:
         known = ", ".join(sorted(f"{s}://" for s in PYARROW_SCHEMES))
-        raise StorageError(f"{uri}: unknown scheme {scheme}:// (a path, or one of {known})")
+        raise StorageError(f"{uri}: unsupported scheme {scheme}:// (take a path, or one of {known})")
     from pyarrow.fs import FileSystem
 
     target = PYARROW_SCHEMES[scheme] + uri[len(scheme) :]
@@ -203,7 +203,7 @@ class WarehouseStore:
     def problem(self) -> str | None:
         """Why this process cannot use the warehouse (one line), or None: one request to the store
         (an object store's missing credentials or bucket show here, before any step runs)."""
-        if self.atomic_rename and scheme_of(self.uri) in (None, "file"):
+        if scheme_of(self.uri) in (None, "file"):
             return None  # a local path is made by the first write
         from pyarrow.fs import FileType
 

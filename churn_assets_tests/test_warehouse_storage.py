@@ -234,11 +234,12 @@ def test_readers_never_see_a_partial_pointer(warehouse):
     assert store.pointer(rel) == written[-1]
 
 
-def test_unknown_scheme_and_unusable_store_are_one_line_errors(s3, tmp_path):
+def test_unsupported_scheme_and_missing_bucket_are_one_line_errors(s3, tmp_path):
     problem = storage_problem("foo://bucket/wh")
-    assert problem.startswith("CHURN_SPARK_WAREHOUSE=foo://bucket/wh: unknown scheme foo://")
-    with pytest.raises(StorageError, match="unknown scheme"):
-        warehouse_store("hdfs+x://nn/wh")
+    assert problem.startswith("CHURN_SPARK_WAREHOUSE=foo://bucket/wh: unsupported scheme foo:// (take a path, or ")
+    assert "\n" not in problem and "s3a://" in problem
+    with pytest.raises(StorageError, match="unsupported scheme hdfs://"):
+        warehouse_store("hdfs://nn:8020/wh")
     missing = storage_problem("s3a://no-such-bucket/wh")
     assert (
         missing == "CHURN_SPARK_WAREHOUSE=s3a://no-such-bucket/wh: bucket or container 'no-such-bucket' does not exist"
