@@ -83,7 +83,7 @@ def warehouse_store(uri: str) -> WarehouseStore:
         fs, root = FileSystem.from_uri(target)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid/OSError with multi-line texts
         raise StorageError(f"{uri}: {_one_line(exc)}") from None
-    return WarehouseStore(uri, fs, root.rstrip("/"), atomic_rename=scheme not in OBJECT_STORES)
+    return WarehouseStore(uri, fs, root.rstrip("/"), atomic_rename=PYARROW_SCHEMES[scheme] not in OBJECT_STORES)
 
 
 @dataclass(frozen=True)
