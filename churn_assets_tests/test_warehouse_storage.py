@@ -122,7 +122,8 @@ def s3(tmp_path_factory):
         server.stop()
 
 
-@pytest.fixture(params=["path", "file", "s3a"])
+# The object store's cases start a server (seconds): the slow lane; paths run in the fast one too.
+@pytest.fixture(params=["path", "file", pytest.param("s3a", marks=pytest.mark.slow)])
 def warehouse(request, tmp_path):
     """A fresh, empty warehouse URI on each kind of storage."""
     if request.param == "path":
@@ -235,6 +236,7 @@ def test_readers_never_see_a_partial_pointer(warehouse):
     assert store.pointer(rel) == written[-1]
 
 
+@pytest.mark.slow
 def test_s3_and_hadoops_s3a_name_the_same_objects(s3):
     """Spark keeps the user's s3a:// (Hadoop's connector); pyarrow gets the same bucket and key as s3://."""
     name = f"churn-warehouse/wh-{uuid.uuid4().hex[:8]}"
@@ -248,6 +250,7 @@ def test_s3_and_hadoops_s3a_name_the_same_objects(s3):
     assert current_dir(f"s3a://{name}", "gold.churn_features") == f"s3a://{name}/gold/churn_features/{VAAA}"
 
 
+@pytest.mark.slow
 def test_unsupported_scheme_and_missing_bucket_are_one_line_errors(s3, tmp_path):
     problem = storage_problem("foo://bucket/wh")
     assert problem.startswith("CHURN_SPARK_WAREHOUSE=foo://bucket/wh: unsupported scheme foo:// (take a path, or ")
@@ -263,6 +266,7 @@ def test_unsupported_scheme_and_missing_bucket_are_one_line_errors(s3, tmp_path)
     assert storage_problem(f"file://{tmp_path}/not-made-yet") is None
 
 
+@pytest.mark.slow
 def test_missing_or_wrong_credentials_fail_the_run_with_one_line(tmp_path):
     """A store that checks signatures: a process without credentials, or with unknown ones, is
     refused before any step, in one line that names the warehouse and never the secret."""
@@ -281,6 +285,7 @@ def test_missing_or_wrong_credentials_fail_the_run_with_one_line(tmp_path):
         server.stop()
 
 
+@pytest.mark.slow
 def test_object_store_warehouses_are_no_longer_refused(s3):
     pytest.importorskip("pyspark", reason="the spark extra is not installed (CHURN_EXTRAS=spark scripts/setup)")
     assert run_problem("spark", "local[*]", "s3a://churn-warehouse/wh") is None
