@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from churn_assets.engine import current_dir, run_problem
+from churn_assets.settings import environment_scope
 from churn_assets.storage import POINTER, StorageError, new_version, storage_problem, warehouse_store
 
 SECRET = "not-a-real-secret-0123456789"
@@ -71,28 +72,6 @@ class S3Server:
         self.log.close()
 
 
-class env_scope:
-    """Set (or, with None, unset) environment variables for a block; restore them after."""
-
-    def __init__(self, **values: str | None):
-        self.values = values
-
-    def __enter__(self):
-        self.saved = {k: os.environ.get(k) for k in self.values}
-        for k, v in self.values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-    def __exit__(self, *exc):
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _client_env(url: str, key: str | None = "testing", secret: str | None = SECRET) -> dict[str, str | None]:
     return {
         "AWS_ACCESS_KEY_ID": key,
@@ -110,7 +89,7 @@ def _client_env(url: str, key: str | None = "testing", secret: str | None = SECR
 def s3(tmp_path_factory):
     server = S3Server(tmp_path_factory.mktemp("moto") / "server.log")
     try:
-        with env_scope(**_client_env(server.url)):
+        with environment_scope(**_client_env(server.url)):
             from pyarrow.fs import S3FileSystem
 
             # The bucket is the store's to make (an operator's step), not the project's.
@@ -267,16 +246,20 @@ def test_unsupported_scheme_and_missing_bucket_are_one_line_errors(s3, tmp_path)
 
 
 @pytest.mark.slow
-def test_missing_or_wrong_credentials_fail_the_run_with_one_line(tmp_path):
+def test_missing_or_wrong_credentials_fail_the_run_with_one_line(tmp_path, monkeypatch):
     """A store that checks signatures: a process without credentials, or with unknown ones, is
     refused before any step, in one line that names the warehouse and never the secret."""
     server = S3Server(tmp_path / "auth-server.log", auth=True)
     try:
         cases = {"none": _client_env(server.url, key=None, secret=None), "wrong": _client_env(server.url)}
         for name, env in cases.items():
-            with env_scope(**env):
-                uri = f"s3a://guarded-{name}/wh"
-                problem = storage_problem(uri)
+            for k, v in env.items():
+                if v is None:
+                    monkeypatch.delenv(k, raising=False)
+                else:
+                    monkeypatch.setenv(k, v)
+            uri = f"s3a://guarded-{name}/wh"
+            problem = storage_problem(uri)
             assert problem is not None and "\n" not in problem, problem
             assert problem.startswith(f"CHURN_SPARK_WAREHOUSE={uri}: this process cannot reach it ("), problem
             assert "credentials through the environment" in problem
