@@ -1,30 +1,29 @@
 """The engine that executes the cycle: DuckDB (the warehouse file, default) or
 Apache Spark (``CHURN_ENGINE=spark``), and what the Spark side needs from below the domains.
 
-On Spark every table is a parquet folder under ``CHURN_SPARK_WAREHOUSE`` (a path every
-worker reaches): ``<warehouse>/<schema>/<table>/``. Bronze tables are append-only, one
-sub-folder per streaming micro-batch (``batch=<id>``, overwritten whole when a batch is
-replayed); silver and gold are rebuilt into a new version folder and switched to it by
-renaming one pointer file (``_CURRENT``), so a reader sees the old or the new table, never
-half of one. No Delta Lake: its jars come from Maven at run time, which a locked-down
-cluster cannot reach.
+On Spark every table is a parquet folder under ``CHURN_SPARK_WAREHOUSE`` (a path or an
+object-store URI every worker reaches): ``<warehouse>/<schema>/<table>/``. Bronze tables are
+append-only, one sub-folder per streaming micro-batch (``batch=<id>``, overwritten whole when a
+batch is replayed); silver and gold are rebuilt into a new version folder and switched to it by
+writing one pointer file (``_CURRENT``), so a reader sees the old or the new table, never half
+of one. What this project does on that storage itself (pointers, listings, cleanup) goes
+through ``storage.py``; Spark reads and writes the tables with its own connectors. No Delta
+Lake: its jars come from Maven at run time, which a locked-down cluster cannot reach.
 
 ``pyspark`` is an optional extra: it is imported only when the Spark engine runs.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 import uuid
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from churn_assets.settings import Settings, environment_scope
+from churn_assets.storage import new_version, storage_problem, warehouse_store
 from churn_assets.timeutil import utcnow
 from churn_assets.transpile import duckdb_to_spark
 
@@ -33,7 +32,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Tables a query may name as <schema>.<table>.
 SCHEMAS = ("bronze", "silver", "gold", "ops", "dashboard")
-POINTER = "_CURRENT"
 # ops.data_quality on Spark: the DuckDB table's columns (one folder per write).
 QUALITY_COLUMNS = (
     "run_id string, checked_at timestamp_ntz, layer string, table_name string, expectation string, passed long, "
@@ -88,15 +86,6 @@ def spark_session(
         session = builder.getOrCreate()
     _SESSIONS[key] = session
     return session
-
-
-def _local(uri: str) -> Path | None:
-    """A local path for a ``file:`` URI or a plain path; None for an object store."""
-    if uri.startswith("file://"):
-        return Path(uri[len("file://") :])
-    if "://" in uri:
-        return None
-    return Path(uri)
 
 
 class EngineResource(dg.ConfigurableResource):
@@ -173,11 +162,6 @@ class EngineResource(dg.ConfigurableResource):
 
 def spark_problem(master: str, warehouse: str | None = None) -> str | None:
     """Why a run cannot start on Spark (one line), or None."""
-    if warehouse is not None and _local(warehouse) is None:
-        return (
-            f"CHURN_SPARK_WAREHOUSE={warehouse}: object-store warehouses are not supported yet; use a path the "
-            "driver and every worker reach (a shared disk)"
-        )
     if master.startswith("sc://"):
         return (
             f"CHURN_SPARK_MASTER={master}: Spark Connect is not supported yet (the bronze stream's foreachBatch "
@@ -189,7 +173,8 @@ def spark_problem(master: str, warehouse: str | None = None) -> str | None:
         import pyspark  # noqa: F401
     except ImportError:
         return "CHURN_ENGINE=spark needs pyspark: pip install 'churn_assets[spark]' (and Java 17)"
-    return None
+    # Last: an object store is asked once whether this process reaches it (credentials, bucket).
+    return storage_problem(warehouse) if warehouse is not None else None
 
 
 def run_problem(engine: str, master: str, warehouse: str) -> str | None:
@@ -208,30 +193,21 @@ def table_dir(warehouse: str, table: str) -> str:
 def current_dir(warehouse: str, table: str) -> str | None:
     """The folder a versioned table reads from now (None before its first build); a bronze
     (append-only) table is its folder itself."""
-    base = table_dir(warehouse, table)
-    local = _local(base)
-    if local is None:
-        raise EngineUnavailable(f"{warehouse}: object-store warehouses are not supported yet; use a shared path")
-    pointer = local / POINTER
-    if pointer.is_file():
-        return f"{base}/{pointer.read_text().strip()}"
-    if local.is_dir() and any(p.name.startswith("batch=") for p in local.iterdir()):
-        return base
-    return None
+    store, rel = warehouse_store(warehouse), table.replace(".", "/")
+    version = store.pointer(rel)
+    if version is not None:
+        return f"{table_dir(warehouse, table)}/{version}"
+    return table_dir(warehouse, table) if store.has_batches(rel) else None
 
 
 def replace_table(df: DataFrame, warehouse: str, table: str) -> None:
-    """Write ``df`` as a new version of ``table`` and switch to it in one rename."""
-    base = _local(table_dir(warehouse, table))
-    base.mkdir(parents=True, exist_ok=True)
-    version = f"v-{uuid.uuid4().hex[:12]}"
+    """Write ``df`` as a new version of ``table``, switch to it (one pointer write, see
+    ``WarehouseStore.switch``), then delete the versions no reader is sent to any more."""
+    store, rel = warehouse_store(warehouse), table.replace(".", "/")
+    version = new_version()
     df.write.mode("error").parquet(f"{table_dir(warehouse, table)}/{version}")
-    tmp = base / f".{POINTER}.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(version)
-    os.replace(tmp, base / POINTER)  # the switch: readers see the old or the new version
-    for old in base.iterdir():
-        if old.is_dir() and old.name.startswith("v-") and old.name != version:
-            shutil.rmtree(old, ignore_errors=True)
+    store.switch(rel, version)
+    store.drop_old_versions(rel, keep=version)
 
 
 def view_name(table: str) -> str:
@@ -265,15 +241,10 @@ def register_tables(spark: SparkSession, warehouse: str, only: set[str] | None =
     """Every table under the warehouse (or those of ``only`` that exist) as a view of the session
     over its current folder (``<schema>__<table>``; ``qualify`` maps the dotted names to them):
     each registration lists the table's folder and reads its parquet schema. Returns the tables."""
-    root = _local(warehouse)
+    store = warehouse_store(warehouse)
     names = []
-    if root is None or not root.is_dir():
-        return names
     for schema in SCHEMAS:
-        folder = root / schema
-        if not folder.is_dir():
-            continue
-        for table in sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        for table in store.folders(schema):
             name = f"{schema}.{table}"
             if only is not None and name not in only:
                 continue

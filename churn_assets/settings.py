@@ -174,8 +174,9 @@ class Settings:
     spark_warehouse_override: str | None = _setting(
         "CHURN_SPARK_WAREHOUSE",
         None,
-        "with CHURN_ENGINE=spark: where the Spark tables live, a path every worker and the driver reach "
-        "(a shared disk; object-store URIs not yet)",
+        "with CHURN_ENGINE=spark: where the Spark tables live, reached by the driver, every worker and the run "
+        "worker: a shared path, file://, or an object store (s3a://, gs://, abfss://; credentials from the "
+        "environment)",
         _optional,
     )
     # --- model --------------------------------------------------------------------------------

@@ -58,8 +58,18 @@ def cluster(tmp_path_factory):
         print(f"\nspark engine timings: {TIMES}")
 
 
+def warehouse_uri(home: Path) -> str:
+    """The Spark warehouse as a URI (file://), as an object store's would be: the storage layer's
+    URI handling runs end to end; the same folder as the default $CHURN_HOME/spark_warehouse."""
+    return f"file://{home}/spark_warehouse"
+
+
 def spark_env(cluster: Cluster, home: Path) -> dict[str, str]:
-    return {"CHURN_ENGINE": "spark", "CHURN_SPARK_MASTER": cluster.master_url}
+    return {
+        "CHURN_ENGINE": "spark",
+        "CHURN_SPARK_MASTER": cluster.master_url,
+        "CHURN_SPARK_WAREHOUSE": warehouse_uri(home),
+    }
 
 
 def run_spark(cluster: Cluster, home: Path, selection: str = BRONZE_TO_GOLD):
@@ -76,7 +86,7 @@ def spark_reader(cluster: Cluster, home: Path):
     """A query function over the Spark warehouse's tables as they are now (registered once)."""
     from churn_assets.engine import qualify, register_tables, spark_session
 
-    warehouse = str(home / "spark_warehouse")
+    warehouse = warehouse_uri(home)
     spark = spark_session(cluster.master_url, warehouse)
     register_tables(spark, warehouse)
     return lambda sql: [tuple(r) for r in spark.sql(qualify(sql)).collect()]
@@ -220,7 +230,7 @@ def test_model_and_predictions_equal_the_duckdb_engine(cluster, duckdb_home, spa
     # The same columns as the DuckDB table.
     from churn_assets.engine import current_dir, spark_session
 
-    warehouse = str(spark_home / "spark_warehouse")
+    warehouse = warehouse_uri(spark_home)
     where = current_dir(warehouse, "gold.churn_prediction")
     spark_cols = spark_session(cluster.master_url, warehouse).read.parquet(where).columns
     duck_cols = [c for (c,) in query(duckdb_home, "SELECT column_name FROM (DESCRIBE gold.churn_prediction)")]
@@ -251,7 +261,7 @@ def test_the_training_sample_is_taken_on_the_cluster_as_on_duckdb(cluster, duckd
     engine = EngineResource(
         name="spark",
         spark_master=cluster.master_url,
-        spark_warehouse=str(spark_home / "spark_warehouse"),
+        spark_warehouse=warehouse_uri(spark_home),
         spark_python=sys.executable,
     )
     con = duckdb.connect(str(duckdb_home / "warehouse.duckdb"), read_only=True)
@@ -302,7 +312,7 @@ def _share_predictions(duckdb_home: Path, spark_home: Path, cluster: Cluster) ->
         con.execute(f"COPY (SELECT * FROM gold.churn_prediction) TO '{copy}' (FORMAT parquet)")
     finally:
         con.close()
-    warehouse = str(spark_home / "spark_warehouse")
+    warehouse = warehouse_uri(spark_home)
     replace_table(
         spark_session(cluster.master_url, warehouse).read.parquet(str(copy)), warehouse, "gold.churn_prediction"
     )
@@ -473,3 +483,9 @@ def test_exactly_once_rerun_copy_increment_and_a_killed_worker(cluster, spark_ho
     )
     # 37.9 truncates to 37 per order (as on DuckDB); 2023-01-02 -> 2023-06-10 is 159 days.
     assert row == [("Ada", 2, 74, 4, "ios", 1, 159)]
+    # Built again and again on a file:// warehouse URI (pointers, listings and cleanup through the
+    # storage layer): each versioned table keeps one version folder, the one its pointer names.
+    root = home / "spark_warehouse"
+    for table in ("silver/churn_users", "silver/churn_orders", "gold/churn_features"):
+        versions = [p.name for p in (root / table).iterdir() if p.name.startswith("v-")]
+        assert versions == [(root / table / "_CURRENT").read_text()], table
