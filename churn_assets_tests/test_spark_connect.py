@@ -25,7 +25,7 @@ from churn_assets_tests.helpers import land_sample, needs_sample, project_env, q
 from churn_assets_tests.spark_cluster import Cluster
 
 pyspark = pytest.importorskip("pyspark", reason="the spark extra is not installed (CHURN_EXTRAS=spark scripts/setup)")
-pytest.importorskip("grpc_status", reason="the Spark Connect client is not installed (CHURN_EXTRAS=spark scripts/setup)")
+pytest.importorskip("grpc_status", reason="no Spark Connect client packages (CHURN_EXTRAS=spark scripts/setup)")
 pytestmark = [
     needs_sample,
     pytest.mark.slow,

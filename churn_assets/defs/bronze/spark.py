@@ -140,7 +140,9 @@ def ingest_source_spark(spark, warehouse: str, landing_root: str, source: str, r
         # in a Python process beside the server (the batch's own session, its own UDFs), not here.
         spark = batch_df.sparkSession
 
-        @F.udf(returnType=T.StructType([T.StructField("text", T.StringType()), T.StructField("problem", T.StringType())]))
+        decoded = T.StructType([T.StructField("text", T.StringType()), T.StructField("problem", T.StringType())])
+
+        @F.udf(returnType=decoded)
         def decode_udf(path, content):
             name = path.rsplit("/", 1)[-1]
             return decode(name, bytes(content), source)
@@ -251,11 +253,15 @@ def run_totals(spark, manifest: str, run_id: str) -> SparkBronzeResult:
     except Exception:  # noqa: BLE001 - no manifest yet (no file ever landed): nothing taken
         return SparkBronzeResult()
     files = {status: F.count(F.when(F.col("status") == status, 1)) for status in ("loaded", "duplicate", "quarantined")}
-    row = mine.where(F.col("run_id") == run_id).agg(
-        *(n.alias(f"files_{status}") for status, n in files.items()),
-        *(F.coalesce(F.sum(c), F.lit(0)).alias(c) for c in ("rows_loaded", "rows_rescued", "rows_quarantined")),
-        F.countDistinct("batch").alias("batches"),
-    ).first()
+    row = (
+        mine.where(F.col("run_id") == run_id)
+        .agg(
+            *(n.alias(f"files_{status}") for status, n in files.items()),
+            *(F.coalesce(F.sum(c), F.lit(0)).alias(c) for c in ("rows_loaded", "rows_rescued", "rows_quarantined")),
+            F.countDistinct("batch").alias("batches"),
+        )
+        .first()
+    )
     return SparkBronzeResult(**row.asDict())
 
 
