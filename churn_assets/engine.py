@@ -89,6 +89,7 @@ def spark_session(
             "CHURN_ENGINE=spark needs pyspark: pip install 'churn_assets[spark]' (and Java 17)"
         ) from None
     if is_connect(master):
+        import_connect_client()
         # The server owns the application (master, executors, their Python): a session is a
         # gRPC channel, cheap, so one of its own per warehouse with ``create`` (Connect's
         # ``newSession`` would start from the server's defaults, without SESSION_CONF).
@@ -204,6 +205,19 @@ def spark_problem(master: str, warehouse: str | None = None) -> str | None:
     return connect_problem(master) if is_connect(master) else None
 
 
+def import_connect_client() -> None:
+    """pyspark's Spark Connect client, which checks its packages (grpcio, pyarrow, pandas...) when
+    imported. Without its FutureWarning that pandas 3 is not yet fully supported: the project pins
+    pandas 3, and what the cycle does over Connect (Arrow collects, rows to a DataFrame, MLflow's
+    pandas UDF) is tested with it (test_spark_connect.py); the warning would print on every
+    `churn sql`."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+        import pyspark.sql.connect.session  # noqa: F401
+
+
 def connect_address(master: str) -> tuple[str, int]:
     """(host, port) of a Spark Connect URL, ``sc://host[:port][/;param=value...]`` (15002 by default)."""
     from urllib.parse import urlparse
@@ -219,7 +233,7 @@ def connect_problem(master: str, timeout: float = 5.0) -> str | None:
     import socket
 
     try:
-        import pyspark.sql.connect.session  # noqa: F401 - checks the client's packages (grpcio, pyarrow...)
+        import_connect_client()
     except ImportError as exc:
         return f"Spark Connect needs its client packages: pip install 'churn_assets[spark]' ({exc})"
     try:

@@ -21,6 +21,7 @@ into place, which the contract asks anyway: names starting with ``.`` or ``_`` a
 from __future__ import annotations
 
 import gzip
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -228,17 +229,33 @@ def ingest_source_spark(spark, warehouse: str, landing_root: str, source: str, r
         ranked.unpersist()
         files.unpersist()
 
-    stream = (
+    writer = (
         spark.readStream.format("binaryFile")
         .schema(_binary_file_schema(T))
         .load(f"{landing_root.rstrip('/')}/{source}")
         .writeStream.foreachBatch(write_batch)
         .option("checkpointLocation", where["checkpoint"])
         .trigger(availableNow=True)
-        .start()
     )
-    stream.awaitTermination()
+    _start(writer).awaitTermination()
     return run_totals(spark, where["manifest"], run_id)
+
+
+# On Spark Connect the server starts a Python process for foreachBatch, which must connect back
+# within Spark's fixed 10 s: a loaded server misses that now and then. The stream has not started
+# then (no batch ran, the checkpoint is untouched), so starting it again is safe.
+START_ATTEMPTS = 5
+WORKER_LATE = "Python worker failed to connect back"
+
+
+def _start(writer):
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return writer.start()
+        except Exception as exc:
+            if WORKER_LATE not in str(exc) or attempt == START_ATTEMPTS:
+                raise
+            time.sleep(2 * attempt)
 
 
 def run_totals(spark, manifest: str, run_id: str) -> SparkBronzeResult:
