@@ -235,7 +235,8 @@ def connect_problem(master: str, timeout: float = 5.0) -> str | None:
     try:
         import_connect_client()
     except ImportError as exc:
-        return f"Spark Connect needs its client packages: pip install 'churn_assets[spark]' ({exc})"
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        return f"Spark Connect needs its client packages: pip install 'churn_assets[spark]' ({why})"
     try:
         host, port = connect_address(master)
     except ValueError as exc:
