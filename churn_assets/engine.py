@@ -49,6 +49,23 @@ class EngineUnavailable(RuntimeError):
     """The Spark engine cannot start here; the message says what to install or set."""
 
 
+# The session's SQL settings (a Spark Connect client may set only these): timestamps without a zone,
+# as the DuckDB warehouse keeps them, with no shift by the JVM's zone.
+SESSION_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.timestampType": "TIMESTAMP_NTZ",
+    "spark.sql.adaptive.enabled": "true",
+}
+# The application's settings (a driver in this process only; a Connect server has its own):
+# a task lost with its worker is retried elsewhere (the default, said out loud).
+APP_CONF = {"spark.task.maxFailures": "4"}
+
+
+def is_connect(master: str) -> bool:
+    """A Spark Connect URL (``sc://host:port``): the driver runs in the server, this process is a client."""
+    return master.startswith("sc://")
+
+
 def spark_session(
     master: str, warehouse: str, python: str = sys.executable, app_name: str = "churn_assets"
 ) -> SparkSession:
@@ -58,28 +75,29 @@ def spark_session(
     key = (master, warehouse)
     if key in _SESSIONS:
         return _SESSIONS[key]
-    if _SESSIONS:
-        first = next(iter(_SESSIONS.values()))
-        if first.sparkContext.master == master:
-            _SESSIONS[key] = first.newSession()
-            return _SESSIONS[key]
+    if _SESSIONS and next(iter(_SESSIONS))[0] != master:
         stop_sessions()
+    if _SESSIONS and not is_connect(master):
+        _SESSIONS[key] = next(iter(_SESSIONS.values())).newSession()
+        return _SESSIONS[key]
     try:
         from pyspark.sql import SparkSession
     except ImportError:
         raise EngineUnavailable(
             "CHURN_ENGINE=spark needs pyspark: pip install 'churn_assets[spark]' (and Java 17)"
         ) from None
+    if is_connect(master):
+        import_connect_client()
+        # The server owns the application (master, executors, their Python): a session is a
+        # gRPC channel, cheap, so one of its own per warehouse with ``create`` (Connect's
+        # ``newSession`` would start from the server's defaults, without SESSION_CONF).
+        builder = SparkSession.builder.remote(master)
+        for k, v in SESSION_CONF.items():
+            builder = builder.config(k, v)
+        _SESSIONS[key] = builder.create()
+        return _SESSIONS[key]
     builder = SparkSession.builder.appName(app_name).master(master)
-    conf = {
-        # Timestamps without a zone, as the DuckDB warehouse keeps them: no shift by the JVM's zone.
-        "spark.sql.session.timeZone": "UTC",
-        "spark.sql.timestampType": "TIMESTAMP_NTZ",
-        "spark.sql.adaptive.enabled": "true",
-        # A task lost with its worker is retried elsewhere (the default, said out loud).
-        "spark.task.maxFailures": "4",
-    }
-    for k, v in conf.items():
+    for k, v in {**SESSION_CONF, **APP_CONF}.items():
         builder = builder.config(k, v)
     # The workers' Python: pyspark reads it from the environment when the context starts.
     with environment_scope(PYSPARK_PYTHON=python):
@@ -162,19 +180,62 @@ class EngineResource(dg.ConfigurableResource):
 
 def spark_problem(master: str, warehouse: str | None = None) -> str | None:
     """Why a run cannot start on Spark (one line), or None."""
-    if master.startswith("sc://"):
-        return (
-            f"CHURN_SPARK_MASTER={master}: Spark Connect is not supported yet (the bronze stream's foreachBatch "
-            "and UDFs are untested there); use spark://host:7077 or local[*]"
-        )
-    if not (master.startswith("spark://") or master.startswith("local")):
-        return f"CHURN_SPARK_MASTER={master!r} is not a master URL: use spark://host:7077 or local[*]"
+    if not (master.startswith(("spark://", "local")) or is_connect(master)):
+        return f"CHURN_SPARK_MASTER={master!r} is not a master URL: use spark://host:7077, sc://host:15002 or local[*]"
     try:
         import pyspark  # noqa: F401
     except ImportError:
         return "CHURN_ENGINE=spark needs pyspark: pip install 'churn_assets[spark]' (and Java 17)"
+    if is_connect(master) and (problem := connect_problem(master)):
+        return problem
     # Last: an object store is asked once whether this process reaches it (credentials, bucket).
     return storage_problem(warehouse) if warehouse is not None else None
+
+
+def import_connect_client() -> None:
+    """pyspark's Spark Connect client, which checks its packages (grpcio, pyarrow, pandas...) when
+    imported. Without its FutureWarning that pandas 3 is not yet fully supported: the project pins
+    pandas 3, and what the cycle does over Connect (Arrow collects, rows to a DataFrame, MLflow's
+    pandas UDF) is tested with it (test_spark_connect.py); the warning would print on every
+    `churn sql`."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+        import pyspark.sql.connect.session  # noqa: F401
+
+
+def connect_address(master: str) -> tuple[str, int]:
+    """(host, port) of a Spark Connect URL, ``sc://host[:port][/;param=value...]`` (15002 by default)."""
+    from urllib.parse import urlparse
+
+    url = urlparse(master.split(";", 1)[0])
+    return url.hostname or "localhost", url.port or 15002
+
+
+def connect_problem(master: str, timeout: float = 5.0) -> str | None:
+    """Why a Spark Connect server cannot be used (one line), or None. Checked before the client's
+    first call: a server that is down would otherwise cost the gRPC client's retries (minutes)
+    and end in a page of gRPC text. The URL's parameters (a token) are never echoed."""
+    import socket
+
+    try:
+        import_connect_client()
+    except ImportError as exc:
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        return f"Spark Connect needs its client packages: pip install 'churn_assets[spark]' ({why})"
+    try:
+        host, port = connect_address(master)
+    except ValueError as exc:
+        return f"CHURN_SPARK_MASTER is not a Spark Connect URL sc://host:port ({exc})"
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return (
+            f"no Spark Connect server answers at sc://{host}:{port} ({exc.strerror or type(exc).__name__}): start "
+            "one (sbin/start-connect-server.sh) or fix CHURN_SPARK_MASTER"
+        )
+    return None
 
 
 def run_problem(engine: str, master: str, warehouse: str) -> str | None:

@@ -162,8 +162,8 @@ class Settings:
     spark_master: str = _setting(
         "CHURN_SPARK_MASTER",
         "local[*]",
-        "with CHURN_ENGINE=spark: spark://host:7077 (a standalone master) or local[*]; Spark Connect (sc://) "
-        "is refused as not supported yet",
+        "with CHURN_ENGINE=spark: spark://host:7077 (a standalone master), sc://host:15002 (a Spark Connect "
+        "server, e.g. a managed cluster's) or local[*]",
     )
     spark_python: str = _setting(
         "PYSPARK_PYTHON",

@@ -154,3 +154,55 @@ class Cluster:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+    # --- Spark Connect ---------------------------------------------------------------------------
+
+    def start_connect(self, timeout: float = 240) -> float:
+        """A Spark Connect server on a free port of 127.0.0.1: the driver of one application on
+        this cluster (so it needs the workers' cores free), a foreground `spark-submit` in its own
+        process group. Clients set ``connect_url``; ``stop_connect`` ends it. Returns seconds to ready."""
+        t0 = time.perf_counter()
+        self.connect_port = _free_port()
+        self.connect_url = f"sc://127.0.0.1:{self.connect_port}"
+        log = self.root / "connect.log"
+        out = open(log, "wb")  # noqa: SIM115 - closed with the process
+        self.connect = subprocess.Popen(
+            [
+                str(self.spark_home / "bin" / "spark-submit"),
+                "--class",
+                "org.apache.spark.sql.connect.service.SparkConnectServer",
+                "--name",
+                "Spark Connect server",
+                "--master",
+                self.master_url,
+                "--conf",
+                f"spark.connect.grpc.binding.port={self.connect_port}",
+                "--conf",
+                "spark.connect.grpc.binding.address=127.0.0.1",
+            ],
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.connect.poll() is not None:
+                raise AssertionError(f"the Spark Connect server exited ({self.connect.returncode}); see {log}")
+            try:
+                socket.create_connection(("127.0.0.1", self.connect_port), timeout=1).close()
+                return time.perf_counter() - t0
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError(f"no Spark Connect server on port {self.connect_port} after {timeout}s; see {log}")
+
+    def stop_connect(self) -> None:
+        proc = getattr(self, "connect", None)
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

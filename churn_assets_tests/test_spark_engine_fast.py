@@ -160,3 +160,28 @@ def test_the_training_sql_transpiles_and_other_md5_number_uses_are_refused():
     assert "ORDER BY REGEXP_REPLACE(REVERSE(MD5(" in out
     with pytest.raises(TranspileError, match="md5_number"):
         duckdb_to_spark("SELECT md5_number(user_id) + 1 FROM t")
+
+
+def test_a_spark_connect_server_that_does_not_answer_is_one_line_without_the_token(tmp_path):
+    """sc:// is taken (no longer refused); a server that is not there fails the run's start with
+    one line naming host and port, in seconds (importing the client's packages, then a refused
+    TCP connect) rather than the gRPC client's minutes of retries; the URL's token is not printed."""
+    import socket
+    import time
+
+    from churn_assets.engine import connect_address, run_problem
+
+    with socket.socket() as s:  # a port nothing listens on (bound, never listening)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        master = f"sc://127.0.0.1:{port}/;token=s3cret-token;use_ssl=false"
+        t0 = time.perf_counter()
+        problem = run_problem("spark", master, str(tmp_path / "spark_warehouse"))
+        took = time.perf_counter() - t0
+    assert problem.startswith(f"no Spark Connect server answers at sc://127.0.0.1:{port} (")
+    assert "\n" not in problem and "s3cret" not in problem and took < 60
+    assert connect_address("sc://connect-host") == ("connect-host", 15002)
+    assert connect_address(master) == ("127.0.0.1", port)
+    # What is neither a master nor a Connect URL is refused by name.
+    assert "is not a master URL" in run_problem("spark", "yarn", str(tmp_path))
+    assert run_problem("duckdb", master, str(tmp_path)) is None

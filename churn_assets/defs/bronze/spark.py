@@ -21,6 +21,7 @@ into place, which the contract asks anyway: names starting with ``.`` or ``_`` a
 from __future__ import annotations
 
 import gzip
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -125,22 +126,28 @@ def ingest_source_spark(spark, warehouse: str, landing_root: str, source: str, r
 
     spec = SPECS[source]
     where = paths(warehouse, source)
-    result = SparkBronzeResult()
     fmt = spec.fmt
 
-    @F.udf(returnType=T.StructType([T.StructField("text", T.StringType()), T.StructField("problem", T.StringType())]))
-    def decode_udf(path, content):
-        name = path.rsplit("/", 1)[-1]
-        return decode(name, bytes(content), source)
-
-    def known_hashes(batch_id: int):
+    def known_hashes(spark, batch_id: int):
         try:
             seen = spark.read.parquet(where["manifest"])
+            seen.schema  # noqa: B018 - a missing folder fails here (Spark Connect analyses a plan lazily)
         except Exception:  # noqa: BLE001 - no manifest yet (first batch): nothing is known
             return None
         return seen.where(F.col("batch") < batch_id).select("content_hash").distinct()
 
     def write_batch(batch_df, batch_id: int) -> None:
+        # Everything this function uses is made here or pickled with it: on Spark Connect it runs
+        # in a Python process beside the server (the batch's own session, its own UDFs), not here.
+        spark = batch_df.sparkSession
+
+        decoded = T.StructType([T.StructField("text", T.StringType()), T.StructField("problem", T.StringType())])
+
+        @F.udf(returnType=decoded)
+        def decode_udf(path, content):
+            name = path.rsplit("/", 1)[-1]
+            return decode(name, bytes(content), source)
+
         files = batch_df.select(
             "path", "length", "modificationTime", F.sha2("content", 256).alias("content_hash"), "content"
         ).where(F.udf(lambda p: data_kind(p.rsplit("/", 1)[-1], fmt) is not None, T.BooleanType())("path"))
@@ -149,7 +156,7 @@ def ingest_source_spark(spark, warehouse: str, landing_root: str, source: str, r
         ranked = files.withColumn(
             "_file_id", F.lit(batch_id * FILE_ID_STRIDE) + F.row_number().over(_by("path")).cast("bigint")
         )
-        known = known_hashes(batch_id)
+        known = known_hashes(spark, batch_id)
         first = F.row_number().over(_by("path", partition="content_hash"))
         ranked = ranked.withColumn("dup_in_batch", first > 1)
         if known is not None:
@@ -219,33 +226,60 @@ def ingest_source_spark(spark, warehouse: str, landing_root: str, source: str, r
             F.localtimestamp().alias("ingested_at"),
             F.lit("new").alias("event"),  # a path is taken once: never appended to or rewritten here
         ).write.mode("overwrite").parquet(f"{where['manifest']}/batch={batch_id}")
-        written = spark.read.parquet(f"{where['manifest']}/batch={batch_id}")
-        totals = written.groupBy("status").agg(
-            F.count("*").alias("n"),
-            F.sum("rows_loaded").alias("loaded"),
-            F.sum("rows_rescued").alias("rescued"),
-            F.sum("rows_quarantined").alias("quarantined"),
-        )
-        for r in totals.collect():
-            setattr(result, f"files_{r['status']}", getattr(result, f"files_{r['status']}") + r["n"])
-            result.rows_loaded += r["loaded"]
-            result.rows_rescued += r["rescued"]
-            result.rows_quarantined += r["quarantined"]
-        result.batches += 1
         ranked.unpersist()
         files.unpersist()
 
-    stream = (
+    writer = (
         spark.readStream.format("binaryFile")
         .schema(_binary_file_schema(T))
         .load(f"{landing_root.rstrip('/')}/{source}")
         .writeStream.foreachBatch(write_batch)
         .option("checkpointLocation", where["checkpoint"])
         .trigger(availableNow=True)
-        .start()
     )
-    stream.awaitTermination()
-    return result
+    _start(writer).awaitTermination()
+    return run_totals(spark, where["manifest"], run_id)
+
+
+# On Spark Connect the server starts a Python process for foreachBatch, which must connect back
+# within Spark's fixed 10 s: a loaded server misses that now and then. The stream has not started
+# then (no batch ran, the checkpoint is untouched), so starting it again is safe.
+START_ATTEMPTS = 5
+WORKER_LATE = "Python worker failed to connect back"
+
+
+def _start(writer):
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return writer.start()
+        except Exception as exc:
+            if WORKER_LATE not in str(exc) or attempt == START_ATTEMPTS:
+                raise
+            time.sleep(2 * attempt)
+
+
+def run_totals(spark, manifest: str, run_id: str) -> SparkBronzeResult:
+    """What this run's batches took in, read back from the manifest they wrote (a replayed batch
+    carries the run that wrote it last): the batch function cannot report to the caller on Spark
+    Connect, where it runs beside the server."""
+    from pyspark.sql import functions as F
+
+    try:
+        mine = spark.read.parquet(manifest)
+        mine.schema  # noqa: B018 - a missing folder fails here (Spark Connect analyses a plan lazily)
+    except Exception:  # noqa: BLE001 - no manifest yet (no file ever landed): nothing taken
+        return SparkBronzeResult()
+    files = {status: F.count(F.when(F.col("status") == status, 1)) for status in ("loaded", "duplicate", "quarantined")}
+    row = (
+        mine.where(F.col("run_id") == run_id)
+        .agg(
+            *(n.alias(f"files_{status}") for status, n in files.items()),
+            *(F.coalesce(F.sum(c), F.lit(0)).alias(c) for c in ("rows_loaded", "rows_rescued", "rows_quarantined")),
+            F.countDistinct("batch").alias("batches"),
+        )
+        .first()
+    )
+    return SparkBronzeResult(**row.asDict())
 
 
 def _binary_file_schema(T):

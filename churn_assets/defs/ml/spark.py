@@ -14,7 +14,10 @@ Scoring runs where the data is: ``mlflow.pyfunc.spark_udf`` over ``gold.churn_fe
 with the champion's version resolved just before (the model that scores is exactly the one the
 rows name). The driver downloads the model from the registry and Spark ships it to the
 executors, which load it in their own Python (``env_manager="local"``: the workers run this
-environment, see ``PYSPARK_PYTHON``); only the driver must reach the MLflow store.
+environment, see ``PYSPARK_PYTHON``); only the driver must reach the MLflow store. Over Spark
+Connect there is no ``SparkContext`` to ship it with: MLflow's UDF then loads
+``models:/<name>/<version>`` in each executor from the tracking URI of this process (set for the
+step), so the executors must reach the MLflow store too. Same call, MLflow picks the way.
 Every run scores every customer: on a cluster that is one parallel pass, and the rows equal
 the DuckDB engine's full scoring (its incremental mode is DuckDB only).
 """
