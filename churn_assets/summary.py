@@ -80,43 +80,75 @@ def stray_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in SOURCES)
 
 
+def _duckdb_lines(con, champion_auc: float | None, run_id: str | None, path: Path) -> list[str]:
+    lines = [f"warehouse  {path}"]
+    for schema, tables in LAYERS:
+        counts = [
+            f"{t} {scalar(con, f'SELECT count(*) FROM {schema}.{t}'):,}" for t in tables if table_exists(con, schema, t)
+        ]
+        lines.append(f"  {schema:<7} " + ", ".join(counts))
+    files = con.execute(
+        "SELECT status, count(*) FROM bronze.ingest_manifest GROUP BY status ORDER BY status"
+    ).fetchall()
+    lines.append("  files   " + ", ".join(f"{s} {n}" for s, n in files))
+    problems = quarantine_lines(con, run_id)
+    if problems:
+        scope = "this run's files" if run_id else "files"
+        lines.append(f"  {scope} with quarantined or refused records (file: records × reason):")
+        lines += ["  " + line for line in problems]
+    if table_exists(con, "gold", "churn_prediction"):
+        version, at_risk = con.execute(
+            "SELECT any_value(model_version), count(*) FILTER (churn_prediction = 1) FROM gold.churn_prediction"
+        ).fetchall()[0]
+        auc = f", holdout ROC AUC {champion_auc:.3f}" if champion_auc is not None else ""
+        lines.append(f"model      churn_model v{version} (champion{auc}); customers at risk {at_risk:,}")
+    return lines
+
+
+def spark_lines(settings: Settings, champion_auc: float | None) -> list[str]:
+    """The layers' counts and the model line read from the Spark warehouse (CHURN_ENGINE=spark):
+    after ``churn run`` this process's session is still open, so it costs a few small jobs."""
+    from pyspark.sql import functions as F
+
+    from churn_assets.engine import EngineResource
+
+    engine = EngineResource.from_settings(settings)
+    lines = [f"warehouse  {settings.spark_warehouse} (Spark, {settings.spark_master})"]
+    for schema, tables in LAYERS:
+        counts = [f"{t} {engine.table(f'{schema}.{t}').count():,}" for t in tables if engine.has_table(f"{schema}.{t}")]
+        lines.append(f"  {schema:<7} " + ", ".join(counts))
+    lines.append('  files   churn sql "SELECT status, count(*) FROM bronze.ingest_manifest GROUP BY status"')
+    if engine.has_table("gold.churn_prediction"):
+        version, at_risk = (
+            engine.table("gold.churn_prediction")
+            .agg(F.max("model_version"), F.sum(F.when(F.col("churn_prediction") == 1, 1).otherwise(0)))
+            .collect()[0]
+        )
+        auc = f", holdout ROC AUC {champion_auc:.3f}" if champion_auc is not None else ""
+        lines.append(f"model      churn_model v{version} (champion{auc}); customers at risk {at_risk or 0:,}")
+    return lines
+
+
 def cycle_summary(settings: Settings, champion_auc: float | None = None, run_id: str | None = None) -> str:
     home, path = settings.home, settings.warehouse_path
-    if not path.exists():
+    spark = settings.engine == "spark"
+    if not path.exists() and not spark:
         return f"no warehouse yet at {path}"
-    con = duckdb.connect(str(path), read_only=True)
+    # On Spark the layers live in the Spark warehouse; the campaign's ledger stays in the DuckDB file.
+    lines = spark_lines(settings, champion_auc) if spark else []
+    con = duckdb.connect(str(path), read_only=True) if path.exists() else None
     try:
-        lines = [f"warehouse  {path}"]
-        for schema, tables in LAYERS:
-            counts = [
-                f"{t} {scalar(con, f'SELECT count(*) FROM {schema}.{t}'):,}"
-                for t in tables
-                if table_exists(con, schema, t)
-            ]
-            lines.append(f"  {schema:<7} " + ", ".join(counts))
-        files = con.execute(
-            "SELECT status, count(*) FROM bronze.ingest_manifest GROUP BY status ORDER BY status"
-        ).fetchall()
-        lines.append("  files   " + ", ".join(f"{s} {n}" for s, n in files))
-        problems = quarantine_lines(con, run_id)
-        if problems:
-            scope = "this run's files" if run_id else "files"
-            lines.append(f"  {scope} with quarantined or refused records (file: records × reason):")
-            lines += ["  " + line for line in problems]
-        if table_exists(con, "gold", "churn_prediction"):
-            version, at_risk = con.execute(
-                "SELECT any_value(model_version), count(*) FILTER (churn_prediction = 1) FROM gold.churn_prediction"
-            ).fetchall()[0]
-            auc = f", holdout ROC AUC {champion_auc:.3f}" if champion_auc is not None else ""
-            lines.append(f"model      churn_model v{version} (champion{auc}); customers at risk {at_risk:,}")
-        if table_exists(con, "campaigns", "retention_messages"):
+        if con is not None and not spark:
+            lines += _duckdb_lines(con, champion_auc, run_id, path)
+        if con is not None and table_exists(con, "campaigns", "retention_messages"):
             rows = con.execute(
                 "SELECT status, generator, count(*) FROM campaigns.retention_messages GROUP BY ALL ORDER BY 1, 2"
             ).fetchall()
             lines.append("messages   " + ", ".join(f"{n:,} {s} ({g})" for s, g, n in rows))
             lines.append(campaign_line(con))
     finally:
-        con.close()
+        if con is not None:
+            con.close()
     strays = stray_files(settings.landing_dir)
     if strays:
         names = ", ".join(str(p.relative_to(home)) for p in strays[:SHOWN]) + (" ..." if len(strays) > SHOWN else "")

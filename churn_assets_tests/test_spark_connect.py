@@ -168,6 +168,8 @@ def test_the_whole_cycle_over_spark_connect_equals_duckdb(tmp_path):
     assert max(abs(g[1] - e[1]) for g, e in zip(got, want, strict=True)) <= 1e-9
     at_risk = sum(r[2] for r in got)
     assert 0 < at_risk < 450  # both tiers present: the comparison compares something
+    # `churn run`'s summary counted the Spark warehouse's tables, not the (empty) DuckDB file's.
+    assert "churn_features 450, churn_prediction 450" in out and f"customers at risk {at_risk:,}" in out
 
     # The dashboard's KPIs, computed on the cluster.
     kpis_duck = {name: value for name, value, *_ in query(duck_home, "SELECT * FROM dashboard.kpis")}
