@@ -37,18 +37,25 @@ def _no_real_env(monkeypatch):
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
 
-# The longest files first (estimated from what each runs: cycles in subprocesses, servers, kills):
-# `--dist loadfile` hands files to the two workers in collection order, so the long ones start
-# early and the short ones fill in at the end; the workers finish close together.
+# The longest files first (ranked by the CI runs' --durations, 2026-11-24): `--dist loadfile`
+# hands files to the workers in collection order, so the long ones start early and the short
+# ones fill in at the end; the workers finish close together. scripts/test passes
+# --no-loadscope-reorder: by default xdist re-sorts the files by their number of tests, which
+# started a one-test file of 2.5 minutes (test_operations_e2e.py) last. Unlisted files count as short.
 LONGEST_FIRST = (
-    "test_first_contact.py",
-    "test_crash_safety_changes.py",
+    "test_spark_engine.py",  # a cluster started, the sample on both engines, a worker killed: 5-6 min
+    "test_spark_connect.py",  # (being written) a cluster of its own and a Spark Connect server
+    "test_first_contact.py",  # the demo, the README's examples, `churn ui`
+    "test_crash_safety_changes.py",  # a kill and a rerun per test
     "test_crash_safety.py",
-    "test_operations_e2e.py",
+    "test_operations_e2e.py",  # one test: the live webserver and daemon, 2-2.5 min
     "test_campaigns.py",
+    "test_postgres_instance.py",  # a PostgreSQL server, `dg launch` with the multiprocess executor
     "test_ui.py",
+    "test_model_lifecycle.py",
     "test_landing_files.py",
-    "test_postgres_instance.py",
+    "test_one_writer.py",
+    "test_scoring_incremental.py",
 )
 
 

@@ -149,11 +149,15 @@ class Cluster:
         for proc in [*self.workers, self.master]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
+        # One grace period for all of them, not one each: stopping takes at most 20 s.
+        deadline = time.monotonic() + 20
         for proc in [*self.workers, self.master]:
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
     # --- Spark Connect ---------------------------------------------------------------------------
 

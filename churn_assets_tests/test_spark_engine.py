@@ -37,7 +37,9 @@ BRONZE_TO_GOLD = "*gold/churn_features"
 TIMES: dict[str, float] = {}
 
 
-@pytest.fixture(scope="session")
+# The file's own: stopped when the file ends, not at the worker's last test (an idle
+# application's JVMs would otherwise live on beside the rest of the suite).
+@pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("spark-cluster"))
     saved = {k: os.environ.get(k) for k in ("SPARK_HOME", "SPARK_LOCAL_IP", "PYSPARK_PYTHON", "SPARK_CONF_DIR")}
