@@ -355,13 +355,15 @@ def build(settings: Settings, job) -> tuple[list[dg.ScheduleDefinition], list[dg
     )(churn_duration_alerts)
     # Declarative automation: assets that declare an AutomationCondition (the dashboards: every
     # 15 min once their inputs changed) are evaluated here, in the daemon, every 30 s. Their
-    # runs go through the same run queue as the cycle (one run at a time: one warehouse writer).
+    # runs go through the same run queue as the cycle (one run at a time: one warehouse writer),
+    # at a lower priority: fresh predictions do not wait behind a queued refresh.
     refresh = dg.AutomationConditionSensorDefinition(
         "churn_refresh_sensor",
         target=dg.AssetSelection.all(),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
-        run_tags={"churn/trigger": "automation_condition"},
+        # Below every other run in the queue (default 0): a landing run queued beside a refresh starts first.
+        run_tags={"churn/trigger": "automation_condition", "dagster/priority": "-1"},
         description="Slow-moving assets on their own cadence, declared on the assets (AutomationCondition): the "
         "dashboards every 15 min once something they read changed, never while they or their inputs are being "
         "written. The landing sensor's runs leave these assets out, so fresh predictions do not wait for them.",
