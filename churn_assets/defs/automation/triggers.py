@@ -83,13 +83,18 @@ def wait_for_new_files(
         sleep(POLL_SECONDS)
         found = new_files(landing_root, after, settle_seconds, clock())
     # Once one has come, gather the rest of its batch (bounded: a steady stream still starts runs).
-    while found and listen_seconds > 0 and clock() - start < 2 * listen_seconds:
+    # A new file of every source is a whole batch already (an increment): no quiet time to wait.
+    while found and not every_source(found) and listen_seconds > 0 and clock() - start < 2 * listen_seconds:
         sleep(BATCH_QUIET_SECONDS)
         more = new_files(landing_root, after, settle_seconds, clock())
         if len(more) == len(found):
             break
         found = more
     return found
+
+
+def every_source(files: list) -> bool:
+    return {f.relpath.split("/", 1)[0] for f in files} >= set(SOURCES)
 
 
 def run_key_for(files: list) -> str:
