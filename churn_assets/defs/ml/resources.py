@@ -43,6 +43,14 @@ class MLflowResource(dg.ConfigurableResource):
         # while its first steps work in DuckDB (which releases the GIL); ``open`` waits for them.
         # The scoring step checks the alias again and uses the prefetched model only if it still
         # names the same version.
+        # First, in the run's own thread, what that background work imports too and this thread
+        # uses meanwhile (SQLAlchemy's ORM: Dagster's storage; Polars: the steps' metadata; pandas
+        # under both). A package two threads import at once can be seen half-initialized (in the
+        # latency benchmark a bronze step failed so: "partially initialized module sqlalchemy.orm.exc").
+        import pandas  # noqa: F401
+        import polars  # noqa: F401
+        import sqlalchemy.orm  # noqa: F401
+
         self._scope = contextlib.ExitStack()
         pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-setup")
         self._ready = pool.submit(self._configure)
