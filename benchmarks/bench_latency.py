@@ -30,6 +30,28 @@ from churn_assets.generator import generate_history, generate_increment  # noqa:
 from churn_assets_tests.live import LiveDagster  # noqa: E402
 
 
+def launch_split(live: LiveDagster, record) -> dict:
+    """Launch, from the run's own events: queue (created -> dequeued, RUN_STARTING), worker (the
+    run worker process started: Python and Dagster imported, "Started process for run"), load
+    (the worker loads the code location -> RUN_START); and whether a refresh run of
+    ``churn_refresh_sensor`` was running or starting while this one waited in the queue."""
+    created = record.create_timestamp.timestamp()
+    with live.instance() as instance:
+        events = instance.all_logs(
+            record.dagster_run.run_id, of_type={dg.DagsterEventType.RUN_STARTING, dg.DagsterEventType.ENGINE_EVENT}
+        )
+        refreshes = instance.get_run_records(dg.RunsFilter(tags={"churn/trigger": "automation_condition"}))
+    dequeued = next(e.timestamp for e in events if e.dagster_event.event_type == dg.DagsterEventType.RUN_STARTING)
+    worker = next(e.timestamp for e in events if (e.message or "").startswith("Started process for run"))
+    behind = any(r.start_time and r.start_time < dequeued and (r.end_time or dequeued) > created for r in refreshes)
+    return {
+        "queue": dequeued - created,
+        "worker": worker - dequeued,
+        "load": record.start_time - worker,
+        "behind_refresh": behind,
+    }
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -74,13 +96,17 @@ def main() -> None:
                     "launch": record.start_time - created,
                     "run": record.end_time - record.start_time,
                     "skipped": record.dagster_run.tags.get("churn/skipped"),
+                    **launch_split(live, record),
                 }
             )
             r = rows[-1]
             print(
                 f"drop {i + 1:2d} (+{sum(report.records.values()):,} records): "
                 f"{r['total']:5.1f}s = pick-up {r['pickup']:4.1f}s"
-                f" + launch {r['launch']:4.1f}s + run {r['run']:4.1f}s (skipped: {r['skipped']})"
+                f" + launch {r['launch']:4.1f}s (queue {r['queue']:.1f}, worker {r['worker']:.1f},"
+                f" load {r['load']:.1f})"
+                f" + run {r['run']:4.1f}s (skipped: {r['skipped']})"
+                + (" [waited behind a dashboard refresh run]" if r["behind_refresh"] else "")
             )
             time.sleep(1)
     totals = [r["total"] for r in rows]
@@ -92,6 +118,14 @@ def main() -> None:
         f"launch p50 {statistics.median(r['launch'] for r in rows):.1f}s, "
         f"run p50 {statistics.median(r['run'] for r in rows):.1f}s)"
     )
+    print(
+        f"LAUNCH    p50: queue {statistics.median(r['queue'] for r in rows):.1f}s, "
+        f"worker start {statistics.median(r['worker'] for r in rows):.1f}s, "
+        f"code location load {statistics.median(r['load'] for r in rows):.1f}s; "
+        f"{sum(r['behind_refresh'] for r in rows)} drops waited behind a dashboard refresh run"
+    )
+    load = os.getloadavg()
+    print(f"LOAD      average at the end: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min), {load[2]:.1f} (15 min)")
     print(
         f"BASELINE  hourly cadence: a file waits 1,800 s on average for the next tick -> "
         f"continuous is {1800 / p50:.0f}x faster at p50"

@@ -234,6 +234,24 @@ def test_a_tick_takes_a_file_as_it_lands_and_its_batch_with_it(tmp_path):
     assert clock() - 1000.0 <= 1.0 + 2 * BATCH_QUIET_SECONDS + 0.2
 
 
+def test_a_batch_with_a_file_of_every_source_is_taken_without_the_quiet_time(tmp_path):
+    clock, sleep, at = fake_time()
+    at(1.0, lambda: rename_into_place(tmp_path, "users/a.json"))
+    at(1.0, lambda: rename_into_place(tmp_path, "orders/b.json"))
+    at(1.0, lambda: rename_into_place(tmp_path, "events/c.csv", "user_id\n"))
+    found = wait_for_new_files(tmp_path / "landing", None, 120, 3.0, clock=clock, sleep=sleep)
+    assert sorted(f.relpath for f in found) == ["events/c.csv", "orders/b.json", "users/a.json"]
+    assert clock() - 1000.0 < 1.0 + BATCH_QUIET_SECONDS  # at the first look after they landed
+    # Two of the three sources: the batch may not be whole, so it waits for the quiet time.
+    clock, sleep, at = fake_time()
+    after = (found[-1].mtime, found[-1].relpath)
+    at(1.0, lambda: rename_into_place(tmp_path, "users/d.json"))
+    at(1.0, lambda: rename_into_place(tmp_path, "orders/e.json"))
+    found = wait_for_new_files(tmp_path / "landing", after, 120, 3.0, clock=clock, sleep=sleep)
+    assert sorted(f.relpath for f in found) == ["orders/e.json", "users/d.json"]
+    assert clock() - 1000.0 >= 1.0 + BATCH_QUIET_SECONDS
+
+
 def test_a_tick_never_takes_a_file_still_being_written(tmp_path):
     clock, sleep, at = fake_time()
     path = tmp_path / "landing" / "users" / "writing.json"

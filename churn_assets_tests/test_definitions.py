@@ -89,6 +89,8 @@ def test_triggers_and_automation_conditions_snapshot():
     }
     refresh = next(s for s in defs.sensors if s.name == "churn_refresh_sensor")
     assert isinstance(refresh, dg.AutomationConditionSensorDefinition)
+    # Its runs queue behind any other (priority 0): a landing run never waits for a queued refresh.
+    assert refresh.run_tags == {"churn/trigger": "automation_condition", "dagster/priority": "-1"}
     graph = defs.resolve_asset_graph()
     conditioned = {k for k in graph.get_all_asset_keys() if graph.get(k).automation_condition is not None}
     assert conditioned == {k for k in graph.get_all_asset_keys() if k.path[0] == "dashboard"}
@@ -160,3 +162,26 @@ def test_dg_check_defs(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "All definitions loaded successfully" in out.stderr + out.stdout
     assert "Warning" not in out.stderr + out.stdout, out.stderr[-2000:]
+
+
+# Loaded by every run worker before its first step, and by every code server: Dagster imports
+# every module under defs/. These are imported where they are used (the scoring step's MLflow
+# and LightGBM in the background as its run starts: MLflowResource.setup_for_execution).
+HEAVY = ("mlflow", "lightgbm", "sklearn", "scipy", "pandas", "polars", "anthropic", "altair", "pyspark", "sqlglot")
+
+
+def test_loading_the_code_location_imports_no_heavy_library(tmp_path):
+    code = (
+        "import sys; from churn_assets.definitions import defs; d = defs(); "
+        "assert d.resolve_job_def('churn_cycle'); "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"PATH": str(Path(sys.executable).parent), "CHURN_HOME": str(tmp_path), "HOME": str(tmp_path)},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

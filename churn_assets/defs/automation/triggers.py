@@ -83,13 +83,18 @@ def wait_for_new_files(
         sleep(POLL_SECONDS)
         found = new_files(landing_root, after, settle_seconds, clock())
     # Once one has come, gather the rest of its batch (bounded: a steady stream still starts runs).
-    while found and listen_seconds > 0 and clock() - start < 2 * listen_seconds:
+    # A new file of every source is a whole batch already (an increment): no quiet time to wait.
+    while found and not every_source(found) and listen_seconds > 0 and clock() - start < 2 * listen_seconds:
         sleep(BATCH_QUIET_SECONDS)
         more = new_files(landing_root, after, settle_seconds, clock())
         if len(more) == len(found):
             break
         found = more
     return found
+
+
+def every_source(files: list) -> bool:
+    return {f.relpath.split("/", 1)[0] for f in files} >= set(SOURCES)
 
 
 def run_key_for(files: list) -> str:
@@ -355,13 +360,15 @@ def build(settings: Settings, job) -> tuple[list[dg.ScheduleDefinition], list[dg
     )(churn_duration_alerts)
     # Declarative automation: assets that declare an AutomationCondition (the dashboards: every
     # 15 min once their inputs changed) are evaluated here, in the daemon, every 30 s. Their
-    # runs go through the same run queue as the cycle (one run at a time: one warehouse writer).
+    # runs go through the same run queue as the cycle (one run at a time: one warehouse writer),
+    # at a lower priority: fresh predictions do not wait behind a queued refresh.
     refresh = dg.AutomationConditionSensorDefinition(
         "churn_refresh_sensor",
         target=dg.AssetSelection.all(),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
-        run_tags={"churn/trigger": "automation_condition"},
+        # Below every other run in the queue (default 0): a landing run queued beside a refresh starts first.
+        run_tags={"churn/trigger": "automation_condition", "dagster/priority": "-1"},
         description="Slow-moving assets on their own cadence, declared on the assets (AutomationCondition): the "
         "dashboards every 15 min once something they read changed, never while they or their inputs are being "
         "written. The landing sensor's runs leave these assets out, so fresh predictions do not wait for them.",

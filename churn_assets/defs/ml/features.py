@@ -4,10 +4,13 @@ holdout that keeps each customer on the same side across retrains."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import duckdb
-import pandas as pd
-import polars as pl
+
+if TYPE_CHECKING:  # imported where used: every code-location load imports this module
+    import pandas as pd
+    import polars as pl
 
 CATEGORICAL = ["canal", "country", "platform"]
 NUMERIC = [
@@ -95,6 +98,8 @@ def latest_ingest(con: duckdb.DuckDBPyConnection):
 def to_model_frame(df: pl.DataFrame) -> pd.DataFrame:
     """The model's input: categoricals as strings (the pyfunc turns them into categories
     with the training vocabulary), numbers as floats (missing = NaN)."""
+    import polars as pl
+
     out = df.select(
         [pl.col(c).cast(pl.Utf8) for c in CATEGORICAL] + [pl.col(c).cast(pl.Float64) for c in NUMERIC]
     ).to_pandas()
@@ -104,6 +109,8 @@ def to_model_frame(df: pl.DataFrame) -> pd.DataFrame:
 
 
 def as_categories(frame: pd.DataFrame, vocabulary: dict[str, list[str]]) -> pd.DataFrame:
+    import pandas as pd
+
     out = frame.copy()
     for c in CATEGORICAL:
         # A value the vocabulary lacks is missing to the model (pandas will refuse to build it in).
@@ -113,6 +120,8 @@ def as_categories(frame: pd.DataFrame, vocabulary: dict[str, list[str]]) -> pd.D
 
 def vocabulary_of(df: pl.DataFrame) -> dict[str, list[str]]:
     """The categories of each categorical feature, sorted: the model's vocabulary."""
+    import polars as pl
+
     return {c: sorted(df[c].cast(pl.Utf8).drop_nulls().unique().to_list()) for c in CATEGORICAL}
 
 
@@ -120,6 +129,9 @@ def model_matrix(df: pl.DataFrame, vocabulary: dict[str, list[str]]) -> pd.DataF
     """``as_categories(to_model_frame(df), vocabulary)`` built from Polars directly: each
     categorical as its code in the vocabulary (missing or unknown: NaN), numbers as floats, and
     no Python string per row (those cost seconds and gigabytes on millions of customers)."""
+    import pandas as pd
+    import polars as pl
+
     out = df.select(pl.col(c).cast(pl.Float64) for c in NUMERIC).to_pandas()
     for i, c in enumerate(CATEGORICAL):
         vocab = vocabulary[c]

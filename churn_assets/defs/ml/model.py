@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow.pyfunc
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 BOOSTER = "booster"  # artifact names inside the logged model (MLmodel -> python_function.artifacts)
 VOCABULARY = "vocabulary"
@@ -55,11 +57,31 @@ def read_scorer(booster_file: str | Path, vocabulary_file: str | Path) -> Scorer
     return Scorer(lgb.Booster(model_file=str(booster_file)), json.loads(Path(vocabulary_file).read_text()))
 
 
-class ChurnModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc face of the model, for ``mlflow.pyfunc.load_model`` and ``mlflow models serve``."""
+@cache
+def _pyfunc_class() -> type:
+    # Module-wide names: MLflow resolves the hints of ``predict`` (a DataFrame in, an array out).
+    global np, pd
+    import mlflow.pyfunc
+    import numpy as np
+    import pandas as pd
 
-    def load_context(self, context) -> None:
-        self.scorer = read_scorer(context.artifacts[BOOSTER], context.artifacts[VOCABULARY])
+    class ChurnModel(mlflow.pyfunc.PythonModel):
+        """The pyfunc face of the model, for ``mlflow.pyfunc.load_model`` and ``mlflow models serve``."""
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
-        return self.scorer.predict(model_input)
+        def load_context(self, context) -> None:
+            self.scorer = read_scorer(context.artifacts[BOOSTER], context.artifacts[VOCABULARY])
+
+        def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+            return self.scorer.predict(model_input)
+
+    ChurnModel.__module__, ChurnModel.__qualname__ = __name__, "ChurnModel"
+    return ChurnModel
+
+
+def __getattr__(name: str):
+    # ``ChurnModel`` (what ``pyfunc_model.py`` imports, in this release and in the copies logged
+    # with earlier versions) subclasses MLflow's PythonModel, so it is built on first use: every
+    # code-location load imports this module, and MLflow costs seconds to import.
+    if name == "ChurnModel":
+        return _pyfunc_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

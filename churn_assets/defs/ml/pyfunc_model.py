@@ -1,8 +1,13 @@
 """The code MLflow logs with every churn_model version ("models from code"): MLflow runs
-this file to build the pyfunc, instead of unpickling an object. Keep it this small."""
+this file to build the pyfunc, instead of unpickling an object. Keep it this small.
 
-import mlflow
+Dagster's loader imports it too (every module under ``defs/``), under its package name;
+MLflow runs it under a name of its own. Only MLflow's run builds the model: loading the
+code location does not import MLflow."""
 
-from churn_assets.defs.ml.model import ChurnModel
+if __name__ != "churn_assets.defs.ml.pyfunc_model":
+    import mlflow
 
-mlflow.models.set_model(ChurnModel())
+    from churn_assets.defs.ml.model import ChurnModel
+
+    mlflow.models.set_model(ChurnModel())

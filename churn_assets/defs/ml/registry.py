@@ -13,17 +13,20 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import mlflow
-import numpy as np
-import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from churn_assets.defs.ml import model as model_format
-from churn_assets.defs.ml.train import TrainedModel
 from churn_assets.settings import environment_scope
+
+# MLflow is imported inside each function: every code-location load imports this module, and
+# MLflow costs seconds to import; a run that scores imports it in the background as it starts
+# (``MLflowResource.setup_for_execution``).
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from churn_assets.defs.ml.train import TrainedModel
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -45,6 +48,8 @@ class Store:
     model_name: str
 
     def client(self) -> MlflowClient:
+        from mlflow.tracking import MlflowClient
+
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
 
@@ -57,6 +62,9 @@ def configured(store: Store, http_timeout: int, http_retries: int) -> Iterator[N
     only: all are set for the block and restored after, never left for other code (or
     another store) in the same process.
     """
+    import mlflow
+    import mlflow.tracking
+
     before = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
     uri = store.tracking_uri
     # A remote server that is down must fail in seconds, not after MLflow's default
@@ -118,6 +126,9 @@ def log_and_register(
     input_example: pd.DataFrame,
 ) -> tuple[str, str]:
     """Log one training run and register its model; returns (version, run id)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
     with mlflow.start_run(experiment_id=experiment_id) as run, tempfile.TemporaryDirectory() as tmp:
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
@@ -141,6 +152,8 @@ def log_and_register(
 def _log_pyfunc(store: Store, booster: Path, vocabulary: Path, signature, input_example):
     """Log and register the model in the active run: booster text + vocabulary JSON as
     artifacts, and the code file that builds the pyfunc from them (no pickle)."""
+    import mlflow.pyfunc
+
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=str(model_format.CODE_FILE),  # "models from code": a path, not an object
@@ -160,6 +173,8 @@ def _requirements() -> list[str]:
 
 
 def version_by_alias(client: MlflowClient, model_name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
     try:
         return client.get_model_version_by_alias(model_name, alias)
     except MlflowException as exc:
@@ -175,6 +190,7 @@ class PickledModel(RuntimeError):
 
 def _model_files(model_name: str, version: str, dst: str) -> tuple[Path, dict]:
     """Download a version's model directory; returns it with the pyfunc flavor of its MLmodel."""
+    import mlflow.artifacts
     from mlflow.models import Model
 
     root = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}", dst_path=dst))
@@ -220,6 +236,7 @@ def ensure_not_pickled(client: MlflowClient, store: Store, experiment_id: str, v
         if done:
             new = str(done[0].version)
         else:
+            import mlflow
             from mlflow.models import Model
 
             old = client.get_model_version(name, version)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
-
-import pandas as pd
-import polars as pl
+from typing import TYPE_CHECKING
 
 from churn_assets.metadata import markdown_table
+
+if TYPE_CHECKING:  # imported where used: every code-location load imports this module
+    import pandas as pd
 
 TOP_FEATURES = 13  # every feature of the reference: the plot and the table show them all
 
@@ -36,4 +37,6 @@ def importance_png(importance: pd.DataFrame) -> bytes:
 
 
 def importance_markdown(importance: pd.DataFrame) -> str:
+    import polars as pl
+
     return markdown_table(pl.from_pandas(importance.head(TOP_FEATURES)))

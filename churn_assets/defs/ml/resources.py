@@ -24,6 +24,7 @@ class MLflowResource(dg.ConfigurableResource):
     http_timeout: int = 10
     http_retries: int = 1
     _scope: contextlib.ExitStack | None = PrivateAttr(default=None)
+    _ready: Future | None = PrivateAttr(default=None)
     _champion: Future | None = PrivateAttr(default=None)
 
     @classmethod
@@ -37,20 +38,32 @@ class MLflowResource(dg.ConfigurableResource):
         return Store(self.tracking_uri, self.artifact_root, self.experiment, self.model_name)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Importing MLflow, pointing it at this store and, in a run that scores, opening the store
+        # and loading the champion take seconds. They run in the background as the run starts,
+        # while its first steps work in DuckDB (which releases the GIL); ``open`` waits for them.
+        # The scoring step checks the alias again and uses the prefetched model only if it still
+        # names the same version.
+        # First, in the run's own thread, what that background work imports too and this thread
+        # uses meanwhile (SQLAlchemy's ORM: Dagster's storage; Polars: the steps' metadata; pandas
+        # under both). A package two threads import at once can be seen half-initialized (in the
+        # latency benchmark a bronze step failed so: "partially initialized module sqlalchemy.orm.exc").
+        import pandas  # noqa: F401
+        import polars  # noqa: F401
+        import sqlalchemy.orm  # noqa: F401
+
+        self._scope = contextlib.ExitStack()
+        pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-setup")
+        self._ready = pool.submit(self._configure)
+        selection = context.run.asset_selection if context.run else None
+        if not selection or PREDICTION in selection:  # empty: the whole job
+            self._champion = pool.submit(self._load_champion)  # after _configure: one worker
+        pool.shutdown(wait=False)
+
+    def _configure(self) -> None:
         # MLflow's fluent API reads global state: pointed at this store for the run only.
         from churn_assets.defs.ml.registry import configured
 
-        self._scope = contextlib.ExitStack()
         self._scope.enter_context(configured(self.store(), self.http_timeout, self.http_retries))
-        selection = context.run.asset_selection if context.run else None
-        if not selection or PREDICTION in selection:  # empty: the whole job
-            # Opening the store and loading the champion take seconds; a run that scores starts
-            # them now, in the background, while its first steps work in DuckDB (which releases
-            # the GIL). The scoring step checks the alias again and uses the result only if it
-            # still names the same version.
-            pool = ThreadPoolExecutor(1, thread_name_prefix="champion-prefetch")
-            self._champion = pool.submit(self._load_champion)
-            pool.shutdown(wait=False)
 
     def _load_champion(self):
         from churn_assets.defs.ml import registry
@@ -80,14 +93,14 @@ class MLflowResource(dg.ConfigurableResource):
         return found if now is not None and str(now.version) == str(found[0].version) else None
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._champion is not None:
+        for future in (self._champion, self._ready):
             # Not started: dropped. Started (a run that ended before scoring, e.g. refused): waited
             # for, so no thread of this run still migrates or reads the store once it is over
             # (MLflow's migrations and Dagster's share alembic's module state).
-            if not self._champion.cancel():
+            if future is not None and not future.cancel():
                 with contextlib.suppress(Exception):
-                    self._champion.result()
-            self._champion = None
+                    future.result()
+        self._champion = self._ready = None
         if self._scope is not None:
             self._scope.close()
             self._scope = None
@@ -96,6 +109,8 @@ class MLflowResource(dg.ConfigurableResource):
         """(client, experiment id); a clear ``dg.Failure`` when the store cannot be used."""
         from churn_assets.defs.ml.registry import ModelStoreUnavailable, open_store
 
+        if self._ready is not None:
+            self._ready.result()  # MLflow imported and pointed at this store (setup_for_execution)
         try:
             return open_store(self.store())
         except ModelStoreUnavailable as exc:

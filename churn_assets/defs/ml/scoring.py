@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
-import pandas as pd
-import polars as pl
+
+if TYPE_CHECKING:  # imported where used: every code-location load imports this module
+    import pandas as pd
+    import polars as pl
 
 from churn_assets.defs.ml.features import FEATURES, LABEL, load_features, to_model_frame
 from churn_assets.timeutil import utcnow
@@ -47,6 +50,8 @@ def predictions(
     user_ids: pl.Series, proba: np.ndarray, threshold: float, model_name: str, version: str, scored_at
 ) -> pl.DataFrame:
     """The rows of ``gold.churn_prediction``: probability, label at ``threshold``, which model, when."""
+    import polars as pl
+
     return pl.DataFrame(
         {"user_id": user_ids, "churn_probability": proba, "churn_prediction": (proba >= threshold).astype(np.int32)}
     ).with_columns(model_name=pl.lit(model_name), model_version=pl.lit(version), scored_at=pl.lit(scored_at))

@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import lightgbm as lgb
 import numpy as np
-import pandas as pd
-import polars as pl
-from sklearn.metrics import (
-    average_precision_score,
-    f1_score,
-    log_loss,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-)
 
 from churn_assets.defs.ml.features import (
     CATEGORICAL,
@@ -26,6 +16,13 @@ from churn_assets.defs.ml.features import (
     to_model_frame,
     vocabulary_of,
 )
+
+# LightGBM, scikit-learn, pandas and Polars are imported where used: every code-location load
+# imports this module (Dagster loads every module under defs/), and they cost seconds.
+if TYPE_CHECKING:
+    import lightgbm as lgb
+    import pandas as pd
+    import polars as pl
 
 DEFAULT_PARAMS = {
     "objective": "binary",
@@ -61,6 +58,8 @@ def train(
     frame: pd.DataFrame, labels: np.ndarray, params: dict | None = None, num_boost_round: int = NUM_BOOST_ROUND
 ) -> TrainedModel:
     """A model trained on ``frame`` as the model takes its input (``to_model_frame``)."""
+    import polars as pl
+
     vocabulary = vocabulary_of(pl.from_pandas(frame[CATEGORICAL]))
     return train_matrix(as_categories(frame[FEATURES], vocabulary), labels, vocabulary, params, num_boost_round)
 
@@ -73,6 +72,8 @@ def train_matrix(
     num_boost_round: int = NUM_BOOST_ROUND,
 ) -> TrainedModel:
     """LightGBM on the features with their categoricals already coded in ``vocabulary``."""
+    import lightgbm as lgb
+
     params = {**DEFAULT_PARAMS, **(params or {})}
     data = lgb.Dataset(matrix, label=labels, categorical_feature=CATEGORICAL, free_raw_data=True)
     booster = lgb.train(params, data, num_boost_round=num_boost_round)
@@ -95,6 +96,15 @@ def best_threshold(labels: np.ndarray, proba: np.ndarray) -> float:
 
 
 def evaluate(labels: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
+    from sklearn.metrics import (
+        average_precision_score,
+        f1_score,
+        log_loss,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
     predicted = proba >= threshold
     return {
         "holdout_roc_auc": float(roc_auc_score(labels, proba)),
@@ -107,6 +117,8 @@ def evaluate(labels: np.ndarray, proba: np.ndarray, threshold: float) -> dict[st
 
 
 def feature_importance(model: TrainedModel) -> pd.DataFrame:
+    import pandas as pd
+
     gain = model.booster.feature_importance(importance_type="gain")
     return pd.DataFrame({"feature": model.booster.feature_name(), "gain": gain}).sort_values("gain", ascending=False)
 
@@ -137,6 +149,8 @@ class Fitted:
 
 def fit(df: pl.DataFrame, params: dict, num_boost_round: int, shuffle_fraction: float = 0.0) -> Fitted:
     """Train on the rows not flagged ``is_holdout``, choose the threshold and measure on the others."""
+    import polars as pl
+
     train_df, hold_df = df.filter(~pl.col("is_holdout")), df.filter(pl.col("is_holdout"))
     labels = shuffle_labels(train_df[LABEL].to_numpy().astype(int), shuffle_fraction)
     vocabulary = vocabulary_of(train_df)
