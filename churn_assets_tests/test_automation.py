@@ -9,6 +9,7 @@ import time
 import dagster as dg
 import pytest
 
+from churn_assets.defs.automation.jobs import CYCLE_JOB
 from churn_assets.defs.automation.mode import write_mode
 from churn_assets.defs.automation.triggers import (
     BATCH_QUIET_SECONDS,
@@ -372,3 +373,12 @@ def test_dashboards_refresh_on_their_own_cadence_once_their_inputs_changed(tmp_p
     assert evaluate_next(20) == set()
     assert evaluate_next(26) == reads_features | no_inputs | {page}
     assert evaluate_next(26.5) == set()
+    # Gold changed, and a run writing it again is in progress when 10:45 passes (continuous mode:
+    # nearly always). Every figure is still requested at once: one refresh run, which the run
+    # queue (one at a time) starts after the writer. Waiting for a gap split it into several.
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=features))
+    instance.create_run_for_job(
+        defs.resolve_job_def(CYCLE_JOB), asset_selection=frozenset({features}), status=dg.DagsterRunStatus.STARTED
+    )
+    assert evaluate_next(41) == reads_features | no_inputs | {page}
+    assert evaluate_next(41.5) == set()

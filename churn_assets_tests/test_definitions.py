@@ -96,8 +96,8 @@ def test_triggers_and_automation_conditions_snapshot():
     assert conditioned == {k for k in graph.get_all_asset_keys() if k.path[0] == "dashboard"}
     labels = {graph.get(k).automation_condition.get_label() for k in conditioned}
     assert labels == {
-        "every */15 * * * *, once its inputs changed, nothing in progress",
-        "after its figures, nothing in progress",
+        "every */15 * * * *, once its inputs changed, not in progress",
+        "after its figures, not in progress",
     }
     # Predictions never wait for a slow-moving asset: nothing upstream of them carries a condition.
     upstream = dg.AssetSelection.assets(["gold", "churn_prediction"]).upstream().resolve(graph)

@@ -370,7 +370,7 @@ def build(settings: Settings, job) -> tuple[list[dg.ScheduleDefinition], list[dg
         # Below every other run in the queue (default 0): a landing run queued beside a refresh starts first.
         run_tags={"churn/trigger": "automation_condition", "dagster/priority": "-1"},
         description="Slow-moving assets on their own cadence, declared on the assets (AutomationCondition): the "
-        "dashboards every 15 min once something they read changed, never while they or their inputs are being "
-        "written. The landing sensor's runs leave these assets out, so fresh predictions do not wait for them.",
+        "dashboards every 15 min once something they read changed, in one run per tick (queued after a run writing "
+        "their inputs). The landing sensor's runs leave these assets out, so fresh predictions do not wait for them.",
     )
     return [hourly], [landing, auto, failures, durations, refresh]
