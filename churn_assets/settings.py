@@ -128,7 +128,10 @@ class Settings:
         _positive(float),
     )
     batch_bytes: int = _setting(
-        "CHURN_BATCH_BYTES", 256 * 1024 * 1024, "landed bytes loaded per transaction", _positive(int)
+        "CHURN_BATCH_BYTES",
+        256 * 1024 * 1024,
+        "landed bytes loaded per transaction (a Spark micro-batch: at least one file)",
+        _positive(int),
     )
     # --- warehouse ----------------------------------------------------------------------------
     duckdb_memory_limit: str | None = _setting(

@@ -74,9 +74,9 @@ def spark_env(cluster: Cluster, home: Path) -> dict[str, str]:
     }
 
 
-def run_spark(cluster: Cluster, home: Path, selection: str = BRONZE_TO_GOLD):
+def run_spark(cluster: Cluster, home: Path, selection: str = BRONZE_TO_GOLD, **env: str):
     t0 = time.perf_counter()
-    result = materialize(home, selection, env=spark_env(cluster, home))
+    result = materialize(home, selection, env={**spark_env(cluster, home), **env})
     return result, time.perf_counter() - t0
 
 
@@ -442,8 +442,9 @@ def _kill_a_worker_once_executors_run(cluster: Cluster, killed: list[int]) -> No
 
 def test_exactly_once_rerun_copy_increment_and_a_killed_worker(cluster, spark_home):
     """On the sample already built (spark_home): a second run adds nothing; then a copy of a
-    landed file under a new name plus an increment, in a run during which a worker is killed
-    with SIGKILL: the run succeeds and adds exactly the increment's records."""
+    landed file under a new name plus an increment and a copy of one of its files, in a run
+    during which a worker is killed with SIGKILL and each file is a micro-batch of its own: the
+    run succeeds and adds exactly the increment's records."""
     home = spark_home
     assert _counts(cluster, home) == SAMPLE_COUNTS
     result, took = run_spark(cluster, home)
@@ -454,6 +455,9 @@ def test_exactly_once_rerun_copy_increment_and_a_killed_worker(cluster, spark_ho
     events = sorted((home / "landing" / "events").glob("*.csv"))[0]
     shutil.copy(events, events.with_name("copy-of-" + events.name))
     _land_increment(home)
+    # Landed after the original, so taken in a later micro-batch of the same run (one file each).
+    orders = home / "landing" / "orders"
+    shutil.copy(orders / "zz-increment.json", orders / "zz-increment-again.json")
     # A fresh application, so that the kill lands while its executors work for this run.
     from churn_assets.engine import stop_sessions
 
@@ -461,7 +465,7 @@ def test_exactly_once_rerun_copy_increment_and_a_killed_worker(cluster, spark_ho
     killed: list[int] = []
     killer = threading.Thread(target=_kill_a_worker_once_executors_run, args=(cluster, killed), daemon=True)
     killer.start()
-    result, took = run_spark(cluster, home)
+    result, took = run_spark(cluster, home, CHURN_BATCH_BYTES="1")
     killer.join(timeout=5)
     TIMES["increment_run_with_a_worker_killed_s"] = took
     assert killed, "no executor was running to kill: the test tested nothing"
@@ -477,6 +481,12 @@ def test_exactly_once_rerun_copy_increment_and_a_killed_worker(cluster, spark_ho
     }
     dup = spark_rows(cluster, home, "SELECT path FROM bronze.ingest_manifest_events WHERE status = 'duplicate'")
     assert [p.rsplit("/", 1)[-1] for (p,) in dup] == ["copy-of-" + events.name]
+    taken = spark_rows(
+        cluster,
+        home,
+        "SELECT batch, status FROM bronze.ingest_manifest_orders WHERE path LIKE '%zz-increment%' ORDER BY batch",
+    )
+    assert [status for _, status in taken] == ["loaded", "duplicate"] and taken[0][0] < taken[1][0], taken
     row = spark_rows(
         cluster,
         home,

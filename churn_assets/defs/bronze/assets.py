@@ -134,7 +134,9 @@ def _spark_bronze(
 
     spec = SPECS[source]
     table = f"bronze.{spec.table}"
-    result = ingest_source_spark(engine.spark(), engine.spark_warehouse, landing.root, source, context.run.run_id)
+    result = ingest_source_spark(
+        engine.spark(), engine.spark_warehouse, landing.root, source, context.run.run_id, landing.batch_bytes
+    )
     fit = result.rows_loaded - result.rows_rescued
     engine.record_quality(
         context.run.run_id,

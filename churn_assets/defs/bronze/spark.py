@@ -13,6 +13,11 @@ replayed batch replaces its own output instead of adding to it: at-least-once de
 exactly-once by idempotent writes. A task lost with its worker is rerun by Spark elsewhere;
 only committed task output becomes part of the folder.
 
+A micro-batch takes up to ``CHURN_BATCH_BYTES`` of files (``maxBytesPerTrigger``; at least one
+file), as a DuckDB transaction does: the batch's texts are held by the executors while it is
+written, so a backlog (a first run at 100x: 2.7 GB a source) goes through in bounded pieces.
+Between batches the order is the file source's (modification time); within one, the name.
+
 Not on Spark (DuckDB only, said in the README): a file appended to or rewritten after it was
 read (the file source takes a path once), and the settle wait (writers rename complete files
 into place, which the contract asks anyway: names starting with ``.`` or ``_`` are skipped).
@@ -119,8 +124,10 @@ def manifest_view(engine) -> dict[str, str]:
     return {MANIFEST: " UNION ALL ".join(parts)} if parts else {}
 
 
-def ingest_source_spark(spark, warehouse: str, landing_root: str, source: str, run_id: str) -> SparkBronzeResult:
-    """Take every landed file of ``source`` the checkpoint has not seen, once."""
+def ingest_source_spark(
+    spark, warehouse: str, landing_root: str, source: str, run_id: str, batch_bytes: int
+) -> SparkBronzeResult:
+    """Take every landed file of ``source`` the checkpoint has not seen, once, ``batch_bytes`` at a time."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -235,6 +242,7 @@ def ingest_source_spark(spark, warehouse: str, landing_root: str, source: str, r
     writer = (
         spark.readStream.format("binaryFile")
         .schema(_binary_file_schema(T))
+        .option("maxBytesPerTrigger", str(batch_bytes))
         .load(f"{landing_root.rstrip('/')}/{source}")
         .writeStream.foreachBatch(write_batch)
         .option("checkpointLocation", where["checkpoint"])
