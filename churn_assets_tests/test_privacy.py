@@ -13,11 +13,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -277,13 +278,20 @@ def test_key_file_created_once_owner_only_and_stable(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["pseudonym.key"]  # no temporary left
 
 
-def _key_in(home: str) -> str:
-    return pseudonym_key(Path(home))
-
-
 def test_processes_starting_together_share_one_key(tmp_path):
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        keys = pool.map(_key_in, [str(tmp_path)] * 8)
+    """Eight processes started at once (run workers) make or read the key file: one key.
+    Plain subprocesses with a timeout: a multiprocessing pool hung the suite once when a
+    worker of it died (the pool waits for it forever)."""
+    code = (
+        "import sys; from pathlib import Path; from churn_assets.pseudonym_key import pseudonym_key; "
+        "print(pseudonym_key(Path(sys.argv[1])))"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(8)
+    ]
+    keys = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8
     assert len(set(keys)) == 1 and key_path(tmp_path).read_text().strip() == keys[0]
 
 
