@@ -5,13 +5,15 @@ shared sample, beside the same `churn run` on DuckDB. The run's process is a Con
 only: no JVM, no Spark application of its own (the cluster sees the Connect server's alone).
 
 Equal to DuckDB: gold row for row on every column, the same booster and its predictions, the
-data-quality counts the bronze streams report (their batches run beside the server),
-`dashboard.kpis`, the campaign's messages, and `churn sql` over Connect."""
+data-quality counts the bronze streams report (their batches run beside the server), every
+dashboard figure and the page's tiles, the campaign's messages (no personal data in a prompt),
+and `churn sql` over Connect. The Spark engine's only test of the figures and the campaign."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +34,8 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("java") is None, reason="Java 17 is not installed"),
 ]
 
+# A figure of wall-clock instants (when each layer last took data in): equal in shape only.
+CLOCK_FIGURES = {"layer_freshness"}
 PREDICTION_COLUMNS = "user_id, churn_probability, churn_prediction, model_name, model_version"
 SQL = (
     "SELECT f.country, count(*) AS customers, sum(p.churn_prediction) AS at_risk, max(f.last_event) AS last_event "
@@ -95,11 +99,24 @@ def spark_table(home: Path, table: str, sql: str = "SELECT * FROM t") -> list[tu
         con.close()
 
 
+def row_key(row: tuple) -> tuple:
+    """Rows in an order both engines agree on: text first, floats rounded (equal only to 1e-9)."""
+    return tuple((0, round(v, 6)) if isinstance(v, float) else (1, repr(v)) for v in row)
+
+
+def same_row(got: tuple, want: tuple) -> bool:
+    return len(got) == len(want) and all(
+        g == pytest.approx(w, rel=1e-9, abs=1e-12) if isinstance(w, float) else g == w
+        for g, w in zip(got, want, strict=True)
+    )
+
+
 def outboxed(home: Path) -> list[str]:
     return sorted(json.loads(line)["user_id"] for f in (home / "outbox").glob("*.jsonl") for line in f.open())
 
 
 def test_the_whole_cycle_over_spark_connect_equals_duckdb(tmp_path):
+    from churn_assets.defs.dashboards.metrics import METRICS
     from churn_assets.defs.gold.features import FEATURE_COLUMNS
     from churn_assets_tests.fake_anthropic import FakeAnthropic
 
@@ -177,9 +194,39 @@ def test_the_whole_cycle_over_spark_connect_equals_duckdb(tmp_path):
     assert kpis_duck["customers"] == 2086
     assert kpis_spark == pytest.approx(kpis_duck, rel=1e-12)
 
-    # The campaign read the Spark tables: the same customers messaged, the same number of API calls.
-    assert outboxed(spark_home) == outboxed(duck_home) and len(outboxed(duck_home)) > 0
+    # Every figure computed on the cluster equals DuckDB's (the scores agree to 1e-9, so do the
+    # figures' floats), and the page is drawn from them.
+    for metric in METRICS:
+        if metric.name in CLOCK_FIGURES:
+            sql = "SELECT * FROM {} ORDER BY 1"
+            want_rows = [r[0] for r in query(duck_home, sql.format(f"dashboard.{metric.name}"))]
+            on_spark = spark_table(spark_home, f"dashboard.{metric.name}", sql.format("t"))
+            got_rows = [r[0] for r in on_spark if r[1] is not None]
+            assert got_rows == want_rows, metric.name
+            continue
+        want_rows = sorted(query(duck_home, f"SELECT * FROM dashboard.{metric.name}"), key=row_key)
+        got_rows = sorted(spark_table(spark_home, f"dashboard.{metric.name}"), key=row_key)
+        assert len(got_rows) == len(want_rows) > 0, metric.name
+        for g, w in zip(got_rows, want_rows, strict=True):
+            assert same_row(g, w), (metric.name, g, w)
+    page = (spark_home / "dashboard" / "index.html").read_text()
+    tiles = {k: float(v) for k, v in re.findall(r'data-kpi="(\w+)" data-value="([^"]+)"', page)}
+    assert tiles == pytest.approx(kpis_duck, rel=1e-9)
+
+    # The campaign read the Spark tables: the same messages to the same customers, the same
+    # number of API calls, and no personal data in a prompt.
+    sent = "SELECT user_id, channel, offer, status FROM campaigns.retention_messages ORDER BY user_id"
+    messages = query(spark_home, sent)
+    assert len(messages) == kpis_duck["customers_at_risk"] > 0 and messages == query(duck_home, sent)
+    assert outboxed(spark_home) == outboxed(duck_home) == sorted(m[0] for m in messages)
     assert len(fake_s.requests) == len(fake_d.requests) > 0
+    bodies = "\n".join(json.dumps(r["body"], ensure_ascii=False) for r in fake_s.requests)
+    people_sql = "SELECT id, firstname, lastname, email, address FROM t"
+    people = spark_table(spark_home, "bronze.churn_users_bronze", people_sql)
+    assert len(people) == 2086
+    for user_id, first, last, email, address in people:
+        for value in (user_id, email, address, f'"{first}"', f" {first},", f" {last} ", f'"{last}"'):
+            assert value is None or value not in bodies
 
     # `churn sql` over Connect: the same CSV as on DuckDB.
     assert csv_spark == csv_duck

@@ -1,7 +1,9 @@
 """The Spark engine against a real standalone cluster (one master, two workers on 127.0.0.1,
 started from the pyspark distribution), on the shared reference sample: gold equal to the
 DuckDB engine's row for row, the plain-SQL oracle, exactly once (a second run, a re-landed
-copy, an increment, a worker killed with SIGKILL mid-run), and `churn sql` on both engines."""
+copy, an increment, a worker killed with SIGKILL mid-run), and `churn sql` on both engines.
+The figures, the page and the campaign on Spark are test_spark_connect.py's: its one whole
+cycle runs them (a Connect client can do less than a classic driver, not more)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import contextlib
 import io
 import json
 import os
-import re
 import shutil
 import signal
 import sys
@@ -17,7 +18,6 @@ import threading
 import time
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
 from churn_assets_tests import reference_oracle
@@ -292,88 +292,6 @@ def test_the_training_sample_is_taken_on_the_cluster_as_on_duckdb(cluster, duckd
         )
     finally:
         con.close()
-
-
-FIGURES_AND_CAMPAIGN = dg.AssetSelection.groups("dashboard", "campaigns")
-MODEL_AND_SCORES = dg.AssetSelection.groups("ml") | dg.AssetSelection.assets(["gold", "churn_prediction"])
-# A figure of wall-clock instants (when each layer last took data in): equal in shape only.
-CLOCK_FIGURES = {"layer_freshness"}
-
-
-def _share_predictions(duckdb_home: Path, spark_home: Path, cluster: Cluster) -> None:
-    """The DuckDB engine's gold.churn_prediction as the Spark warehouse's (a parquet copy, switched
-    to as any Spark table), so both engines' figures and campaign read the same scores of the same
-    model version, whichever engine scored them; the engines' gold is equal row for row (tested above)."""
-    import duckdb
-
-    from churn_assets.engine import replace_table, spark_session
-
-    copy = spark_home / "churn_prediction_from_duckdb.parquet"
-    con = duckdb.connect(str(duckdb_home / "warehouse.duckdb"), read_only=True)
-    try:
-        con.execute(f"COPY (SELECT * FROM gold.churn_prediction) TO '{copy}' (FORMAT parquet)")
-    finally:
-        con.close()
-    warehouse = warehouse_uri(spark_home)
-    replace_table(
-        spark_session(cluster.master_url, warehouse).read.parquet(str(copy)), warehouse, "gold.churn_prediction"
-    )
-
-
-def _figures_and_campaign(home: Path, fake, env: dict[str, str] | None = None):
-    from churn_assets.defs.campaigns.resources import AnthropicResource
-    from churn_assets.settings import Settings
-
-    anthropic = AnthropicResource.from_settings(Settings(), api_key="test-key-not-a-secret", base_url=fake.url)
-    t0 = time.perf_counter()
-    result = materialize(home, FIGURES_AND_CAMPAIGN, env=env, anthropic=anthropic)
-    return result, time.perf_counter() - t0
-
-
-def _outboxed(home: Path) -> list[str]:
-    return sorted(json.loads(line)["user_id"] for f in (home / "outbox").glob("*.jsonl") for line in f.open())
-
-
-def test_dashboards_and_campaign_equal_on_both_engines(cluster, duckdb_home, spark_home):
-    """Every figure computed on the cluster equals DuckDB's, the page is drawn from them, and a
-    campaign reading the Spark tables writes the same messages to the same customers."""
-    from churn_assets.defs.dashboards.metrics import METRICS
-    from churn_assets_tests.fake_anthropic import FakeAnthropic
-
-    assert materialize(duckdb_home, MODEL_AND_SCORES).success
-    with FakeAnthropic() as fake_d:
-        result, _ = _figures_and_campaign(duckdb_home, fake_d)
-    assert result.success
-    _share_predictions(duckdb_home, spark_home, cluster)
-    with FakeAnthropic() as fake_s:
-        result, took = _figures_and_campaign(spark_home, fake_s, spark_env(cluster, spark_home))
-    TIMES["sample_dashboards_and_campaign_s"] = took
-    assert result.success
-
-    on_spark = spark_reader(cluster, spark_home)
-    for metric in METRICS:
-        sql = f"SELECT * FROM dashboard.{metric.name}"
-        expected, got = query(duckdb_home, sql), on_spark(sql)
-        if metric.name in CLOCK_FIGURES:
-            expected, got = [r[0] for r in expected], [r[0] for r in got if r[1] is not None]
-        assert got == expected, metric.name
-    kpis = {name: value for name, value, *_ in query(duckdb_home, "SELECT * FROM dashboard.kpis")}
-    assert kpis["customers"] == 2086 and kpis["customers_at_risk"] > 0
-    page = (spark_home / "dashboard" / "index.html").read_text()
-    tiles = {k: float(v) for k, v in re.findall(r'data-kpi="(\w+)" data-value="([^"]+)"', page)}
-    assert tiles == pytest.approx(kpis)
-
-    sent = "SELECT user_id, channel, offer, status FROM campaigns.retention_messages ORDER BY user_id"
-    messages = query(spark_home, sent)
-    assert len(messages) == kpis["customers_at_risk"] and messages == query(duckdb_home, sent)
-    assert _outboxed(spark_home) == _outboxed(duckdb_home) == sorted(m[0] for m in messages)
-    assert len(fake_s.requests) == len(fake_d.requests) > 0
-    # Read from the cluster's tables, the prompts still carry no personal data.
-    bodies = "\n".join(json.dumps(r["body"], ensure_ascii=False) for r in fake_s.requests)
-    people = on_spark("SELECT id, firstname, lastname, email, address FROM bronze.churn_users_bronze")
-    for user_id, first, last, email, address in people:
-        for value in (user_id, email, address, f'"{first}"', f" {first},", f" {last} ", f'"{last}"'):
-            assert value is None or value not in bodies
 
 
 def _counts(cluster, home) -> dict[str, int]:
