@@ -113,6 +113,15 @@ def one(home: Path, sql: str, params=None):
     return query(home, sql, params)[0][0]
 
 
+def assert_no_personal_data(requests: list[dict], people: list[tuple]) -> None:
+    """No (id, firstname, lastname, email, address) of ``people`` in any request body sent to the
+    API: ids, e-mails and addresses anywhere, names as a prompt would quote or address them."""
+    bodies = "\n".join(json.dumps(r["body"], ensure_ascii=False) for r in requests)
+    for user_id, first, last, email, address in people:
+        for value in (user_id, email, address, f'"{first}"', f" {first},", f" {last} ", f'"{last}"'):
+            assert value is None or value not in bodies
+
+
 def trigger(name: str):
     """A schedule or sensor of the project as the code location builds it (default settings)."""
     from churn_assets.defs.automation import triggers

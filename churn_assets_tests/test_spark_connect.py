@@ -23,7 +23,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from churn_assets_tests.helpers import land_sample, needs_sample, project_env, query
+from churn_assets_tests.helpers import assert_no_personal_data, land_sample, needs_sample, project_env, query
 from churn_assets_tests.spark_cluster import Cluster
 
 pyspark = pytest.importorskip("pyspark", reason="the spark extra is not installed (CHURN_EXTRAS=spark scripts/setup)")
@@ -220,13 +220,10 @@ def test_the_whole_cycle_over_spark_connect_equals_duckdb(tmp_path):
     assert len(messages) == kpis_duck["customers_at_risk"] > 0 and messages == query(duck_home, sent)
     assert outboxed(spark_home) == outboxed(duck_home) == sorted(m[0] for m in messages)
     assert len(fake_s.requests) == len(fake_d.requests) > 0
-    bodies = "\n".join(json.dumps(r["body"], ensure_ascii=False) for r in fake_s.requests)
     people_sql = "SELECT id, firstname, lastname, email, address FROM t"
     people = spark_table(spark_home, "bronze.churn_users_bronze", people_sql)
     assert len(people) == 2086
-    for user_id, first, last, email, address in people:
-        for value in (user_id, email, address, f'"{first}"', f" {first},", f" {last} ", f'"{last}"'):
-            assert value is None or value not in bodies
+    assert_no_personal_data(fake_s.requests, people)
 
     # `churn sql` over Connect: the same CSV as on DuckDB.
     assert csv_spark == csv_duck
