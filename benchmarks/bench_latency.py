@@ -14,6 +14,7 @@ a file waits on average half an hour for the next tick.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -27,6 +28,7 @@ import dagster as dg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from churn_assets.generator import generate_history, generate_increment  # noqa: E402
+from churn_assets_tests import pg_server  # noqa: E402
 from churn_assets_tests.live import LiveDagster  # noqa: E402
 
 
@@ -61,6 +63,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--customers", type=int, default=100_000)
     ap.add_argument("--drops", type=int, default=10)
+    ap.add_argument(
+        "--storage",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="Dagster's instance: the embedded default (dagster.yaml, SQLite files) or the production one "
+        "(dagster.postgres.yaml, on a PostgreSQL server this benchmark starts on 127.0.0.1)",
+    )
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="churn-bench-latency-"))
     generate_history(home, customers=args.customers, seed=42, end=date(2026, 11, 1), progress=False)
@@ -68,7 +77,15 @@ def main() -> None:
         "CHURN_SETTLE_SECONDS": os.environ.get("CHURN_SETTLE_SECONDS", "2"),
         "CHURN_SENSOR_INTERVAL_SECONDS": os.environ.get("CHURN_SENSOR_INTERVAL_SECONDS", "3"),
     }
-    with LiveDagster(home, env=env) as live:
+    with contextlib.ExitStack() as stack:
+        instance_yaml = "dagster.yaml"
+        if args.storage == "postgres":
+            pg = pg_server.dagster_env(stack.enter_context(pg_server.postgres_server()))
+            env.update(pg)
+            os.environ.update(pg)  # this process reads the instance too
+            instance_yaml = "dagster.postgres.yaml"
+        live = stack.enter_context(LiveDagster(home, env=env, instance_yaml=instance_yaml))
+        print(f"instance: {instance_yaml}", flush=True)
         first = live.submit()
         assert live.wait_run(first, timeout=600) == dg.DagsterRunStatus.SUCCESS
         live.churn("mode", "continuous")
@@ -112,7 +129,7 @@ def main() -> None:
     totals = [r["total"] for r in rows]
     p50, p95 = statistics.median(totals), pct(totals, 0.95)
     print(
-        f"\nLATENCY   {len(rows)} drops, file complete -> predictions scored: "
+        f"\nLATENCY   {len(rows)} drops ({args.storage} instance), file complete -> predictions scored: "
         f"p50 {p50:.1f}s, p95 {p95:.1f}s, max {max(totals):.1f}s "
         f"(pick-up p50 {statistics.median(r['pickup'] for r in rows):.1f}s, "
         f"launch p50 {statistics.median(r['launch'] for r in rows):.1f}s, "

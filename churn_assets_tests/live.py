@@ -78,11 +78,12 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 class LiveDagster:
-    def __init__(self, churn_home: Path, env: dict | None = None):
+    def __init__(self, churn_home: Path, env: dict | None = None, instance_yaml: str = "dagster.yaml"):
         self.churn_home = churn_home
         self.dagster_home = churn_home / "dagster_home"
         self.dagster_home.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / "churn_assets" / "defs" / "automation" / "dagster.yaml", self.dagster_home / "dagster.yaml")
+        # The project's instance config: dagster.yaml (SQLite) or dagster.postgres.yaml (its env in ``env``).
+        shutil.copy(REPO / "churn_assets" / "defs" / "automation" / instance_yaml, self.dagster_home / "dagster.yaml")
         self.port = free_port()
         self.webhook = Webhook()
         self.env = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 
 import dagster as dg
@@ -54,12 +55,12 @@ def land(root, rel, age_seconds=600.0):
     return path
 
 
-def sensor_context(home, instance, cursor=None, settle=120, mode: str | None = "continuous"):
+def sensor_context(home, instance, cursor=None, settle=120, mode: str | None = "continuous", listen: float = 0):
     if mode:
         cadence(home, mode)  # the landing sensor acts in continuous mode only
     # The definitions as the code location loads them for this home. The settle time is long: loading
     # them takes seconds on a busy machine, and a file landed 1 s earlier must still be settling.
-    loaded = load_defs(home, CHURN_SETTLE_SECONDS=str(settle))
+    loaded = load_defs(home, CHURN_SETTLE_SECONDS=str(settle), CHURN_SENSOR_LISTEN_SECONDS=str(listen))
     return dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
@@ -133,6 +134,31 @@ def test_no_run_while_a_cycle_is_pending_and_the_files_wait(tmp_path, status, in
     cadence(tmp_path, "hourly")
     skipped = churn_hourly(dg.build_schedule_context(instance=instance))
     assert isinstance(skipped, dg.SkipReason) and "already queued or running" in skipped.skip_message
+
+
+def test_a_tick_that_finds_a_cycle_pending_waits_for_it_and_takes_the_files_as_it_ends(tmp_path, instance):
+    land(tmp_path, "users/a.json")
+    run = add_run(instance, dg.DagsterRunStatus.STARTED)
+    ctx = sensor_context(tmp_path, instance, listen=3.0)
+    ends = threading.Timer(0.5, lambda: instance.report_run_canceled(run))  # the cycle ends mid-tick
+    started = time.monotonic()
+    ends.start()
+    try:
+        result = churn_landing_sensor(ctx)
+    finally:
+        ends.join()
+    took = time.monotonic() - started
+    assert isinstance(result, dg.RunRequest) and result.tags["churn/files"] == "1"
+    assert 0.5 <= took < 3.0  # as the cycle ended, not at the window's end nor at the next tick
+    # A cycle that outlasts the window: the tick skips after listening, and the files wait.
+    land(tmp_path, "users/b.json")
+    add_run(instance, dg.DagsterRunStatus.NOT_STARTED)
+    ctx = sensor_context(tmp_path, instance, cursor=ctx.cursor, listen=1.0)
+    started = time.monotonic()
+    result = churn_landing_sensor(ctx)
+    assert isinstance(result, dg.SkipReason) and result.skip_message.startswith("1 new files wait")
+    assert 1.0 <= time.monotonic() - started < 2.5
+    assert json.loads(ctx.cursor)[1] == "users/a.json"  # b.json not consumed: the next tick takes it
 
 
 def test_the_cadence_file_says_which_trigger_acts(tmp_path, instance):

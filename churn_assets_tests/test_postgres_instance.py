@@ -3,12 +3,10 @@ started by the test on 127.0.0.1, configured by the project's dagster.postgres.y
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from datetime import date
 from pathlib import Path
 
@@ -16,52 +14,20 @@ import dagster as dg
 import pytest
 
 from churn_assets.generator import generate_history
+from churn_assets_tests import pg_server
 from churn_assets_tests.helpers import REPO, materialize
-from churn_assets_tests.live import free_port
 
 pytestmark = pytest.mark.slow  # a whole cycle, a subprocess or a server per test
 
-BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-
 
 @pytest.fixture
-def postgres(tmp_path):
-    if not BIN or not shutil.which("runuser"):
+def postgres():
+    if not pg_server.available():
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL is not installed: .ci/run installs Debian's postgresql package")
         pytest.skip("no PostgreSQL server binaries")
-    # Outside pytest's root-only tmp tree: the server runs as the postgres user.
-    data = Path(tempfile.mkdtemp(prefix="churn-pg-"))
-    shutil.chown(data, "postgres", "postgres")
-    port = free_port()
-    as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        [*as_pg, f"{BIN[-1]}/initdb", "-D", str(data), "-A", "trust", "-U", "dagster"], check=True, capture_output=True
-    )
-    subprocess.run(
-        [
-            *as_pg,
-            f"{BIN[-1]}/pg_ctl",
-            "-D",
-            str(data),
-            "-w",
-            "-l",
-            str(data / "log"),
-            "-o",
-            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [*as_pg, f"{BIN[-1]}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "dagster", "dagster"], check=True
-    )
-    try:
+    with pg_server.postgres_server() as port:
         yield port
-    finally:
-        subprocess.run([*as_pg, f"{BIN[-1]}/pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_runs_and_events_are_stored_in_postgres(postgres, tmp_path, monkeypatch):
@@ -70,13 +36,7 @@ def test_runs_and_events_are_stored_in_postgres(postgres, tmp_path, monkeypatch)
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "churn_assets" / "defs" / "automation" / "dagster.postgres.yaml", home / "dagster.yaml")
-    for k, v in {
-        "DAGSTER_PG_HOST": "127.0.0.1",
-        "DAGSTER_PG_PORT": str(postgres),
-        "DAGSTER_PG_DB": "dagster",
-        "DAGSTER_PG_USER": "dagster",
-        "DAGSTER_PG_PASSWORD": "unused-with-trust",
-    }.items():
+    for k, v in pg_server.dagster_env(postgres).items():
         monkeypatch.setenv(k, v)
     churn_home = tmp_path / "churn"
     generate_history(churn_home, customers=1_500, seed=8, end=date(2026, 11, 1), progress=False)
@@ -106,11 +66,7 @@ def test_multiprocess_executor_on_the_postgres_instance(postgres, tmp_path, monk
     # What a deployment sets for every process (webserver, daemon, run worker, step).
     env = {
         **os.environ,
-        "DAGSTER_PG_HOST": "127.0.0.1",
-        "DAGSTER_PG_PORT": str(postgres),
-        "DAGSTER_PG_DB": "dagster",
-        "DAGSTER_PG_USER": "dagster",
-        "DAGSTER_PG_PASSWORD": "unused-with-trust",
+        **pg_server.dagster_env(postgres),
         "DAGSTER_HOME": str(home),
         "CHURN_HOME": str(churn_home),
         "CHURN_AS_OF": "2026-11-01",

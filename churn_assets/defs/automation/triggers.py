@@ -61,6 +61,7 @@ def new_files(landing_root: Path, after: tuple[float, str] | None, settle_second
 # writer lands together (an increment's users, orders and events) go into one run.
 BATCH_QUIET_SECONDS = 0.4
 POLL_SECONDS = 0.1  # three directory listings: cheap
+PENDING_POLL_SECONDS = 0.2  # one query of the run storage
 
 
 def wait_for_new_files(
@@ -91,6 +92,16 @@ def wait_for_new_files(
             break
         found = more
     return found
+
+
+def wait_while(busy, seconds: float, clock=time.time, sleep=time.sleep) -> bool:
+    """Whether ``busy()`` still holds after waiting up to ``seconds`` for it to end (polled)."""
+    start = clock()
+    while busy():
+        if clock() - start >= seconds:
+            return True
+        sleep(PENDING_POLL_SECONDS)
+    return False
 
 
 def every_source(files: list) -> bool:
@@ -221,11 +232,15 @@ def churn_landing_sensor(context: dg.SensorEvaluationContext, landing: LandingZo
     if skip:
         return dg.SkipReason(skip)
     after = json.loads(context.cursor) if context.cursor else default_after(context.instance)
-    if pending_runs(context.instance) >= Settings.load().max_pending_runs:
+    start, limit = time.time(), Settings.load().max_pending_runs
+    # A cycle still pending: wait for it within the listen window rather than skip at once, so
+    # files that land as it ends are taken by this tick, not the next one (up to 5 s later).
+    if wait_while(lambda: pending_runs(context.instance) >= limit, landing.listen_seconds):
         # The cursor stays: new files trigger the next run, once this one is done.
         waiting = len(new_files(Path(landing.root), after, landing.settle_seconds, time.time()))
         return dg.SkipReason(f"{waiting} new files wait: a cycle is already queued or running")
-    files = wait_for_new_files(Path(landing.root), after, landing.settle_seconds, landing.listen_seconds)
+    listen = max(0.0, landing.listen_seconds - (time.time() - start))
+    files = wait_for_new_files(Path(landing.root), after, landing.settle_seconds, listen)
     if not files:
         return dg.SkipReason("no new complete file")
     context.update_cursor(json.dumps([files[-1].mtime, files[-1].relpath]))
