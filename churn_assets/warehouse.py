@@ -304,10 +304,9 @@ def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> boo
 
 def record_quality(con, run_id: str, layer: str, table: str, rows: list[tuple[str, int, int, int, str | None]]) -> None:
     """Append expectation counts (expectation, passed, failed, dropped, detail) for one table."""
-    con.executemany(
-        "INSERT INTO ops.data_quality VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            [run_id, layer, table, name, passed, failed, dropped, detail]
-            for name, passed, failed, dropped, detail in rows
-        ],
-    )
+    if not rows:
+        return
+    # One statement: ``executemany`` runs (and, outside a transaction, commits) a statement per row.
+    values = ", ".join(["(?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+    params = [v for name, *counts in rows for v in (run_id, layer, table, name, *counts)]
+    con.execute(f"INSERT INTO ops.data_quality VALUES {values}", params)
