@@ -22,7 +22,7 @@ import pytest
 
 from churn_assets_tests import reference_oracle
 from churn_assets_tests.helpers import AS_OF, SAMPLE, land_sample, materialize, needs_sample, query
-from churn_assets_tests.spark_cluster import Cluster, parent_pid
+from churn_assets_tests.spark_cluster import QUICK_JVM, Cluster, parent_pid
 
 pyspark = pytest.importorskip("pyspark", reason="the spark extra is not installed (CHURN_EXTRAS=spark scripts/setup)")
 pytestmark = [
@@ -41,7 +41,7 @@ TIMES: dict[str, float] = {}
 # application's JVMs would otherwise live on beside the rest of the suite).
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("spark-cluster"))
+    c = Cluster(tmp_path_factory.mktemp("spark-cluster"), java_options=QUICK_JVM)
     saved = {k: os.environ.get(k) for k in ("SPARK_HOME", "SPARK_LOCAL_IP", "PYSPARK_PYTHON", "SPARK_CONF_DIR")}
     os.environ.update({k: c.env[k] for k in saved})
     TIMES["cluster_start_s"] = c.start()
