@@ -85,13 +85,19 @@ def spark_rows(cluster: Cluster, home: Path, sql: str) -> list[tuple]:
 
 
 def spark_reader(cluster: Cluster, home: Path):
-    """A query function over the Spark warehouse's tables as they are now (registered once)."""
-    from churn_assets.engine import qualify, register_tables, spark_session
+    """A query function over the Spark warehouse's tables as they are now: each query registers
+    the tables it names, as the engine's cursor does (registering one lists the table's folder
+    and runs a Spark job for its parquet schema; every table for every query cost hundreds)."""
+    from churn_assets.engine import named_tables, qualify, register_tables, spark_session
 
     warehouse = warehouse_uri(home)
     spark = spark_session(cluster.master_url, warehouse)
-    register_tables(spark, warehouse)
-    return lambda sql: [tuple(r) for r in spark.sql(qualify(sql)).collect()]
+
+    def rows(sql: str) -> list[tuple]:
+        assert register_tables(spark, warehouse, named_tables(sql)), f"no table of {sql!r} under {warehouse}"
+        return [tuple(r) for r in spark.sql(qualify(sql)).collect()]
+
+    return rows
 
 
 GOLD_COLUMNS = None  # filled from the gold module: every column, in the contract's order
