@@ -81,8 +81,8 @@ def project(tmp_path_factory, small_home) -> Path:
 # --no-loadscope-reorder: by default xdist re-sorts the files by their number of tests, which
 # started a one-test file of 2.5 minutes (test_operations_e2e.py) last. Unlisted files count as short.
 LONGEST_FIRST = (
-    "test_spark_engine.py",  # a cluster started, the sample on both engines, a worker killed: 5-11 min
-    "test_spark_connect.py",  # a cluster of its own, a Spark Connect server, one whole cycle: 4-8 min
+    "test_spark_engine.py",  # a cluster started, the sample on both engines, a worker killed: 3-6 min
+    "test_spark_connect.py",  # a cluster of its own, a Spark Connect server, one whole cycle: 2.5-5 min
     "test_first_contact.py",  # the demo, the README's examples; then test_ui.py on its worker (below)
     "test_crash_safety_changes.py",  # a kill and a rerun per test
     "test_crash_safety.py",
