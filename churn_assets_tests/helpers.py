@@ -20,6 +20,16 @@ from churn_assets.settings import environment_scope
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "fixtures" / "dbdemos-sample"
 AS_OF = "2023-06-10T00:00:00"
+# The `churn` command as a subprocess, and the venv's console scripts (`churn`, `dg`).
+CHURN = [sys.executable, "-m", "churn_assets.cli"]
+VENV_BIN = Path(sys.executable).parent
+
+
+def clean_env(**extra: str) -> dict:
+    """This process's environment without the project's settings, Dagster's home or MLflow's: a user's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHURN_", "DAGSTER_HOME", "MLFLOW_"))}
+    env.update(DAGSTER_DISABLE_TELEMETRY="1", **extra)
+    return env
 
 
 def user_record(key: str, **fields) -> str:

@@ -1,38 +1,26 @@
 """A new user's first steps, as they run them: the `churn` command in a subprocess.
 
 Every settings mistake is refused before anything runs, with one line on stderr that names
-the problem and the fix, no traceback and nothing written; `churn ui` started without a
-terminal stops whole on SIGTERM; the README's shell examples, read from the README itself,
-run after a demo-like setup and leave no negative day count in gold.
+the problem and the fix, no traceback and nothing written; the README's shell examples, read
+from the README itself, run after a demo-like setup (the `project` fixture, conftest.py) and
+leave no negative day count in gold. `churn ui` on that project: test_ui.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import duckdb
 import pytest
 
 from churn_assets.settings import Settings
-from churn_assets_tests.live import REPO, free_port, wait_until_serving
-
-CHURN = [sys.executable, "-m", "churn_assets.cli"]
-VENV_BIN = Path(sys.executable).parent
-
-
-def clean_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHURN_", "DAGSTER_HOME", "MLFLOW_"))}
-    env.update(DAGSTER_DISABLE_TELEMETRY="1", **extra)
-    return env
+from churn_assets_tests.helpers import CHURN, VENV_BIN, clean_env
+from churn_assets_tests.live import REPO
 
 
 def tree(path: Path) -> dict[str, tuple[int, int]]:
@@ -56,20 +44,6 @@ def refused(args: list[str], env: dict, watch: Path, *, prefix: tuple[str, ...] 
     assert "Traceback" not in out.stderr and out.stdout == ""
     assert tree(watch) == before, "the refused command wrote to " + str(watch)
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def small_home(tmp_path_factory) -> Path:
-    """A data root with landing files of 2,000 customers (history ending 2025-06-30)."""
-    home = tmp_path_factory.mktemp("first") / "data"
-    subprocess.run(
-        [*CHURN, "generate", "--customers", "2000", "--end", "2025-06-30", "--quiet"],
-        env=clean_env(CHURN_HOME=str(home)),
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
-    return home
 
 
 @pytest.mark.slow
@@ -152,23 +126,6 @@ def test_debug_shows_the_traceback(small_home):
     assert out.returncode != 0 and "Traceback" in out.stderr and "PreflightError" in out.stderr
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, small_home) -> Path:
-    """A project folder as after `scripts/demo` (small data): the venv, the project files and
-    ./data with one cycle run by `churn demo`."""
-    root = tmp_path_factory.mktemp("project")
-    for name in (".venv", "pyproject.toml", "churn_assets", "workspace.yaml", "scripts"):
-        (root / name).symlink_to(REPO / name)
-    shutil.copytree(small_home / "landing", root / "data" / "landing")
-    shutil.copytree(small_home / "generator", root / "data" / "generator")
-    env = clean_env(CHURN_HOME=str(root / "data"), CHURN_SETTLE_SECONDS="0")
-    out = subprocess.run(
-        [str(VENV_BIN / "churn"), "demo"], env=env, cwd=root, capture_output=True, text=True, timeout=600
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    return root
-
-
 @pytest.mark.slow
 def test_as_of_earlier_than_the_data_is_refused(project):
     home = project / "data"
@@ -198,69 +155,6 @@ def test_a_run_started_by_dagster_meets_the_same_check(project, tmp_path):
         out.stdout + out.stderr
     )
     assert not (home / "warehouse.duckdb").exists()
-
-
-def alive(pids) -> set[int]:
-    out = set()
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    out.add(pid)
-        except OSError:
-            pass
-    return out
-
-
-def descendants(pid: int) -> set[int]:
-    from churn_assets.cli import _descendants
-
-    return _descendants(pid)
-
-
-@pytest.mark.slow
-def test_churn_ui_without_a_terminal_stops_whole_on_sigterm(project):
-    port = free_port()
-    log = project / "ui.log"
-    env = clean_env(CHURN_HOME=str(project / "data"))
-    with open(log, "wb") as out:
-        # No terminal: stdin from /dev/null, output to a file, its own session (as a service manager starts it).
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "churn"), "ui", "--port", str(port)],
-            cwd=project,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_until_serving(port, proc, log)
-        # The UI would open on the newsletter prompt if the instance did not turn it off.
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/graphql",
-            data=b'{"query": "{ shouldShowNux }"}',
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=30) as r:
-            assert json.loads(r.read())["data"] == {"shouldShowNux": False}
-        # the daemon and the code servers are up too
-        deadline = time.time() + 60
-        while len(descendants(proc.pid)) < 4 and time.time() < deadline:
-            time.sleep(1)
-        family = descendants(proc.pid) | {proc.pid}
-        assert len(family) >= 4, family
-        t0 = time.time()
-        proc.send_signal(signal.SIGTERM)  # to `churn` alone, as `kill PID` or systemd's stop does
-        while alive(family) and time.time() - t0 < 10:
-            time.sleep(0.2)
-        took = time.time() - t0
-        assert not alive(family), f"still alive 10 s after SIGTERM: {alive(family)}"
-        print(f"churn ui: {len(family)} processes stopped {took:.1f}s after SIGTERM")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
 
 
 def readme_shell_examples(readme: Path) -> list[str]:

@@ -24,7 +24,7 @@ import duckdb
 import pytest
 
 from churn_assets_tests.helpers import assert_no_personal_data, land_sample, needs_sample, project_env, query
-from churn_assets_tests.spark_cluster import Cluster
+from churn_assets_tests.spark_cluster import QUICK_JVM, Cluster
 
 pyspark = pytest.importorskip("pyspark", reason="the spark extra is not installed (CHURN_EXTRAS=spark scripts/setup)")
 pytest.importorskip("grpc_status", reason="no Spark Connect client packages (CHURN_EXTRAS=spark scripts/setup)")
@@ -122,7 +122,7 @@ def test_the_whole_cycle_over_spark_connect_equals_duckdb(tmp_path):
 
     times: dict[str, float] = {}
     t_all = time.perf_counter()
-    cluster = Cluster(tmp_path / "cluster")
+    cluster = Cluster(tmp_path / "cluster", java_options=QUICK_JVM)
     duck_home, spark_home = tmp_path / "duckdb", tmp_path / "spark"
     for home in (duck_home, spark_home):
         (home / "landing").mkdir(parents=True)

@@ -22,7 +22,7 @@ import pytest
 
 from churn_assets_tests import reference_oracle
 from churn_assets_tests.helpers import AS_OF, SAMPLE, land_sample, materialize, needs_sample, query
-from churn_assets_tests.spark_cluster import Cluster, parent_pid
+from churn_assets_tests.spark_cluster import QUICK_JVM, Cluster, parent_pid
 
 pyspark = pytest.importorskip("pyspark", reason="the spark extra is not installed (CHURN_EXTRAS=spark scripts/setup)")
 pytestmark = [
@@ -41,7 +41,7 @@ TIMES: dict[str, float] = {}
 # application's JVMs would otherwise live on beside the rest of the suite).
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("spark-cluster"))
+    c = Cluster(tmp_path_factory.mktemp("spark-cluster"), java_options=QUICK_JVM)
     saved = {k: os.environ.get(k) for k in ("SPARK_HOME", "SPARK_LOCAL_IP", "PYSPARK_PYTHON", "SPARK_CONF_DIR")}
     os.environ.update({k: c.env[k] for k in saved})
     TIMES["cluster_start_s"] = c.start()
@@ -85,13 +85,19 @@ def spark_rows(cluster: Cluster, home: Path, sql: str) -> list[tuple]:
 
 
 def spark_reader(cluster: Cluster, home: Path):
-    """A query function over the Spark warehouse's tables as they are now (registered once)."""
-    from churn_assets.engine import qualify, register_tables, spark_session
+    """A query function over the Spark warehouse's tables as they are now: each query registers
+    the tables it names, as the engine's cursor does (registering one lists the table's folder
+    and runs a Spark job for its parquet schema; every table for every query cost hundreds)."""
+    from churn_assets.engine import named_tables, qualify, register_tables, spark_session
 
     warehouse = warehouse_uri(home)
     spark = spark_session(cluster.master_url, warehouse)
-    register_tables(spark, warehouse)
-    return lambda sql: [tuple(r) for r in spark.sql(qualify(sql)).collect()]
+
+    def rows(sql: str) -> list[tuple]:
+        assert register_tables(spark, warehouse, named_tables(sql)), f"no table of {sql!r} under {warehouse}"
+        return [tuple(r) for r in spark.sql(qualify(sql)).collect()]
+
+    return rows
 
 
 GOLD_COLUMNS = None  # filled from the gold module: every column, in the contract's order

@@ -3,7 +3,8 @@
 `churn ui` starts the real webserver and daemon on 127.0.0.1 with DAGSTER_HOME inside the
 data folder; headless Chromium (Debian's) opens the global asset graph and the automation
 page and reads what a person would see there. With CHURN_UPDATE_SCREENSHOTS=1 the graph's
-screenshot replaces docs/asset-graph.png, the picture in the README.
+screenshot replaces docs/asset-graph.png, the picture in the README. Started without a
+terminal, `churn ui` stops whole (webserver, daemon, code servers) on SIGTERM.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ import pytest
 
 from churn_assets.definitions import defs as load_defs
 from churn_assets_tests.browser import launch
+from churn_assets_tests.helpers import VENV_BIN, clean_env
 from churn_assets_tests.live import REPO, free_port, stop, wait_until_serving
 
 pytestmark = pytest.mark.slow  # a whole cycle, a subprocess or a server per test
@@ -59,38 +62,35 @@ def graphql(port: int, query: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory):
-    home = tmp_path_factory.mktemp("ui") / "data"
-    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CHURN_AS_OF")}
-    env.update(CHURN_HOME=str(home), DAGSTER_DISABLE_TELEMETRY="1")
-    churn = [sys.executable, "-m", "churn_assets.cli"]
-    subprocess.run(
-        [*churn, "generate", "--customers", "2000", "--quiet"], env=env, cwd=REPO, check=True, capture_output=True
-    )
-    # One cycle first, so that the graph shows materialized assets as a user sees them.
-    subprocess.run([*churn, "run"], env=env, cwd=REPO, check=True, capture_output=True, timeout=600)
+def ui(project):
+    """`churn ui` on the demo project (conftest.py: one cycle already run, so the graph shows
+    materialized assets as a user sees them), as a service manager starts it: no terminal
+    (stdin from /dev/null, output to a file), a session of its own. The last test stops it."""
+    home = project / "data"
+    env = clean_env(CHURN_HOME=str(home))
     port = free_port()
     log = open(home / "ui.log", "wb")
     proc = subprocess.Popen(
-        [*churn, "ui", "--port", str(port)],
+        [str(VENV_BIN / "churn"), "ui", "--port", str(port)],
         env=env,
-        cwd=REPO,
+        cwd=project,
+        stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
         wait_until_serving(port, proc, home / "ui.log")
-        yield home, port, env
+        yield home, port, env, proc
     finally:
         stop(proc)
         log.close()
 
 
 def test_ui_runs_webserver_and_daemon_on_the_persistent_instance(ui):
-    home, port, _ = ui
+    home, port, _, _ = ui
     assert (home / "dagster_home" / "dagster.yaml").exists()
-    # The run made by `churn run` is in the instance the UI serves: it is persistent.
+    # The run made by `churn demo` is in the instance the UI serves: it is persistent.
     runs = graphql(port, "{ runsOrError { ... on Runs { results { jobName status } } } }")["runsOrError"]["results"]
     assert {"jobName": "churn_cycle", "status": "SUCCESS"} in runs
 
@@ -110,7 +110,7 @@ def test_ui_runs_webserver_and_daemon_on_the_persistent_instance(ui):
 def test_asset_graph_shows_every_group_with_its_assets(ui, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    _, port, _ = ui
+    _, port, _, _ = ui
     expected = expected_graph()
     assert set(expected) == GROUPS
     (path,) = LINEAGE_LINK.findall((REPO / "README.md").read_text())
@@ -198,7 +198,7 @@ def automation_states(port: int) -> dict[str, bool]:
 
 
 def test_schedule_and_sensors_are_listed_with_their_state(ui):
-    home, port, env = ui
+    home, port, env, _ = ui
     everything_on = {
         "churn_hourly": True,
         "churn_landing_sensor": True,
@@ -229,3 +229,52 @@ def test_schedule_and_sensors_are_listed_with_their_state(ui):
     # Dagster's own switches are untouched: each trigger is on, the file says which one acts.
     assert automation_states(port) == everything_on
     subprocess.run([sys.executable, "-m", "churn_assets.cli", "mode", "hourly"], env=env, cwd=REPO, check=True)
+
+
+def alive(pids) -> set[int]:
+    out = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    out.add(pid)
+        except OSError:
+            pass
+    return out
+
+
+def descendants(pid: int) -> set[int]:
+    from churn_assets.cli import _descendants
+
+    return _descendants(pid)
+
+
+# Last in the file: it stops the module's `churn ui`.
+def test_churn_ui_without_a_terminal_stops_whole_on_sigterm(ui):
+    _, port, _, proc = ui
+    try:
+        # The UI would open on the newsletter prompt if the instance did not turn it off.
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/graphql",
+            data=b'{"query": "{ shouldShowNux }"}',
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert json.loads(r.read())["data"] == {"shouldShowNux": False}
+        # the daemon and the code servers are up too
+        deadline = time.time() + 60
+        while len(descendants(proc.pid)) < 4 and time.time() < deadline:
+            time.sleep(1)
+        family = descendants(proc.pid) | {proc.pid}
+        assert len(family) >= 4, family
+        t0 = time.time()
+        proc.send_signal(signal.SIGTERM)  # to `churn` alone, as `kill PID` or systemd's stop does
+        while alive(family) and time.time() - t0 < 10:
+            time.sleep(0.2)
+        took = time.time() - t0
+        assert not alive(family), f"still alive 10 s after SIGTERM: {alive(family)}"
+        print(f"churn ui: {len(family)} processes stopped {took:.1f}s after SIGTERM")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
