@@ -165,7 +165,7 @@ def run_cycle(home: Path, kill_at: str | None = None, select: str = "group:bronz
     if kill_at:
         env["CHURN_TEST_KILL_AT"] = kill_at
     return subprocess.Popen(
-        [sys.executable, "-m", "churn_assets.cli", "run", "--select", select],
+        [*CHURN, "run", "--select", select],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -24,7 +24,7 @@ import pytest
 
 from churn_assets.definitions import defs as load_defs
 from churn_assets_tests.browser import launch
-from churn_assets_tests.helpers import VENV_BIN, clean_env
+from churn_assets_tests.helpers import CHURN, VENV_BIN, clean_env
 from churn_assets_tests.live import REPO, free_port, stop, wait_until_serving
 
 pytestmark = pytest.mark.slow  # a whole cycle, a subprocess or a server per test
@@ -228,7 +228,7 @@ def test_schedule_and_sensors_are_listed_with_their_state(ui):
     assert (home / "cadence").read_text() == "continuous\n"
     # Dagster's own switches are untouched: each trigger is on, the file says which one acts.
     assert automation_states(port) == everything_on
-    subprocess.run([sys.executable, "-m", "churn_assets.cli", "mode", "hourly"], env=env, cwd=REPO, check=True)
+    subprocess.run([*CHURN, "mode", "hourly"], env=env, cwd=REPO, check=True)
 
 
 def alive(pids) -> set[int]:
@@ -254,13 +254,7 @@ def test_churn_ui_without_a_terminal_stops_whole_on_sigterm(ui):
     _, port, _, proc = ui
     try:
         # The UI would open on the newsletter prompt if the instance did not turn it off.
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/graphql",
-            data=b'{"query": "{ shouldShowNux }"}',
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=30) as r:
-            assert json.loads(r.read())["data"] == {"shouldShowNux": False}
+        assert graphql(port, "{ shouldShowNux }") == {"shouldShowNux": False}
         # the daemon and the code servers are up too
         deadline = time.time() + 60
         while len(descendants(proc.pid)) < 4 and time.time() < deadline:
