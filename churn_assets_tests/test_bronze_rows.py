@@ -133,3 +133,43 @@ def test_lines_that_are_not_objects_go_to_quarantine_with_their_reason():
     }
     assert sorted(rows) == [1, 7]  # line 6 is blank: no record; a CRLF line ends before its CR
     assert rows[7] == rows[1]
+
+
+LINE_PIECES = ["{}", '{"a":1}', '{"id":"' + "x" * 30 + '"}', "", " ", "\t", "\u00a0", "\u3000 ", ' {"b":2}', "not json"]
+LINE_PIECES += ["[1]", '{"é":"ü"}', "\r", '{"c":3}\r', '{"d":4}\r\r', "x" * 11, "x" * 12, "x" * 13, "\u2028", "\u00e9" * 7]
+
+
+def plain_lines(data: bytes, first_no: int) -> list[tuple[str, int]]:
+    """The line rule in plain Python: split at "\\n", trailing CRs dropped, a line that is
+    empty or white space only (Unicode's White_Space, as Arrow's utf8_is_space) is no record."""
+    space = set("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000") | {chr(c) for c in range(0x2000, 0x200B)}
+    out = []
+    for no, line in enumerate(data.decode("utf-8").split("\n"), start=first_no):
+        line = line.rstrip("\r\n")
+        if line and not set(line) <= space:
+            out.append((line, no))
+    return out
+
+
+@pytest.mark.parametrize("chunk", [16, 64, None], ids=["16-byte buffers", "64-byte buffers", "one buffer"])
+def test_json_lines_are_views_of_the_landed_bytes_split_as_the_line_rule_says(chunk, monkeypatch):
+    """Lines reach SQL as Arrow string views into the file's bytes (none copied): short ones
+    held in the view, long ones pointing into the buffer that holds them, however it is cut."""
+    import random
+
+    import churn_assets.defs.bronze.parse as parse
+
+    if chunk:
+        monkeypatch.setattr(parse, "VIEW_CHUNK", chunk)
+    rng = random.Random(chunk or 0)
+    con = duckdb.connect()
+    for _ in range(150):
+        lines = [rng.choice(LINE_PIECES) for _ in range(rng.randint(0, 25))]
+        data = "\n".join(lines).encode() + rng.choice([b"", b"\n", b"\r\n"])
+        first_no = rng.randint(1, 9)
+        pf = _parse_json_lines(None, "", data, first_no)
+        assert pf.lines.schema.field("raw").type == pa.string_view()
+        con.register("lines", pf.lines)
+        got = con.execute("SELECT raw, row_no FROM lines").fetchall()
+        assert got == plain_lines(data, first_no), data
+        assert pf.records == len(got)

@@ -139,15 +139,29 @@ def _versioned(pf: ParsedFile, state: FileState | None, event: str, why: str | N
     return pf
 
 
+def _valid_utf8(data: bytes) -> bool:
+    """Arrow's UTF-8 check, in place (decoding to a str would allocate the file's size again);
+    Python's decoder then says where a file it refuses goes wrong."""
+    one = pa.Array.from_buffers(
+        pa.large_string(), 1, [None, pa.py_buffer(np.array([0, len(data)], dtype=np.int64)), pa.py_buffer(data)]
+    )
+    try:
+        one.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
 def _whole_problem(spec: SourceSpec, content: bytes, segment: bytes) -> str | None:
     """Why the file cannot be read at all, or None."""
     nul = segment.find(b"\x00")
     if nul >= 0:
         return f"binary content (NUL byte at offset {nul})"
-    try:
-        segment.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return f"file is not valid UTF-8 (byte 0x{segment[exc.start]:02x} at offset {exc.start})"
+    if not _valid_utf8(segment):
+        try:
+            segment.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return f"file is not valid UTF-8 (byte 0x{segment[exc.start]:02x} at offset {exc.start})"
     if spec.fmt == "json" and content[:4096].lstrip()[:1] == b"[":
         return "a JSON array, not newline-delimited JSON (one object a line)"
     return None
@@ -186,11 +200,11 @@ def _parse_segment(
         )
     if not _NONBLANK.search(segment):
         return ParsedFile(landed, digest, 0, "empty", "file has no records", header=header, **done)
-    segment, long_lines = _blank_long_lines(segment, first_no)
+    segment, long_lines, breaks = _blank_long_lines(segment, first_no)
     if long_lines and not _NONBLANK.search(segment):
         pf = ParsedFile(landed, digest, 0, "loaded", header=header)
     elif spec.fmt == "json":
-        pf = _parse_json_lines(landed, digest, segment, first_no)
+        pf = _parse_json_lines(landed, digest, segment, first_no, breaks)
     else:
         pf = _parse_csv(landed, digest, segment, first_no, header)
     pf.quarantine = long_lines + pf.quarantine
@@ -199,16 +213,22 @@ def _parse_segment(
     return pf
 
 
-def _blank_long_lines(segment: bytes, first_no: int) -> tuple[bytes, list[tuple[int, str, str]]]:
-    """The segment with over-long lines emptied (line numbers kept), and their quarantine records."""
+def _line_breaks(data: bytes) -> np.ndarray:
+    """Offsets of the "\n" bytes of ``data``."""
+    return np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+
+
+def _blank_long_lines(segment: bytes, first_no: int) -> tuple[bytes, list[tuple[int, str, str]], np.ndarray | None]:
+    """The segment with over-long lines emptied (line numbers kept), their quarantine records,
+    and the segment's line breaks when it had to find them and the segment is unchanged."""
     if len(segment) <= MAX_RECORD_BYTES:
-        return segment, []
-    ends = np.flatnonzero(np.frombuffer(segment, dtype=np.uint8) == 10)
-    starts = np.concatenate(([0], ends + 1))
-    ends = np.concatenate((ends, [len(segment)]))
+        return segment, [], None
+    breaks = _line_breaks(segment)
+    starts = np.concatenate(([0], breaks + 1))
+    ends = np.concatenate((breaks, [len(segment)]))
     long = np.flatnonzero(ends - starts > MAX_RECORD_BYTES)
     if not len(long):
-        return segment, []
+        return segment, [], breaks
     reason = f"line longer than {MAX_RECORD_BYTES} bytes"
     pieces, quarantine, pos = [], [], 0
     for i in long:
@@ -217,7 +237,7 @@ def _blank_long_lines(segment: bytes, first_no: int) -> tuple[bytes, list[tuple[
         quarantine.append((first_no + int(i), _shown(segment[s : s + RAW_KEEP]), reason))
         pos = e
     pieces.append(segment[pos:])
-    return b"".join(pieces), quarantine
+    return b"".join(pieces), quarantine, None
 
 
 def csv_header(spec: SourceSpec, header_line: str) -> tuple[list[str], str | None]:
@@ -268,21 +288,61 @@ def _nonempty_lines(data: bytes) -> np.ndarray | None:
     return np.flatnonzero(keep).astype(np.int64) + 1
 
 
-def _parse_json_lines(landed: LandedFile, digest: str, data: bytes, first_no: int) -> ParsedFile:
-    # Every physical line (split at "\n") is one value. The Arrow strings are views of
-    # ``data``'s buffer, each with its line break; one pass then drops the breaks. ``data`` is
+# Arrow string views address their bytes by (buffer, 32-bit offset): a segment is exposed as
+# overlapping buffers of VIEW_CHUNK bytes, each long enough to end every line it starts.
+VIEW_CHUNK = 1 << 30
+VIEW_INLINE = 12  # a string of up to 12 bytes is held in its view itself
+
+
+def line_views(data: bytes, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
+    """Arrow strings ``data[starts[i]:ends[i]]`` as views into ``data``: no byte is copied.
+    Every line is at most MAX_RECORD_BYTES long (longer ones were blanked before)."""
+    n = len(starts)
+    lengths = (ends - starts).astype(np.int32)
+    views = np.zeros((n, 4), dtype=np.int32)  # length | prefix or inline bytes | buffer | offset
+    views[:, 0] = lengths
+    raw_views = views.view(np.uint8)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    long = np.flatnonzero(lengths > VIEW_INLINE)
+    for k in range(4):
+        raw_views[long, 4 + k] = buf[starts[long] + k]
+    views[long, 2] = starts[long] // VIEW_CHUNK
+    views[long, 3] = starts[long] % VIEW_CHUNK
+    short = np.flatnonzero((lengths <= VIEW_INLINE) & (lengths > 0))
+    for k in range(VIEW_INLINE):
+        short = short[lengths[short] > k]
+        raw_views[short, 4 + k] = buf[starts[short] + k]
+    whole = memoryview(data)
+    reach = VIEW_CHUNK + MAX_RECORD_BYTES + 2  # a line and its "\r\n"
+    chunks = [pa.py_buffer(whole[at : at + reach]) for at in range(0, max(len(data), 1), VIEW_CHUNK)]
+    return pa.Array.from_buffers(pa.string_view(), n, [None, pa.py_buffer(views), *chunks])
+
+
+def _parse_json_lines(
+    landed: LandedFile, digest: str, data: bytes, first_no: int, breaks: np.ndarray | None = None
+) -> ParsedFile:
+    # Every physical line (split at "\n", trailing "\r"s dropped) is one value. ``data`` is
     # valid UTF-8 (checked before) and "\n" never splits a character.
-    breaks = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    if breaks is None:
+        breaks = _line_breaks(data)
+    buf = np.frombuffer(data, dtype=np.uint8)
     starts = np.concatenate(([0], breaks + 1))
-    large = len(data) >= 1 << 31
-    offsets = np.append(starts, len(data)).astype(np.int64 if large else np.int32)
-    kind = pa.large_string() if large else pa.string()
-    raw = pa.Array.from_buffers(kind, len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-    raw = pc.utf8_rtrim(raw, characters="\r\n")
-    row_no = np.arange(first_no, first_no + len(starts), dtype=np.int64)
-    table = pa.table({"raw": raw, "row_no": row_no})
-    blank = pc.or_(pc.equal(pc.binary_length(raw), 0), pc.utf8_is_space(raw))
-    table = table.filter(pc.invert(blank))
+    ends = np.concatenate((breaks, [len(data)]))
+    while True:
+        cr = np.flatnonzero(ends > starts)
+        cr = cr[buf[ends[cr] - 1] == 13]
+        if not len(cr):
+            break
+        ends[cr] -= 1
+    # Blank lines: empty, or white space only (only a line not opening with "{" can be).
+    blank = ends == starts
+    maybe = np.flatnonzero(~blank)
+    maybe = maybe[buf[starts[maybe]] != ord("{")]
+    if len(maybe):
+        texts = pa.array([data[starts[i] : ends[i]].decode("utf-8") for i in maybe], pa.string())
+        blank[maybe] = pc.utf8_is_space(texts).to_numpy(zero_copy_only=False)
+    keep = np.flatnonzero(~blank)
+    table = pa.table({"raw": line_views(data, starts[keep], ends[keep]), "row_no": keep + first_no})
     return ParsedFile(landed, digest, table.num_rows, "loaded", lines=table)
 
 
