@@ -136,7 +136,18 @@ def test_lines_that_are_not_objects_go_to_quarantine_with_their_reason():
 
 
 LINE_PIECES = ["{}", '{"a":1}', '{"id":"' + "x" * 30 + '"}', "", " ", "\t", "\u00a0", "\u3000 ", ' {"b":2}', "not json"]
-LINE_PIECES += ["[1]", '{"é":"ü"}', "\r", '{"c":3}\r', '{"d":4}\r\r', "x" * 11, "x" * 12, "x" * 13, "\u2028", "\u00e9" * 7]
+LINE_PIECES += [
+    "[1]",
+    '{"é":"ü"}',
+    "\r",
+    '{"c":3}\r',
+    '{"d":4}\r\r',
+    "x" * 11,
+    "x" * 12,
+    "x" * 13,
+    "\u2028",
+    "\u00e9" * 7,
+]
 
 
 def plain_lines(data: bytes, first_no: int) -> list[tuple[str, int]]:
