@@ -146,9 +146,12 @@ def plain_seed_sql(landing: Path, db: Path) -> tuple[dict[str, float], int]:
         FROM silver.churn_users
         JOIN churn_orders_stats USING (user_id)
         JOIN churn_app_events_stats USING (user_id)""")
-    times["gold"] = time.perf_counter() - t0
     rows = con.execute("SELECT count(*) FROM gold.churn_features").fetchall()[0][0]
+    # Closing writes what is still only in the WAL into the database file (a checkpoint). The
+    # project's steps close their connections, and so checkpoint, inside the timed step: the
+    # plain side's close counts too, in its last layer.
     con.close()
+    times["gold"] = time.perf_counter() - t0
     return times, rows
 
 

@@ -130,7 +130,8 @@ class Settings:
     batch_bytes: int = _setting(
         "CHURN_BATCH_BYTES",
         256 * 1024 * 1024,
-        "landed bytes loaded per transaction (a Spark micro-batch: at least one file)",
+        "landed bytes loaded per transaction (a Spark micro-batch: at least one file); bronze holds two such "
+        "batches, one parsed while the other is written",
         _positive(int),
     )
     # --- warehouse ----------------------------------------------------------------------------

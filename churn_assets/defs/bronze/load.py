@@ -60,13 +60,22 @@ def _retire(con, spec: SourceSpec, file_ids: tuple[int, ...]) -> int:
     return n
 
 
-def load_batch(con, spec: SourceSpec, batch: list[LandedFile], known: Known, run_id: str, result: IngestResult) -> None:
-    """Parse a batch's files and write what they add in one transaction; ``result`` counts it,
-    ``known`` learns the batch's contents once the transaction commits."""
-    # Parsing is pyarrow's C++ (GIL released): files of a batch are parsed side by side.
+def parse_batch(spec: SourceSpec, batch: list[LandedFile], known: Known) -> list[ParsedFile | None]:
+    """A batch's files read and parsed (None: nothing to load from that file yet). Reads only
+    ``known.states``, which no load of the run changes."""
+    # Parsing is pyarrow's C++ and numpy (GIL released): files of a batch are parsed side by side.
     with ThreadPoolExecutor(max_workers=PARSE_THREADS) as pool:
-        parsed = [pf for pf in pool.map(lambda f: parse_file(spec, f, known.states.get(f.relpath)), batch) if pf]
-    result.files_waiting += len(batch) - len(parsed)
+        return list(pool.map(lambda f: parse_file(spec, f, known.states.get(f.relpath)), batch))
+
+
+def load_batch(
+    con, spec: SourceSpec, parsed: list[ParsedFile | None], known: Known, run_id: str, result: IngestResult
+) -> None:
+    """Write what a parsed batch adds in one transaction; ``result`` counts it, ``known``
+    learns the batch's contents once the transaction commits."""
+    waiting = sum(pf is None for pf in parsed)
+    parsed = [pf for pf in parsed if pf]
+    result.files_waiting += waiting
     if not parsed:
         return
     fault_point("after_parse")
