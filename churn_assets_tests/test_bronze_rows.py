@@ -184,3 +184,23 @@ def test_json_lines_are_views_of_the_landed_bytes_split_as_the_line_rule_says(ch
         got = con.execute("SELECT raw, row_no FROM lines").fetchall()
         assert got == plain_lines(data, first_no), data
         assert pf.records == len(got)
+
+
+def test_csv_rows_keep_their_physical_line_numbers_across_empty_lines(tmp_path):
+    """The CSV reader skips empty lines (and CRLF's lone CRs) without counting them: the row
+    numbers stored are the file's own line numbers all the same, for rows and quarantine."""
+    from churn_assets.defs.bronze.parse import parse_file
+    from churn_assets.landing import LandedFile
+
+    header = ",".join(SPECS["events"].column_names)
+    lines = [header, "u1,e1,ios,06-05-2023 12:07:59,view,s1,/a", "", "\r", "u2,e2,ios,06-05-2023 12:08:00,view,s1,/b"]
+    lines += ["too,few", "", "u3,e3,web,06-05-2023 12:09:00,view,s2,/c", ""]
+    path = tmp_path / "events.csv"
+    path.write_bytes("\n".join(lines).encode())
+    st = path.stat()
+    pf = parse_file(SPECS["events"], LandedFile(path, "events/events.csv", st.st_size, st.st_mtime))
+    # Line 1 is the header: data line k of the file is row_no k - 1, as without empty lines.
+    assert pf.lines.column("row_no").to_pylist() == [1, 4, 7]
+    assert pf.lines.column("user_id").to_pylist() == ["u1", "u2", "u3"]
+    assert [(no, reason) for no, _, reason in pf.quarantine] == [(5, "expected 7 columns, found 2")]
+    assert pf.records == 4

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -206,7 +205,7 @@ def _parse_segment(
     elif spec.fmt == "json":
         pf = _parse_json_lines(landed, digest, segment, first_no, breaks)
     else:
-        pf = _parse_csv(landed, digest, segment, first_no, header)
+        pf = _parse_csv(landed, digest, segment, first_no, header, breaks)
     pf.quarantine = long_lines + pf.quarantine
     pf.records += len(long_lines)
     pf.offset_start, pf.offset_end, pf.prefix_hash = start, end, prefix
@@ -270,22 +269,21 @@ def _row_numbers(kept: int, skipped: list[int], first_no: int, physical: np.ndar
     return numbers + (first_no - 1)
 
 
-def _nonempty_lines(data: bytes) -> np.ndarray | None:
+def _nonempty_lines(data: bytes, breaks: np.ndarray | None = None) -> np.ndarray | None:
     """Physical numbers of the lines that are not empty (CRLF's lone CR counts as empty),
-    or None when no line is empty: a reader that skips empty lines counts only these."""
-    if b"\n\n" not in data and b"\n\r\n" not in data and data[:1] not in (b"\n", b"\r"):
-        return None
-    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
-    starts = np.concatenate(([0], ends + 1))
-    ends = np.concatenate((ends, [len(data)]))
-    lengths = ends - starts
-    crlf_empty = np.zeros(len(starts), dtype=bool)
+    or None when no line but the last is empty: a reader that skips empty lines counts only
+    these. ``breaks``: the "\n" offsets, when known."""
+    if breaks is None:
+        breaks = _line_breaks(data)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    starts = np.concatenate(([0], breaks + 1))
+    lengths = np.concatenate((breaks, [len(data)])) - starts
+    empty = lengths == 0
     one = np.flatnonzero(lengths == 1)
-    if len(one):
-        buf = np.frombuffer(data, dtype=np.uint8)
-        crlf_empty[one] = buf[starts[one]] == 13
-    keep = (lengths > 0) & ~crlf_empty
-    return np.flatnonzero(keep).astype(np.int64) + 1
+    empty[one] = buf[starts[one]] == 13
+    if not empty[:-1].any():
+        return None
+    return np.flatnonzero(~empty).astype(np.int64) + 1
 
 
 # Arrow string views address their bytes by (buffer, 32-bit offset): a segment is exposed as
@@ -346,7 +344,9 @@ def _parse_json_lines(
     return ParsedFile(landed, digest, table.num_rows, "loaded", lines=table)
 
 
-def _parse_csv(landed: LandedFile, digest: str, data: bytes, first_no: int, names: list[str]) -> ParsedFile:
+def _parse_csv(
+    landed: LandedFile, digest: str, data: bytes, first_no: int, names: list[str], breaks: np.ndarray | None = None
+) -> ParsedFile:
     quarantine: list[tuple[int, str, str]] = []
     skipped: list[int] = []
 
@@ -358,7 +358,7 @@ def _parse_csv(landed: LandedFile, digest: str, data: bytes, first_no: int, name
         return "skip"
 
     table = pacsv.read_csv(
-        io.BytesIO(data),
+        pa.BufferReader(pa.py_buffer(data)),
         read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 26, use_threads=False),
         parse_options=pacsv.ParseOptions(
             newlines_in_values=False, ignore_empty_lines=True, invalid_row_handler=invalid
@@ -368,7 +368,7 @@ def _parse_csv(landed: LandedFile, digest: str, data: bytes, first_no: int, name
         ),
     )
     # The reader skips empty lines without counting them: its numbers are of non-empty lines.
-    physical = _nonempty_lines(data)
+    physical = _nonempty_lines(data, breaks)
     table = table.append_column("row_no", pa.array(_row_numbers(table.num_rows, skipped, first_no, physical)))
 
     def line_no(n: int) -> int:
