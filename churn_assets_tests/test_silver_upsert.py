@@ -3,6 +3,8 @@ latest arrival, counted once; rows without a key are dropped and counted."""
 
 from __future__ import annotations
 
+import pytest
+
 from churn_assets.defs.silver.transform import build_churn_orders
 from churn_assets.warehouse import connect, ensure_schema
 
@@ -16,9 +18,14 @@ def land_orders(con, rows: list[tuple]) -> None:
     )
 
 
-def test_a_key_sent_twice_keeps_its_latest_arrival_and_counts_once(tmp_path):
+@pytest.mark.parametrize("collide", [False, True], ids=["real hashes", "every hash colliding"])
+def test_a_key_sent_twice_keeps_its_latest_arrival_and_counts_once(tmp_path, collide):
     con = connect(tmp_path / "w.duckdb")
     ensure_schema(con)
+    if collide:
+        # The duplicate check counts distinct hashes of the keys; a temp macro shadowing hash()
+        # makes every key collide, so the counts must come from the exact path.
+        con.execute("CREATE OR REPLACE TEMP MACRO hash(x) AS 42")
     land_orders(con, [(1, 1, "o-1", "u-1", 10.0), (1, 2, "o-2", "u-1", 20.0), (1, 3, None, "u-2", 5.0)])
     first = build_churn_orders(con)
     assert (first.rows_read, first.rows_written, first.rows_new, first.rows_total) == (3, 2, 2, 2)

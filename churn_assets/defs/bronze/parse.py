@@ -326,12 +326,12 @@ def _parse_json_lines(
     buf = np.frombuffer(data, dtype=np.uint8)
     starts = np.concatenate(([0], breaks + 1))
     ends = np.concatenate((breaks, [len(data)]))
-    while True:
-        cr = np.flatnonzero(ends > starts)
-        cr = cr[buf[ends[cr] - 1] == 13]
-        if not len(cr):
-            break
-        ends[cr] -= 1
+    cr = np.flatnonzero(ends > starts)
+    cr = cr[buf[ends[cr] - 1] == 13]  # CRLF: at most one "\r" on most lines
+    ends[cr] -= 1
+    cr = cr[ends[cr] > starts[cr]]
+    for i in cr[buf[ends[cr] - 1] == 13]:  # more: a rare line, trimmed on its own
+        ends[i] = starts[i] + len(data[starts[i] : ends[i]].rstrip(b"\r"))
     # Blank lines: empty, or white space only (only a line not opening with "{" can be).
     blank = ends == starts
     maybe = np.flatnonzero(~blank)
