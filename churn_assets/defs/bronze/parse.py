@@ -199,35 +199,39 @@ def _parse_segment(
         )
     if not _NONBLANK.search(segment):
         return ParsedFile(landed, digest, 0, "empty", "file has no records", header=header, **done)
-    segment, long_lines, breaks = _blank_long_lines(segment, first_no)
+    segment, long_lines, spans = _blank_long_lines(segment, first_no)
     if long_lines and not _NONBLANK.search(segment):
         pf = ParsedFile(landed, digest, 0, "loaded", header=header)
     elif spec.fmt == "json":
-        pf = _parse_json_lines(landed, digest, segment, first_no, breaks)
+        pf = _parse_json_lines(landed, digest, segment, first_no, spans)
     else:
-        pf = _parse_csv(landed, digest, segment, first_no, header, breaks)
+        pf = _parse_csv(landed, digest, segment, first_no, header, spans)
     pf.quarantine = long_lines + pf.quarantine
     pf.records += len(long_lines)
     pf.offset_start, pf.offset_end, pf.prefix_hash = start, end, prefix
     return pf
 
 
-def _line_breaks(data: bytes) -> np.ndarray:
-    """Offsets of the "\n" bytes of ``data``."""
-    return np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+Spans = tuple[np.ndarray, np.ndarray]  # (start, end) offsets of each line, its "\n" excluded
 
 
-def _blank_long_lines(segment: bytes, first_no: int) -> tuple[bytes, list[tuple[int, str, str]], np.ndarray | None]:
+def _line_spans(data: bytes, spans: Spans | None = None) -> Spans:
+    """The lines of ``data`` split at "\n" (``spans`` when they were found already)."""
+    if spans is not None:
+        return spans
+    breaks = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    return np.concatenate(([0], breaks + 1)), np.concatenate((breaks, [len(data)]))
+
+
+def _blank_long_lines(segment: bytes, first_no: int) -> tuple[bytes, list[tuple[int, str, str]], Spans | None]:
     """The segment with over-long lines emptied (line numbers kept), their quarantine records,
-    and the segment's line breaks when it had to find them and the segment is unchanged."""
+    and the segment's line spans when it had to find them and the segment is unchanged."""
     if len(segment) <= MAX_RECORD_BYTES:
         return segment, [], None
-    breaks = _line_breaks(segment)
-    starts = np.concatenate(([0], breaks + 1))
-    ends = np.concatenate((breaks, [len(segment)]))
+    starts, ends = _line_spans(segment)
     long = np.flatnonzero(ends - starts > MAX_RECORD_BYTES)
     if not len(long):
-        return segment, [], breaks
+        return segment, [], (starts, ends)
     reason = f"line longer than {MAX_RECORD_BYTES} bytes"
     pieces, quarantine, pos = [], [], 0
     for i in long:
@@ -269,15 +273,13 @@ def _row_numbers(kept: int, skipped: list[int], first_no: int, physical: np.ndar
     return numbers + (first_no - 1)
 
 
-def _nonempty_lines(data: bytes, breaks: np.ndarray | None = None) -> np.ndarray | None:
+def _nonempty_lines(data: bytes, spans: Spans | None = None) -> np.ndarray | None:
     """Physical numbers of the lines that are not empty (CRLF's lone CR counts as empty),
     or None when no line but the last is empty: a reader that skips empty lines counts only
-    these. ``breaks``: the "\n" offsets, when known."""
-    if breaks is None:
-        breaks = _line_breaks(data)
+    these."""
+    starts, ends = _line_spans(data, spans)
     buf = np.frombuffer(data, dtype=np.uint8)
-    starts = np.concatenate(([0], breaks + 1))
-    lengths = np.concatenate((breaks, [len(data)])) - starts
+    lengths = ends - starts
     empty = lengths == 0
     one = np.flatnonzero(lengths == 1)
     empty[one] = buf[starts[one]] == 13
@@ -317,15 +319,13 @@ def line_views(data: bytes, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
 
 
 def _parse_json_lines(
-    landed: LandedFile, digest: str, data: bytes, first_no: int, breaks: np.ndarray | None = None
+    landed: LandedFile, digest: str, data: bytes, first_no: int, spans: Spans | None = None
 ) -> ParsedFile:
     # Every physical line (split at "\n", trailing "\r"s dropped) is one value. ``data`` is
     # valid UTF-8 (checked before) and "\n" never splits a character.
-    if breaks is None:
-        breaks = _line_breaks(data)
+    starts, ends = _line_spans(data, spans)
+    ends = ends.copy()  # trimmed below
     buf = np.frombuffer(data, dtype=np.uint8)
-    starts = np.concatenate(([0], breaks + 1))
-    ends = np.concatenate((breaks, [len(data)]))
     cr = np.flatnonzero(ends > starts)
     cr = cr[buf[ends[cr] - 1] == 13]  # CRLF: at most one "\r" on most lines
     ends[cr] -= 1
@@ -345,7 +345,7 @@ def _parse_json_lines(
 
 
 def _parse_csv(
-    landed: LandedFile, digest: str, data: bytes, first_no: int, names: list[str], breaks: np.ndarray | None = None
+    landed: LandedFile, digest: str, data: bytes, first_no: int, names: list[str], spans: Spans | None = None
 ) -> ParsedFile:
     quarantine: list[tuple[int, str, str]] = []
     skipped: list[int] = []
@@ -368,7 +368,7 @@ def _parse_csv(
         ),
     )
     # The reader skips empty lines without counting them: its numbers are of non-empty lines.
-    physical = _nonempty_lines(data, breaks)
+    physical = _nonempty_lines(data, spans)
     table = table.append_column("row_no", pa.array(_row_numbers(table.num_rows, skipped, first_no, physical)))
 
     def line_no(n: int) -> int:
