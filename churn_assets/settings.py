@@ -251,6 +251,13 @@ class Settings:
         "continuous mode: run the campaign at most this often",
         _positive(float),
     )
+    warm_scorer_idle_seconds: int = _setting(
+        "CHURN_WARM_SCORER_IDLE_SECONDS",
+        600,
+        "continuous mode: a scorer process keeps MLflow, LightGBM and the champion loaded for the runs, and "
+        "stops after this long without one; 0: each run loads the model itself",
+        _positive(int),
+    )
     max_pending_runs: int = _setting(
         "CHURN_MAX_PENDING_RUNS", 1, "cycles queued or running at most: a trigger skips beyond it", _positive(int)
     )
@@ -457,6 +464,13 @@ class Settings:
     @property
     def mlflow_artifacts(self) -> Path:
         return self.home / "mlflow" / "artifacts"
+
+    @property
+    def warm_scorer_socket(self) -> Path | None:
+        """Where the warm scorer answers; None when this home's path is too long for a Unix
+        socket (at most 107 bytes): the runs then load the model themselves."""
+        path = self.home / "ops" / "scorer.sock"
+        return path if len(os.fsencode(path)) <= 100 else None
 
     @property
     def alerts_db(self) -> Path:

@@ -259,49 +259,58 @@ def churn_prediction(
     from churn_assets.defs.ml import registry
     from churn_assets.defs.ml.scoring import update_predictions
 
-    client, experiment_id = mlflow_store.open()
     name = mlflow_store.model_name
-    try:
-        ready = mlflow_store.prefetched_champion(client)
-        champion, model = ready if ready else (None, None)
-        if champion is None:
-            champion = registry.current_champion(client, mlflow_store.store(), experiment_id, context.log)
-        if champion is None:
-            raise dg.Failure(
-                description=f"no '{registry.CHAMPION}' version of {name} in the registry yet: nothing to score with"
-            )
-        threshold = float(champion.tags["threshold"])
-        if engine.is_spark:  # the driver fetches it for the executors, which load it (defs/ml/spark.py)
-            from churn_assets.defs.ml.spark import spark_model
+    # Continuous mode: the warm scorer names the champion and scores with it (defs/ml/warm.py).
+    served = None if engine.is_spark else mlflow_store.warm_champion()
+    ready = None
+    if served is not None:
+        version, tags, model = served
+    else:
+        client, experiment_id = mlflow_store.open()
+        try:
+            ready = mlflow_store.prefetched_champion(client)
+            champion, model = ready if ready else (None, None)
+            if champion is None:
+                champion = registry.current_champion(client, mlflow_store.store(), experiment_id, context.log)
+            if champion is None:
+                raise dg.Failure(
+                    description=f"no '{registry.CHAMPION}' version of {name} in the registry yet: nothing to score with"
+                )
+            version, tags = str(champion.version), champion.tags
+            if engine.is_spark:  # the driver fetches it for the executors, which load it (defs/ml/spark.py)
+                from churn_assets.defs.ml.spark import spark_model
 
-            model = spark_model(engine, name, str(champion.version))
-        else:
-            model = model or registry.load_model(name, str(champion.version))
-    except dg.Failure:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise dg.Failure(
-            description=f"could not load {name}@{registry.CHAMPION} from the MLflow store "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); previous predictions left untouched",
-            allow_retries=True,
-        ) from exc
+                model = spark_model(engine, name, version)
+            else:
+                model = model or registry.load_model(name, version)
+        except dg.Failure:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise dg.Failure(
+                description=f"could not load {name}@{registry.CHAMPION} from the MLflow store "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); previous predictions left untouched",
+                allow_retries=True,
+            ) from exc
+    threshold = float(tags["threshold"])
     if engine.is_spark:
         from churn_assets.defs.ml.spark import score_spark
         from churn_assets.timeutil import utcnow
 
-        scored = score_spark(engine, model, threshold, name, str(champion.version), utcnow())
+        scored = score_spark(engine, model, threshold, name, version, utcnow())
         metadata = {"dagster/row_count": dg.MetadataValue.int(scored.rows_total), "engine": "spark"}
     else:
         with warehouse.get_connection() as con:
-            scored = update_predictions(con, model, threshold, name, str(champion.version))
+            scored = update_predictions(con, model, threshold, name, version)
             metadata = table_metadata(con, "gold.churn_prediction")
     return dg.MaterializeResult(
         metadata={
             **metadata,
-            "model_version": str(champion.version),
+            "model_version": version,
             "threshold": dg.MetadataValue.float(threshold),
             "customers_at_risk": scored.at_risk,
-            # Loaded in the background as the run started (the champion did not change since).
+            # Who scored: continuous mode's warm scorer, or this run (the champion loaded in the
+            # background as the run started, if it did not change since; else in this step).
+            "scored_by": "warm scorer" if served is not None else "this run",
             "champion_prefetched": ready is not None,
             "scoring_rows_per_second": dg.MetadataValue.float(scored.rows_per_second),
             "scoring_mode": scored.mode,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import dagster as dg
 from pydantic import PrivateAttr
@@ -11,6 +12,7 @@ from pydantic import PrivateAttr
 from churn_assets.settings import Settings
 
 PREDICTION = dg.AssetKey(["gold", "churn_prediction"])  # the step that scores with the champion
+CONTINUOUS = {"churn/trigger": "landing_sensor"}  # the runs of continuous mode (defs/automation)
 
 
 class MLflowResource(dg.ConfigurableResource):
@@ -23,13 +25,27 @@ class MLflowResource(dg.ConfigurableResource):
     model_name: str = "churn_model"
     http_timeout: int = 10
     http_retries: int = 1
+    # Continuous mode's warm scorer (defs/ml/warm.py): where it answers, and how long it waits
+    # for the next run before it stops (0: none, each run loads the model itself).
+    warm_socket: str | None = None
+    warm_idle_seconds: int = 0
+    warm_log: str | None = None
+    _warm: object | None = PrivateAttr(default=None)
     _scope: contextlib.ExitStack | None = PrivateAttr(default=None)
     _ready: Future | None = PrivateAttr(default=None)
     _champion: Future | None = PrivateAttr(default=None)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides) -> MLflowResource:
-        values = {"tracking_uri": settings.mlflow_uri, "artifact_root": str(settings.mlflow_artifacts)}
+        sock = settings.warm_scorer_socket
+        values = {
+            "tracking_uri": settings.mlflow_uri,
+            "artifact_root": str(settings.mlflow_artifacts),
+            "warm_socket": str(sock) if sock else None,
+            # On Spark the executors score (defs/ml/spark.py): no warm scorer.
+            "warm_idle_seconds": 0 if settings.engine == "spark" else settings.warm_scorer_idle_seconds,
+            "warm_log": str(settings.logs_dir / "warm-scorer.log"),
+        }
         return cls(**{**values, **overrides})
 
     def store(self):
@@ -38,6 +54,28 @@ class MLflowResource(dg.ConfigurableResource):
         return Store(self.tracking_uri, self.artifact_root, self.experiment, self.model_name)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._scope = contextlib.ExitStack()
+        selection = context.run.asset_selection if context.run else None
+        scores = not selection or PREDICTION in selection  # empty: the whole job
+        if scores and self.warm_socket and self.warm_idle_seconds:
+            from churn_assets.defs.ml import warm
+
+            # Continuous mode: the warm scorer answers, so nothing is imported or loaded for
+            # scoring. A run that also trains (or finds it gone) imports MLflow when a step opens
+            # the store. None answers: a continuous-mode run starts one for the runs after it.
+            self._warm = warm.connect(Path(self.warm_socket))
+            if self._warm is not None:
+                return
+            tags = context.run.tags if context.run else {}
+            if all(tags.get(k) == v for k, v in CONTINUOUS.items()):
+                warm.spawn(
+                    Path(self.warm_socket),
+                    self.store(),
+                    self.http_timeout,
+                    self.http_retries,
+                    self.warm_idle_seconds,
+                    Path(self.warm_log or Path(self.warm_socket).with_suffix(".log")),
+                )
         # Importing MLflow, pointing it at this store and, in a run that scores, opening the store
         # and loading the champion take seconds. They run in the background as the run starts,
         # while its first steps work in DuckDB (which releases the GIL); ``open`` waits for them.
@@ -51,11 +89,9 @@ class MLflowResource(dg.ConfigurableResource):
         import polars  # noqa: F401
         import sqlalchemy.orm  # noqa: F401
 
-        self._scope = contextlib.ExitStack()
         pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-setup")
         self._ready = pool.submit(self._configure)
-        selection = context.run.asset_selection if context.run else None
-        if not selection or PREDICTION in selection:  # empty: the whole job
+        if scores:
             self._champion = pool.submit(self._load_champion)  # after _configure: one worker
         pool.shutdown(wait=False)
 
@@ -75,6 +111,30 @@ class MLflowResource(dg.ConfigurableResource):
         # A champion pickled by an earlier release fails to load here: the step migrates it.
         champion = client.get_model_version(self.model_name, str(alias.version))
         return champion, registry.load_model(self.model_name, str(champion.version))
+
+    def warm_champion(self):
+        """(version number, tags, model) of the champion as the warm scorer serves it, the model
+        scoring through it and, should it fail mid-way, loaded in this run instead; None when no
+        warm scorer serves this run (or it knows no champion)."""
+        from churn_assets.defs.ml.warm import WarmScorerError
+
+        if self._warm is None:
+            return None
+        try:
+            found = self._warm.champion()
+        except WarmScorerError:
+            found = None
+        if found is None:
+            return None
+        version, tags = found
+        return version, tags, _WithFallback(self._warm.model(version), lambda: self.load_model(version))
+
+    def load_model(self, version: str):
+        """A version of the model loaded in this run (MLflow pointed at this store)."""
+        from churn_assets.defs.ml import registry
+
+        self.open()
+        return registry.load_model(self.model_name, version)
 
     def prefetched_champion(self, client):
         """(champion version, model) loaded in the background, if the champion alias still names
@@ -101,6 +161,9 @@ class MLflowResource(dg.ConfigurableResource):
                 with contextlib.suppress(Exception):
                     future.result()
         self._champion = self._ready = None
+        if self._warm is not None:
+            self._warm.close()
+            self._warm = None
         if self._scope is not None:
             self._scope.close()
             self._scope = None
@@ -109,12 +172,33 @@ class MLflowResource(dg.ConfigurableResource):
         """(client, experiment id); a clear ``dg.Failure`` when the store cannot be used."""
         from churn_assets.defs.ml.registry import ModelStoreUnavailable, open_store
 
+        if self._ready is None and self._scope is not None:  # the warm scorer was to serve this run
+            self._configure()  # MLflow now, in this thread
+            self._ready = Future()
+            self._ready.set_result(None)
         if self._ready is not None:
             self._ready.result()  # MLflow imported and pointed at this store (setup_for_execution)
         try:
             return open_store(self.store())
         except ModelStoreUnavailable as exc:
             raise dg.Failure(description=str(exc), allow_retries=True) from exc
+
+
+class _WithFallback:
+    """A model scored by the warm scorer; if that fails mid-way, by the same version loaded here."""
+
+    def __init__(self, remote, load):
+        self.remote, self.load, self.local = remote, load, None
+
+    def predict_polars(self, df):
+        from churn_assets.defs.ml.warm import WarmScorerError
+
+        if self.local is None:
+            try:
+                return self.remote.predict_polars(df)
+            except WarmScorerError:
+                self.local = self.load()
+        return self.local.predict_polars(df)
 
 
 class ModelPolicyResource(dg.ConfigurableResource):
