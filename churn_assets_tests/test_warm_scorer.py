@@ -26,6 +26,7 @@ from churn_assets_tests.helpers import load_defs, materialize, project_env, quer
 pytestmark = pytest.mark.slow  # trains a model through the assets, starts processes
 
 AS_OF = "2026-11-01T01:00:00"
+CONTINUOUS = {"churn/trigger": "landing_sensor"}  # what the landing sensor tags its runs with
 # What a run for new files materializes when retraining is not due: bronze -> gold, and scoring.
 LANDING_RUN = dg.AssetSelection.assets(["gold", "churn_features"]).upstream() | dg.AssetSelection.assets(
     ["gold", "churn_prediction"]
@@ -51,13 +52,19 @@ def start(home: Path, idle: int = 120) -> tuple[Path, int]:
     sock = Path(res.warm_socket)
     with environment_scope(**project_env(home, AS_OF)):
         assert warm.spawn(sock, res.store(), 10, 1, idle, home / "logs" / "warm-scorer.log")
-    deadline = time.time() + 90
-    while not sock.exists():
-        assert time.time() < deadline, (home / "logs" / "warm-scorer.log").read_text()[-2000:]
-        time.sleep(0.1)
+    answers(sock, home)
     serving = [line for line in (home / "logs" / "warm-scorer.log").read_text().splitlines() if " serving on " in line]
     pid = int(serving[-1].split()[2])
     return sock, pid
+
+
+def answers(sock: Path, home: Path) -> None:
+    """Until the warm scorer answers (a socket file alone may be one a killed scorer left)."""
+    deadline = time.time() + 90
+    while (client := warm.connect(sock)) is None:
+        assert time.time() < deadline, (home / "logs" / "warm-scorer.log").read_text()[-2000:]
+        time.sleep(0.1)
+    client.close()
 
 
 def stop(pid: int) -> None:
@@ -153,6 +160,54 @@ def test_it_names_the_champion_and_scores_exactly_as_the_run_would(trained):
         run = materialize(trained, "gold/churn_prediction", as_of="2026-11-02T01:00:00")
         meta = run.asset_materializations_for_node("gold__churn_prediction")[0].metadata
         assert (meta["scored_by"].value, meta["model_version"].value) == ("this run", "2")
+    finally:
+        stop(pid)
+
+
+def test_a_continuous_mode_run_starts_it_for_the_runs_after_it(trained):
+    sock = Path(store_of(trained).warm_socket)
+    assert not warm.running(sock)
+    generate_increment(trained, fraction=0.02)
+    first = materialize(trained, LANDING_RUN, as_of="2026-11-03T01:00:00", tags=CONTINUOUS)
+    meta = first.asset_materializations_for_node("gold__churn_prediction")[0].metadata
+    assert meta["scored_by"].value == "this run"  # it started one, and scored meanwhile by itself
+    assert warm.running(sock)
+    answers(sock, trained)
+    pid = int(
+        [line for line in (trained / "logs" / "warm-scorer.log").read_text().splitlines() if " serving " in line][
+            -1
+        ].split()[2]
+    )
+    try:
+        generate_increment(trained, fraction=0.02)
+        second = materialize(trained, LANDING_RUN, as_of="2026-11-03T02:00:00", tags=CONTINUOUS)
+        meta = second.asset_materializations_for_node("gold__churn_prediction")[0].metadata
+        assert meta["scored_by"].value == "warm scorer"
+
+        # With none alive, a run without the continuous tag (hourly) scores by itself and starts none.
+        stop(pid)
+        third = materialize(trained, "gold/churn_prediction", as_of="2026-11-03T02:00:00")
+        assert (
+            third.asset_materializations_for_node("gold__churn_prediction")[0].metadata["scored_by"].value == "this run"
+        )
+        assert not warm.running(sock)
+    finally:
+        stop(pid)
+
+
+def test_one_started_before_an_upgrade_stops_at_the_first_run_after_it(trained, monkeypatch):
+    sock, pid = start(trained)
+    try:
+        monkeypatch.setattr(warm, "code_fingerprint", lambda: "other-code")
+        client = warm.connect(sock)
+        with pytest.raises(warm.WarmScorerError, match="other code"):
+            client.champion()
+        client.close()
+        deadline = time.time() + 30
+        while warm.running(sock):
+            assert time.time() < deadline, "a warm scorer of other code kept serving"
+            time.sleep(0.2)
+        assert not sock.exists()
     finally:
         stop(pid)
 

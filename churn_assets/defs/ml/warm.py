@@ -15,8 +15,9 @@ nothing is unpickled.
 
 Lifetime: a continuous-mode run starts it when none answers (``spawn``); it stays in that
 run's process group (stopping ``dg dev`` stops it), holds ``scorer.lock`` (at most one per
-home), and exits after ``idle_seconds`` without a request or when its socket is removed or
-replaced. A run that cannot reach it loads the model itself, as without it.
+home), and exits after ``idle_seconds`` without a request, when its socket is removed or
+replaced, or when a run's scoring code differs from its own (an upgrade). A run that cannot
+reach it loads the model itself, as without it. It holds about 330 MB.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import struct
 import subprocess
 import sys
 import time
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,6 +51,19 @@ class WarmScorerError(RuntimeError):
 
 def _lock_path(sock: Path) -> Path:
     return sock.with_name("scorer.lock")
+
+
+@cache
+def code_fingerprint() -> str:
+    """The scoring code of this process: a scorer started before an upgrade serves no run after it."""
+    import hashlib
+
+    from churn_assets.defs.ml import features, model, registry
+
+    digest = hashlib.sha256()
+    for module in (features, model, registry, sys.modules[__name__]):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 # --- framing: a length, then the bytes; a message is a JSON header and, for frames, a payload ---
@@ -111,7 +126,7 @@ class WarmScorer:
 
     def champion(self) -> tuple[str, dict[str, str]] | None:
         """(version, tags) of the version the champion alias names now, or None."""
-        answer, _ = self._ask({"op": "champion"})
+        answer, _ = self._ask({"op": "champion", "code": code_fingerprint()})
         return (answer["version"], answer["tags"]) if answer.get("version") else None
 
     def score(self, version: str, df: pl.DataFrame) -> np.ndarray:
@@ -245,7 +260,8 @@ def serve(sock: Path, store: Store, http_timeout: int, http_retries: int, idle_s
         inode = sock.stat().st_ino
         server.settimeout(CHECK_SECONDS)
         last = time.monotonic()
-        while time.monotonic() - last < idle_seconds and _owns(sock, inode):
+        code, stale = code_fingerprint(), False
+        while not stale and time.monotonic() - last < idle_seconds and _owns(sock, inode):
             try:
                 conn, _ = server.accept()
             except TimeoutError:
@@ -258,6 +274,10 @@ def serve(sock: Path, store: Store, http_timeout: int, http_retries: int, idle_s
                     except (OSError, EOFError, ValueError):
                         break
                     try:
+                        if header["op"] == "champion" and header.get("code") != code:
+                            _send(conn, {"error": "it runs other code than this run (an upgrade): it stops"})
+                            stale = True
+                            break
                         if header["op"] == "champion":
                             found = champion(client, experiment_id)
                             _send(conn, {"version": found[0], "tags": found[1]} if found else {"version": None})
