@@ -92,7 +92,6 @@ def materialize(
     run_config: dict | None = None,
     instance: dg.DagsterInstance | None = None,
     env: dict[str, str] | None = None,
-    tags: dict[str, str] | None = None,
     **resources,
 ):
     """Run the selected assets (and their checks) of the real definitions against ``home``.
@@ -109,7 +108,6 @@ def materialize(
         instance=instance or dg.DagsterInstance.ephemeral(),
         raise_on_error=raise_on_error,
         run_config=run_config,
-        tags=tags,
     )
 
 

@@ -1,7 +1,7 @@
 """Continuous mode's warm scorer (defs/ml/warm.py): a real process serving a real MLflow store
 built by the real assets. It names the champion the registry names now, its probabilities are
-those of the model loaded in the run, a run scores through it without loading the model, and a
-run that cannot reach it, or loses it mid-way, scores by itself."""
+those of the model loaded in the run, a run for new files scores through it without loading the
+model, and a run that cannot reach it, or loses it mid-way, scores by itself."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ import stat
 import time
 from datetime import date
 from pathlib import Path
+from types import SimpleNamespace
 
 import dagster as dg
 import numpy as np
 import pytest
 
 from churn_assets.defs.ml import registry, warm
-from churn_assets.defs.ml.resources import _WithFallback
+from churn_assets.defs.ml.registry import Store
+from churn_assets.defs.ml.resources import PREDICTION
 from churn_assets.defs.ml.scoring import _features
 from churn_assets.generator import generate_history, generate_increment
 from churn_assets.settings import environment_scope
@@ -34,16 +36,32 @@ LANDING_RUN = dg.AssetSelection.assets(["gold", "churn_features"]).upstream() | 
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained(tmp_path_factory):
     home = tmp_path_factory.mktemp("warm")
     (home / "landing").mkdir()
     generate_history(home, customers=3_000, seed=17, end=date(2026, 11, 1), progress=False)
     assert materialize(home, "*gold/churn_prediction", as_of=AS_OF).success
-    return home
+    yield home
+    # No scorer outlives the tests, whatever failed: each one logs its pid as it starts.
+    log = home / "logs" / "warm-scorer.log"
+    for line in log.read_text().splitlines() if log.exists() else []:
+        if line.startswith("warm scorer ") and line.endswith(" starting"):
+            stop(int(line.split()[2]))
 
 
 def store_of(home: Path):
     return load_defs(home, AS_OF).resources["mlflow_store"]
+
+
+def run(home: Path, as_of: str, selection=LANDING_RUN, tags: dict | None = None):
+    """A run of the cycle job for ``selection``, named explicitly as the landing sensor names it."""
+    defs = load_defs(home, as_of)
+    keys = list(selection.resolve(defs.resolve_asset_graph()))
+    result = defs.resolve_job_def("churn_cycle").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), asset_selection=keys, tags=tags or {}
+    )
+    assert result.success
+    return result.asset_materializations_for_node("gold__churn_prediction")[0].metadata
 
 
 def start(home: Path, idle: int = 120) -> tuple[Path, int]:
@@ -51,17 +69,17 @@ def start(home: Path, idle: int = 120) -> tuple[Path, int]:
     res = store_of(home)
     sock = Path(res.warm_socket)
     with environment_scope(**project_env(home, AS_OF)):
-        assert warm.spawn(sock, res.store(), 10, 1, idle, home / "logs" / "warm-scorer.log")
-    answers(sock, home)
-    serving = [line for line in (home / "logs" / "warm-scorer.log").read_text().splitlines() if " serving on " in line]
-    pid = int(serving[-1].split()[2])
+        pid = warm.spawn(sock, res.store(), 10, 1, idle, home / "logs" / "warm-scorer.log")
+    assert pid
+    answers(home)
     return sock, pid
 
 
-def answers(sock: Path, home: Path) -> None:
+def answers(home: Path) -> None:
     """Until the warm scorer answers (a socket file alone may be one a killed scorer left)."""
+    res = store_of(home)
     deadline = time.time() + 90
-    while (client := warm.connect(sock)) is None:
+    while (client := warm.connect(Path(res.warm_socket), res.store())) is None:
         assert time.time() < deadline, (home / "logs" / "warm-scorer.log").read_text()[-2000:]
         time.sleep(0.1)
     client.close()
@@ -80,8 +98,15 @@ def stop(pid: int) -> None:
         time.sleep(0.1)
 
 
+def gone(sock: Path, what: str) -> None:
+    deadline = time.time() + warm.CHECK_SECONDS * 3
+    while warm.running(sock):
+        assert time.time() < deadline, what
+        time.sleep(0.2)
+
+
 def local(home: Path, version: str):
-    """The version loaded here, as a run without the warm scorer loads it."""
+    """(the champion's version, ``version`` loaded here), as a run without the warm scorer loads it."""
     res = store_of(home)
     with environment_scope(**project_env(home, AS_OF)), registry.configured(res.store(), 10, 1):
         client, _ = registry.open_store(res.store())
@@ -101,10 +126,11 @@ def features(home: Path):
 
 def test_it_names_the_champion_and_scores_exactly_as_the_run_would(trained):
     sock, pid = start(trained)
+    store = store_of(trained).store()
     try:
         assert stat.S_IMODE(sock.stat().st_mode) == 0o600  # this user only
-        assert not warm.spawn(sock, store_of(trained).store(), 10, 1, 60, trained / "logs" / "w.log")  # one per home
-        client = warm.connect(sock)
+        assert warm.spawn(sock, store, 10, 1, 60, trained / "logs" / "warm-scorer.log") is None  # one per home
+        client = warm.connect(sock, store)
         version, tags = client.champion()
         alias, model = local(trained, version)
         assert version == alias == "1" and float(tags["threshold"]) > 0
@@ -117,8 +143,7 @@ def test_it_names_the_champion_and_scores_exactly_as_the_run_would(trained):
 
         # A run for new files scores through it: nothing of the model loaded in the run.
         generate_increment(trained, fraction=0.05)
-        run = materialize(trained, LANDING_RUN, as_of="2026-11-02T01:00:00")
-        meta = run.asset_materializations_for_node("gold__churn_prediction")[0].metadata
+        meta = run(trained, "2026-11-02T01:00:00")
         assert meta["scored_by"].value == "warm scorer" and meta["scoring_mode"].value == "incremental"
         assert meta["customers_scored"].value > 0
         rows = query(trained, "SELECT user_id, churn_probability, model_version FROM gold.churn_prediction ORDER BY 1")
@@ -127,40 +152,51 @@ def test_it_names_the_champion_and_scores_exactly_as_the_run_would(trained):
         assert np.array_equal(np.array([r[1] for r in rows]), model.predict_polars(df))
         assert {r[2] for r in rows} == {"1"}
 
+        # A run that also trains scores by itself (a new champion's full rescoring stays in it).
+        with_training = LANDING_RUN | dg.AssetSelection.assets(["ml", "churn_model"], ["ml", "churn_model_champion"])
+        assert run(trained, "2026-11-02T01:00:00", with_training)["scored_by"].value == "this run"
+
         # The alias moved (a promotion, or by hand in the MLflow UI): the next answer follows it.
-        res = store_of(trained)
-        with environment_scope(**project_env(trained, AS_OF)), registry.configured(res.store(), 10, 1):
-            mlflow = res.store().client()
-            one = mlflow.get_model_version(res.model_name, "1")
-            two = mlflow.create_model_version(res.model_name, one.source, run_id=one.run_id, tags=one.tags)
-            mlflow.set_registered_model_alias(res.model_name, registry.CHAMPION, two.version)
-        client = warm.connect(sock)
-        assert client.champion()[0] == "2"
+        with environment_scope(**project_env(trained, AS_OF)), registry.configured(store, 10, 1):
+            mlflow = store.client()
+            current = registry.version_by_alias(mlflow, store.model_name, registry.CHAMPION)
+            one = mlflow.get_model_version(store.model_name, str(current.version))
+            new = mlflow.create_model_version(store.model_name, one.source, run_id=one.run_id, tags=one.tags)
+            mlflow.set_registered_model_alias(store.model_name, registry.CHAMPION, new.version)
+        client = warm.connect(sock, store)
+        assert client.champion()[0] == str(new.version)
         client.close()
-        run = materialize(trained, "gold/churn_prediction", as_of="2026-11-02T01:00:00")
-        meta = run.asset_materializations_for_node("gold__churn_prediction")[0].metadata
+        meta = run(trained, "2026-11-02T01:00:00")
         assert (meta["scored_by"].value, meta["model_version"].value, meta["scoring_mode"].value) == (
             "warm scorer",
-            "2",
+            str(new.version),
             "full",  # a new version scores everyone
         )
-        assert query(trained, "SELECT DISTINCT model_version FROM gold.churn_prediction") == [("2",)]
-
-        # It dies between the champion and the scores: the run's model loads the same version itself.
-        client = warm.connect(sock)
-        version, _ = client.champion()
-        stop(pid)
-        fallback = _WithFallback(client.model(version), lambda: local(trained, version)[1])
-        assert np.array_equal(fallback.predict_polars(df), model.predict_polars(df))
-        assert fallback.local is not None
-        client.close()
-
-        # None answers (its socket left behind by the killed process): the run scores by itself.
-        assert sock.exists() and warm.connect(sock) is None
-        run = materialize(trained, "gold/churn_prediction", as_of="2026-11-02T01:00:00")
-        meta = run.asset_materializations_for_node("gold__churn_prediction")[0].metadata
-        assert (meta["scored_by"].value, meta["model_version"].value) == ("this run", "2")
+        assert query(trained, "SELECT DISTINCT model_version FROM gold.churn_prediction") == [(str(new.version),)]
     finally:
+        stop(pid)
+
+    # None answers (its socket left behind by the killed process): the run scores by itself.
+    assert sock.exists() and warm.connect(sock, store) is None
+    meta = run(trained, "2026-11-02T01:00:00")
+    assert (meta["scored_by"].value, meta["model_version"].value) == ("this run", str(new.version))
+
+
+def test_it_dies_mid_way_and_the_run_loads_the_same_version_itself(trained):
+    sock, pid = start(trained)
+    res = store_of(trained)
+    # What a run for new files gives its resources: an explicit selection that scores, no training.
+    context = SimpleNamespace(run=SimpleNamespace(asset_selection={PREDICTION}, tags={}), log=None)
+    res.setup_for_execution(context)
+    try:
+        version, _, model = res.warm_champion()
+        stop(pid)
+        df = features(trained)
+        expected = local(trained, version)[1].predict_polars(df)
+        assert np.array_equal(model.predict_polars(df), expected)
+        assert model.local is not None  # loaded in this run, through the resource's own store
+    finally:
+        res.teardown_after_execution(context)
         stop(pid)
 
 
@@ -168,48 +204,26 @@ def test_a_continuous_mode_run_starts_it_for_the_runs_after_it(trained):
     sock = Path(store_of(trained).warm_socket)
     assert not warm.running(sock)
     generate_increment(trained, fraction=0.02)
-    first = materialize(trained, LANDING_RUN, as_of="2026-11-03T01:00:00", tags=CONTINUOUS)
-    meta = first.asset_materializations_for_node("gold__churn_prediction")[0].metadata
+    meta = run(trained, "2026-11-03T01:00:00", tags=CONTINUOUS)
     assert meta["scored_by"].value == "this run"  # it started one, and scored meanwhile by itself
+    answers(trained)
     assert warm.running(sock)
-    answers(sock, trained)
-    pid = int(
-        [line for line in (trained / "logs" / "warm-scorer.log").read_text().splitlines() if " serving " in line][
-            -1
-        ].split()[2]
-    )
-    try:
-        generate_increment(trained, fraction=0.02)
-        second = materialize(trained, LANDING_RUN, as_of="2026-11-03T02:00:00", tags=CONTINUOUS)
-        meta = second.asset_materializations_for_node("gold__churn_prediction")[0].metadata
-        assert meta["scored_by"].value == "warm scorer"
+    generate_increment(trained, fraction=0.02)
+    assert run(trained, "2026-11-03T02:00:00", tags=CONTINUOUS)["scored_by"].value == "warm scorer"
 
-        # With none alive, a run without the continuous tag (hourly) scores by itself and starts none.
-        stop(pid)
-        third = materialize(trained, "gold/churn_prediction", as_of="2026-11-03T02:00:00")
-        assert (
-            third.asset_materializations_for_node("gold__churn_prediction")[0].metadata["scored_by"].value == "this run"
-        )
-        assert not warm.running(sock)
-    finally:
-        stop(pid)
+    # A scorer started for another MLflow store (or by other code) stops at the first question.
+    other = store_of(trained).store()
+    other = Store(other.tracking_uri, other.artifact_root, other.experiment, "another_model")
+    client = warm.connect(sock, other)
+    with pytest.raises(warm.WarmScorerError, match="another MLflow store"):
+        client.champion()
+    client.close()
+    gone(sock, "a warm scorer of another store kept serving")
+    assert not sock.exists()
 
-
-def test_one_started_before_an_upgrade_stops_at_the_first_run_after_it(trained, monkeypatch):
-    sock, pid = start(trained)
-    try:
-        monkeypatch.setattr(warm, "code_fingerprint", lambda: "other-code")
-        client = warm.connect(sock)
-        with pytest.raises(warm.WarmScorerError, match="other code"):
-            client.champion()
-        client.close()
-        deadline = time.time() + 30
-        while warm.running(sock):
-            assert time.time() < deadline, "a warm scorer of other code kept serving"
-            time.sleep(0.2)
-        assert not sock.exists()
-    finally:
-        stop(pid)
+    # With none alive, a run without the continuous tag (hourly) scores by itself and starts none.
+    assert run(trained, "2026-11-03T02:00:00")["scored_by"].value == "this run"
+    assert not warm.running(sock)
 
 
 def test_it_stops_when_idle_or_when_its_socket_goes(trained):
@@ -218,13 +232,10 @@ def test_it_stops_when_idle_or_when_its_socket_goes(trained):
     while sock.exists():
         assert time.time() < deadline, "an idle warm scorer did not stop"
         time.sleep(0.2)
-    assert not warm.running(sock)
+    gone(sock, "an idle warm scorer did not stop")
 
     sock, pid = start(trained, idle=600)
     assert warm.running(sock)
     sock.unlink()  # e.g. the home was cleared
-    deadline = time.time() + warm.CHECK_SECONDS * 3
-    while warm.running(sock):
-        assert time.time() < deadline, "a warm scorer outlived its socket"
-        time.sleep(0.2)
+    gone(sock, "a warm scorer outlived its socket")
     stop(pid)

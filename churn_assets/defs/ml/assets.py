@@ -236,6 +236,17 @@ def churn_model_champion(
     )
 
 
+def _threshold(tags: dict[str, str], name: str, version: str) -> float:
+    """The champion's decision threshold (chosen on its holdout, kept as a tag of its version)."""
+    try:
+        return float(tags["threshold"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise dg.Failure(
+            description=f"{name} version {version}, the champion, has no valid 'threshold' tag ({exc!r}); "
+            "previous predictions left untouched"
+        ) from exc
+
+
 @dg.asset(
     key=["gold", "churn_prediction"],
     deps=[churn_features, churn_model_champion],
@@ -291,7 +302,7 @@ def churn_prediction(
                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); previous predictions left untouched",
                 allow_retries=True,
             ) from exc
-    threshold = float(tags["threshold"])
+    threshold = _threshold(tags, name, version)
     if engine.is_spark:
         from churn_assets.defs.ml.spark import score_spark
         from churn_assets.timeutil import utcnow
@@ -310,7 +321,7 @@ def churn_prediction(
             "customers_at_risk": scored.at_risk,
             # Who scored: continuous mode's warm scorer, or this run (the champion loaded in the
             # background as the run started, if it did not change since; else in this step).
-            "scored_by": "warm scorer" if served is not None else "this run",
+            "scored_by": "warm scorer" if served is not None and model.local is None else "this run",
             "champion_prefetched": ready is not None,
             "scoring_rows_per_second": dg.MetadataValue.float(scored.rows_per_second),
             "scoring_mode": scored.mode,

@@ -12,6 +12,7 @@ from pydantic import PrivateAttr
 from churn_assets.settings import Settings
 
 PREDICTION = dg.AssetKey(["gold", "churn_prediction"])  # the step that scores with the champion
+TRAINING = (dg.AssetKey(["ml", "churn_model"]), dg.AssetKey(["ml", "churn_model_champion"]))
 CONTINUOUS = {"churn/trigger": "landing_sensor"}  # the runs of continuous mode (defs/automation)
 
 
@@ -30,6 +31,7 @@ class MLflowResource(dg.ConfigurableResource):
     warm_socket: str | None = None
     warm_idle_seconds: int = 0
     warm_log: str | None = None
+    _use_warm: bool = PrivateAttr(default=False)
     _warm: object | None = PrivateAttr(default=None)
     _scope: contextlib.ExitStack | None = PrivateAttr(default=None)
     _ready: Future | None = PrivateAttr(default=None)
@@ -57,25 +59,13 @@ class MLflowResource(dg.ConfigurableResource):
         self._scope = contextlib.ExitStack()
         selection = context.run.asset_selection if context.run else None
         scores = not selection or PREDICTION in selection  # empty: the whole job
-        if scores and self.warm_socket and self.warm_idle_seconds:
-            from churn_assets.defs.ml import warm
-
-            # Continuous mode: the warm scorer answers, so nothing is imported or loaded for
-            # scoring. A run that also trains (or finds it gone) imports MLflow when a step opens
-            # the store. None answers: a continuous-mode run starts one for the runs after it.
-            self._warm = warm.connect(Path(self.warm_socket))
-            if self._warm is not None:
+        # Continuous mode's runs for new files (they score and do not train): a warm scorer that
+        # answers scores for them, and nothing is imported or loaded for scoring here. None
+        # answers: a continuous-mode run starts one for the runs after it, and loads its own.
+        if selection and PREDICTION in selection and not any(k in selection for k in TRAINING):
+            self._use_warm = self._warm_scorer_answers(context)
+            if self._use_warm:
                 return
-            tags = context.run.tags if context.run else {}
-            if all(tags.get(k) == v for k, v in CONTINUOUS.items()):
-                warm.spawn(
-                    Path(self.warm_socket),
-                    self.store(),
-                    self.http_timeout,
-                    self.http_retries,
-                    self.warm_idle_seconds,
-                    Path(self.warm_log or Path(self.warm_socket).with_suffix(".log")),
-                )
         # Importing MLflow, pointing it at this store and, in a run that scores, opening the store
         # and loading the champion take seconds. They run in the background as the run starts,
         # while its first steps work in DuckDB (which releases the GIL); ``open`` waits for them.
@@ -94,6 +84,29 @@ class MLflowResource(dg.ConfigurableResource):
         if scores:
             self._champion = pool.submit(self._load_champion)  # after _configure: one worker
         pool.shutdown(wait=False)
+
+    def _warm_scorer_answers(self, context: dg.InitResourceContext) -> bool:
+        from churn_assets.defs.ml import warm
+
+        if not (self.warm_socket and self.warm_idle_seconds):
+            return False
+        probe = warm.connect(Path(self.warm_socket), self.store())
+        if probe is not None:
+            probe.close()
+            return True
+        if all(context.run.tags.get(k) == v for k, v in CONTINUOUS.items()):
+            try:
+                warm.spawn(
+                    Path(self.warm_socket),
+                    self.store(),
+                    self.http_timeout,
+                    self.http_retries,
+                    self.warm_idle_seconds,
+                    Path(self.warm_log or Path(self.warm_socket).with_suffix(".log")),
+                )
+            except OSError as exc:  # the run goes on: it loads the model itself
+                context.log.warning(f"could not start the warm scorer: {exc}")
+        return False
 
     def _configure(self) -> None:
         # MLflow's fluent API reads global state: pointed at this store for the run only.
@@ -116,13 +129,16 @@ class MLflowResource(dg.ConfigurableResource):
         """(version number, tags, model) of the champion as the warm scorer serves it, the model
         scoring through it and, should it fail mid-way, loaded in this run instead; None when no
         warm scorer serves this run (or it knows no champion)."""
-        from churn_assets.defs.ml.warm import WarmScorerError
+        from churn_assets.defs.ml import warm
 
+        if not self._use_warm:
+            return None
+        self._warm = warm.connect(Path(self.warm_socket), self.store())
         if self._warm is None:
             return None
         try:
             found = self._warm.champion()
-        except WarmScorerError:
+        except warm.WarmScorerError:
             found = None
         if found is None:
             return None
@@ -130,11 +146,19 @@ class MLflowResource(dg.ConfigurableResource):
         return version, tags, _WithFallback(self._warm.model(version), lambda: self.load_model(version))
 
     def load_model(self, version: str):
-        """A version of the model loaded in this run (MLflow pointed at this store)."""
+        """A version of the model loaded in this run (MLflow pointed at this store); a clear
+        ``dg.Failure`` when it cannot be."""
         from churn_assets.defs.ml import registry
 
         self.open()
-        return registry.load_model(self.model_name, version)
+        try:
+            return registry.load_model(self.model_name, version)
+        except Exception as exc:  # noqa: BLE001
+            raise dg.Failure(
+                description=f"could not load {self.model_name} version {version} from the MLflow store "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); previous predictions left untouched",
+                allow_retries=True,
+            ) from exc
 
     def prefetched_champion(self, client):
         """(champion version, model) loaded in the background, if the champion alias still names
@@ -161,6 +185,7 @@ class MLflowResource(dg.ConfigurableResource):
                 with contextlib.suppress(Exception):
                     future.result()
         self._champion = self._ready = None
+        self._use_warm = False
         if self._warm is not None:
             self._warm.close()
             self._warm = None

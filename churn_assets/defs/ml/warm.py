@@ -13,11 +13,16 @@ What it answers, on a Unix socket in ``$CHURN_HOME/ops`` (mode 0600, this user o
 Only the model's input columns cross the socket (no key, no personal data), as Arrow IPC;
 nothing is unpickled.
 
+Who uses it: a run whose selection scores and does not train (continuous mode's runs for new
+files while retraining is not due). A run that trains has MLflow loaded anyway and scores
+itself, so a new champion's full rescoring never crosses the socket.
+
 Lifetime: a continuous-mode run starts it when none answers (``spawn``); it stays in that
 run's process group (stopping ``dg dev`` stops it), holds ``scorer.lock`` (at most one per
 home), and exits after ``idle_seconds`` without a request, when its socket is removed or
-replaced, or when a run's scoring code differs from its own (an upgrade). A run that cannot
-reach it loads the model itself, as without it. It holds about 330 MB.
+replaced, or when a run's scoring code or MLflow store differs from its own (an upgrade, a
+moved store). One that failed to start is not started again for ``RETRY_SECONDS``. A run that
+cannot reach it, or loses it mid-way, loads the model itself, as without it. It holds ~330 MB.
 """
 
 from __future__ import annotations
@@ -42,15 +47,14 @@ if TYPE_CHECKING:  # imported where used: every code-location load imports this 
     from churn_assets.defs.ml.registry import Store
 
 CHECK_SECONDS = 5.0  # how often an idle scorer checks that its socket is still its own
+ASK_SECONDS = 5.0  # a question about the champion waits this long for an answer
+SCORE_SECONDS = 600.0  # scoring the changed customers of one run waits this long
+RETRY_SECONDS = 300.0  # after a scorer failed to start, none is started again for this long
 _LENGTH = struct.Struct(">Q")
 
 
 class WarmScorerError(RuntimeError):
     """The warm scorer did not answer, or answered with an error."""
-
-
-def _lock_path(sock: Path) -> Path:
-    return sock.with_name("scorer.lock")
 
 
 @cache
@@ -64,6 +68,27 @@ def code_fingerprint() -> str:
     for module in (features, model, registry, sys.modules[__name__]):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
+
+
+def identity(store: Store) -> str:
+    """What a run and its scorer must share: the scoring code and the MLflow store (its URI
+    hashed: it may carry credentials, and this travels on the socket)."""
+    import hashlib
+
+    where = json.dumps([store.tracking_uri, store.artifact_root, store.experiment, store.model_name])
+    return f"{code_fingerprint()}-{hashlib.sha256(where.encode()).hexdigest()[:16]}"
+
+
+def _lock_path(sock: Path) -> Path:
+    return sock.with_name("scorer.lock")
+
+
+def _failed_path(sock: Path) -> Path:
+    return sock.with_name("scorer.failed")
+
+
+def _open_lock(sock: Path) -> int:
+    return os.open(_lock_path(sock), os.O_RDWR | os.O_CREAT, 0o600)
 
 
 # --- framing: a length, then the bytes; a message is a JSON header and, for frames, a payload ---
@@ -105,13 +130,14 @@ class RemoteModel:
 
 
 class WarmScorer:
-    """One connection to the warm scorer, for one run."""
+    """One connection to the warm scorer, for one scoring step."""
 
-    def __init__(self, conn: socket.socket):
-        self.conn = conn
+    def __init__(self, conn: socket.socket, identity: str):
+        self.conn, self.identity = conn, identity
 
-    def _ask(self, header: dict, payload: bytes | None = None) -> tuple[dict, bytes | None]:
+    def _ask(self, header: dict, payload: bytes | None = None, timeout: float = ASK_SECONDS):
         try:
+            self.conn.settimeout(timeout)
             _send(self.conn, header, payload)
             answer = json.loads(_recv(self.conn))
             data = _recv(self.conn) if answer.get("payload") else None
@@ -126,7 +152,7 @@ class WarmScorer:
 
     def champion(self) -> tuple[str, dict[str, str]] | None:
         """(version, tags) of the version the champion alias names now, or None."""
-        answer, _ = self._ask({"op": "champion", "code": code_fingerprint()})
+        answer, _ = self._ask({"op": "champion", "identity": self.identity})
         return (answer["version"], answer["tags"]) if answer.get("version") else None
 
     def score(self, version: str, df: pl.DataFrame) -> np.ndarray:
@@ -138,7 +164,7 @@ class WarmScorer:
 
         buf = io.BytesIO()
         df.select(FEATURES).write_ipc(buf)  # the model's inputs only
-        answer, data = self._ask({"op": "score", "version": version}, buf.getvalue())
+        _, data = self._ask({"op": "score", "version": version}, buf.getvalue(), timeout=SCORE_SECONDS)
         proba = np.frombuffer(data or b"", dtype="<f8")
         if len(proba) != len(df):
             raise WarmScorerError(f"the warm scorer returned {len(proba)} probabilities for {len(df)} rows")
@@ -149,38 +175,44 @@ class WarmScorer:
             self.conn.close()
 
 
-def connect(sock: Path | None, timeout: float = 60.0) -> WarmScorer | None:
+def connect(sock: Path | None, store: Store) -> WarmScorer | None:
     """A connection to the warm scorer of this home, or None if none answers."""
     if sock is None or not sock.exists():
         return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    conn.settimeout(timeout)
+    conn.settimeout(ASK_SECONDS)
     try:
         conn.connect(str(sock))
     except OSError:
         conn.close()
         return None
-    return WarmScorer(conn)
+    return WarmScorer(conn, identity(store))
 
 
 def running(sock: Path) -> bool:
     """A warm scorer of this home is alive (it holds the lock while it warms up and serves)."""
     try:
-        with open(_lock_path(sock), "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(f, fcntl.LOCK_UN)
-    except BlockingIOError:
-        return True
+        fd = _open_lock(sock)
     except OSError:
         return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared: two probes never collide
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe's lock
     return False
 
 
-def spawn(sock: Path, store: Store, http_timeout: int, http_retries: int, idle_seconds: int, log: Path) -> bool:
-    """Start a warm scorer for this home unless one is alive; True if one was started."""
-    if running(sock):
-        return False
+def spawn(sock: Path, store: Store, http_timeout: int, http_retries: int, idle_seconds: int, log: Path) -> int | None:
+    """Start a warm scorer for this home unless one is alive or one failed to start lately;
+    the new process's id, or None."""
+    failed = _failed_path(sock)
+    if failed.exists() and time.time() - failed.stat().st_mtime < RETRY_SECONDS:
+        return None
     sock.parent.mkdir(parents=True, exist_ok=True)
+    if running(sock):
+        return None
     log.parent.mkdir(parents=True, exist_ok=True)
     config = {
         "socket": str(sock),
@@ -199,7 +231,7 @@ def spawn(sock: Path, store: Store, http_timeout: int, http_retries: int, idle_s
         )
     proc.stdin.write(json.dumps(config).encode())
     proc.stdin.close()
-    return True
+    return proc.pid
 
 
 # --- the server -------------------------------------------------------------------------------
@@ -212,7 +244,27 @@ def _owns(sock: Path, inode: int) -> bool:
         return False
 
 
+def _take_lock(sock: Path) -> int | None:
+    """The home's scorer lock, or None if another scorer holds it. A few tries: a probe
+    (``running``) holds it shared for an instant."""
+    fd = _open_lock(sock)
+    for _ in range(20):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            time.sleep(0.05)
+    os.close(fd)
+    return None
+
+
 def serve(sock: Path, store: Store, http_timeout: int, http_retries: int, idle_seconds: float) -> None:
+    own = identity(store)  # before the slow imports: an upgrade landing meanwhile is not taken for ours
+    print(f"warm scorer {os.getpid()} starting", flush=True)
+    lock = _take_lock(sock)  # held for the process's life
+    if lock is None:
+        print(f"warm scorer {os.getpid()}: another one serves this home", flush=True)
+        return
     import io
 
     import numpy as np
@@ -221,11 +273,6 @@ def serve(sock: Path, store: Store, http_timeout: int, http_retries: int, idle_s
     from churn_assets.defs.ml import registry
     from churn_assets.settings import environment_scope
 
-    lock = open(_lock_path(sock), "a")  # noqa: SIM115 - held for the process's life
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return  # another one serves this home
     models: dict[str, object] = {}
 
     def model(version: str):
@@ -241,14 +288,18 @@ def serve(sock: Path, store: Store, http_timeout: int, http_retries: int, idle_s
     # No progress bar per artifact download in its log.
     quiet = environment_scope(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
     with quiet, registry.configured(store, http_timeout, http_retries):
-        client, experiment_id = registry.open_store(store)
-        found = champion(client, experiment_id)
-        if found:
-            model(found[0])  # loaded before it answers: not on the first run's clock
+        try:
+            client, experiment_id = registry.open_store(store)
+            found = champion(client, experiment_id)
+            if found:
+                model(found[0])  # loaded before it answers: not on the first run's clock
+        except Exception:
+            _failed_path(sock).touch()  # no run starts another one for a while
+            raise
+        _failed_path(sock).unlink(missing_ok=True)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         staging = sock.with_name(f".{sock.name}.{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):
-            staging.unlink()
+        staging.unlink(missing_ok=True)
         mask = os.umask(0o177)
         try:
             server.bind(str(staging))
@@ -259,23 +310,24 @@ def serve(sock: Path, store: Store, http_timeout: int, http_retries: int, idle_s
         os.replace(staging, sock)  # it appears once it can answer
         inode = sock.stat().st_ino
         server.settimeout(CHECK_SECONDS)
-        last = time.monotonic()
-        code, stale = code_fingerprint(), False
+        last, stale = time.monotonic(), False
         while not stale and time.monotonic() - last < idle_seconds and _owns(sock, inode):
             try:
                 conn, _ = server.accept()
             except TimeoutError:
                 continue
             with conn:
-                conn.settimeout(60)
+                conn.settimeout(SCORE_SECONDS)
                 while True:
                     try:
                         header = json.loads(_recv(conn))
                     except (OSError, EOFError, ValueError):
                         break
                     try:
-                        if header["op"] == "champion" and header.get("code") != code:
-                            _send(conn, {"error": "it runs other code than this run (an upgrade): it stops"})
+                        if header["op"] == "champion" and header.get("identity") != own:
+                            _send(
+                                conn, {"error": "it runs other code, or another MLflow store, than this run: it stops"}
+                            )
                             stale = True
                             break
                         if header["op"] == "champion":
