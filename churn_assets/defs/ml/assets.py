@@ -15,7 +15,7 @@ import dagster as dg
 from churn_assets.defs.gold.assets import churn_features
 from churn_assets.defs.ml.features import FEATURES, landed_rows, latest_ingest, load_training
 from churn_assets.defs.ml.policy import better_than_chance, promote, retrain_decision
-from churn_assets.defs.ml.resources import MLflowResource, ModelPolicyResource
+from churn_assets.defs.ml.resources import MLflowResource, ModelPolicyResource, load_failure
 from churn_assets.engine import EngineResource
 from churn_assets.metadata import shareable_example, table_metadata
 from churn_assets.resources import PipelineSettingsResource, WarehouseResource
@@ -297,11 +297,7 @@ def churn_prediction(
         except dg.Failure:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise dg.Failure(
-                description=f"could not load {name}@{registry.CHAMPION} from the MLflow store "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); previous predictions left untouched",
-                allow_retries=True,
-            ) from exc
+            raise load_failure(f"{name}@{registry.CHAMPION}", exc) from exc
     threshold = _threshold(tags, name, version)
     if engine.is_spark:
         from churn_assets.defs.ml.spark import score_spark

@@ -16,6 +16,15 @@ TRAINING = (dg.AssetKey(["ml", "churn_model"]), dg.AssetKey(["ml", "churn_model_
 CONTINUOUS = {"churn/trigger": "landing_sensor"}  # the runs of continuous mode (defs/automation)
 
 
+def load_failure(what: str, exc: Exception) -> dg.Failure:
+    """The scoring step's error when the model cannot be loaded (retried: often a store's hiccup)."""
+    return dg.Failure(
+        description=f"could not load {what} from the MLflow store ({type(exc).__name__}: "
+        f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); previous predictions left untouched",
+        allow_retries=True,
+    )
+
+
 class MLflowResource(dg.ConfigurableResource):
     """Where models are tracked and registered. Embedded by default: a SQLite store under
     ``$CHURN_HOME/mlflow/`` with artifacts beside it; ``MLFLOW_TRACKING_URI`` overrides."""
@@ -154,11 +163,7 @@ class MLflowResource(dg.ConfigurableResource):
         try:
             return registry.load_model(self.model_name, version)
         except Exception as exc:  # noqa: BLE001
-            raise dg.Failure(
-                description=f"could not load {self.model_name} version {version} from the MLflow store "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); previous predictions left untouched",
-                allow_retries=True,
-            ) from exc
+            raise load_failure(f"{self.model_name} version {version}", exc) from exc
 
     def prefetched_champion(self, client):
         """(champion version, model) loaded in the background, if the champion alias still names
