@@ -90,6 +90,7 @@ LONGEST_FIRST = (
     "test_campaigns.py",
     "test_postgres_instance.py",  # a PostgreSQL server, `dg launch` with the multiprocess executor
     "test_model_lifecycle.py",
+    "test_warm_scorer.py",  # a model trained, four scorer processes started: 2-3 min
     "test_landing_files.py",
     "test_one_writer.py",
     "test_scoring_incremental.py",

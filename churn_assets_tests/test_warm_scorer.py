@@ -173,13 +173,13 @@ def test_it_names_the_champion_and_scores_exactly_as_the_run_would(trained):
             "full",  # a new version scores everyone
         )
         assert query(trained, "SELECT DISTINCT model_version FROM gold.churn_prediction") == [(str(new.version),)]
+        # Its socket removed (e.g. the home cleared): it stops, and the next run scores by itself.
+        sock.unlink()
+        gone(sock, "a warm scorer outlived its socket")
+        meta = run(trained, "2026-11-02T01:00:00")
+        assert (meta["scored_by"].value, meta["model_version"].value) == ("this run", str(new.version))
     finally:
         stop(pid)
-
-    # None answers (its socket left behind by the killed process): the run scores by itself.
-    assert sock.exists() and warm.connect(sock, store) is None
-    meta = run(trained, "2026-11-02T01:00:00")
-    assert (meta["scored_by"].value, meta["model_version"].value) == ("this run", str(new.version))
 
 
 def test_it_dies_mid_way_and_the_run_loads_the_same_version_itself(trained):
@@ -191,6 +191,7 @@ def test_it_dies_mid_way_and_the_run_loads_the_same_version_itself(trained):
     try:
         version, _, model = res.warm_champion()
         stop(pid)
+        assert sock.exists() and warm.connect(sock, res.store()) is None  # a killed one's socket: refused
         df = features(trained)
         expected = local(trained, version)[1].predict_polars(df)
         assert np.array_equal(model.predict_polars(df), expected)
@@ -226,16 +227,11 @@ def test_a_continuous_mode_run_starts_it_for_the_runs_after_it(trained):
     assert not warm.running(sock)
 
 
-def test_it_stops_when_idle_or_when_its_socket_goes(trained):
+def test_it_stops_when_idle(trained):
     sock, pid = start(trained, idle=1)
     deadline = time.time() + warm.CHECK_SECONDS * 3
     while sock.exists():
         assert time.time() < deadline, "an idle warm scorer did not stop"
         time.sleep(0.2)
     gone(sock, "an idle warm scorer did not stop")
-
-    sock, pid = start(trained, idle=600)
-    assert warm.running(sock)
-    sock.unlink()  # e.g. the home was cleared
-    gone(sock, "a warm scorer outlived its socket")
     stop(pid)
