@@ -271,8 +271,9 @@ def churn_prediction(
     from churn_assets.defs.ml.scoring import update_predictions
 
     name = mlflow_store.model_name
-    # Continuous mode: the warm scorer names the champion and scores with it (defs/ml/warm.py).
-    served = None if engine.is_spark else mlflow_store.warm_champion()
+    # Continuous mode: the warm scorer names the champion and scores with it (defs/ml/warm.py;
+    # never on Spark, where the resource has it off).
+    served = mlflow_store.warm_champion()
     ready = None
     if served is not None:
         version, tags, model = served
