@@ -27,6 +27,7 @@ import dagster as dg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from churn_assets import run_tags  # noqa: E402
 from churn_assets.generator import generate_history, generate_increment  # noqa: E402
 from churn_assets_tests import pg_server  # noqa: E402
 from churn_assets_tests.live import LiveDagster  # noqa: E402
@@ -42,7 +43,7 @@ def launch_split(live: LiveDagster, record) -> dict:
         events = instance.all_logs(
             record.dagster_run.run_id, of_type={dg.DagsterEventType.RUN_STARTING, dg.DagsterEventType.ENGINE_EVENT}
         )
-        refreshes = instance.get_run_records(dg.RunsFilter(tags={"churn/trigger": "automation_condition"}))
+        refreshes = instance.get_run_records(dg.RunsFilter(tags={run_tags.TRIGGER: run_tags.AUTOMATION_CONDITION}))
     dequeued = next(e.timestamp for e in events if e.dagster_event.event_type == dg.DagsterEventType.RUN_STARTING)
     worker = next(e.timestamp for e in events if (e.message or "").startswith("Started process for run"))
     behind = any(r.start_time and r.start_time < dequeued and (r.end_time or dequeued) > created for r in refreshes)
@@ -96,10 +97,10 @@ def main() -> None:
             dropped = max((home / "landing" / f).stat().st_mtime for fs in report.files.values() for f in fs)
 
             def done(dropped=dropped):  # bound now: a new one each drop
-                for r in live.runs(**{"churn/trigger": "landing_sensor"}):
+                for r in live.runs(**{run_tags.TRIGGER: run_tags.LANDING_SENSOR}):
                     if r.dagster_run.run_id in seen or r.dagster_run.status != dg.DagsterRunStatus.SUCCESS:
                         continue
-                    if float(r.dagster_run.tags.get("churn/newest_file_mtime", 0)) >= dropped - 1e-3:
+                    if float(r.dagster_run.tags.get(run_tags.NEWEST_FILE_MTIME, 0)) >= dropped - 1e-3:
                         return r
                 return None
 
@@ -112,7 +113,7 @@ def main() -> None:
                     "pickup": created - dropped,
                     "launch": record.start_time - created,
                     "run": record.end_time - record.start_time,
-                    "skipped": record.dagster_run.tags.get("churn/skipped"),
+                    "skipped": record.dagster_run.tags.get(run_tags.SKIPPED),
                     **launch_split(live, record),
                 }
             )

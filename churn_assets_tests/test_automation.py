@@ -10,6 +10,7 @@ import time
 import dagster as dg
 import pytest
 
+from churn_assets import run_tags
 from churn_assets.defs.automation.jobs import CYCLE_JOB
 from churn_assets.defs.automation.mode import write_mode
 from churn_assets.defs.automation.triggers import (
@@ -188,6 +189,20 @@ def test_the_cadence_file_says_which_trigger_acts(tmp_path, instance):
     assert isinstance(churn_hourly(dg.build_schedule_context(instance=instance)), dg.RunRequest)
     said = churn_landing_sensor(sensor_context(tmp_path, instance, mode=None)).skip_message
     assert "says 'weekly', not a cadence" in said and "hourly meanwhile" in said
+
+
+def test_runs_for_landed_files_are_continuous_whichever_trigger_started_them(tmp_path, instance):
+    """What the model domain reads to start its warm scorer (defs/ml/resources.py): the landing
+    sensor's runs and the auto cadence's in its continuous phase, never the hourly schedule's."""
+    land(tmp_path, "users/a.json")
+    landing = churn_landing_sensor(sensor_context(tmp_path, instance))
+    in_continuous_phase = json.dumps({"mode": "continuous", "switched_at": time.time()})
+    auto = trigger("churn_auto_cadence")(sensor_context(tmp_path, instance, cursor=in_continuous_phase, mode="auto"))
+    cadence(tmp_path, "hourly")
+    hourly = churn_hourly(dg.build_schedule_context(instance=instance))
+    requests = (landing, auto, hourly)
+    assert [r.tags[run_tags.TRIGGER] for r in requests] == ["landing_sensor", "auto_continuous", "hourly"]
+    assert [run_tags.is_continuous(r.tags) for r in requests] == [True, True, False]
 
 
 def test_hourly_schedule_requests_the_whole_cycle(instance):

@@ -17,6 +17,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from churn_assets import run_tags
 from churn_assets.defs.ml import registry, warm
 from churn_assets.defs.ml.registry import Store
 from churn_assets.defs.ml.resources import PREDICTION
@@ -28,7 +29,7 @@ from churn_assets_tests.helpers import load_defs, materialize, project_env, quer
 pytestmark = pytest.mark.slow  # trains a model through the assets, starts processes
 
 AS_OF = "2026-11-01T01:00:00"
-CONTINUOUS = {"churn/trigger": "landing_sensor"}  # what the landing sensor tags its runs with
+CONTINUOUS = {run_tags.TRIGGER: run_tags.LANDING_SENSOR}  # what the landing sensor tags its runs with
 # What a run for new files materializes when retraining is not due: bronze -> gold, and scoring.
 LANDING_RUN = dg.AssetSelection.assets(["gold", "churn_features"]).upstream() | dg.AssetSelection.assets(
     ["gold", "churn_prediction"]
@@ -68,8 +69,14 @@ def start(home: Path, idle: int = 120) -> tuple[Path, int]:
     """A warm scorer for ``home``, started as a run starts it; (socket, pid) once it answers."""
     res = store_of(home)
     sock = Path(res.warm_socket)
-    with environment_scope(**project_env(home, AS_OF)):
-        pid = warm.spawn(sock, res.store(), 10, 1, idle, home / "logs" / "warm-scorer.log")
+    # As a run worker of a `dg dev` started in the background has it: SIGTERM ignored (Dagster
+    # gives SIGTERM SIGINT's handler, and `&` ignores SIGINT). The scorer still stops on it (stop).
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with environment_scope(**project_env(home, AS_OF)):
+            pid = warm.spawn(sock, res.store(), 10, 1, idle, home / "logs" / "warm-scorer.log")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert pid
     answers(home)
     return sock, pid
@@ -86,16 +93,27 @@ def answers(home: Path) -> None:
 
 
 def stop(pid: int) -> None:
+    """SIGTERM, as `dg dev` stopping its process group sends it; fails if the scorer outlives it."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
+    deadline = time.time() + 20
+    while alive(pid):
+        if time.time() > deadline:
+            status = Path(f"/proc/{pid}/status").read_text()
+            signals = [line for line in status.splitlines() if line.startswith(("Sig", "Shd", "State"))]
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"warm scorer {pid} outlived SIGTERM by 20 s: {signals}")
         time.sleep(0.1)
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (a child of this process that exited stays one until reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def gone(sock: Path, what: str) -> None:
@@ -191,7 +209,12 @@ def test_it_dies_mid_way_and_the_run_loads_the_same_version_itself(trained):
     try:
         version, _, model = res.warm_champion()
         stop(pid)
-        assert sock.exists() and warm.connect(sock, res.store()) is None  # a killed one's socket: refused
+        assert sock.exists()  # a killed one's socket stays, and refuses (once the kernel has closed it)
+        deadline = time.time() + 5
+        while (client := warm.connect(sock, res.store())) is not None:
+            client.close()
+            assert time.time() < deadline, "a killed scorer's socket still takes connections"
+            time.sleep(0.05)
         df = features(trained)
         expected = local(trained, version)[1].predict_polars(df)
         assert np.array_equal(model.predict_polars(df), expected)

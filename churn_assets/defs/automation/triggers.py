@@ -24,6 +24,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from churn_assets import run_tags
 from churn_assets.defs.automation.jobs import CYCLE_JOB
 from churn_assets.defs.automation.mode import gate
 from churn_assets.defs.campaigns.assets import retention_messages
@@ -192,10 +193,10 @@ def _request_for_files(context, files: list, trigger: str) -> dg.RunRequest:
         run_key=run_key_for(files),
         asset_selection=selection,
         tags={
-            "churn/trigger": trigger,
-            "churn/files": str(len(files)),
-            "churn/skipped": ",".join(skipped) or "none",
-            "churn/newest_file_mtime": f"{files[-1].mtime:.3f}",
+            run_tags.TRIGGER: trigger,
+            run_tags.FILES: str(len(files)),
+            run_tags.SKIPPED: ",".join(skipped) or "none",
+            run_tags.NEWEST_FILE_MTIME: f"{files[-1].mtime:.3f}",
         },
     )
 
@@ -224,7 +225,7 @@ def churn_hourly(context: dg.ScheduleEvaluationContext):
         return dg.SkipReason(skip)
     if pending_runs(context.instance) >= settings.max_pending_runs:
         return dg.SkipReason("a cycle is already queued or running")
-    return dg.RunRequest(tags={"churn/trigger": "hourly"})
+    return dg.RunRequest(tags={run_tags.TRIGGER: run_tags.HOURLY})
 
 
 def churn_landing_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource):
@@ -244,7 +245,7 @@ def churn_landing_sensor(context: dg.SensorEvaluationContext, landing: LandingZo
     if not files:
         return dg.SkipReason("no new complete file")
     context.update_cursor(json.dumps([files[-1].mtime, files[-1].relpath]))
-    return _request_for_files(context, files, "landing_sensor")
+    return _request_for_files(context, files, run_tags.LANDING_SENSOR)
 
 
 def churn_auto_cadence(context: dg.SensorEvaluationContext, landing: LandingZoneResource, alerts: AlertsResource):
@@ -269,12 +270,12 @@ def churn_auto_cadence(context: dg.SensorEvaluationContext, landing: LandingZone
             fresh = new_files(Path(landing.root), after, landing.settle_seconds, now)
             if fresh:
                 after = [fresh[-1].mtime, fresh[-1].relpath]
-                request = _request_for_files(context, fresh, "auto_continuous")
+                request = _request_for_files(context, fresh, run_tags.AUTO_CONTINUOUS)
         else:
             hour = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H")
             if cursor.get("last_hour") != hour:
                 cursor["last_hour"] = hour
-                request = dg.RunRequest(run_key=f"auto-hourly-{hour}", tags={"churn/trigger": "auto_hourly"})
+                request = dg.RunRequest(run_key=f"auto-hourly-{hour}", tags={run_tags.TRIGGER: run_tags.AUTO_HOURLY})
     context.update_cursor(json.dumps({**cursor, "mode": state.mode, "switched_at": state.switched_at, "after": after}))
     return request or dg.SkipReason(f"auto cadence: {state.mode}, nothing to start")
 
@@ -383,7 +384,7 @@ def build(settings: Settings, job) -> tuple[list[dg.ScheduleDefinition], list[dg
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
         # Below every other run in the queue (default 0): a landing run queued beside a refresh starts first.
-        run_tags={"churn/trigger": "automation_condition", "dagster/priority": "-1"},
+        run_tags={run_tags.TRIGGER: run_tags.AUTOMATION_CONDITION, "dagster/priority": "-1"},
         description="Slow-moving assets on their own cadence, declared on the assets (AutomationCondition): the "
         "dashboards every 15 min once something they read changed, in one run per tick (queued after a run writing "
         "their inputs). The landing sensor's runs leave these assets out, so fresh predictions do not wait for them.",

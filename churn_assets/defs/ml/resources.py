@@ -9,11 +9,11 @@ from pathlib import Path
 import dagster as dg
 from pydantic import PrivateAttr
 
+from churn_assets import run_tags
 from churn_assets.settings import Settings
 
 PREDICTION = dg.AssetKey(["gold", "churn_prediction"])  # the step that scores with the champion
 TRAINING = (dg.AssetKey(["ml", "churn_model"]), dg.AssetKey(["ml", "churn_model_champion"]))
-CONTINUOUS = {"churn/trigger": "landing_sensor"}  # the runs of continuous mode (defs/automation)
 
 
 def load_failure(what: str, exc: Exception) -> dg.Failure:
@@ -103,7 +103,7 @@ class MLflowResource(dg.ConfigurableResource):
         if probe is not None:
             probe.close()
             return True
-        if all(context.run.tags.get(k) == v for k, v in CONTINUOUS.items()):
+        if run_tags.is_continuous(context.run.tags):
             try:
                 warm.spawn(
                     Path(self.warm_socket),
