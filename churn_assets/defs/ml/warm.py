@@ -353,9 +353,9 @@ def serve(sock: Path, store: Store, http_timeout: int, http_retries: int, idle_s
 def main() -> None:
     from churn_assets.defs.ml.registry import Store
 
-    # A SIGTERM or a Ctrl-C stops it, whatever it inherited: Dagster's run worker maps SIGTERM to
-    # SIGINT's handler, and SIGINT is ignored in a process started in the background (`&`), so
-    # a spawned scorer would ignore SIGTERM and live until idle.
+    # A SIGTERM or a Ctrl-C stops it, whatever it inherited: Dagster's processes give SIGTERM
+    # SIGINT's disposition, SIGINT is ignored in a process started in the background (`&`), and
+    # an ignored signal stays ignored across exec: such a scorer lived on until idle.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     config = json.loads(sys.stdin.read())
