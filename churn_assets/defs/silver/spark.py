@@ -10,8 +10,10 @@ file id, then the latest line of that file.
 from __future__ import annotations
 
 from churn_assets.defs.silver.transform import (
+    ORDERS_DROPPED,
     ORDERS_SELECT,
     ORDERS_VALID,
+    USERS_DROPPED,
     USERS_SELECT,
     USERS_VALID,
     SilverResult,
@@ -27,14 +29,14 @@ BUILDS = {
         "id",
         USERS_VALID,
         USERS_SELECT,
-        {"user_valid_id": "id IS NULL"},
+        USERS_DROPPED,
     ),
     "silver.churn_orders": (
         "bronze.churn_orders_bronze",
         "id",
         ORDERS_VALID,
         ORDERS_SELECT,
-        {"order_valid_id": "id IS NULL", "order_valid_user_id": "id IS NOT NULL AND user_id IS NULL"},
+        ORDERS_DROPPED,
     ),
 }
 

@@ -19,6 +19,8 @@ from churn_assets.warehouse import scalar, transaction
 # as is, the Spark engine transpiled (``defs/silver/spark.py``). ``{new}`` is the latest
 # valid bronze row per key; ``?`` the pseudonym key. Columns in the silver DDL's order.
 USERS_VALID = "id IS NOT NULL"
+# Each expectation of a table -> the condition of a row it drops (counted in ops.data_quality).
+USERS_DROPPED = {"user_valid_id": "id IS NULL"}
 USERS_SELECT = f"""SELECT id AS user_id, pseudonym(email, ?) AS email,
                    try_strptime(creation_date, '{TS_FORMAT}') AS creation_date,
                    try_strptime(last_activity_date, '{TS_FORMAT}') AS last_activity_date,
@@ -27,6 +29,7 @@ USERS_SELECT = f"""SELECT id AS user_id, pseudonym(email, ?) AS email,
                    churn::INTEGER AS churn, _file_id, _row_no
             FROM {{new}}"""
 ORDERS_VALID = "id IS NOT NULL AND user_id IS NOT NULL"
+ORDERS_DROPPED = {"order_valid_id": "id IS NULL", "order_valid_user_id": "id IS NOT NULL AND user_id IS NULL"}
 # Spark's cast(double as int) truncates; DuckDB's rounds, hence trunc().
 ORDERS_SELECT = f"""SELECT trunc(amount)::INTEGER AS amount, id AS order_id, user_id,
                     trunc(item_count)::INTEGER AS item_count,
@@ -83,13 +86,15 @@ def _upsert(
     valid: str,
     select: str,
     params: list,
+    dropped: dict[str, str],
     tell_gold: bool = False,
-) -> tuple[int, int, int, int]:
+) -> tuple[int, int, int, int, dict[str, int]]:
     """Upsert the new bronze rows of ``source`` into ``target``; latest arrival per key wins.
 
-    Returns (rows read, keys written, keys that replaced an existing row, high watermark).
-    The common cases take the fast path: no key twice in the new rows (no window), an
-    empty target (no delete).
+    Returns (rows read, keys written, keys that replaced an existing row, high watermark, and
+    per expectation of ``dropped`` (name -> the condition of a dropped row) the new rows it
+    dropped, counted in the same scan). The common cases take the fast path: no key twice in
+    the new rows (no window), an empty target (no delete).
     """
     low = watermark(con, consumer, source)
     high = scalar(con, f"SELECT max(_file_id) FROM {source}") or low
@@ -108,11 +113,13 @@ def _upsert(
     # Distinct 64-bit hashes of the keys, a far cheaper aggregate than the strings: equal keys
     # always hash alike, so as many hashes as rows proves every key distinct. Fewer hashes
     # (a key sent twice, or a collision) take the exact count and the latest-wins window.
-    read, valid_rows, distinct = con.execute(
-        f"SELECT count(*), count(*) FILTER ({valid}), count(DISTINCT hash({key})) FILTER ({valid}) FROM {new}"
+    tallies = "".join(f", count(*) FILTER ({condition})" for condition in dropped.values())
+    read, valid_rows, distinct, *counts = con.execute(
+        f"SELECT count(*), count(*) FILTER ({valid}), count(DISTINCT hash({key})) FILTER ({valid}){tallies} FROM {new}"
     ).fetchall()[0]
+    tallied = dict(zip(dropped, counts, strict=True))
     if valid_rows == 0:
-        return read, 0, 0, high
+        return read, 0, 0, high, tallied
     if distinct < valid_rows:
         distinct = scalar(con, f"SELECT count(DISTINCT {key}) FILTER ({valid}) FROM {new}")
         new = f"""(SELECT * FROM {new} WHERE {valid}
@@ -132,7 +139,7 @@ def _upsert(
         con.execute(f"DELETE FROM {target} WHERE rowid IN (SELECT row_id FROM _replaced)")
         con.execute("DROP TABLE _replaced")
     con.execute(f"INSERT INTO {target} {select.format(new=new)}", params)
-    return read, distinct, replaced, high
+    return read, distinct, replaced, high, tallied
 
 
 def _rederive_retired(
@@ -175,9 +182,7 @@ def build_churn_users(con: duckdb.DuckDBPyConnection, pseudonym_key: str) -> Sil
     _define_macros(con)
     source = "bronze.churn_users_bronze"
     with transaction(con):
-        low = watermark(con, "silver.churn_users", source)
-        missing_id = scalar(con, f"SELECT count(*) FROM {source} WHERE _file_id > ? AND id IS NULL", [low])
-        read, written, replaced, high = _upsert(
+        read, written, replaced, high, dropped = _upsert(
             con,
             consumer="silver.churn_users",
             source=source,
@@ -187,23 +192,18 @@ def build_churn_users(con: duckdb.DuckDBPyConnection, pseudonym_key: str) -> Sil
             valid=USERS_VALID,
             select=USERS_SELECT,
             params=[pseudonym_key],
+            dropped=USERS_DROPPED,
         )
         advance(con, "silver.churn_users", source, high)
         fault_point("silver_before_commit")
         total = scalar(con, "SELECT count(*) FROM silver.churn_users")
-    return SilverResult("silver.churn_users", read, written, written - replaced, {"user_valid_id": missing_id}, total)
+    return SilverResult("silver.churn_users", read, written, written - replaced, dropped, total)
 
 
 def build_churn_orders(con: duckdb.DuckDBPyConnection) -> SilverResult:
     source = "bronze.churn_orders_bronze"
     with transaction(con):
-        low = watermark(con, "silver.churn_orders", source)
-        missing_id, missing_user = con.execute(
-            f"""SELECT count(*) FILTER (id IS NULL), count(*) FILTER (id IS NOT NULL AND user_id IS NULL)
-                FROM {source} WHERE _file_id > ?""",
-            [low],
-        ).fetchall()[0]
-        read, written, replaced, high = _upsert(
+        read, written, replaced, high, dropped = _upsert(
             con,
             consumer="silver.churn_orders",
             source=source,
@@ -213,6 +213,7 @@ def build_churn_orders(con: duckdb.DuckDBPyConnection) -> SilverResult:
             valid=ORDERS_VALID,
             select=ORDERS_SELECT,
             params=[],
+            dropped=ORDERS_DROPPED,
             # An order re-sent under another customer changes that customer's aggregates
             # too: gold is told, since the new version no longer names them.
             tell_gold=True,
@@ -220,11 +221,4 @@ def build_churn_orders(con: duckdb.DuckDBPyConnection) -> SilverResult:
         advance(con, "silver.churn_orders", source, high)
         fault_point("silver_before_commit")
         total = scalar(con, "SELECT count(*) FROM silver.churn_orders")
-    return SilverResult(
-        "silver.churn_orders",
-        read,
-        written,
-        written - replaced,
-        {"order_valid_id": missing_id, "order_valid_user_id": missing_user},
-        total,
-    )
+    return SilverResult("silver.churn_orders", read, written, written - replaced, dropped, total)
