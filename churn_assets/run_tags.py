@@ -1,6 +1,7 @@
 """The tags the project's triggers put on runs: one spelling for the triggers that set them
-(defs/automation) and the code that reads them (the model domain's warm scorer, the tests and
-the latency benchmark)."""
+(defs/automation) and the code that reads them (the model domain's warm scorer, the latency
+benchmark). Tests mostly spell the values out: stored runs are filtered on them, so a change
+of spelling must show there."""
 
 from __future__ import annotations
 

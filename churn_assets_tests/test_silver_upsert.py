@@ -43,3 +43,25 @@ def test_a_key_sent_twice_keeps_its_latest_arrival_and_counts_once(tmp_path, col
     ]
     # The customer the replaced rows named is recomputed in gold (u-3 is named by the new rows).
     assert {r[0] for r in con.execute("SELECT user_id FROM ops.gold_pending_users").fetchall()} == {"u-1"}
+
+    # A batch of invalid rows only: each counted under its expectation, nothing written; then nothing new.
+    land_orders(con, [(4, 1, None, "u-1", 1.0), (4, 2, "o-4", None, 2.0)])
+    third = build_churn_orders(con)
+    assert (third.rows_read, third.rows_written, third.rows_total) == (2, 0, 3)
+    assert third.dropped == {"order_valid_id": 1, "order_valid_user_id": 1}
+    idle = build_churn_orders(con)
+    assert (idle.rows_read, idle.rows_written, idle.dropped) == (0, 0, {"order_valid_id": 0, "order_valid_user_id": 0})
+
+
+def test_dropped_row_conditions_that_miss_an_invalid_row_fail_the_step(tmp_path, monkeypatch):
+    """The expectations' counts must cover every row the valid condition leaves out, or
+    ops.data_quality would count wrong without a word: edited apart, they fail the step."""
+    from churn_assets.defs.silver import transform
+
+    con = connect(tmp_path / "w.duckdb")
+    ensure_schema(con)
+    land_orders(con, [(1, 1, "o-1", "u-1", 10.0), (1, 2, "o-2", None, 20.0)])
+    monkeypatch.setattr(transform, "ORDERS_DROPPED", {"order_valid_id": "id IS NULL"})
+    with pytest.raises(RuntimeError, match="do not cover the rows failing"):
+        build_churn_orders(con)
+    assert con.execute("SELECT count(*) FROM silver.churn_orders").fetchall() == [(0,)]  # rolled back

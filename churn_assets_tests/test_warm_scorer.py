@@ -101,7 +101,10 @@ def stop(pid: int) -> None:
     deadline = time.time() + 20
     while alive(pid):
         if time.time() > deadline:
-            status = Path(f"/proc/{pid}/status").read_text()
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                return  # it exited at this very moment
             signals = [line for line in status.splitlines() if line.startswith(("Sig", "Shd", "State"))]
             os.kill(pid, signal.SIGKILL)
             raise AssertionError(f"warm scorer {pid} outlived SIGTERM by 20 s: {signals}")

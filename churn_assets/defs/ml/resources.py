@@ -68,9 +68,9 @@ class MLflowResource(dg.ConfigurableResource):
         self._scope = contextlib.ExitStack()
         selection = context.run.asset_selection if context.run else None
         scores = not selection or PREDICTION in selection  # empty: the whole job
-        # Continuous mode's runs for new files (they score and do not train): a warm scorer that
-        # answers scores for them, and nothing is imported or loaded for scoring here. None
-        # answers: a continuous-mode run starts one for the runs after it, and loads its own.
+        # Runs for new files (they score and do not train): a warm scorer that answers scores for
+        # them, and nothing is imported or loaded for scoring here. None answers: a run started as
+        # files land (run_tags.is_continuous) starts one for the runs after it, and loads its own.
         if selection and PREDICTION in selection and not any(k in selection for k in TRAINING):
             self._use_warm = self._warm_scorer_answers(context)
             if self._use_warm:

@@ -1,5 +1,6 @@
-"""The warm scorer: in continuous mode, one process beside the runs that has MLflow and LightGBM
-imported and the champion loaded, so a run for new files scores without importing them.
+"""The warm scorer: for runs started as files land, one process beside the runs that has MLflow
+and LightGBM imported and the champion loaded, so a run for new files scores without importing
+them.
 
 Why: every run is a fresh process. Importing MLflow and LightGBM and loading the champion is
 ~3 s of CPU there, and it holds the GIL against the run's own steps: bronze -> gold took
@@ -13,11 +14,12 @@ What it answers, on a Unix socket in ``$CHURN_HOME/ops`` (mode 0600, this user o
 Only the model's input columns cross the socket (no key, no personal data), as Arrow IPC;
 nothing is unpickled.
 
-Who uses it: a run whose selection scores and does not train (continuous mode's runs for new
-files while retraining is not due). A run that trains has MLflow loaded anyway and scores
-itself, so a new champion's full rescoring never crosses the socket.
+Who uses it: a run whose selection scores and does not train (runs for new files, in continuous
+mode or the auto cadence's continuous phase, while retraining is not due). A run that trains
+has MLflow loaded anyway and scores itself, so a new champion's full rescoring never crosses
+the socket.
 
-Lifetime: a continuous-mode run starts it when none answers (``spawn``); it stays in that
+Lifetime: such a run (``run_tags.is_continuous``) starts it when none answers (``spawn``); it stays in that
 run's process group (stopping ``dg dev`` stops it), holds ``scorer.lock`` (at most one per
 home), and exits after ``idle_seconds`` without a request, when its socket is removed or
 replaced, or when a run's scoring code or MLflow store differs from its own (an upgrade, a

@@ -19,7 +19,9 @@ from churn_assets.warehouse import scalar, transaction
 # as is, the Spark engine transpiled (``defs/silver/spark.py``). ``{new}`` is the latest
 # valid bronze row per key; ``?`` the pseudonym key. Columns in the silver DDL's order.
 USERS_VALID = "id IS NOT NULL"
-# Each expectation of a table -> the condition of a row it drops (counted in ops.data_quality).
+# Each expectation of a table -> the condition of a row it drops (counted in ops.data_quality):
+# together, exactly the rows the VALID condition leaves out (``_upsert`` checks it on every run).
+# Used as they are by both engines (not transpiled): plain SQL that DuckDB and Spark read alike.
 USERS_DROPPED = {"user_valid_id": "id IS NULL"}
 USERS_SELECT = f"""SELECT id AS user_id, pseudonym(email, ?) AS email,
                    try_strptime(creation_date, '{TS_FORMAT}') AS creation_date,
@@ -118,6 +120,8 @@ def _upsert(
         f"SELECT count(*), count(*) FILTER ({valid}), count(DISTINCT hash({key})) FILTER ({valid}){tallies} FROM {new}"
     ).fetchall()[0]
     tallied = dict(zip(dropped, counts, strict=True))
+    if read != valid_rows + sum(counts):  # the quality counts would be wrong without an error
+        raise RuntimeError(f"{target}: the dropped-row conditions {dropped} do not cover the rows failing {valid}")
     if valid_rows == 0:
         return read, 0, 0, high, tallied
     if distinct < valid_rows:
