@@ -254,8 +254,8 @@ class Settings:
     warm_scorer_idle_seconds: int = _setting(
         "CHURN_WARM_SCORER_IDLE_SECONDS",
         600,
-        "continuous mode: a scorer process keeps MLflow, LightGBM and the champion loaded for the runs, and "
-        "stops after this long without one; 0: each run loads the model itself",
+        "continuous mode (and auto's continuous phase): a scorer process keeps MLflow, LightGBM and the "
+        "champion loaded for the runs, and stops after this long without one; 0: each run loads the model itself",
         _positive(int),
     )
     max_pending_runs: int = _setting(
