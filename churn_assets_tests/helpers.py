@@ -148,6 +148,20 @@ def trigger(name: str):
 CRASH_KEY = "crash-safety-" + "3" * 51
 
 
+def alive(pids) -> set[int]:
+    """Those of ``pids`` still running: not gone, not a zombie (a child that exited stays one
+    until its parent reaps it)."""
+    out = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    out.add(pid)
+        except (OSError, IndexError):
+            pass
+    return out
+
+
 def run_cycle(home: Path, kill_at: str | None = None, select: str = "group:bronze") -> subprocess.Popen:
     """`churn run --select` on ``home`` in a subprocess; with ``kill_at``, SIGKILLed at that fault point."""
     env = {

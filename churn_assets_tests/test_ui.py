@@ -24,7 +24,7 @@ import pytest
 
 from churn_assets.definitions import defs as load_defs
 from churn_assets_tests.browser import launch
-from churn_assets_tests.helpers import CHURN, VENV_BIN, clean_env
+from churn_assets_tests.helpers import CHURN, VENV_BIN, alive, clean_env
 from churn_assets_tests.live import REPO, free_port, stop, wait_until_serving
 
 pytestmark = pytest.mark.slow  # a whole cycle, a subprocess or a server per test
@@ -229,18 +229,6 @@ def test_schedule_and_sensors_are_listed_with_their_state(ui):
     # Dagster's own switches are untouched: each trigger is on, the file says which one acts.
     assert automation_states(port) == everything_on
     subprocess.run([*CHURN, "mode", "hourly"], env=env, cwd=REPO, check=True)
-
-
-def alive(pids) -> set[int]:
-    out = set()
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    out.add(pid)
-        except OSError:
-            pass
-    return out
 
 
 def descendants(pid: int) -> set[int]:

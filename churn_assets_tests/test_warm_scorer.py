@@ -24,7 +24,7 @@ from churn_assets.defs.ml.resources import PREDICTION
 from churn_assets.defs.ml.scoring import _features
 from churn_assets.generator import generate_history, generate_increment
 from churn_assets.settings import environment_scope
-from churn_assets_tests.helpers import load_defs, materialize, project_env, query
+from churn_assets_tests.helpers import alive, load_defs, materialize, project_env, query
 
 pytestmark = pytest.mark.slow  # trains a model through the assets, starts processes
 
@@ -69,8 +69,9 @@ def start(home: Path, idle: int = 120) -> tuple[Path, int]:
     """A warm scorer for ``home``, started as a run starts it; (socket, pid) once it answers."""
     res = store_of(home)
     sock = Path(res.warm_socket)
-    # As a run worker of a `dg dev` started in the background has it: SIGTERM ignored (Dagster
-    # gives SIGTERM SIGINT's handler, and `&` ignores SIGINT). The scorer still stops on it (stop).
+    # As a Dagster process started in the background can have it: SIGTERM ignored (Dagster gives
+    # SIGTERM SIGINT's disposition, and `&` ignores SIGINT; this suite's workers had it so when
+    # run by CI). The scorer still stops on it (stop).
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         with environment_scope(**project_env(home, AS_OF)):
@@ -93,13 +94,13 @@ def answers(home: Path) -> None:
 
 
 def stop(pid: int) -> None:
-    """SIGTERM, as `dg dev` stopping its process group sends it; fails if the scorer outlives it."""
+    """SIGTERM, as `kill` or a process manager sends it; fails if the scorer outlives it."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.time() + 20
-    while alive(pid):
+    while alive({pid}):
         if time.time() > deadline:
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
@@ -109,14 +110,6 @@ def stop(pid: int) -> None:
             os.kill(pid, signal.SIGKILL)
             raise AssertionError(f"warm scorer {pid} outlived SIGTERM by 20 s: {signals}")
         time.sleep(0.1)
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie (a child of this process that exited stays one until reaped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def gone(sock: Path, what: str) -> None:
