@@ -50,7 +50,8 @@ def json_select_sql(spec: SourceSpec, view: str) -> tuple[str, str]:
                    CASE WHEN NOT canon THEN json_type(raw, {paths}) END AS t,
                    CASE WHEN NOT canon THEN json_keys(raw) END AS k
             FROM (
-                SELECT row_no, file_id, source_file, raw, s, to_json(s) = raw AS canon
+                -- Compared as text: against JSON, DuckDB would cast (parse) every raw line once more.
+                SELECT row_no, file_id, source_file, raw, s, to_json(s)::VARCHAR = raw AS canon
                 FROM (SELECT row_no, file_id, source_file, raw, from_json(raw, '{struct}') AS s
                       FROM {view} WHERE {IS_OBJECT})
             )
