@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_scale import AS_OF, REPO, layer_of, measured  # noqa: E402
 from benchmarks.common import step_seconds  # noqa: E402
-from churn_assets_tests.spark_cluster import Cluster, parent_pid  # noqa: E402
+from churn_assets.cli import descendants  # noqa: E402
+from churn_assets_tests.spark_cluster import Cluster  # noqa: E402
 
 SELECTION = "*gold/churn_prediction"  # bronze -> silver -> gold -> training, champion, scoring
 LAYERS = ("bronze", "silver", "gold", "training", "scoring")
@@ -49,17 +50,7 @@ def _rss(pid: int) -> int:
 
 def _trees(roots: set[int]) -> set[int]:
     """The roots and every process below them, now."""
-    children: dict[int, list[int]] = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            children.setdefault(parent_pid(int(p.name)), []).append(int(p.name))
-    out, todo = set(), list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in out:
-            out.add(pid)
-            todo.extend(children.get(pid, ()))
-    return out
+    return set(roots) | descendants(*roots)
 
 
 class PeakRSS:

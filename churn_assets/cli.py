@@ -220,19 +220,23 @@ def cmd_mode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (from /proc), whatever session or group it moved to."""
+def parent_pid(pid: int) -> int:
+    """The parent of ``pid`` from /proc (-1 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The command name, in parentheses, may hold spaces and ")": fields start after the last.
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def descendants(*pids: int) -> set[int]:
+    """Every live process below any of ``pids`` (from /proc), whatever session or group it moved to."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = set(), [pid]
+        if entry.isdigit():
+            children.setdefault(parent_pid(int(entry)), []).append(int(entry))
+    out, todo = set(), list(pids)
     while todo:
         for child in children.get(todo.pop(), []):
             if child not in out:
@@ -273,10 +277,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     tree: set[int] = set()
     while child.poll() is None and not stopping:
-        tree |= _descendants(child.pid)  # remembered: a child reparented on exit is still ours
+        tree |= descendants(child.pid)  # remembered: a child reparented on exit is still ours
         time.sleep(0.5)
     if child.poll() is None:
-        tree |= _descendants(child.pid)
+        tree |= descendants(child.pid)
         # dg dev shuts its webserver, daemon and code servers down on SIGINT; what is left
         # after a grace period is killed.
         os.killpg(child.pid, signal.SIGINT)
@@ -284,7 +288,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         deadline = time.time() + 6
         while time.time() < deadline and child.poll() is None:
             time.sleep(0.2)
-    tree |= _descendants(child.pid) if child.poll() is None else set()
+    tree |= descendants(child.pid) if child.poll() is None else set()
     alive = {pid for pid in tree | {child.pid} if os.path.exists(f"/proc/{pid}")}
     _signal_all(alive, signal.SIGKILL)
     child.wait()

@@ -14,6 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from churn_assets.cli import parent_pid
+
 # JVM options for the tests' short runs on a small sample: the client compiler only (C1) and
 # the serial collector. A test's JVMs live a few minutes; the C2 compiler's threads and G1's
 # background threads spend CPU there that a few thousand rows never pay back: alone on this
@@ -29,13 +31,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def parent_pid(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return -1
 
 
 class Cluster:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from churn_assets.cli import parent_pid
 from churn_assets_tests import reference_oracle
 from churn_assets_tests.helpers import AS_OF, SAMPLE, land_sample, materialize, needs_sample, query
-from churn_assets_tests.spark_cluster import QUICK_JVM, Cluster, parent_pid
+from churn_assets_tests.spark_cluster import QUICK_JVM, Cluster
 
 pyspark = pytest.importorskip("pyspark", reason="the spark extra is not installed (CHURN_EXTRAS=spark scripts/setup)")
 pytestmark = [

@@ -22,6 +22,7 @@ from collections import defaultdict
 
 import pytest
 
+from churn_assets.cli import descendants
 from churn_assets.definitions import defs as load_defs
 from churn_assets_tests.browser import launch
 from churn_assets_tests.helpers import CHURN, VENV_BIN, alive, clean_env
@@ -229,12 +230,6 @@ def test_schedule_and_sensors_are_listed_with_their_state(ui):
     # Dagster's own switches are untouched: each trigger is on, the file says which one acts.
     assert automation_states(port) == everything_on
     subprocess.run([*CHURN, "mode", "hourly"], env=env, cwd=REPO, check=True)
-
-
-def descendants(pid: int) -> set[int]:
-    from churn_assets.cli import _descendants
-
-    return _descendants(pid)
 
 
 # Last in the file: it stops the module's `churn ui`.

@@ -7,6 +7,9 @@ from churn_assets.landing import TIMESTAMP_REGEX, SourceSpec
 
 # Valid JSON whose first character is "{" is an object; json_valid is the one full parse.
 IS_OBJECT = "CASE WHEN json_valid(raw) THEN ltrim(raw)[1] = '{' ELSE false END"
+# A line that is its parsed struct written back fits by construction (json_select_sql). Compared
+# as text: against JSON, DuckDB would cast (parse) every landed line once more.
+CANONICAL = "to_json(s)::VARCHAR = raw"
 # Accepted JSON types per declared column type (json_type names); NULL always fits.
 JSON_FITS = {
     "VARCHAR": ("VARCHAR",),
@@ -50,8 +53,7 @@ def json_select_sql(spec: SourceSpec, view: str) -> tuple[str, str]:
                    CASE WHEN NOT canon THEN json_type(raw, {paths}) END AS t,
                    CASE WHEN NOT canon THEN json_keys(raw) END AS k
             FROM (
-                -- Compared as text: against JSON, DuckDB would cast (parse) every raw line once more.
-                SELECT row_no, file_id, source_file, raw, s, to_json(s)::VARCHAR = raw AS canon
+                SELECT row_no, file_id, source_file, raw, s, {CANONICAL} AS canon
                 FROM (SELECT row_no, file_id, source_file, raw, from_json(raw, '{struct}') AS s
                       FROM {view} WHERE {IS_OBJECT})
             )
