@@ -220,14 +220,20 @@ def cmd_mode(args: argparse.Namespace) -> int:
     return 0
 
 
-def parent_pid(pid: int) -> int:
-    """The parent of ``pid`` from /proc (-1 once it is gone)."""
+def stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state, parent, ...); [] once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             # The command name, in parentheses, may hold spaces and ")": fields start after the last.
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return -1
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def parent_pid(pid: int) -> int:
+    """The parent of ``pid`` from /proc (-1 once it is gone)."""
+    fields = stat_fields(pid)
+    return int(fields[1]) if len(fields) > 1 else -1
 
 
 def descendants(*pids: int) -> set[int]:

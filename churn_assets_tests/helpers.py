@@ -14,6 +14,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from churn_assets.cli import stat_fields
 from churn_assets.definitions import defs as project_defs
 from churn_assets.settings import environment_scope
 
@@ -151,15 +152,7 @@ CRASH_KEY = "crash-safety-" + "3" * 51
 def alive(pids) -> set[int]:
     """Those of ``pids`` still running: not gone, not a zombie (a child that exited stays one
     until its parent reaps it)."""
-    out = set()
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    out.add(pid)
-        except (OSError, IndexError):
-            pass
-    return out
+    return {pid for pid in pids if (fields := stat_fields(pid)) and fields[0] != "Z"}  # fields[0]: the state
 
 
 def run_cycle(home: Path, kill_at: str | None = None, select: str = "group:bronze") -> subprocess.Popen:
