@@ -237,9 +237,10 @@ class Settings:
     )
     sensor_listen_seconds: float = _setting(
         "CHURN_SENSOR_LISTEN_SECONDS",
-        3.0,
-        "how long one landing sensor tick waits for a new file before it returns (Dagster starts a tick "
-        "every 5 s at most): files are picked up as they land, not at the next tick",
+        5.0,
+        "how long one landing sensor tick waits for a new file before it returns (Dagster's sensor loop "
+        "is 5 s): files are picked up as they land, not at the next tick (3 s at most when the "
+        "instance runs sensors in threads)",
         _positive(float),
     )
     continuous_retrain_minutes: float = _setting(

@@ -6,9 +6,11 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
 from churn_assets import run_tags
 from churn_assets.defs.automation.jobs import CYCLE_JOB
@@ -160,6 +162,30 @@ def test_a_tick_that_finds_a_cycle_pending_waits_for_it_and_takes_the_files_as_i
     assert isinstance(result, dg.SkipReason) and result.skip_message.startswith("1 new files wait")
     assert 1.0 <= time.monotonic() - started < 2.5
     assert json.loads(ctx.cursor)[1] == "users/a.json"  # b.json not consumed: the next tick takes it
+
+
+@pytest.mark.slow  # 7 s of listening
+def test_a_tick_listens_the_whole_window_unless_the_instance_runs_sensors_in_threads(tmp_path):
+    # The project's instances run sensors in one thread: the daemon starts its next loop as soon as
+    # a tick longer than its 5-s loop ends, so a tick may listen that long. Threaded (an instance
+    # file written before), the daemon would skip the sensor while its tick still listens: 3 s.
+    from churn_assets.defs import automation
+
+    for shipped in ("dagster.yaml", "dagster.postgres.yaml"):
+        config = yaml.safe_load((Path(automation.__file__).parent / shipped).read_text())
+        assert config["sensors"]["use_threads"] is False, shipped
+    seen = land(tmp_path, "users/a.json")
+    cursor = json.dumps([seen.stat().st_mtime, "users/a.json"])  # taken already: nothing new lands
+    took = {}
+    for threaded in (False, True):
+        with dg.instance_for_test(overrides={"sensors": {"use_threads": threaded, "num_workers": 1}}) as inst:
+            ctx = sensor_context(tmp_path, inst, cursor=cursor, listen=4.0)
+            started = time.monotonic()
+            result = churn_landing_sensor(ctx)
+            took[threaded] = time.monotonic() - started
+        assert isinstance(result, dg.SkipReason) and result.skip_message == "no new complete file"
+    assert took[False] >= 4.0
+    assert 3.0 <= took[True] < 4.0
 
 
 def test_the_cadence_file_says_which_trigger_acts(tmp_path, instance):

@@ -76,9 +76,9 @@ def wait_for_new_files(
     """``new_files``, waiting up to ``listen_seconds`` for the first complete one.
 
     Dagster's sensor daemon starts a tick every 5 s at most, so a tick that only looked once
-    would leave a file waiting 2.5 s on average; one that listens for most of that interval
-    takes it as it lands. Completeness is the same test as ever (renamed into place, or
-    still for ``settle_seconds``): waiting never makes a half-written file count."""
+    would leave a file waiting 2.5 s on average; one that listens through that interval
+    (``listen_window``) takes it as it lands. Completeness is the same test as ever (renamed into
+    place, or still for ``settle_seconds``): waiting never makes a half-written file count."""
     start = clock()
     found = new_files(landing_root, after, settle_seconds, start)
     while not found and clock() - start < listen_seconds:
@@ -93,6 +93,17 @@ def wait_for_new_files(
             break
         found = more
     return found
+
+
+# Threaded sensors (``sensors: use_threads`` in dagster.yaml): the daemon skips a sensor whose tick
+# is still running when its next 5-s loop starts, so a tick must end well inside the loop.
+THREADED_LISTEN_SECONDS = 3.0
+
+
+def listen_window(listen_seconds: float, threaded: bool) -> float:
+    """How long a tick listens. Unthreaded (the project's instance), the daemon starts its next
+    loop as soon as a tick outlasting the 5-s loop ends: a tick may listen the whole loop."""
+    return min(listen_seconds, THREADED_LISTEN_SECONDS) if threaded else listen_seconds
 
 
 def wait_while(busy, seconds: float, clock=time.time, sleep=time.sleep) -> bool:
@@ -234,13 +245,15 @@ def churn_landing_sensor(context: dg.SensorEvaluationContext, landing: LandingZo
         return dg.SkipReason(skip)
     after = json.loads(context.cursor) if context.cursor else default_after(context.instance)
     start, limit = time.time(), Settings.load().max_pending_runs
+    threaded = bool((context.instance.get_settings("sensors") or {}).get("use_threads"))
+    window = listen_window(landing.listen_seconds, threaded)
     # A cycle still pending: wait for it within the listen window rather than skip at once, so
     # files that land as it ends are taken by this tick, not the next one (up to 5 s later).
-    if wait_while(lambda: pending_runs(context.instance) >= limit, landing.listen_seconds):
+    if wait_while(lambda: pending_runs(context.instance) >= limit, window):
         # The cursor stays: new files trigger the next run, once this one is done.
         waiting = len(new_files(Path(landing.root), after, landing.settle_seconds, time.time()))
         return dg.SkipReason(f"{waiting} new files wait: a cycle is already queued or running")
-    listen = max(0.0, landing.listen_seconds - (time.time() - start))
+    listen = max(0.0, window - (time.time() - start))
     files = wait_for_new_files(Path(landing.root), after, landing.settle_seconds, listen)
     if not files:
         return dg.SkipReason("no new complete file")
