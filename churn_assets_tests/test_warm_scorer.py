@@ -5,9 +5,12 @@ model, and a run that cannot reach it, or loses it mid-way, scores by itself."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
+import subprocess
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -24,7 +27,7 @@ from churn_assets.defs.ml.resources import PREDICTION
 from churn_assets.defs.ml.scoring import _features
 from churn_assets.generator import generate_history, generate_increment
 from churn_assets.settings import environment_scope
-from churn_assets_tests.helpers import alive, load_defs, materialize, project_env, query
+from churn_assets_tests.helpers import REPO, alive, load_defs, materialize, project_env, query
 
 pytestmark = pytest.mark.slow  # trains a model through the assets, starts processes
 
@@ -254,3 +257,29 @@ def test_it_stops_when_idle(trained):
         time.sleep(0.2)
     gone(sock, "an idle warm scorer did not stop")
     stop(pid)
+
+
+def test_a_run_it_scores_for_imports_neither_the_model_nor_pandas(trained):
+    # What keeps continuous mode's runs short: MLflow and LightGBM stay in the scorer, and pandas
+    # (0.5 s; pyarrow's pa.array imports it on first use) stays out of bronze. In a fresh process,
+    # as a run worker is.
+    sock, pid = start(trained)
+    try:
+        generate_increment(trained, fraction=0.02)
+        code = (
+            "import json, sys\n"
+            "from pathlib import Path\n"
+            "from churn_assets_tests.test_warm_scorer import CONTINUOUS, run\n"
+            f"meta = run(Path({str(trained)!r}), '2026-11-05T01:00:00', tags=CONTINUOUS)\n"
+            "heavy = [m for m in ('pandas', 'mlflow', 'lightgbm', 'sklearn') if m in sys.modules]\n"
+            "print(json.dumps([meta['scored_by'].value, meta['customers_scored'].value, heavy]))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        scored_by, scored, heavy = json.loads(out.stdout.strip().splitlines()[-1])
+        assert scored_by == "warm scorer" and scored > 0
+        assert heavy == []
+    finally:
+        stop(pid)

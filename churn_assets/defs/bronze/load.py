@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from churn_assets.defs.bronze.manifest import MANIFEST_COLUMNS, Known
-from churn_assets.defs.bronze.parse import ParsedFile, parse_file
+from churn_assets.defs.bronze.parse import ParsedFile, numbers_array, parse_file, text_array
 from churn_assets.defs.bronze.rows_sql import csv_select_sql, json_select_sql
 from churn_assets.defs.bronze.versions import CHANGE_EVENTS
 from churn_assets.faults import fault_point
@@ -172,9 +172,11 @@ def load_batch(
 
 def _with_lineage(pf: ParsedFile, file_id: int) -> pa.Table:
     n = pf.lines.num_rows
-    return pf.lines.append_column("file_id", pa.array(np.full(n, file_id, dtype=np.int64))).append_column(
+    return pf.lines.append_column("file_id", numbers_array(np.full(n, file_id, dtype=np.int64))).append_column(
         "source_file",
-        pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([pf.landed.relpath])),
+        pa.DictionaryArray.from_arrays(
+            numbers_array(np.zeros(n, dtype=np.int32), np.int32), text_array(pf.landed.relpath)
+        ),
     )
 
 

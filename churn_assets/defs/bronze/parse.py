@@ -294,6 +294,22 @@ VIEW_CHUNK = 1 << 30
 VIEW_INLINE = 12  # a string of up to 12 bytes is held in its view itself
 
 
+# Arrays built from their buffers, not with pa.array: that asks pyarrow's pandas shim about its
+# input, which imports pandas (0.5 s) into every run that ingests a file (continuous mode's latency).
+def numbers_array(values: np.ndarray, dtype=np.int64) -> pa.Array:
+    """An Arrow integer array of ``values`` (int64 or int32), without a copy when they already are."""
+    values = np.ascontiguousarray(values, dtype=dtype)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
+def text_array(value: str) -> pa.Array:
+    """A one-element Arrow string array."""
+    data = value.encode("utf-8")
+    return pa.Array.from_buffers(
+        pa.string(), 1, [None, pa.py_buffer(np.array([0, len(data)], dtype=np.int32)), pa.py_buffer(data)]
+    )
+
+
 def line_views(data: bytes, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
     """Arrow strings ``data[starts[i]:ends[i]]`` as views into ``data``: no byte is copied.
     Every line is at most MAX_RECORD_BYTES long (longer ones were blanked before)."""
@@ -340,7 +356,7 @@ def _parse_json_lines(
         texts = pa.array([data[starts[i] : ends[i]].decode("utf-8") for i in maybe], pa.string())
         blank[maybe] = pc.utf8_is_space(texts).to_numpy(zero_copy_only=False)
     keep = np.flatnonzero(~blank)
-    table = pa.table({"raw": line_views(data, starts[keep], ends[keep]), "row_no": keep + first_no})
+    table = pa.table({"raw": line_views(data, starts[keep], ends[keep]), "row_no": numbers_array(keep + first_no)})
     return ParsedFile(landed, digest, table.num_rows, "loaded", lines=table)
 
 
@@ -369,7 +385,7 @@ def _parse_csv(
     )
     # The reader skips empty lines without counting them: its numbers are of non-empty lines.
     physical = _nonempty_lines(data, spans)
-    table = table.append_column("row_no", pa.array(_row_numbers(table.num_rows, skipped, first_no, physical)))
+    table = table.append_column("row_no", numbers_array(_row_numbers(table.num_rows, skipped, first_no, physical)))
 
     def line_no(n: int) -> int:
         if physical is not None and 0 < n <= len(physical):
