@@ -196,8 +196,8 @@ def import_connect_client() -> None:
     """pyspark's Spark Connect client, which checks its packages (grpcio, pyarrow, pandas...) when
     imported. Without its FutureWarning that pandas 3 is not yet fully supported: the project pins
     pandas 3, and what the cycle does over Connect (Arrow collects, rows to a DataFrame, MLflow's
-    pandas UDF) is tested with it (test_spark_connect.py); the warning would print on every
-    `churn sql`."""
+    pandas UDF) is tested with it (test_spark_engine.py's Spark Connect test); the warning would
+    print on every `churn sql`."""
     import warnings
 
     with warnings.catch_warnings():

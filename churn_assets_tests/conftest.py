@@ -81,8 +81,7 @@ def project(tmp_path_factory, small_home) -> Path:
 # --no-loadscope-reorder: by default xdist re-sorts the files by their number of tests, which
 # started a one-test file of 2.5 minutes (test_operations_e2e.py) last. Unlisted files count as short.
 LONGEST_FIRST = (
-    "test_spark_engine.py",  # a cluster started, the sample on both engines, a worker killed: 3-6 min
-    "test_spark_connect.py",  # a cluster of its own, a Spark Connect server, one whole cycle: 2.5-5 min
+    "test_spark_engine.py",  # one cluster: a whole cycle over Spark Connect, a driver here, a worker killed: 6-11 min
     "test_first_contact.py",  # the demo, the README's examples; then test_ui.py on its worker (below)
     "test_crash_safety_changes.py",  # a kill and a rerun per test
     "test_crash_safety.py",
@@ -114,7 +113,6 @@ SAME_WORKER = {"test_ui.py": "test_first_contact.py"}
 # killed-worker test and the suite took 13 min 15 s instead of 11 min 3 s).
 LONG_LAST_TESTS = (
     "test_spark_engine.py::test_exactly_once_rerun_copy_increment_and_a_killed_worker",
-    "test_spark_connect.py::test_the_whole_cycle_over_spark_connect_equals_duckdb",
     "test_operations_e2e.py::test_cadence_switching_landing_sensor_alerts_and_one_writer",
 )
 

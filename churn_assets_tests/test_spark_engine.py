@@ -1,28 +1,60 @@
 """The Spark engine against a real standalone cluster (one master, two workers on 127.0.0.1,
-started from the pyspark distribution), on the shared reference sample: gold equal to the
-DuckDB engine's row for row, the plain-SQL oracle, exactly once (a second run, a re-landed
-copy, an increment, a worker killed with SIGKILL mid-run), and `churn sql` on both engines.
-The figures, the page and the campaign on Spark are test_spark_connect.py's: its one whole
-cycle runs them (a Connect client can do less than a classic driver, not more)."""
+started from the pyspark distribution) on the shared reference sample, both ways a run reaches
+the cluster, against ONE `churn run` on DuckDB (every asset: bronze to the campaign; it runs
+while the cluster starts).
+
+Spark Connect: a Connect server attached to the cluster and ONE `churn run` (every asset) with
+CHURN_SPARK_MASTER=sc://... The run's process is a Connect client only: no JVM, no Spark
+application of its own (the cluster sees the Connect server's alone). Equal to DuckDB: gold row
+for row on every column, the same booster and its predictions, the data-quality counts the
+bronze streams report (their batches run beside the server), every dashboard figure and the
+page's tiles, the campaign's messages (no personal data in a prompt), and `churn sql` over
+Connect. The Spark engine's only test of the figures, the page and the campaign (a Connect
+client can do less than a classic driver, not more).
+
+A driver in this process (spark://), bronze to gold and the ml group: gold and silver equal to
+DuckDB's row for row, the plain-SQL oracle, the model and its predictions, the training sample,
+exactly once (a second run, a re-landed copy, an increment, a worker killed with SIGKILL during
+a run's job), and `churn sql` on both engines.
+
+One file, so one cluster and one DuckDB reference: `--dist loadfile` gives each file to a test
+worker of its own, and as two files (the Connect test was test_spark_connect.py) they started
+two clusters and built DuckDB's side twice. The reference's whole cycle holds everything the
+driver's tests compare."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from churn_assets.cli import parent_pid
 from churn_assets_tests import reference_oracle
-from churn_assets_tests.helpers import AS_OF, SAMPLE, land_sample, materialize, needs_sample, query
+from churn_assets_tests.fake_anthropic import FakeAnthropic
+from churn_assets_tests.helpers import (
+    AS_OF,
+    SAMPLE,
+    assert_no_personal_data,
+    land_sample,
+    materialize,
+    needs_sample,
+    project_env,
+    query,
+)
 from churn_assets_tests.spark_cluster import QUICK_JVM, Cluster
 
 pyspark = pytest.importorskip("pyspark", reason="the spark extra is not installed (CHURN_EXTRAS=spark scripts/setup)")
@@ -33,16 +65,110 @@ pytestmark = [
 ]
 
 BRONZE_TO_GOLD = "*gold/churn_features"
-
+ML = ["ml/churn_model", "ml/churn_model_champion", "gold/churn_prediction"]
+PREDICTION_COLUMNS = "user_id, churn_probability, churn_prediction, model_name, model_version"
 
 TIMES: dict[str, float] = {}
 
 
-# The file's own: stopped when the file ends, not at the worker's last test (an idle
-# application's JVMs would otherwise live on beside the rest of the suite).
+def gold_columns() -> str:
+    """Every column of gold, in the contract's order."""
+    from churn_assets.defs.gold.features import FEATURE_COLUMNS
+
+    return ", ".join(FEATURE_COLUMNS)
+
+
+# --- The DuckDB reference and the cluster: one of each for the file ------------------------------
+
+
+def churn_env(home: Path, anthropic_url: str, **extra: str) -> dict[str, str]:
+    """A clean environment for `churn` on ``home``: no Spark variables (a Connect client needs
+    none), the fake Anthropic server for the campaign."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CHURN_", "DAGSTER_HOME", "MLFLOW_", "ANTHROPIC_", "SPARK_", "PYSPARK_"))
+    }
+    env.update(
+        project_env(home),
+        DAGSTER_HOME=str(home / "dagster_home"),
+        DAGSTER_DISABLE_TELEMETRY="1",
+        # The session's key (conftest.py), which this process's runs use too: gold's e-mail
+        # column is its HMAC, and the DuckDB home is the reference of both kinds of run.
+        CHURN_PSEUDONYM_KEY=os.environ["CHURN_PSEUDONYM_KEY"],
+        ANTHROPIC_API_KEY="test-key-not-a-secret",
+        ANTHROPIC_BASE_URL=anthropic_url,
+        **extra,
+    )
+    return env
+
+
+def churn(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "churn_assets.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finished(proc: subprocess.Popen, home: Path, timeout: float = 900) -> tuple[str, str]:
+    """(stdout, stderr) of a `churn` command that succeeded."""
+    out, err = proc.communicate(timeout=timeout)
+    log = home / "logs" / "last-run.log"
+    tail = log.read_text()[-4000:] if log.is_file() else ""
+    assert proc.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}\n{tail}"
+    return out, err
+
+
+@dataclass
+class DuckdbCycle:
+    """`churn run` on DuckDB in a subprocess, started and not yet waited for."""
+
+    home: Path
+    fake: FakeAnthropic  # its requests: the campaign's API calls
+    proc: subprocess.Popen
+    started: float = field(default_factory=time.perf_counter)
+    done_at: float | None = None
+
+    def done(self) -> Path:
+        """The home, once the cycle has succeeded."""
+        if self.done_at is None:
+            finished(self.proc, self.home)
+            self.done_at = time.perf_counter() - self.started
+        return self.home
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def duckdb_cycle(tmp_path_factory):
+    """The reference: the whole cycle on DuckDB, the campaign against a fake Anthropic server."""
+    home = tmp_path_factory.mktemp("duckdb")
+    (home / "landing").mkdir()
+    land_sample(home)
+    with FakeAnthropic() as fake:
+        cycle = DuckdbCycle(home, fake, churn("run", env=churn_env(home, fake.url)))
+        try:
+            yield cycle
+        finally:
+            if cycle.proc.poll() is None:  # a test failed before waiting for it
+                cycle.proc.kill()
+                cycle.proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def duckdb_home(duckdb_cycle) -> Path:
+    return duckdb_cycle.done()
+
+
+# The file's own: stopped when the file ends, not at the worker's last test (an idle
+# application's JVMs would otherwise live on beside the rest of the suite). It asks for the
+# DuckDB cycle first, so that the cycle runs while the JVMs start (mostly waiting), not beside a
+# Spark run: a loaded server is slower to start the Python workers Connect needs.
+@pytest.fixture(scope="module")
+def cluster(duckdb_cycle, tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("spark-cluster"), java_options=QUICK_JVM)
+    # The driver in this process (the spark:// tests) reads these when its application starts.
     saved = {k: os.environ.get(k) for k in ("SPARK_HOME", "SPARK_LOCAL_IP", "PYSPARK_PYTHON", "SPARK_CONF_DIR")}
     os.environ.update({k: c.env[k] for k in saved})
     TIMES["cluster_start_s"] = c.start()
@@ -52,6 +178,7 @@ def cluster(tmp_path_factory):
         from churn_assets.engine import stop_sessions
 
         stop_sessions()
+        c.stop_connect()
         c.stop()
         for k, v in saved.items():
             if v is None:
@@ -59,6 +186,173 @@ def cluster(tmp_path_factory):
             else:
                 os.environ[k] = v
         print(f"\nspark engine timings: {TIMES}")
+
+
+def applications(cluster: Cluster) -> list[dict]:
+    """Every application the cluster's master knows: running and completed."""
+    state = cluster.state()
+    return state.get("activeapps", []) + state.get("completedapps", [])
+
+
+# --- Spark Connect: the whole cycle, the run's process a client ---------------------------------
+
+# A figure of wall-clock instants (when each layer last took data in): equal in shape only.
+CLOCK_FIGURES = {"layer_freshness"}
+CONNECT_SQL = (
+    "SELECT f.country, count(*) AS customers, sum(p.churn_prediction) AS at_risk, max(f.last_event) AS last_event "
+    "FROM gold.churn_features f JOIN gold.churn_prediction p ON p.user_id = f.user_id "
+    "GROUP BY f.country ORDER BY f.country"
+)
+
+
+def spark_table(home: Path, table: str, sql: str = "SELECT * FROM t") -> list[tuple]:
+    """A Spark warehouse table as it is now, read by DuckDB from its parquet files (an oracle
+    independent of the engine's own reader)."""
+    from churn_assets.engine import current_dir
+
+    where = current_dir(str(home / "spark_warehouse"), table)
+    assert where is not None, f"{table} was not written"
+    con = duckdb.connect()
+    try:
+        con.execute(f"CREATE VIEW t AS SELECT * FROM read_parquet('{where}/**/*.parquet', hive_partitioning = false)")
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def row_key(row: tuple) -> tuple:
+    """Rows in an order both engines agree on: text first, floats rounded (equal only to 1e-9)."""
+    return tuple((0, round(v, 6)) if isinstance(v, float) else (1, repr(v)) for v in row)
+
+
+def same_row(got: tuple, want: tuple) -> bool:
+    return len(got) == len(want) and all(
+        g == pytest.approx(w, rel=1e-9, abs=1e-12) if isinstance(w, float) else g == w
+        for g, w in zip(got, want, strict=True)
+    )
+
+
+def outboxed(home: Path) -> list[str]:
+    return sorted(json.loads(line)["user_id"] for f in (home / "outbox").glob("*.jsonl") for line in f.open())
+
+
+# First in the file: the server's application needs the workers' cores, which this process's
+# driver holds from its first spark:// test on, and both workers (the last test kills one).
+@pytest.mark.skipif(
+    importlib.util.find_spec("grpc_status") is None,
+    reason="no Spark Connect client packages (CHURN_EXTRAS=spark scripts/setup)",
+)
+def test_the_whole_cycle_over_spark_connect_equals_duckdb(cluster, duckdb_cycle, tmp_path):
+    from churn_assets.defs.dashboards.metrics import METRICS
+    from churn_assets.engine import stop_sessions
+
+    times: dict[str, float] = {}
+    t_all = time.perf_counter()
+    stop_sessions()  # the server needs the workers' cores: no application of this process holds them
+    before = {app["id"] for app in applications(cluster)}
+    duck_home, fake_d, spark_home = duckdb_cycle.home, duckdb_cycle.fake, tmp_path / "spark"
+    (spark_home / "landing").mkdir(parents=True)
+    land_sample(spark_home)
+    try:
+        with FakeAnthropic() as fake_s:
+            # The DuckDB cycle, started with the cluster, may still run while the server starts.
+            times["connect_server_start_s"] = cluster.start_connect()
+            duckdb_cycle.done()
+            times["duckdb_cycle_done_at_s"] = duckdb_cycle.done_at
+            connect_env = {"CHURN_ENGINE": "spark", "CHURN_SPARK_MASTER": cluster.connect_url}
+            t0 = time.perf_counter()
+            out, _ = finished(churn("run", env=churn_env(spark_home, fake_s.url, **connect_env)), spark_home)
+            times["spark_connect_cycle_s"] = time.perf_counter() - t0
+        assert "succeeded" in out
+        # `churn sql` over Connect prints DuckDB's rows (both at once).
+        t0 = time.perf_counter()
+        q_duck = churn("sql", CONNECT_SQL, "--csv", env=churn_env(duck_home, fake_d.url))
+        q_spark = churn("sql", CONNECT_SQL, "--csv", env=churn_env(spark_home, fake_s.url, **connect_env))
+        (csv_duck, _), (csv_spark, err_spark) = finished(q_duck, duck_home), finished(q_spark, spark_home)
+        times["churn_sql_s"] = time.perf_counter() - t0
+        # The only application the cluster ran since this test began is the Connect server's:
+        # the run's process was a client, every job ran there.
+        assert [app["name"] for app in applications(cluster) if app["id"] not in before] == ["Spark Connect server"]
+    finally:
+        cluster.stop_connect()
+        times["total_s"] = time.perf_counter() - t_all
+        print(f"\nspark connect timings: { {k: round(v, 1) for k, v in times.items()} }; load {os.getloadavg()}")
+
+    # Gold, row for row on every column.
+    cols = gold_columns()
+    expected = query(duck_home, f"SELECT {cols} FROM gold.churn_features ORDER BY user_id")
+    assert len(expected) == 450
+    assert spark_table(spark_home, "gold.churn_features", f"SELECT {cols} FROM t ORDER BY user_id") == expected
+
+    # The bronze streams' batches ran beside the server; what they took in came back to the
+    # run through their manifests, as the data-quality rows show (DuckDB's counts).
+    quality = "SELECT table_name, expectation, passed, failed, dropped FROM {} WHERE layer = 'bronze' ORDER BY 1, 2"
+    bronze_quality = spark_table(spark_home, "ops.data_quality", quality.format("t"))
+    assert bronze_quality == query(duck_home, quality.format("ops.data_quality"))
+    assert ("bronze.churn_users_bronze", "correct_schema", 2086, 0, 0) in bronze_quality
+
+    # The same model (LightGBM's text of the booster, byte for byte), version 1 on both, and its
+    # scores computed on the cluster by the MLflow UDF equal DuckDB's.
+    (booster_d,), (booster_s,) = ([p.read_text() for p in h.rglob("booster.txt")] for h in (duck_home, spark_home))
+    assert booster_s == booster_d
+    sql = f"SELECT {PREDICTION_COLUMNS} FROM {{}} ORDER BY user_id"
+    want = query(duck_home, sql.format("gold.churn_prediction"))
+    got = spark_table(spark_home, "gold.churn_prediction", sql.format("t"))
+    assert len(want) == len(got) == 450
+    assert [(r[0], r[2], r[3], r[4]) for r in got] == [(r[0], r[2], r[3], r[4]) for r in want]
+    assert {r[4] for r in got} == {"1"}
+    assert max(abs(g[1] - e[1]) for g, e in zip(got, want, strict=True)) <= 1e-9
+    at_risk = sum(r[2] for r in got)
+    assert 0 < at_risk < 450  # both tiers present: the comparison compares something
+    # `churn run`'s summary counted the Spark warehouse's tables, not the (empty) DuckDB file's.
+    assert "churn_features 450, churn_prediction 450" in out and f"customers at risk {at_risk:,}" in out
+
+    # The dashboard's KPIs, computed on the cluster.
+    kpis_duck = {name: value for name, value, *_ in query(duck_home, "SELECT * FROM dashboard.kpis")}
+    kpis_spark = {name: value for name, value, *_ in spark_table(spark_home, "dashboard.kpis")}
+    assert kpis_duck["customers"] == 2086
+    assert kpis_spark == pytest.approx(kpis_duck, rel=1e-12)
+
+    # Every figure computed on the cluster equals DuckDB's (the scores agree to 1e-9, so do the
+    # figures' floats), and the page is drawn from them.
+    for metric in METRICS:
+        if metric.name in CLOCK_FIGURES:
+            sql = "SELECT * FROM {} ORDER BY 1"
+            want_rows = [r[0] for r in query(duck_home, sql.format(f"dashboard.{metric.name}"))]
+            on_spark = spark_table(spark_home, f"dashboard.{metric.name}", sql.format("t"))
+            got_rows = [r[0] for r in on_spark if r[1] is not None]
+            assert got_rows == want_rows, metric.name
+            continue
+        want_rows = sorted(query(duck_home, f"SELECT * FROM dashboard.{metric.name}"), key=row_key)
+        got_rows = sorted(spark_table(spark_home, f"dashboard.{metric.name}"), key=row_key)
+        assert len(got_rows) == len(want_rows) > 0, metric.name
+        for g, w in zip(got_rows, want_rows, strict=True):
+            assert same_row(g, w), (metric.name, g, w)
+    page = (spark_home / "dashboard" / "index.html").read_text()
+    tiles = {k: float(v) for k, v in re.findall(r'data-kpi="(\w+)" data-value="([^"]+)"', page)}
+    assert tiles == pytest.approx(kpis_duck, rel=1e-9)
+
+    # The campaign read the Spark tables: the same messages to the same customers, the same
+    # number of API calls, and no personal data in a prompt.
+    sent = "SELECT user_id, channel, offer, status FROM campaigns.retention_messages ORDER BY user_id"
+    messages = query(spark_home, sent)
+    assert len(messages) == kpis_duck["customers_at_risk"] > 0 and messages == query(duck_home, sent)
+    assert outboxed(spark_home) == outboxed(duck_home) == sorted(m[0] for m in messages)
+    assert len(fake_s.requests) == len(fake_d.requests) > 0
+    people_sql = "SELECT id, firstname, lastname, email, address FROM t"
+    people = spark_table(spark_home, "bronze.churn_users_bronze", people_sql)
+    assert len(people) == 2086
+    assert_no_personal_data(fake_s.requests, people)
+
+    # `churn sql` over Connect: the same CSV as on DuckDB.
+    assert csv_spark == csv_duck
+    assert err_spark == ""  # the Connect client adds nothing to the output (no pandas-3 FutureWarning)
+    lines = csv_duck.splitlines()
+    assert lines[0] == "country,customers,at_risk,last_event" and len(lines) == 4  # FR, SPAIN, USA
+    assert sum(int(line.split(",")[2]) for line in lines[1:]) == at_risk
+
+
+# --- A driver in this process (spark://): bronze to gold, the model, exactly once ---------------
 
 
 def warehouse_uri(home: Path) -> str:
@@ -99,24 +393,6 @@ def spark_reader(cluster: Cluster, home: Path):
         return [tuple(r) for r in spark.sql(qualify(sql)).collect()]
 
     return rows
-
-
-GOLD_COLUMNS = None  # filled from the gold module: every column, in the contract's order
-
-
-def gold_columns() -> str:
-    from churn_assets.defs.gold.features import FEATURE_COLUMNS
-
-    return ", ".join(FEATURE_COLUMNS)
-
-
-@pytest.fixture(scope="module")
-def duckdb_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("duckdb-engine")
-    (home / "landing").mkdir()
-    land_sample(home)
-    assert materialize(home, BRONZE_TO_GOLD).success
-    return home
 
 
 @pytest.fixture(scope="module")
@@ -206,27 +482,34 @@ def test_churn_sql_same_rows_on_both_engines(cluster, duckdb_home, spark_home):
     assert code == 1 and "read-only" in err
 
 
-ML = ["ml/churn_model", "ml/churn_model_champion", "gold/churn_prediction"]
-PREDICTION_COLUMNS = "user_id, churn_probability, churn_prediction, model_name, model_version"
-
-
-def _ml_metadata(result) -> dict:
-    meta = result.asset_materializations_for_node("ml__churn_model")[0].metadata
+def _ml_metadata(meta) -> dict:
+    """The training step's figures from its materialization's metadata."""
     keys = ("model_version", "holdout_roc_auc", "holdout_log_loss", "threshold", "rows_train", "rows_holdout")
     return {k: meta[k].value for k in keys}
 
 
+def _duckdb_cycle_ml_metadata(home: Path) -> dict:
+    """The training step's figures as the DuckDB cycle's run recorded them (its Dagster instance)."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home / "dagster_home")) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey(["ml", "churn_model"]))
+    assert event is not None, "the DuckDB cycle trained no model"
+    return _ml_metadata(event.asset_materialization.metadata)
+
+
 def test_model_and_predictions_equal_the_duckdb_engine(cluster, duckdb_home, spark_home):
-    """The ml group on both engines: training on the same gold rows (Spark's collected as Arrow)
-    gives the same booster, and the cluster's scoring with that champion (an MLflow spark_udf)
-    writes DuckDB's predictions row for row."""
-    duck = materialize(duckdb_home, ML)
-    assert duck.success
+    """The ml group on Spark against the DuckDB cycle's (the same steps, run by that cycle on the
+    same gold): training on the same gold rows (Spark's collected as Arrow) gives the same booster,
+    and the cluster's scoring with that champion (an MLflow spark_udf) writes DuckDB's
+    predictions row for row."""
+    duck = _duckdb_cycle_ml_metadata(duckdb_home)
     spark, took = run_spark(cluster, spark_home, ML)
     TIMES["ml_group_spark_s"] = took
     assert spark.success
-    assert _ml_metadata(spark) == _ml_metadata(duck)
-    assert _ml_metadata(spark)["model_version"] == "1"
+    on_spark = _ml_metadata(spark.asset_materializations_for_node("ml__churn_model")[0].metadata)
+    assert on_spark == duck
+    assert on_spark["model_version"] == "1"
     # The same model: LightGBM's text of the champion's booster, byte for byte.
     (booster_d,), (booster_s,) = ([p.read_text() for p in h.rglob("booster.txt")] for h in (duckdb_home, spark_home))
     assert booster_s == booster_d
@@ -253,14 +536,12 @@ def test_model_and_predictions_equal_the_duckdb_engine(cluster, duckdb_home, spa
     TIMES["ml_retrain_spark_s"] = time.perf_counter() - t0
     decision = again.asset_materializations_for_node("ml__churn_model_champion")[0].metadata
     assert decision["decision"].value == "promoted" and decision["champion_version"].value == "2"
-    auc = _ml_metadata(duck)["holdout_roc_auc"]
-    assert decision["champion_holdout_roc_auc"].value == pytest.approx(auc, abs=1e-12)
+    assert decision["champion_holdout_roc_auc"].value == pytest.approx(duck["holdout_roc_auc"], abs=1e-12)
 
 
 def test_the_training_sample_is_taken_on_the_cluster_as_on_duckdb(cluster, duckdb_home, spark_home):
     """Above CHURN_TRAIN_MAX_ROWS both engines keep the same customers: the one training SQL,
     its md5_number rule transpiled, run where the data is; only the result is collected."""
-    import duckdb
     import polars as pl
 
     from churn_assets.defs.ml.features import LABEL, landed_rows, load_features, load_training
@@ -350,26 +631,30 @@ def _land_increment(home: Path) -> None:
     )
 
 
-def _kill_a_worker_once_executors_run(cluster: Cluster, killed: list[int]) -> None:
-    """SIGKILL the last worker (and its executor) as soon as the application's executors run."""
+def _kill_a_worker_once_a_job_runs(cluster: Cluster, spark, killed: list[int]) -> None:
+    """SIGKILL the last worker (and its executor) as soon as the application runs a job: the
+    run's first (the thread starts just before the run, and nothing else uses the application)."""
+    tracker = spark.sparkContext.statusTracker()
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         victim = cluster.workers[-1]
-        mine = [pid for pid in cluster.executor_pids() if parent_pid(pid) == victim.pid]
+        running = tracker.getActiveJobsIds()
+        mine = [pid for pid in cluster.executor_pids() if parent_pid(pid) == victim.pid] if running else []
         if mine:
-            time.sleep(1.0)  # into the run's first tasks
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(victim.pid, signal.SIGKILL)  # the worker's group: the worker and its executor
             killed.extend([victim.pid, *mine])
             return
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 def test_exactly_once_rerun_copy_increment_and_a_killed_worker(cluster, spark_home):
     """On the sample already built (spark_home): a second run adds nothing; then a copy of a
     landed file under a new name plus an increment and a copy of one of its files, in a run
     during which a worker is killed with SIGKILL and each file is a micro-batch of its own: the
-    run succeeds and adds exactly the increment's records."""
+    run succeeds and adds exactly the increment's records. Last in the file: one worker is left."""
+    from churn_assets.engine import spark_session
+
     home = spark_home
     assert _counts(cluster, home) == SAMPLE_COUNTS
     result, took = run_spark(cluster, home)
@@ -383,12 +668,12 @@ def test_exactly_once_rerun_copy_increment_and_a_killed_worker(cluster, spark_ho
     # Landed after the original, so taken in a later micro-batch of the same run (one file each).
     orders = home / "landing" / "orders"
     shutil.copy(orders / "zz-increment.json", orders / "zz-increment-again.json")
-    # A fresh application, so that the kill lands while its executors work for this run.
-    from churn_assets.engine import stop_sessions
-
-    stop_sessions()
+    # The application the earlier tests started (the run's too: one per process), its executors
+    # up on both workers: the kill lands once the run has a job on them, not while they start
+    # (a fresh application for this run cost two executor JVMs more).
     killed: list[int] = []
-    killer = threading.Thread(target=_kill_a_worker_once_executors_run, args=(cluster, killed), daemon=True)
+    spark = spark_session(cluster.master_url, warehouse_uri(home))
+    killer = threading.Thread(target=_kill_a_worker_once_a_job_runs, args=(cluster, spark, killed), daemon=True)
     killer.start()
     result, took = run_spark(cluster, home, CHURN_BATCH_BYTES="1")
     killer.join(timeout=5)
