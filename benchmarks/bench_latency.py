@@ -6,8 +6,8 @@ Reference-scale history, one full cycle, then ``churn mode continuous`` and ``--
 hourly increments (1 % of the volume each), one after the other. For each drop: the time
 from the last file of the increment being complete in landing to the end of the run that
 scored the predictions with it, split into sensor pick-up, launch and run. Default
-settings (a sensor tick listens up to 3 s for new files; a file written in place settles
-2 s, one renamed into place is taken at once). The baseline is the hourly cadence, where
+settings (a sensor tick listens for new files through Dagster's whole 5-s sensor loop; a file
+written in place settles 2 s, one renamed into place is taken at once). The baseline is the hourly cadence, where
 a file waits on average half an hour for the next tick.
 """
 
