@@ -124,3 +124,68 @@ def test_what_happens_to_each_kind_of_bad_input(home):
     assert checks[("bronze/churn_users_bronze", "correct_schema")] == (False, "WARN")
     assert checks[("bronze/churn_users_bronze", "records_parseable")] == (False, "WARN")
     assert checks[("bronze/churn_orders_bronze", "correct_schema")] == (True, "WARN")
+
+
+def test_odd_values_in_landed_records_warn_and_the_cycle_goes_on(home):
+    """Numbers with no 32-bit integer value, a refund, a label that is no boolean, a date ahead of the
+    as-of: each reaches gold, is counted, and none stops the cycle (each once failed silver or
+    the blocking gold check on every cycle while its file stayed in landing)."""
+    from churn_assets.defs.ml.features import load_training
+    from churn_assets.warehouse import connect
+
+    landing = home / "landing"
+    for d in ("users", "orders", "events"):
+        (landing / d).mkdir(exist_ok=True)
+    odd_users = {
+        "n1": {},  # its one order's amount is beyond 32 bits
+        "n2": {"gender": float("nan")},  # json.dumps writes NaN, and DuckDB reads it
+        "n3": {},  # its one order is a refund
+        "n4": {"churn": 1},  # an integer: rescued, the label null
+        "n5": {"creation_date": "06-11-2023 10:00:00"},  # a day after the as-of (AS_OF, 2023-06-10)
+    }
+    (landing / "users" / "odd.json").write_text("\n".join(user_record(k, **f) for k, f in odd_users.items()) + "\n")
+    amounts = {"n1": 3e9, "n2": 20.0, "n3": -25.0, "n4": 20.0, "n5": 20.0}
+    (landing / "orders" / "odd.json").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "user_id": k,
+                    "id": f"o-{k}",
+                    "transaction_date": "06-05-2023 12:07:59",
+                    "item_count": 1.0,
+                    "amount": a,
+                }
+            )
+            + "\n"
+            for k, a in amounts.items()
+        )
+    )
+    (landing / "events" / "odd.csv").write_text(
+        "user_id,event_id,platform,date,action,session_id,url\n"
+        + "".join(f"{k},e-{k},ios,06-06-2023 20:54:21,log,s-{k},https://x/\n" for k in odd_users)
+    )
+    result = materialize(home, dg.AssetSelection.assets(["gold", "churn_features"]).upstream())
+    assert result.success
+    check = next(c for c in result.get_asset_check_evaluations() if c.check_name == "churn_features_valid")
+    assert (check.passed, check.severity) == (False, dg.AssetCheckSeverity.WARN)
+    assert check.metadata["amounts_non_negative"].value == 2  # the refund, and n1's unknown amount
+    assert check.metadata["day_counts_non_negative"].value == 1
+    assert check.metadata["label_is_binary"].value == 0
+    assert one(home, "SELECT amount FROM silver.churn_orders WHERE order_id = 'o-n1'") is None
+    assert one(home, "SELECT gender FROM silver.churn_users WHERE user_id = 'n2'") is None
+    nulled = dict(query(home, "SELECT expectation, failed FROM ops.data_quality WHERE expectation LIKE '%_integer'"))
+    assert nulled == {
+        "order_amount_integer": 1,
+        "order_item_count_integer": 0,
+        "user_gender_integer": 1,
+        "user_age_group_integer": 0,
+    }
+    gold = {
+        r[0]: r[1:]
+        for r in query(home, "SELECT user_id, total_amount, churn, days_since_creation FROM gold.churn_features")
+    }
+    assert set(gold) == set(odd_users)
+    assert gold["n3"][0] == -25 and gold["n4"][1] is None and gold["n5"][2] == -1
+    # A customer without a label is scored, not learned from.
+    with connect(home / "warehouse.duckdb", read_only=True) as con:
+        assert "n4" not in set(load_training(con, 0).frame["user_id"].to_list())

@@ -14,7 +14,7 @@ sqlglot = pytest.importorskip("sqlglot", reason="the spark extra is not installe
 
 from churn_assets.defs.campaigns.targets import RECENT_VIEW, TARGETS_TEMPLATE  # noqa: E402
 from churn_assets.defs.dashboards.metrics import METRICS  # noqa: E402
-from churn_assets.defs.gold.features import SANE_VALUES, churn_features_sql, gold_quality  # noqa: E402
+from churn_assets.defs.gold.features import DATA_VALUES, SANE_VALUES, churn_features_sql, gold_quality  # noqa: E402
 from churn_assets.defs.silver.spark import KEY_COLUMN, silver_spark_sql  # noqa: E402
 from churn_assets.defs.silver.transform import ORDERS_SELECT, USERS_SELECT  # noqa: E402
 from churn_assets.engine import qualify  # noqa: E402
@@ -50,7 +50,7 @@ def test_what_sqlglot_leaves_is_rewritten():
     assert f"SHA2(CONCAT({KEY_COLUMN}, SHA2(CONCAT({KEY_COLUMN}, email), 256)), 256) AS email" in spark_sql
     assert "TRY_TO_TIMESTAMP(creation_date, 'MM-dd-yyyy HH:mm:ss')" in out
     # trunc() of a number: Spark's own trunc() is for dates; a cast to BIGINT truncates.
-    assert "CAST(CAST(gender AS BIGINT) AS INT) AS gender" in out
+    assert "THEN CAST(CAST(gender AS BIGINT) AS INT) END AS gender" in out
     gold = duckdb_to_spark(churn_features_sql(), {"as_of": datetime(2023, 6, 10, 12)})
     assert "MIN_BY(platform, STRUCT(ts AS t, _file_id AS f, _row_no AS r))" in gold
     assert "CAST('2023-06-10 12:00:00' AS TIMESTAMP)" in gold
@@ -81,7 +81,7 @@ def test_the_quality_rules_run_through_the_same_transpiler():
             return self
 
         def fetchall(self):
-            return [(10, 10)] if len(seen) == 1 else [(0,) * len(SANE_VALUES)]
+            return [(10, 10)] if len(seen) == 1 else [(0,) * (len(SANE_VALUES) + len(DATA_VALUES))]
 
     assert gold_quality(Recorder())["one_row_per_customer"] == (10, 0)
     assert len(seen) == 2 and all("gold.churn_features" in s for s in seen)

@@ -147,26 +147,47 @@ def build_churn_features(con: duckdb.DuckDBPyConnection, as_of: datetime, full: 
     return GoldResult(mode, total, total if recomputed is None else recomputed, refreshed or mode == "full")
 
 
-# Sanity rules for the blocking gold check: each is a SQL condition a row must meet.
-# They catch what only a pipeline defect produces. Nulls are not among them: a timestamp
-# that did not fit its format is null by design (the record is flagged in bronze).
+# Sanity rules for the blocking gold check: each is a SQL condition a row must meet. These catch what
+# only a pipeline defect produces, and a failure stops the cycle (ERROR). Nulls are not among them: a
+# timestamp that did not fit its format is null by design (the record is flagged in bronze), and so is
+# the label of a customer sent without a boolean one (such a customer is scored, not learned from).
 SANE_VALUES = {
     "order_count_positive": "order_count >= 1",
     "event_count_positive": "event_count >= 1",
-    "amounts_non_negative": "total_amount >= 0 AND total_item >= 0",
     "sessions_within_events": "session_count <= event_count",
-    "label_is_binary": "churn IN (0, 1)",
+    "label_is_binary": "coalesce(churn IN (0, 1), true)",
+}
+# Rules that landed data can break as well as a defect: a refund's negative amount, a date ahead of the
+# as-of (an export in a time zone ahead of UTC). A few such rows warn (WARN) and the cycle goes on.
+DATA_VALUES = {
+    "amounts_non_negative": "total_amount >= 0 AND total_item >= 0",
     # An as-of earlier than the data gives negative day counts; a missing date gives none.
     "day_counts_non_negative": " AND ".join(f"coalesce({name} >= 0, true)" for name in DAY_COUNT_EXPRS),
 }
+# ... but day counts negative for most customers mean an as-of before the data (CHURN_AS_OF set too
+# early), which would skew every feature the model sees: that stops the cycle.
+AS_OF_BEFORE_DATA_SHARE = 0.5
 
 
 def gold_quality(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, int]]:
     """expectation -> (passed, failed) on the current gold table."""
     total, distinct = con.execute("SELECT count(*), count(DISTINCT user_id) FROM gold.churn_features").fetchall()[0]
     out = {"one_row_per_customer": (distinct, total - distinct)}
-    exprs = ", ".join(f"count(*) FILTER (WHERE NOT coalesce({cond}, false))" for cond in SANE_VALUES.values())
+    rules = {**SANE_VALUES, **DATA_VALUES}
+    exprs = ", ".join(f"count(*) FILTER (WHERE NOT coalesce({cond}, false))" for cond in rules.values())
     fails = con.execute(f"SELECT {exprs} FROM gold.churn_features").fetchall()[0]
-    for name, failed in zip(SANE_VALUES, fails):
+    for name, failed in zip(rules, fails):
         out[name] = (total - failed, failed)
     return out
+
+
+def blocking_failures(results: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """The failed expectations of ``gold_quality`` that must stop the cycle (see ``DATA_VALUES``)."""
+    failed = {name: f for name, (_, f) in results.items() if f}
+    total = sum(results["one_row_per_customer"])
+    negative = failed.get("day_counts_non_negative", 0)
+    return {
+        name: f
+        for name, f in failed.items()
+        if name not in DATA_VALUES or (name == "day_counts_non_negative" and negative > AS_OF_BEFORE_DATA_SHARE * total)
+    }

@@ -31,8 +31,14 @@ HOLDOUT_PERCENT = 20
 
 
 def _features_sql(with_label: bool) -> str:
+    """Every customer; with the label, only those that have one (a customer landed without a boolean
+    churn has a null label: scored, but neither learned from nor evaluated on)."""
     cols = ", ".join(["user_id", *FEATURES, *([LABEL] if with_label else [])])
-    return f"SELECT {cols}, (md5_number(user_id) % 100) < {HOLDOUT_PERCENT} AS is_holdout FROM gold.churn_features"
+    labelled = f" WHERE {LABEL} IS NOT NULL" if with_label else ""
+    return (
+        f"SELECT {cols}, (md5_number(user_id) % 100) < {HOLDOUT_PERCENT} AS is_holdout FROM gold.churn_features"
+        + labelled
+    )
 
 
 def load_features(con, with_label: bool = True, holdout_only: bool = False) -> pl.DataFrame:
@@ -85,7 +91,7 @@ def load_training(con, max_train_rows: int) -> TrainingData:
         frame = con.sql(training_sql(0)).pl()
         return TrainingData(frame, total, int((~frame["is_holdout"]).sum()))
     frame = con.sql(training_sql(max_train_rows)).pl()
-    counts = con.execute(f"SELECT count(*) FILTER (NOT is_holdout) FROM ({_features_sql(False)})").fetchall()[0]
+    counts = con.execute(f"SELECT count(*) FILTER (NOT is_holdout) FROM ({_features_sql(True)})").fetchall()[0]
     return TrainingData(frame, total, int(counts[0]))
 
 

@@ -15,6 +15,7 @@ MAX_DROP_RATE = 0.10
 
 def _result(context, con, res: SilverResult, engine: EngineResource | None = None) -> dg.MaterializeResult:
     rows = [(name, res.rows_read - dropped, dropped, dropped, None) for name, dropped in res.dropped.items()]
+    rows += [(name, res.rows_read - failed, failed, 0, "kept, value null") for name, failed in res.flagged.items()]
     if engine is not None:  # Spark: the same quality rows, in the Spark warehouse's ops.data_quality
         engine.record_quality(context.run.run_id, "silver", res.table, rows)
         metadata = {"dagster/row_count": res.rows_total, "engine": "spark"}
@@ -29,6 +30,7 @@ def _result(context, con, res: SilverResult, engine: EngineResource | None = Non
             "rows_read": res.rows_read,
             "rows_upserted": res.rows_written,
             **{f"dropped_{k}": v for k, v in res.dropped.items()},
+            **{f"nulled_{k}": v for k, v in res.flagged.items()},
         },
         check_results=[
             dg.AssetCheckResult(
@@ -52,7 +54,8 @@ def _result(context, con, res: SilverResult, engine: EngineResource | None = Non
     kinds={"duckdb"},
     pool="duckdb_warehouse",
     description="Customers: id -> user_id, e-mail pseudonymized with a keyed hash, timestamps parsed, names "
-    "capitalized, gender/age_group/churn as integers; rows without user_id dropped and counted. Latest arrival wins.",
+    "capitalized, gender/age_group/churn as integers (null and counted where a number is not a 32-bit one: NaN, too "
+    "large); rows without user_id dropped and counted. Latest arrival wins.",
     check_specs=[
         dg.AssetCheckSpec(
             "valid_keys", asset=["silver", "churn_users"], description="rows without user_id are dropped (counted)"
@@ -80,8 +83,9 @@ def churn_users(
     group_name="silver",
     kinds={"duckdb"},
     pool="duckdb_warehouse",
-    description="Orders: amount and item_count as integers, id -> order_id, transaction_date parsed into "
-    "creation_date; rows without order_id or user_id dropped and counted. An order seen twice counts once.",
+    description="Orders: amount and item_count as integers (null and counted where a number is not a 32-bit one), "
+    "id -> order_id, transaction_date parsed into creation_date; rows without order_id or user_id dropped and "
+    "counted. An order seen twice counts once.",
     check_specs=[
         dg.AssetCheckSpec(
             "valid_keys",

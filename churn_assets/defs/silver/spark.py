@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from churn_assets.defs.silver.transform import (
     ORDERS_DROPPED,
+    ORDERS_FLAGGED,
     ORDERS_SELECT,
     ORDERS_VALID,
     USERS_DROPPED,
+    USERS_FLAGGED,
     USERS_SELECT,
     USERS_VALID,
     SilverResult,
@@ -23,13 +25,15 @@ from churn_assets.timeutil import utcnow
 from churn_assets.transpile import duckdb_to_spark
 
 BUILDS = {
-    # target: (bronze source, key, valid condition, select, expectations -> condition of a dropped row)
+    # target: (bronze source, key, valid condition, select, expectations -> condition of a dropped row,
+    #          expectations -> condition of a kept row that fails it)
     "silver.churn_users": (
         "bronze.churn_users_bronze",
         "id",
         USERS_VALID,
         USERS_SELECT,
         USERS_DROPPED,
+        USERS_FLAGGED,
     ),
     "silver.churn_orders": (
         "bronze.churn_orders_bronze",
@@ -37,6 +41,7 @@ BUILDS = {
         ORDERS_VALID,
         ORDERS_SELECT,
         ORDERS_DROPPED,
+        ORDERS_FLAGGED,
     ),
 }
 
@@ -51,7 +56,7 @@ def silver_spark_sql(target: str, view: str) -> str:
     key column ``KEY_COLUMN`` where the select pseudonymizes)."""
     from sqlglot import exp
 
-    _, _, _, select, _ = BUILDS[target]
+    _, _, _, select, _, _ = BUILDS[target]
     return duckdb_to_spark(select.format(new=view), positional=[exp.column(KEY_COLUMN)] if "?" in select else ())
 
 
@@ -59,12 +64,13 @@ def build_silver_spark(engine: EngineResource, target: str, pseudonym_key: str |
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    source, key, valid, _, drops = BUILDS[target]
+    source, key, valid, _, drops, flags = BUILDS[target]
     before = engine.table(target).count() if engine.has_table(target) else 0
     bronze = engine.table(source)
     counts = bronze.agg(
         F.count("*").alias("read"),
         *[F.count(F.when(F.expr(cond), 1)).alias(name) for name, cond in drops.items()],
+        *[F.count(F.when(F.expr(f"({valid}) AND ({cond})"), 1)).alias(name) for name, cond in flags.items()],
         F.max("_file_id").alias("file_id"),
     ).first()
     latest = (
@@ -84,4 +90,12 @@ def build_silver_spark(engine: EngineResource, target: str, pseudonym_key: str |
     engine.replace_table(latest.sparkSession.sql(silver_spark_sql(target, view)), target)
     total = engine.table(target).count()
     engine.append_rows("ops.watermarks", WATERMARK_COLUMNS, [(target, source, counts["file_id"] or 0, utcnow())])
-    return SilverResult(target, counts["read"], total, total - before, {name: counts[name] for name in drops}, total)
+    return SilverResult(
+        target,
+        counts["read"],
+        total,
+        total - before,
+        {name: counts[name] for name in drops},
+        total,
+        {name: counts[name] for name in flags},
+    )

@@ -7,7 +7,7 @@ Latest wins: a customer (or order) sent again replaces the earlier version, wher
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 
@@ -23,18 +23,41 @@ USERS_VALID = "id IS NOT NULL"
 # together, exactly the rows the VALID condition leaves out (``_upsert`` checks it on every run).
 # Used as they are by both engines (not transpiled): plain SQL that DuckDB and Spark read alike.
 USERS_DROPPED = {"user_valid_id": "id IS NULL"}
+
+
+# A number (DOUBLE in bronze) whose truncation fits silver's INTEGER. Spark's cast(double as int)
+# truncates; DuckDB's rounds, hence trunc(). NaN compares greater than any number in both engines.
+def _fits_integer(column: str) -> str:
+    return f"({column} > -2147483649 AND {column} < 2147483648)"
+
+
+def as_integer(column: str) -> str:
+    """``column`` truncated to an INTEGER; null where it cannot be one (NaN, infinite, beyond 32 bits).
+    A plain cast raises on such a value (DuckDB, and Spark under ANSI mode): one odd number in a
+    landed file would fail the step on every cycle. The row is kept; ``*_FLAGGED`` counts it."""
+    return f"CASE WHEN {_fits_integer(column)} THEN trunc({column})::INTEGER END"
+
+
+def _integer_expectations(table: str, columns: tuple[str, ...]) -> dict[str, str]:
+    """expectation -> the condition of a kept row whose number ``as_integer`` made null."""
+    return {f"{table}_{c}_integer": f"{c} IS NOT NULL AND NOT {_fits_integer(c)}" for c in columns}
+
+
+# Expectations that keep the row (each -> the condition of a row that fails it), counted in
+# ops.data_quality beside the dropped rows.
+USERS_FLAGGED = _integer_expectations("user", ("gender", "age_group"))
 USERS_SELECT = f"""SELECT id AS user_id, pseudonym(email, ?) AS email,
                    try_strptime(creation_date, '{TS_FORMAT}') AS creation_date,
                    try_strptime(last_activity_date, '{TS_FORMAT}') AS last_activity_date,
                    initcap(firstname) AS firstname, initcap(lastname) AS lastname,
-                   address, canal, country, trunc(gender)::INTEGER AS gender, trunc(age_group)::INTEGER AS age_group,
+                   address, canal, country, {as_integer("gender")} AS gender, {as_integer("age_group")} AS age_group,
                    churn::INTEGER AS churn, _file_id, _row_no
             FROM {{new}}"""
 ORDERS_VALID = "id IS NOT NULL AND user_id IS NOT NULL"
 ORDERS_DROPPED = {"order_valid_id": "id IS NULL", "order_valid_user_id": "id IS NOT NULL AND user_id IS NULL"}
-# Spark's cast(double as int) truncates; DuckDB's rounds, hence trunc().
-ORDERS_SELECT = f"""SELECT trunc(amount)::INTEGER AS amount, id AS order_id, user_id,
-                    trunc(item_count)::INTEGER AS item_count,
+ORDERS_FLAGGED = _integer_expectations("order", ("amount", "item_count"))
+ORDERS_SELECT = f"""SELECT {as_integer("amount")} AS amount, id AS order_id, user_id,
+                    {as_integer("item_count")} AS item_count,
                     try_strptime(transaction_date, '{TS_FORMAT}') AS creation_date, _file_id, _row_no
              FROM {{new}}"""
 
@@ -47,6 +70,7 @@ class SilverResult:
     rows_new: int  # keys not seen before
     dropped: dict[str, int]  # expectation -> rows dropped
     rows_total: int
+    flagged: dict[str, int] = field(default_factory=dict)  # expectation -> rows kept that fail it
 
 
 def watermark(con, consumer: str, source_table: str) -> int:
@@ -89,14 +113,16 @@ def _upsert(
     select: str,
     params: list,
     dropped: dict[str, str],
+    flagged: dict[str, str],
     tell_gold: bool = False,
-) -> tuple[int, int, int, int, dict[str, int]]:
+) -> tuple[int, int, int, int, dict[str, int], dict[str, int]]:
     """Upsert the new bronze rows of ``source`` into ``target``; latest arrival per key wins.
 
-    Returns (rows read, keys written, keys that replaced an existing row, high watermark, and
-    per expectation of ``dropped`` (name -> the condition of a dropped row) the new rows it
-    dropped, counted in the same scan). The common cases take the fast path: no key twice in
-    the new rows (no window), an empty target (no delete).
+    Returns (rows read, keys written, keys that replaced an existing row, high watermark, per
+    expectation of ``dropped`` (name -> the condition of a dropped row) the new rows it dropped,
+    and per expectation of ``flagged`` the new valid rows that fail it and are kept; all counted
+    in the same scan). The common cases take the fast path: no key twice in the new rows (no
+    window), an empty target (no delete).
     """
     low = watermark(con, consumer, source)
     high = scalar(con, f"SELECT max(_file_id) FROM {source}") or low
@@ -116,14 +142,16 @@ def _upsert(
     # always hash alike, so as many hashes as rows proves every key distinct. Fewer hashes
     # (a key sent twice, or a collision) take the exact count and the latest-wins window.
     tallies = "".join(f", count(*) FILTER ({condition})" for condition in dropped.values())
+    tallies += "".join(f", count(*) FILTER (({valid}) AND ({condition}))" for condition in flagged.values())
     read, valid_rows, distinct, *counts = con.execute(
         f"SELECT count(*), count(*) FILTER ({valid}), count(DISTINCT hash({key})) FILTER ({valid}){tallies} FROM {new}"
     ).fetchall()[0]
-    tallied = dict(zip(dropped, counts, strict=True))
-    if read != valid_rows + sum(counts):  # the quality counts would be wrong without an error
+    tallied = dict(zip(dropped, counts[: len(dropped)], strict=True))
+    kept_failing = dict(zip(flagged, counts[len(dropped) :], strict=True))
+    if read != valid_rows + sum(tallied.values()):  # the quality counts would be wrong without an error
         raise RuntimeError(f"{target}: the dropped-row conditions {dropped} do not cover the rows failing {valid}")
     if valid_rows == 0:
-        return read, 0, 0, high, tallied
+        return read, 0, 0, high, tallied, kept_failing
     if distinct < valid_rows:
         distinct = scalar(con, f"SELECT count(DISTINCT {key}) FILTER ({valid}) FROM {new}")
         new = f"""(SELECT * FROM {new} WHERE {valid}
@@ -143,7 +171,7 @@ def _upsert(
         con.execute(f"DELETE FROM {target} WHERE rowid IN (SELECT row_id FROM _replaced)")
         con.execute("DROP TABLE _replaced")
     con.execute(f"INSERT INTO {target} {select.format(new=new)}", params)
-    return read, distinct, replaced, high, tallied
+    return read, distinct, replaced, high, tallied, kept_failing
 
 
 def _rederive_retired(
@@ -186,7 +214,7 @@ def build_churn_users(con: duckdb.DuckDBPyConnection, pseudonym_key: str) -> Sil
     _define_macros(con)
     source = "bronze.churn_users_bronze"
     with transaction(con):
-        read, written, replaced, high, dropped = _upsert(
+        read, written, replaced, high, dropped, flagged = _upsert(
             con,
             consumer="silver.churn_users",
             source=source,
@@ -197,17 +225,18 @@ def build_churn_users(con: duckdb.DuckDBPyConnection, pseudonym_key: str) -> Sil
             select=USERS_SELECT,
             params=[pseudonym_key],
             dropped=USERS_DROPPED,
+            flagged=USERS_FLAGGED,
         )
         advance(con, "silver.churn_users", source, high)
         fault_point("silver_before_commit")
         total = scalar(con, "SELECT count(*) FROM silver.churn_users")
-    return SilverResult("silver.churn_users", read, written, written - replaced, dropped, total)
+    return SilverResult("silver.churn_users", read, written, written - replaced, dropped, total, flagged)
 
 
 def build_churn_orders(con: duckdb.DuckDBPyConnection) -> SilverResult:
     source = "bronze.churn_orders_bronze"
     with transaction(con):
-        read, written, replaced, high, dropped = _upsert(
+        read, written, replaced, high, dropped, flagged = _upsert(
             con,
             consumer="silver.churn_orders",
             source=source,
@@ -218,6 +247,7 @@ def build_churn_orders(con: duckdb.DuckDBPyConnection) -> SilverResult:
             select=ORDERS_SELECT,
             params=[],
             dropped=ORDERS_DROPPED,
+            flagged=ORDERS_FLAGGED,
             # An order re-sent under another customer changes that customer's aggregates
             # too: gold is told, since the new version no longer names them.
             tell_gold=True,
@@ -225,4 +255,4 @@ def build_churn_orders(con: duckdb.DuckDBPyConnection) -> SilverResult:
         advance(con, "silver.churn_orders", source, high)
         fault_point("silver_before_commit")
         total = scalar(con, "SELECT count(*) FROM silver.churn_orders")
-    return SilverResult("silver.churn_orders", read, written, written - replaced, dropped, total)
+    return SilverResult("silver.churn_orders", read, written, written - replaced, dropped, total, flagged)
