@@ -130,6 +130,7 @@ def test_odd_values_in_landed_records_warn_and_the_cycle_goes_on(home):
     """Numbers with no 32-bit integer value, a refund, a label that is no boolean, a date ahead of the
     as-of: each reaches gold, is counted, and none stops the cycle (each once failed silver or
     the blocking gold check on every cycle while its file stayed in landing)."""
+    from churn_assets.defs.dashboards.metrics import METRICS
     from churn_assets.defs.ml.features import load_training
     from churn_assets.warehouse import connect
 
@@ -186,6 +187,8 @@ def test_odd_values_in_landed_records_warn_and_the_cycle_goes_on(home):
     }
     assert set(gold) == set(odd_users)
     assert gold["n3"][0] == -25 and gold["n4"][1] is None and gold["n5"][2] == -1
-    # A customer without a label is scored, not learned from.
+    # A customer without a label is scored, not learned from, and shown as such.
     with connect(home / "warehouse.duckdb", read_only=True) as con:
         assert "n4" not in set(load_training(con, 0).frame["user_id"].to_list())
+        by_platform = next(m for m in METRICS if m.name == "churn_by_platform")
+        assert con.execute(by_platform.sql).fetchall() == [("ios", "churned", 4), ("ios", "no label", 1)]

@@ -65,7 +65,7 @@ METRICS = [
         "churn analysis",
         (FEATURES,),
         """SELECT coalesce(platform, 'unknown') AS platform,
-                  CASE WHEN churn = 1 THEN 'churned' ELSE 'stayed' END AS status,
+                  CASE churn WHEN 1 THEN 'churned' WHEN 0 THEN 'stayed' ELSE 'no label' END AS status,
                   count(*) AS customers
            FROM gold.churn_features GROUP BY ALL ORDER BY 1, 2""",
         "Customers per first platform seen, churned vs not.",
@@ -75,7 +75,7 @@ METRICS = [
         "churn analysis",
         (SILVER_USERS,),
         """SELECT coalesce(gender::VARCHAR, 'unknown') AS gender,
-                  CASE WHEN churn = 1 THEN 'churned' ELSE 'stayed' END AS status,
+                  CASE churn WHEN 1 THEN 'churned' WHEN 0 THEN 'stayed' ELSE 'no label' END AS status,
                   count(*) AS customers
            FROM silver.churn_users GROUP BY ALL ORDER BY 1, 2""",
         "Customers per gender (0/1 as in the source), churned vs not.",

@@ -24,7 +24,7 @@ KPI_LABELS = {
     "customers_at_risk": ("Customers at risk", "{:,.0f}"),
     "revenue_at_risk": ("Revenue at risk, latest month", "${:,.0f}"),
 }
-PALETTE = {"churned": "#E45756", "stayed": "#4C78A8"}
+PALETTE = {"churned": "#E45756", "stayed": "#4C78A8", "no label": "#BAB0AC"}  # no label: landed without a boolean churn
 W, H = 380, 220
 
 
