@@ -377,3 +377,16 @@ def test_awkward_csv_is_ingested_whole_beside_the_rest_of_its_batch(tmp_path, na
             "source_file": "3",
         }
         assert rescued[1][2] is None  # its extra columns are empty: the record fits
+
+
+@pytest.mark.parametrize("after", [b"", b"\n", b"\r\n\r\n"], ids=["no-newline", "newline", "empty-lines"])
+def test_an_unclosed_quote_on_the_last_line_is_quarantined_too(tmp_path, after):
+    """Read alone (the file as landed so far), the last line's quote swallows no line: it is
+    quarantined all the same, as a fresh load of the file with lines after it would."""
+    from churn_assets.defs.bronze.parse import UNCLOSED_QUOTE
+
+    lines = [EVENTS_HEADER, event_line(0), event_line(1, '"https://x/')]
+    pf = parse_events(tmp_path, "last.csv", "\n".join(lines).encode() + after)
+    assert pf.lines.column("user_id").to_pylist() == ["u-0"]
+    assert pf.quarantine == [(2, lines[2], UNCLOSED_QUOTE)]
+    assert pf.records == 2

@@ -267,7 +267,7 @@ def _blank_lines(
     for i in which:
         s, e = int(starts[i]), int(ends[i])
         pieces.append(data[pos:s])
-        quarantine.append((first_no + int(i), _shown(data[s : min(e, s + RAW_KEEP)]), reason))
+        quarantine.append((first_no + int(i), _shown(data[s : min(e, s + RAW_KEEP)].rstrip(b"\r")), reason))
         pos = e
     pieces.append(data[pos:])
     return b"".join(pieces), quarantine
@@ -412,6 +412,16 @@ def unclosed_quote_lines(data: bytes, spans: Spans | None = None) -> np.ndarray:
     )
 
 
+def _last_line_unclosed(data: bytes) -> bool:
+    """Whether the last non-empty line ends inside a quoted field: it runs over no line after
+    it, so the reader's count does not show it. One line searched, from the end."""
+    end = len(data)
+    while end and data[end - 1] in b"\r\n":
+        end -= 1
+    start = data.rfind(b"\n", 0, end) + 1
+    return data.find(b'"', start, end) >= 0 and not _CLOSED_LINE.fullmatch(data, start, end)
+
+
 def _read_csv(data: bytes, names: list[str]) -> tuple[pa.Table, list[tuple[int, str, str]], list[int]]:
     """(the rows Arrow's reader keeps, the lines it set aside as quarantine records, the
     reader's numbers of every line it set aside); line numbers as the reader counts them."""
@@ -448,9 +458,11 @@ def _parse_csv(
     # The reader skips empty lines without counting them: its numbers are of non-empty lines.
     physical, counted = _nonempty_lines(data, spans)
     unclosed: list[tuple[int, str, str]] = []
-    if table is None or (table.num_rows + len(skipped) != counted and b'"' in data):
-        # A quoted field ran over line breaks: its lines would be lost in it. The lines that
-        # open a quote they do not close are quarantined; the rest is read again.
+    if table is None or (table.num_rows + len(skipped) != counted and b'"' in data) or _last_line_unclosed(data):
+        # A quoted field ran over line breaks: the lines after its own would be lost in it
+        # (or, on the last line, its value would take the line break; an appended tail read
+        # later would not run into it, a fresh load would). The lines that open a quote they
+        # do not close are quarantined; the rest is read again.
         spans = _line_spans(data, spans)
         data, unclosed = _blank_lines(data, spans, unclosed_quote_lines(data, spans), first_no, UNCLOSED_QUOTE)
         physical, _ = _nonempty_lines(data)
