@@ -11,7 +11,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from churn_assets.defs.bronze.parse import _parse_json_lines
+from churn_assets.defs.bronze.parse import FILE_ID, ROW_NO, SOURCE_FILE, _parse_json_lines
 from churn_assets.defs.bronze.rows_sql import CANONICAL, json_select_sql
 from churn_assets.landing import SPECS, TIMESTAMP_REGEX
 
@@ -82,8 +82,8 @@ def bronze_rows(lines: list[str]) -> tuple[dict[int, tuple], list[tuple]]:
     """(row_no -> (typed values, _rescued_data), quarantine rows) from the project's parse and SQL."""
     pf = _parse_json_lines(None, "", ("\n".join(lines) + "\n").encode(), 1)
     n = pf.lines.num_rows
-    view = pf.lines.append_column("file_id", pa.array([1] * n, pa.int64())).append_column(
-        "source_file", pa.array(["orders/t.json"] * n)
+    view = pf.lines.append_column(FILE_ID, pa.array([1] * n, pa.int64())).append_column(
+        SOURCE_FILE, pa.array(["orders/t.json"] * n)
     )
     con = duckdb.connect()
     con.register("lines", view)
@@ -91,7 +91,7 @@ def bronze_rows(lines: list[str]) -> tuple[dict[int, tuple], list[tuple]]:
     cols = ", ".join(f'"{c}"' for c in SPEC.column_names)
     rows = {
         r[0]: (dict(zip(SPEC.column_names, r[1:-1])), r[-1])
-        for r in con.execute(f"SELECT row_no, {cols}, _rescued_data FROM ({rows_sql})").fetchall()
+        for r in con.execute(f'SELECT "{ROW_NO}", {cols}, _rescued_data FROM ({rows_sql})').fetchall()
     }
     return rows, con.execute(bad_sql).fetchall()
 
@@ -188,7 +188,7 @@ def test_json_lines_are_views_of_the_landed_bytes_split_as_the_line_rule_says(ch
         for views in pf.lines.column("raw").chunks:
             views.validate(full=True)  # the prefix Arrow keeps in each view (DuckDB does not read it)
         con.register("lines", pf.lines)
-        got = con.execute("SELECT raw, row_no FROM lines").fetchall()
+        got = con.execute(f'SELECT raw, "{ROW_NO}" FROM lines').fetchall()
         assert got == plain_lines(data, first_no), data
         assert pf.records == len(got)
 
@@ -207,7 +207,186 @@ def test_csv_rows_keep_their_physical_line_numbers_across_empty_lines(tmp_path):
     st = path.stat()
     pf = parse_file(SPECS["events"], LandedFile(path, "events/events.csv", st.st_size, st.st_mtime))
     # Line 1 is the header: data line k of the file is row_no k - 1, as without empty lines.
-    assert pf.lines.column("row_no").to_pylist() == [1, 4, 7]
+    assert pf.lines.column(ROW_NO).to_pylist() == [1, 4, 7]
     assert pf.lines.column("user_id").to_pylist() == ["u1", "u2", "u3"]
     assert [(no, reason) for no, _, reason in pf.quarantine] == [(5, "expected 7 columns, found 2")]
     assert pf.records == 4
+
+
+# --- CSV line breaks, quotes and column names: every landed line is a row or in quarantine ---
+
+EVENTS_HEADER = ",".join(SPECS["events"].column_names)
+
+
+def event_line(i: int, url: str = "https://x/") -> str:
+    return f"u-{i},e{i},ios,11-24-2026 10:00:{i % 60:02d},view,s{i},{url}"
+
+
+def parse_events(tmp_path, name: str, data: bytes):
+    from churn_assets.defs.bronze.parse import parse_file
+    from churn_assets.landing import LandedFile
+
+    path = tmp_path / name
+    path.write_bytes(data)
+    st = path.stat()
+    return parse_file(SPECS["events"], LandedFile(path, f"events/{name}", st.st_size, st.st_mtime))
+
+
+def landed_lines(data: bytes) -> int:
+    """Records landed, by the contract's rule: non-blank lines (at LF, CRLF or a lone CR), header excluded."""
+    return len([line for line in re.split(rb"\r\n|\r|\n", data) if line.strip()]) - 1
+
+
+def test_cr_only_line_breaks_are_line_breaks():
+    """Excel's "CSV (Macintosh)" ends lines with a lone CR: read as "\\n", byte for byte
+    (offsets and line numbers stay the file's); files with LF or CRLF lines are left alone."""
+    from churn_assets.defs.bronze.parse import cr_lines_as_lf
+
+    assert cr_lines_as_lf(b"h,i\ra,b\rc,d\r") == b"h,i\na,b\nc,d\n"
+    assert cr_lines_as_lf(b"h,i\ra,b") == b"h,i\na,b"
+    assert cr_lines_as_lf(b"h,i\ra,b\r\nc,d\n") == b"h,i\na,b\r\nc,d\n"  # CR lines, then an appended LF one
+    for kept in (b"h,i\na,b\rc\n", b"h,i\r\na,b\r\n", b"h,i\r\r\na\n", b"h,i", b"", b"h,i\r"[:-1]):
+        assert cr_lines_as_lf(kept) is kept
+
+
+@pytest.mark.parametrize("events", [1, 3])
+def test_a_csv_with_cr_only_line_breaks_loads_every_event(tmp_path, events):
+    data = "\r".join([EVENTS_HEADER, *(event_line(i) for i in range(events))]).encode() + b"\r"
+    pf = parse_events(tmp_path, "mac.csv", data)
+    assert (pf.status, pf.records, pf.quarantine) == ("loaded", events, [])
+    assert pf.lines.column("user_id").to_pylist() == [f"u-{i}" for i in range(events)]
+    assert pf.lines.column(ROW_NO).to_pylist() == list(range(1, events + 1))
+
+
+def test_lines_that_end_inside_a_quoted_field_are_found():
+    from churn_assets.defs.bronze.parse import unclosed_quote_lines
+
+    closed = [b"a,b,c", b'a,"b,c",d', b'a,"say ""hi""",c', b'a,b"c,d', b'a,"x"y"z,c', b'"",b', b'a,"b\rc",d', b"a,b\r"]
+    unclosed = [b'a,b,"c', b'a,"b""', b'a,"b"",c', b'"a', b'a,b\r"c', b'a,"x"y,"z']
+    lines = closed + unclosed
+    assert unclosed_quote_lines(b"\n".join(lines)).tolist() == list(range(len(closed), len(lines)))
+    assert unclosed_quote_lines(b"a,b\nc,d\n").tolist() == []
+
+
+def test_an_unclosed_quote_quarantines_its_line_and_loses_none_after_it(tmp_path):
+    """The reader would run every line after an unclosed quote into that field (one row
+    loaded for 6 lines): that line goes to quarantine, the lines after it load as they are."""
+    from churn_assets.defs.bronze.parse import UNCLOSED_QUOTE
+
+    lines = [EVENTS_HEADER, event_line(0), event_line(1, '"https://x/?q=shoes'), *(event_line(i) for i in range(2, 7))]
+    data = ("\n".join(lines) + "\n").encode()
+    pf = parse_events(tmp_path, "unclosed.csv", data)
+    assert pf.lines.num_rows + len(pf.quarantine) == pf.records == landed_lines(data) == 7
+    assert pf.lines.column(ROW_NO).to_pylist() == [1, 3, 4, 5, 6, 7]
+    assert set(pf.lines.column("url").to_pylist()) == {"https://x/"}
+    assert pf.quarantine == [(2, lines[2], UNCLOSED_QUOTE)]
+
+
+def test_an_unclosed_quote_across_the_readers_block_boundary_is_no_crash(tmp_path, monkeypatch):
+    """Past one reader block (64 MiB), the reader gives up out of sync instead of running on."""
+    import churn_assets.defs.bronze.parse as parse
+
+    monkeypatch.setattr(parse, "CSV_BLOCK_BYTES", 1024)
+    lines = [EVENTS_HEADER, *(event_line(i) for i in range(40))]
+    lines[20] = event_line(19, '"https://x/?q=shoes')
+    data = ("\r\n".join(lines) + "\r\n").encode()
+    pf = parse_events(tmp_path, "big.csv", data)
+    assert pf.lines.num_rows + len(pf.quarantine) == pf.records == landed_lines(data) == 40
+    assert [(no, reason) for no, _, reason in pf.quarantine] == [(20, parse.UNCLOSED_QUOTE)]
+
+
+def test_columns_named_like_the_lineage_are_the_files_own(tmp_path):
+    pf = parse_events(
+        tmp_path, "x.csv", f"{EVENTS_HEADER},row_no,file_id,Source_File\n{event_line(1)},7,8,9\n".encode()
+    )
+    assert (pf.status, pf.records) == ("loaded", 1)
+    assert pf.lines.select(["row_no", "file_id", "Source_File"]).to_pylist() == [
+        {"row_no": "7", "file_id": "8", "Source_File": "9"}
+    ]
+
+
+def ingest_events(tmp_path, files: dict[str, bytes]):
+    """Land ``files`` in events/ and ingest them in one batch into a real DuckDB warehouse."""
+    from churn_assets.defs.bronze.ingest import ingest_source
+    from churn_assets.warehouse import ensure_schema
+
+    folder = tmp_path / "landing" / "events"
+    folder.mkdir(parents=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    ensure_schema(con)
+    result = ingest_source(con, tmp_path / "landing", "events", "run-1", settle_seconds=0, batch_bytes=1 << 30)
+    return con, result
+
+
+def accounted(con, name: str) -> tuple:
+    """(manifest status, records, rows loaded, rows quarantined), checked against the tables."""
+    path = f"events/{name}"
+    status, records, loaded, quarantined = con.execute(
+        "SELECT status, records, rows_loaded, rows_quarantined FROM bronze.ingest_manifest WHERE path = ?", [path]
+    ).fetchone()
+    in_bronze = con.execute("SELECT count(*) FROM bronze.churn_app_events WHERE _source_file = ?", [path]).fetchone()
+    in_quarantine = con.execute("SELECT count(*) FROM bronze.quarantine WHERE source_file = ?", [path]).fetchone()
+    assert (in_bronze[0], in_quarantine[0]) == (loaded, quarantined)
+    return status, records, loaded, quarantined
+
+
+CLEAN = ("\n".join([EVENTS_HEADER, event_line(50), event_line(51)]) + "\n").encode()
+
+
+@pytest.mark.parametrize(
+    "name, data, expected",
+    [
+        (
+            "mac.csv",
+            "\r".join([EVENTS_HEADER, *(event_line(i) for i in range(3))]).encode() + b"\r",
+            ("loaded", 3, 3, 0),
+        ),
+        (
+            "unclosed.csv",
+            "\n".join([EVENTS_HEADER, event_line(0), event_line(1, '"https://x/'), event_line(2)]).encode() + b"\n",
+            ("loaded", 3, 2, 1),
+        ),
+        (
+            "lineage_names.csv",
+            f"{EVENTS_HEADER},row_no,FILE_ID,source_file\n{event_line(0)},1,2,3\n{event_line(1)},,,\n".encode(),
+            ("loaded", 2, 2, 0),
+        ),
+    ],
+    ids=["cr-only", "unclosed-quote", "lineage-column-names"],
+)
+def test_awkward_csv_is_ingested_whole_beside_the_rest_of_its_batch(tmp_path, name, data, expected):
+    """Every landed line is a bronze row or a quarantine record, as the manifest counts them,
+    and the other file of the batch loads."""
+    con, result = ingest_events(tmp_path, {name: data, "z_clean.csv": CLEAN})
+    assert accounted(con, name) == expected
+    assert expected[2] + expected[3] == landed_lines(data)
+    assert accounted(con, "z_clean.csv") == ("loaded", 2, 2, 0)
+    assert result.records == result.rows_loaded + result.rows_quarantined == landed_lines(data) + 2
+    if name == "lineage_names.csv":  # the file's own columns are rescued, under their own names
+        rescued = con.execute(
+            "SELECT _row_no, _file_id, _rescued_data FROM bronze.churn_app_events "
+            "WHERE _source_file = 'events/lineage_names.csv' ORDER BY _row_no"
+        ).fetchall()
+        assert [(r[0], r[1]) for r in rescued] == [(1, 1), (2, 1)]
+        assert json.loads(rescued[0][2]) | {} == {
+            **dict(zip(SPECS["events"].column_names, event_line(0).split(","))),
+            "row_no": "1",
+            "FILE_ID": "2",
+            "source_file": "3",
+        }
+        assert rescued[1][2] is None  # its extra columns are empty: the record fits
+
+
+@pytest.mark.parametrize("after", [b"", b"\n", b"\r\n\r\n"], ids=["no-newline", "newline", "empty-lines"])
+def test_an_unclosed_quote_on_the_last_line_is_quarantined_too(tmp_path, after):
+    """Read alone (the file as landed so far), the last line's quote swallows no line: it is
+    quarantined all the same, as a fresh load of the file with lines after it would."""
+    from churn_assets.defs.bronze.parse import UNCLOSED_QUOTE
+
+    lines = [EVENTS_HEADER, event_line(0), event_line(1, '"https://x/')]
+    pf = parse_events(tmp_path, "last.csv", "\n".join(lines).encode() + after)
+    assert pf.lines.column("user_id").to_pylist() == ["u-0"]
+    assert pf.quarantine == [(2, lines[2], UNCLOSED_QUOTE)]
+    assert pf.records == 2

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from churn_assets.defs.bronze.manifest import MANIFEST_COLUMNS, Known
-from churn_assets.defs.bronze.parse import ParsedFile, numbers_array, parse_file, text_array
+from churn_assets.defs.bronze.parse import FILE_ID, SOURCE_FILE, ParsedFile, numbers_array, parse_file, text_array
 from churn_assets.defs.bronze.rows_sql import csv_select_sql, json_select_sql
 from churn_assets.defs.bronze.versions import CHANGE_EVENTS
 from churn_assets.faults import fault_point
@@ -172,8 +172,8 @@ def load_batch(
 
 def _with_lineage(pf: ParsedFile, file_id: int) -> pa.Table:
     n = pf.lines.num_rows
-    return pf.lines.append_column("file_id", numbers_array(np.full(n, file_id, dtype=np.int64))).append_column(
-        "source_file",
+    return pf.lines.append_column(FILE_ID, numbers_array(np.full(n, file_id, dtype=np.int64))).append_column(
+        SOURCE_FILE,
         pa.DictionaryArray.from_arrays(
             numbers_array(np.zeros(n, dtype=np.int32), np.int32), text_array(pf.landed.relpath)
         ),
@@ -201,7 +201,7 @@ def _insert_rows(
                 rows_sql = csv_select_sql(spec, list(header), view)
             (inserted,) = con.execute(
                 f"""INSERT INTO bronze.{spec.table}
-                    SELECT * EXCLUDE (row_no, file_id, source_file), source_file, file_id, row_no, ?
+                    SELECT *, ?
                     FROM ({rows_sql})""",
                 [now],
             ).fetchone()

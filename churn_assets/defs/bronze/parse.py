@@ -33,6 +33,9 @@ GZIP_MAGIC = b"\x1f\x8b"
 MAX_RECORD_BYTES = 1 << 20
 RAW_KEEP = 4096  # characters of an over-long or binary record kept in quarantine
 _NONBLANK = re.compile(rb"\S")  # what bytes.strip() would keep: searched in place, no copy
+# Lineage columns beside a file's own: each name holds a comma, which no CSV header name can
+# (the header is split at commas), so no column of a landed file collides with them.
+ROW_NO, FILE_ID, SOURCE_FILE = ",row_no", ",file_id", ",source_file"
 
 
 @dataclass
@@ -42,7 +45,7 @@ class ParsedFile:
     records: int  # records landed in this segment (non-blank lines; CSV header excluded)
     status: str  # loaded | empty | quarantined
     detail: str | None = None
-    lines: pa.Table | None = None  # JSON: (raw, row_no); CSV: header columns + row_no
+    lines: pa.Table | None = None  # JSON: (raw, ROW_NO); CSV: header columns + ROW_NO
     header: list[str] = field(default_factory=list)
     quarantine: list[tuple[int, str, str]] = field(default_factory=list)  # (row_no, raw, reason)
     event: str = "new"  # new | appended | rewritten | truncated
@@ -64,9 +67,9 @@ def _shown(raw: bytes) -> str:
 
 
 def read_content(landed: LandedFile) -> tuple[bytes | None, str | None]:
-    """(the file's content, decompressed and without a UTF-8 BOM; None and why when the
-    reader cannot take it). A partial gzip of a file still being written reads as None
-    with reason ``"incomplete"``."""
+    """(the file's content, decompressed, without a UTF-8 BOM and with CR-only line breaks
+    read as "\n"; None and why when the reader cannot take it). A partial gzip of a file still
+    being written reads as None with reason ``"incomplete"``."""
     raw = landed.path.read_bytes()
     if landed.kind == "unsupported":
         return None, f"compressed in a format the reader does not take ({Path(landed.relpath).suffix})"
@@ -83,7 +86,23 @@ def read_content(landed: LandedFile) -> tuple[bytes | None, str | None]:
             return None, "named .gz but not gzip-compressed"
     if raw.startswith(BOM):
         raw = raw[len(BOM) :]
-    return raw, None
+    return cr_lines_as_lf(raw), None
+
+
+def cr_lines_as_lf(content: bytes) -> bytes:
+    """``content`` with its line breaks as "\n" when they are classic-Mac CRs (Excel's "CSV
+    (Macintosh)"): the file's first line break is a lone CR. Each lone CR becomes "\n", byte
+    for byte, so offsets and line numbers stay the file's; other files are returned as they are."""
+    nl = content.find(b"\n")
+    cr = content.find(b"\r", 0, len(content) if nl < 0 else nl)
+    if cr < 0:
+        return content
+    after = cr
+    while content[after : after + 1] == b"\r":
+        after += 1
+    if content[after : after + 1] == b"\n":  # CRLF (or CRs before an LF): LF lines
+        return content
+    return re.sub(rb"\r(?![\r\n])", b"\n", content)
 
 
 def parse_file(spec: SourceSpec, landed: LandedFile, state: FileState | None = None) -> ParsedFile | None:
@@ -232,15 +251,26 @@ def _blank_long_lines(segment: bytes, first_no: int) -> tuple[bytes, list[tuple[
     long = np.flatnonzero(ends - starts > MAX_RECORD_BYTES)
     if not len(long):
         return segment, [], (starts, ends)
-    reason = f"line longer than {MAX_RECORD_BYTES} bytes"
+    segment, quarantine = _blank_lines(
+        segment, (starts, ends), long, first_no, f"line longer than {MAX_RECORD_BYTES} bytes"
+    )
+    return segment, quarantine, None
+
+
+def _blank_lines(
+    data: bytes, spans: Spans, which: np.ndarray, first_no: int, reason: str
+) -> tuple[bytes, list[tuple[int, str, str]]]:
+    """``data`` with the lines ``which`` (indices into ``spans``, ascending) emptied, their
+    "\n" kept so that every other line keeps its number; and their quarantine records."""
+    starts, ends = spans
     pieces, quarantine, pos = [], [], 0
-    for i in long:
+    for i in which:
         s, e = int(starts[i]), int(ends[i])
-        pieces.append(segment[pos:s])
-        quarantine.append((first_no + int(i), _shown(segment[s : s + RAW_KEEP]), reason))
+        pieces.append(data[pos:s])
+        quarantine.append((first_no + int(i), _shown(data[s : min(e, s + RAW_KEEP)].rstrip(b"\r")), reason))
         pos = e
-    pieces.append(segment[pos:])
-    return b"".join(pieces), quarantine, None
+    pieces.append(data[pos:])
+    return b"".join(pieces), quarantine
 
 
 def csv_header(spec: SourceSpec, header_line: str) -> tuple[list[str], str | None]:
@@ -273,10 +303,10 @@ def _row_numbers(kept: int, skipped: list[int], first_no: int, physical: np.ndar
     return numbers + (first_no - 1)
 
 
-def _nonempty_lines(data: bytes, spans: Spans | None = None) -> np.ndarray | None:
-    """Physical numbers of the lines that are not empty (CRLF's lone CR counts as empty),
-    or None when no line but the last is empty: a reader that skips empty lines counts only
-    these."""
+def _nonempty_lines(data: bytes, spans: Spans | None = None) -> tuple[np.ndarray | None, int]:
+    """(physical numbers of the lines that are not empty (CRLF's lone CR counts as empty), or
+    None when no line but the last is empty; how many they are): a reader that skips empty
+    lines counts only these."""
     starts, ends = _line_spans(data, spans)
     buf = np.frombuffer(data, dtype=np.uint8)
     lengths = ends - starts
@@ -284,8 +314,9 @@ def _nonempty_lines(data: bytes, spans: Spans | None = None) -> np.ndarray | Non
     one = np.flatnonzero(lengths == 1)
     empty[one] = buf[starts[one]] == 13
     if not empty[:-1].any():
-        return None
-    return np.flatnonzero(~empty).astype(np.int64) + 1
+        return None, len(empty) - int(empty[-1])
+    physical = np.flatnonzero(~empty).astype(np.int64) + 1
+    return physical, len(physical)
 
 
 # Arrow string views address their bytes by (buffer, 32-bit offset): a segment is exposed as
@@ -356,13 +387,44 @@ def _parse_json_lines(
         texts = pa.array([data[starts[i] : ends[i]].decode("utf-8") for i in maybe], pa.string())
         blank[maybe] = pc.utf8_is_space(texts).to_numpy(zero_copy_only=False)
     keep = np.flatnonzero(~blank)
-    table = pa.table({"raw": line_views(data, starts[keep], ends[keep]), "row_no": numbers_array(keep + first_no)})
+    table = pa.table({"raw": line_views(data, starts[keep], ends[keep]), ROW_NO: numbers_array(keep + first_no)})
     return ParsedFile(landed, digest, table.num_rows, "loaded", lines=table)
 
 
-def _parse_csv(
-    landed: LandedFile, digest: str, data: bytes, first_no: int, names: list[str], spans: Spans | None = None
-) -> ParsedFile:
+# One event a line (the contract): a quoted field runs on to the next line only when a line
+# ends inside it. A line is closed when it is fields separated by "," (or a CR, which ends a
+# record for the reader too), each unquoted, or quoted with "" for a quote and text after
+# its closing quote: the reader's own rules, where a quote opens a field only at its start.
+_FIELD = rb'(?:"(?:[^"]|"")*"(?!")[^,\r]*|[^,\r"][^,\r]*|)'
+_CLOSED_LINE = re.compile(_FIELD + rb"(?:[,\r]" + _FIELD + rb")*")
+CSV_BLOCK_BYTES = 1 << 26  # the reader's block: a quoted field across its end puts the reader out of sync
+UNCLOSED_QUOTE = "quoted field not closed on its line (the contract has one event a line)"
+
+
+def unclosed_quote_lines(data: bytes, spans: Spans | None = None) -> np.ndarray:
+    """Indices of the lines of ``data`` that end inside a quoted field (only a line holding a
+    quote can): the reader would run the lines after them into that field."""
+    starts, ends = _line_spans(data, spans)
+    quotes = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord('"'))
+    maybe = np.unique(np.searchsorted(starts, quotes, side="right") - 1)
+    return np.array(
+        [i for i in maybe if not _CLOSED_LINE.fullmatch(data, int(starts[i]), int(ends[i]))], dtype=np.int64
+    )
+
+
+def _last_line_unclosed(data: bytes) -> bool:
+    """Whether the last non-empty line ends inside a quoted field: it runs over no line after
+    it, so the reader's count does not show it. One line searched, from the end."""
+    end = len(data)
+    while end and data[end - 1] in b"\r\n":
+        end -= 1
+    start = data.rfind(b"\n", 0, end) + 1
+    return data.find(b'"', start, end) >= 0 and not _CLOSED_LINE.fullmatch(data, start, end)
+
+
+def _read_csv(data: bytes, names: list[str]) -> tuple[pa.Table, list[tuple[int, str, str]], list[int]]:
+    """(the rows Arrow's reader keeps, the lines it set aside as quarantine records, the
+    reader's numbers of every line it set aside); line numbers as the reader counts them."""
     quarantine: list[tuple[int, str, str]] = []
     skipped: list[int] = []
 
@@ -375,7 +437,7 @@ def _parse_csv(
 
     table = pacsv.read_csv(
         pa.BufferReader(pa.py_buffer(data)),
-        read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 26, use_threads=False),
+        read_options=pacsv.ReadOptions(column_names=names, block_size=CSV_BLOCK_BYTES, use_threads=False),
         parse_options=pacsv.ParseOptions(
             newlines_in_values=False, ignore_empty_lines=True, invalid_row_handler=invalid
         ),
@@ -383,9 +445,42 @@ def _parse_csv(
             column_types={n: pa.string() for n in names}, null_values=[""], strings_can_be_null=True
         ),
     )
+    return table, quarantine, skipped
+
+
+def _parse_csv(
+    landed: LandedFile, digest: str, data: bytes, first_no: int, names: list[str], spans: Spans | None = None
+) -> ParsedFile:
+    try:
+        table, quarantine, skipped = _read_csv(data, names)
+    except pa.ArrowInvalid:  # out of sync: a quoted field ran across a block boundary
+        table = None
     # The reader skips empty lines without counting them: its numbers are of non-empty lines.
-    physical = _nonempty_lines(data, spans)
-    table = table.append_column("row_no", numbers_array(_row_numbers(table.num_rows, skipped, first_no, physical)))
+    physical, counted = _nonempty_lines(data, spans)
+    unclosed: list[tuple[int, str, str]] = []
+    if table is None or (table.num_rows + len(skipped) != counted and b'"' in data) or _last_line_unclosed(data):
+        # A quoted field ran over line breaks: the lines after its own would be lost in it
+        # (or, on the last line, its value would take the line break; an appended tail read
+        # later would not run into it, a fresh load would). The lines that open a quote they
+        # do not close are quarantined; the rest is read again.
+        spans = _line_spans(data, spans)
+        data, unclosed = _blank_lines(data, spans, unclosed_quote_lines(data, spans), first_no, UNCLOSED_QUOTE)
+        physical, _ = _nonempty_lines(data)
+        try:
+            table, quarantine, skipped = _read_csv(data, names)
+        except pa.ArrowInvalid as exc:  # not expected: every line is closed now; still, no crash
+            reason = f"CSV reader failed: {exc}"
+            quarantine = [(no, _shown(line), reason) for no, line in _numbered_nonblank(data, first_no)]
+            return ParsedFile(
+                landed,
+                digest,
+                len(unclosed) + len(quarantine),
+                "quarantined",
+                reason,
+                header=names,
+                quarantine=sorted(unclosed + quarantine),
+            )
+    table = table.append_column(ROW_NO, numbers_array(_row_numbers(table.num_rows, skipped, first_no, physical)))
 
     def line_no(n: int) -> int:
         if physical is not None and 0 < n <= len(physical):
@@ -393,6 +488,8 @@ def _parse_csv(
         return n + first_no - 1
 
     quarantine = [(line_no(n), text, reason) for n, text, reason in quarantine]
+    if unclosed:
+        quarantine = sorted(unclosed + quarantine)
     # Records are what the reader kept plus what it set aside: counted, never asserted.
     return ParsedFile(
         landed, digest, table.num_rows + len(quarantine), "loaded", lines=table, header=names, quarantine=quarantine

@@ -3,6 +3,7 @@ record that parses but does not fit, quarantine for a JSON line that is no objec
 
 from __future__ import annotations
 
+from churn_assets.defs.bronze.parse import FILE_ID, ROW_NO, SOURCE_FILE
 from churn_assets.landing import TIMESTAMP_REGEX, SourceSpec
 
 # Valid JSON whose first character is "{" is an object; json_valid is the one full parse.
@@ -22,8 +23,13 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+# The lineage columns of a view of parsed lines, in the bronze tables' order (_source_file,
+# _file_id, _row_no): the rows queries end with them, so their columns are the table's.
+LINEAGE = f"{_q(SOURCE_FILE)}, {_q(FILE_ID)}, {_q(ROW_NO)}"
+
+
 def json_select_sql(spec: SourceSpec, view: str) -> tuple[str, str]:
-    """SQL turning a (row_no, raw) view of JSON lines into bronze rows, and into quarantine.
+    """SQL turning a (raw, lineage) view of JSON lines into bronze rows, and into quarantine.
 
     Each object line is parsed once into the schema's struct. A line that is exactly that
     struct written back (``to_json``: the schema's keys in order, compact, each value of its
@@ -47,24 +53,21 @@ def json_select_sql(spec: SourceSpec, view: str) -> tuple[str, str]:
     )
     flags = ", ".join(f"{cond} AS f_{i}" for i, (_, cond) in enumerate(fits))
     parsed = f"""
-        SELECT row_no, file_id, source_file, raw, s, canon, t, k, {flags}
+        SELECT {LINEAGE}, raw, s, canon, t, k, {flags}
         FROM (
-            SELECT row_no, file_id, source_file, raw, s, canon,
+            SELECT {LINEAGE}, raw, s, canon,
                    CASE WHEN NOT canon THEN json_type(raw, {paths}) END AS t,
                    CASE WHEN NOT canon THEN json_keys(raw) END AS k
             FROM (
-                SELECT row_no, file_id, source_file, raw, s, {CANONICAL} AS canon
-                FROM (SELECT row_no, file_id, source_file, raw, from_json(raw, '{struct}') AS s
+                SELECT {LINEAGE}, raw, s, {CANONICAL} AS canon
+                FROM (SELECT {LINEAGE}, raw, from_json(raw, '{struct}') AS s
                       FROM {view} WHERE {IS_OBJECT})
             )
         )"""
     cols = ", ".join(f"CASE WHEN f_{i} THEN s.{_q(c)} END AS {_q(c)}" for i, (c, _) in enumerate(fits))
-    rows = (
-        f"SELECT {cols}, CASE WHEN NOT ({all_fit}) THEN raw END AS _rescued_data, row_no, file_id, source_file "
-        f"FROM ({parsed})"
-    )
+    rows = f"SELECT {cols}, CASE WHEN NOT ({all_fit}) THEN raw END AS _rescued_data, {LINEAGE} FROM ({parsed})"
     bad = f"""
-        SELECT file_id, source_file, row_no, raw,
+        SELECT {_q(FILE_ID)}, {_q(SOURCE_FILE)}, {_q(ROW_NO)}, raw,
                CASE WHEN json_valid(raw) THEN 'JSON value is not an object' ELSE 'malformed JSON' END AS reason
         FROM {view}
         WHERE NOT ({IS_OBJECT})"""
@@ -89,8 +92,4 @@ def csv_select_sql(spec: SourceSpec, header: list[str], view: str) -> str:
     fit_conds += [f"{_q(h)} IS NULL" for h in extras]
     fit = " AND ".join(fit_conds) if fit_conds else "true"
     record = "to_json(struct_pack(" + ", ".join(f"{_q(h)} := {_q(h)}" for h in header) + "))"
-    return (
-        f"SELECT {', '.join(cols)}, CASE WHEN NOT ({fit}) THEN {record} END AS _rescued_data, "
-        "row_no, file_id, source_file "
-        f"FROM {view}"
-    )
+    return f"SELECT {', '.join(cols)}, CASE WHEN NOT ({fit}) THEN {record} END AS _rescued_data, {LINEAGE} FROM {view}"
