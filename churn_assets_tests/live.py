@@ -29,15 +29,18 @@ def free_port() -> int:
 
 
 class Webhook:
-    """Records every JSON body POSTed to it."""
+    """Records every JSON body POSTed to it, and when it came (``received_at``, epoch seconds)."""
 
     def __init__(self):
         self.received: list[dict] = []
+        self.received_at: list[float] = []
         hook = self
 
         class H(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802
-                hook.received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                hook.received_at.append(time.time())
+                hook.received.append(body)
                 self.send_response(204)
                 self.end_headers()
 
@@ -135,8 +138,8 @@ class LiveDagster:
 
         return DagsterGraphQLClient("127.0.0.1", port_number=self.port)
 
-    def submit(self, run_config: dict | None = None) -> str:
-        return self.graphql().submit_job_execution("churn_cycle", run_config=run_config or {})
+    def submit(self, run_config: dict | None = None, tags: dict | None = None) -> str:
+        return self.graphql().submit_job_execution("churn_cycle", run_config=run_config or {}, tags=tags)
 
     def instance(self) -> dg.DagsterInstance:
         return dg.DagsterInstance.from_config(str(self.dagster_home))

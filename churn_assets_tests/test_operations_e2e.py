@@ -41,6 +41,14 @@ def modes(live) -> str:
     return next(line for line in live.churn("mode").splitlines() if line.startswith("cadence:"))
 
 
+def failure_sensor_ticks(live, after: float) -> list:
+    """The failure sensor's finished ticks that started after ``after`` (epoch seconds)."""
+    with live.instance() as instance:
+        state = next(s for s in instance.all_instigator_state() if s.instigator_name == "churn_failure_alerts")
+        ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, after=after)
+    return [t for t in ticks if t.status.value != "STARTED" and t.timestamp > after]
+
+
 def test_cadence_switching_landing_sensor_alerts_and_one_writer(tmp_path):
     home = tmp_path / "churn"
     generate_history(home, customers=4_000, seed=3, end=date(2026, 11, 1), progress=False)
@@ -48,17 +56,30 @@ def test_cadence_switching_landing_sensor_alerts_and_one_writer(tmp_path):
     with LiveDagster(home, env={"CHURN_ALERT_DURATION_CEILING_SECONDS": "5"}) as live:
         assert modes(live) == "cadence: hourly"
 
-        # Two runs requested at the same moment: both succeed, one after the other.
-        first, second = live.submit(), live.submit()
+        # Two runs requested at the same moment: one after the other, never at the same time.
+        # The second is the failing run the alerts below are about (one cycle fewer than a
+        # second good run): every step before its model ran and wrote to the warehouse; only the
+        # model, misconfigured, fails. Had the two runs overlapped, a writing step before the
+        # model would fail on DuckDB's lock. No retry (churn_cycle's tags allow one): it would
+        # fail the same way and hold the run queue the landing sensor below waits on.
+        first = live.submit()
+        bad = live.submit(
+            {"ops": {"ml__churn_model": {"config": {"num_leaves": -3, "force": True}}}},
+            tags={"dagster/max_retries": "0"},
+        )
         assert live.wait_run(first) == dg.DagsterRunStatus.SUCCESS
-        assert live.wait_run(second) == dg.DagsterRunStatus.SUCCESS
+        assert live.wait_run(bad) == dg.DagsterRunStatus.FAILURE
         with live.instance() as instance:
-            a, b = (instance.get_run_record_by_id(r) for r in (first, second))
+            a, b = (instance.get_run_record_by_id(r) for r in (first, bad))
+            steps = {s.step_key: s.status.value for s in instance.get_run_step_stats(bad)}
         assert a.end_time <= b.start_time or b.end_time <= a.start_time  # never at the same time
+        assert {k for k, v in steps.items() if v != "SUCCESS"} == {"ml__churn_model"}, steps
+        assert {"bronze__churn_users_bronze", "silver__churn_users", "gold__churn_features"} <= steps.keys()
         log = (home / "dagster-dev.log").read_text()
         assert "Could not set lock" not in log and "lock on file" not in log
 
         # Always-on: a new increment reaches gold and the predictions without anyone asking.
+        # (Meanwhile the failure sensor alerts on the failed run: checked below.)
         assert "continuous" in live.churn("mode", "continuous")
         assert modes(live) == "cadence: continuous"
         customers = one(home, "SELECT count(*) FROM gold.churn_features")
@@ -87,13 +108,14 @@ def test_cadence_switching_landing_sensor_alerts_and_one_writer(tmp_path):
         assert "hourly" in live.churn("mode", "hourly")
         assert modes(live) == "cadence: hourly"
 
-        # A failing run: exactly one failure alert for it, at the webhook, with a link.
-        bad = live.submit({"ops": {"ml__churn_model": {"config": {"num_leaves": -3, "force": True}}}})
-        assert live.wait_run(bad) == dg.DagsterRunStatus.FAILURE
-        live.wait_for(
-            lambda: [x for x in live.webhook.received if x["kind"] == "failure" and x["run_id"] == bad], timeout=120
-        )
-        time.sleep(8)  # another sensor tick or two: still one
+        # The failed run: exactly one failure alert for it, at the webhook, with a link.
+        hook = live.webhook
+        live.wait_for(lambda: [x for x in hook.received if x["kind"] == "failure" and x["run_id"] == bad], timeout=120)
+        # A later tick of the failure sensor, begun after the alert came: still one. A tick, not
+        # a fixed sleep: several usually passed during the landing run, and under load a sleep
+        # may hold none.
+        came = next(t for x, t in zip(hook.received, hook.received_at) if x["kind"] == "failure" and x["run_id"] == bad)
+        live.wait_for(lambda: failure_sensor_ticks(live, came), timeout=120)
         failures = [x for x in live.webhook.received if x["kind"] == "failure" and x["run_id"] == bad]
         assert len(failures) == 1
         assert (
