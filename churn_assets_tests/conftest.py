@@ -85,7 +85,7 @@ LONGEST_FIRST = (
     "test_first_contact.py",  # the demo, the README's examples; then test_ui.py on its worker (below)
     "test_crash_safety_changes.py",  # a kill and a rerun per test
     "test_crash_safety.py",
-    "test_operations_e2e.py",  # one test: the live webserver and daemon, 2-2.5 min
+    "test_operations_e2e.py",  # one test: the live webserver and daemon, 1.3-2 min alone, 4 under load
     "test_campaigns.py",
     "test_postgres_instance.py",  # a PostgreSQL server, `dg launch` with the multiprocess executor
     "test_model_lifecycle.py",
