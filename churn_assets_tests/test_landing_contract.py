@@ -164,6 +164,8 @@ def test_a_duplicate_whose_copy_was_retired_is_read_as_a_file_of_its_own():
     assert retired_copies({"users/b.json": dup, "users/a.json": rewritten}, {"other"}) == {"users/b.json"}
     # A copy that was appended to still holds the content (its first segment): nothing to restore.
     assert retired_copies({"users/b.json": dup}, {digest, "appended"}) == set()
+    # One read up to its last newline is read whole once final: restoring it now would repeat.
+    assert retired_copies({"users/b.json": replace(dup, prefix_hash="cut", open_tail=True)}, {"other"}) == set()
     assert plan_change(dup, content)[:2] == ("unchanged", len(content))
     event, start, why = plan_change(replace(dup, copy_retired=True), content)
     assert (event, start) == ("restored", 0) and "retired" in why

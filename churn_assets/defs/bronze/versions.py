@@ -37,8 +37,13 @@ class FileState:
 def retired_copies(states: Mapping[str, FileState], held: set[str]) -> set[str]:
     """Paths recorded as ``duplicate`` whose content is gone from the tables: ``held`` is the
     content (prefix) hash of every segment of a current version that is no duplicate, so a
-    copy that was appended to still holds it, one rewritten or truncated since does not."""
-    return {path for path, st in states.items() if st.status == "duplicate" and st.prefix_hash not in held}
+    copy that was appended to still holds it, one rewritten or truncated since does not. A
+    duplicate read only up to its last newline is read again whole anyway (``open_tail``)."""
+    return {
+        path
+        for path, st in states.items()
+        if st.status == "duplicate" and not st.open_tail and st.prefix_hash not in held
+    }
 
 
 def consumable_end(content: bytes, start: int, final: bool) -> int:
