@@ -29,7 +29,7 @@ import duckdb
 
 from churn_assets.defs.bronze.load import IngestResult, load_batch, parse_batch
 from churn_assets.defs.bronze.manifest import known_files
-from churn_assets.landing import SPECS, LandedFile, discover
+from churn_assets.landing import SPECS, LandedFile, SourceSpec, discover
 
 
 def batches(files: list[LandedFile], batch_bytes: int) -> Iterator[list[LandedFile]]:
@@ -69,7 +69,15 @@ def ingest_source(
     return result
 
 
-def _ingest_pass(con, landing_root: Path, spec, run_id: str, settle_seconds: float, batch_bytes: int, result) -> None:
+def _ingest_pass(
+    con: duckdb.DuckDBPyConnection,
+    landing_root: Path,
+    spec: SourceSpec,
+    run_id: str,
+    settle_seconds: float,
+    batch_bytes: int,
+    result: IngestResult,
+) -> None:
     known = known_files(con, spec.name)
     # A retired content's duplicates are offered as if unseen; a file whose last line was left
     # unread is offered again once that line is final.
