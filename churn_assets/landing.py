@@ -11,7 +11,7 @@ looks for files loads neither pyarrow, DuckDB nor Polars.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -114,18 +114,31 @@ TIMESTAMP_REGEX = timestamp_regex(LANDING_TS_FORMAT)
 # is not data, and a file renamed from such a name into place is read once, complete.
 EXTENSIONS = {"json": (".json", ".jsonl", ".ndjson"), "csv": (".csv",)}
 GZIP_SUFFIX = ".gz"  # taken: decompressed in memory, then read like the plain file
+# The allow-list in words, for the reports that name files it left unread.
+ACCEPTED = "; ".join(
+    f"{', '.join(s.name for s in SPECS.values() if s.fmt == fmt)}: {' '.join(exts)} (+{GZIP_SUFFIX})"
+    for fmt, exts in EXTENSIONS.items()
+)
 # Compressions the reader does not take: such a file is quarantined with the reason.
 UNSUPPORTED_COMPRESSION = (".zip", ".bz2", ".xz", ".zst", ".7z", ".lz4", ".br")
+# Names writers give a file before renaming it into place (or beside it): never data, and not
+# worth a report either. Hidden and underscore names are the others (``is_temporary``).
+WRITER_SUFFIXES = (".tmp", ".part", ".filepart", ".partial", ".crc", "~")
 # A final line without its newline is read only once the file has been still this many
 # settle windows (or was renamed into place): before that the writer may still be on it.
 OPEN_LINE_FACTOR = 10
 
 
+def is_temporary(name: str) -> bool:
+    """A writer's temporary, a hidden file or a marker (``_SUCCESS``): ignored without a report."""
+    return name.startswith((".", "_")) or name.lower().endswith(WRITER_SUFFIXES)
+
+
 def data_kind(name: str, fmt: str) -> str | None:
     """'plain', 'gzip' or 'unsupported' (compressed in a way the reader does not take), or
     None for a name that is not a data file of format ``fmt``."""
-    if name.startswith((".", "_")):
-        return None  # hidden and underscore files are writers' temporaries and markers
+    if is_temporary(name):
+        return None
     lower = name.lower()
     exts = EXTENSIONS[fmt]
     if lower.endswith(exts):
@@ -158,38 +171,69 @@ def _safe_name(name: str) -> tuple[str, str | None]:
         return shown, f"file name is not valid UTF-8: {shown}"
 
 
+def _walk(folder: str, rel: str, name_error: str | None = None) -> Iterator[tuple[os.DirEntry, str, str | None]]:
+    """Every regular file under ``folder`` as (entry, path relative to the landing root, why its
+    name is not UTF-8 or None), sub-folders included: exports are often partitioned by date
+    (``orders/dt=2026-11-24/part-0.json``). Temporary folders are writers' work areas
+    (``_temporary``, ``.staging``): not entered. Symbolic links are not followed."""
+    for entry in os.scandir(folder):
+        shown, error = _safe_name(entry.name)
+        if entry.is_dir(follow_symlinks=False):
+            if not is_temporary(entry.name):
+                yield from _walk(entry.path, f"{rel}/{shown}", name_error or error)
+        elif entry.is_file(follow_symlinks=False):
+            yield entry, f"{rel}/{shown}", name_error or error
+
+
 def discover(
     landing_root: Path,
     source: str,
-    known: Mapping[str, tuple[int, float]],
+    known: Mapping[str, tuple],
     settle_seconds: float,
     now: float | None = None,
 ) -> list[LandedFile]:
-    """Data files of one source that are new or changed since the manifest saw them, and
-    complete: still for ``settle_seconds`` (size and mtime unchanged) or renamed into
-    place. ``known`` maps a path to the (size, mtime) last recorded. Oldest name first."""
+    """Data files of one source, sub-folders included, that are new or changed since the
+    manifest saw them, and complete: still for ``settle_seconds`` (size and mtime unchanged)
+    or renamed into place. ``known`` maps a path to the (size, mtime) last recorded and,
+    third, whether its last line was left unread (the writer may have been on it): such a file
+    is offered again, unchanged, once that line is final. Oldest name first."""
     folder = landing_root / source
     if not folder.is_dir():
         return []
     fmt = SPECS[source].fmt
     now = now if now is not None else datetime.now().timestamp()
     found = []
-    for entry in os.scandir(folder):
+    for entry, rel, name_error in _walk(os.fsdecode(folder), source):
         kind = data_kind(entry.name, fmt)
-        if kind is None or not entry.is_file(follow_symlinks=False):
+        if kind is None:
             continue
-        shown, name_error = _safe_name(entry.name)
-        rel = f"{source}/{shown}"
-        st = entry.stat()
-        seen = known.get(rel) if isinstance(known, Mapping) else None
-        if seen is not None and seen[0] == st.st_size and abs(seen[1] - st.st_mtime) < 1e-5:
-            continue  # unchanged since it was read
+        st = entry.stat(follow_symlinks=False)
         # A rename changes the inode's ctime, not its mtime: ctime past mtime means the
         # last write was followed by a rename (or chmod) into place, so writing is over.
         renamed = st.st_ctime_ns > st.st_mtime_ns
         still = now - st.st_mtime
+        final = renamed or still >= OPEN_LINE_FACTOR * settle_seconds
+        seen = known.get(rel) if isinstance(known, Mapping) else None
+        if seen is not None and seen[0] == st.st_size and abs(seen[1] - st.st_mtime) < 1e-5:
+            open_tail = len(seen) > 2 and seen[2]
+            if not (open_tail and final):
+                continue  # unchanged since it was read (and nothing left unread it may take now)
         if still < settle_seconds and not renamed:
             continue  # still being written (or just finished): take it next time
-        final = renamed or still >= OPEN_LINE_FACTOR * settle_seconds
         found.append(LandedFile(Path(os.fsdecode(entry.path)), rel, st.st_size, st.st_mtime, kind, name_error, final))
     return sorted(found, key=lambda f: f.relpath)
+
+
+def unrecognized_files(landing_root: Path, source: str) -> list[str]:
+    """Files of a source folder (sub-folders included) that are neither data files of its
+    format nor writers' temporaries (``is_temporary``): never read, so reported by name
+    (``orders/export.txt``, ``events/day.tsv``, ``users/a.json.1``)."""
+    folder = landing_root / source
+    if not folder.is_dir():
+        return []
+    fmt = SPECS[source].fmt
+    return sorted(
+        rel
+        for entry, rel, _ in _walk(os.fsdecode(folder), source)
+        if data_kind(entry.name, fmt) is None and not is_temporary(entry.name)
+    )

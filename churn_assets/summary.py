@@ -7,6 +7,7 @@ from pathlib import Path
 
 import duckdb
 
+from churn_assets.landing import ACCEPTED, unrecognized_files
 from churn_assets.settings import SOURCES, Settings
 from churn_assets.warehouse import scalar, table_exists
 
@@ -153,6 +154,10 @@ def cycle_summary(settings: Settings, champion_auc: float | None = None, run_id:
     if strays:
         names = ", ".join(str(p.relative_to(home)) for p in strays[:SHOWN]) + (" ..." if len(strays) > SHOWN else "")
         lines.append(f"ignored    {len(strays)} files outside landing/{{{','.join(SOURCES)}}}/: {names}")
+    unread = [rel for s in SOURCES for rel in unrecognized_files(settings.landing_dir, s)]
+    if unread:
+        names = ", ".join(f"landing/{rel}" for rel in unread[:SHOWN]) + (" ..." if len(unread) > SHOWN else "")
+        lines.append(f"ignored    {len(unread)} files not named as data files ({ACCEPTED}): {names}")
     dashboard = settings.dashboard_dir / "index.html"
     outbox = settings.outbox_dir
     outboxes = sorted(outbox.glob("*.jsonl"), key=lambda p: p.stat().st_mtime) if outbox.is_dir() else []

@@ -295,9 +295,17 @@ def test_summary_names_quarantined_files_with_their_reason_and_stray_files(tmp_p
     con.close()
     (tmp_path / "landing" / "users").mkdir(parents=True)
     (tmp_path / "landing" / "stray.json").write_text("{}\n")
+    # Inside a source folder: named when not a data file, silent for a writer's temporary.
+    for name in ("users/export.txt", "users/dt=2026-11-24/part.json.1", "users/.b.json.tmp", "users/x.json.part"):
+        (tmp_path / "landing" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "landing" / name).write_text("{}\n")
 
     text = cycle_summary(Settings(home=tmp_path))
     assert "  files   duplicate 1, loaded 2, quarantined 1" in text
+    assert (
+        "ignored    2 files not named as data files (users, orders: .json .jsonl .ndjson (+.gz); events: .csv (+.gz)): "
+        "landing/users/dt=2026-11-24/part.json.1, landing/users/export.txt"
+    ) in text
     assert "    /l/users/b.json: 2 × not JSON; 1 × not a JSON object" in text
     assert "    /l/events/c.csv: 2 × not UTF-8" in text
     assert "    /l/users/d.json: duplicate: same content as /l/users/a.json" in text

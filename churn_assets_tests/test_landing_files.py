@@ -170,6 +170,14 @@ def test_every_bad_file_kind_is_quarantined_and_the_rest_loads(home):
         if reason:
             assert reason in detail, (path, detail)
     assert not [p for p in manifest if "tmp." in p or "hidden" in p or "SUCCESS" in p or p.endswith(".txt")]
+    # A file the allow-list leaves unread (not a writer's temporary) is named, never skipped silently.
+    [orders] = [
+        e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.materialization.asset_key.path == ["bronze", "churn_orders_bronze"]
+    ]
+    assert orders["files_unrecognized"].value == 1
+    assert orders["files_unrecognized_names"].value == ["orders/notes.txt"]
     # Per file: rows in bronze + quarantine records = records landed = the manifest's count.
     assert accounting(home) == []
     assert one(home, "SELECT count(*) FROM bronze.churn_users_bronze WHERE id LIKE 'u-long-ok-%'") == 2

@@ -6,7 +6,7 @@ import dagster as dg
 
 from churn_assets.defs.bronze.ingest import ingest_source
 from churn_assets.engine import EngineResource
-from churn_assets.landing import SPECS
+from churn_assets.landing import ACCEPTED, SPECS, unrecognized_files
 from churn_assets.metadata import table_metadata
 from churn_assets.ops.alerts import AlertsResource
 from churn_assets.resources import LandingZoneResource, WarehouseResource
@@ -35,6 +35,16 @@ def _check_results(loaded: int, rescued: int, quarantined: int) -> list[dg.Asset
             metadata={"loaded": loaded, "quarantined": quarantined},
         ),
     ]
+
+
+def _unread_files(context: dg.AssetExecutionContext, landing_root: str, source: str) -> dict:
+    """Files of the source folder the allow-list leaves unread: a warning naming them (names
+    only, no content) and the step's metadata, so that no file is skipped silently."""
+    unread = unrecognized_files(Path(landing_root), source)
+    if unread:
+        shown = ", ".join(unread[:20]) + (f" and {len(unread) - 20} more" if len(unread) > 20 else "")
+        context.log.warning(f"{source}: {len(unread)} files not named as data files ({ACCEPTED}), not read: {shown}")
+    return {"files_unrecognized": len(unread), "files_unrecognized_names": dg.MetadataValue.json(unread[:100])}
 
 
 def _bronze_asset(source: str) -> dg.AssetsDefinition:
@@ -71,6 +81,7 @@ def _bronze_asset(source: str) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         if engine.is_spark:
             return _spark_bronze(context, engine, landing, source)
+        unread = _unread_files(context, landing.root, source)
         with warehouse.get_connection() as con:
             result = ingest_source(
                 con,
@@ -120,6 +131,7 @@ def _bronze_asset(source: str) -> dg.AssetsDefinition:
                 "files_new_version": result.files_new_version,
                 "rows_retired": result.rows_retired,
                 "files_waiting": result.files_waiting,
+                **unread,
             },
             check_results=_check_results(result.rows_loaded, result.rows_rescued, result.rows_quarantined),
         )
@@ -160,6 +172,7 @@ def _spark_bronze(
             "rows_rescued": result.rows_rescued,
             "records_quarantined": result.rows_quarantined,
             "engine": "spark",
+            **_unread_files(context, landing.root, source),
         },
         check_results=_check_results(result.rows_loaded, result.rows_rescued, result.rows_quarantined),
     )

@@ -2,8 +2,9 @@
 
 How a file moves:
 1. ``landing.discover``: data files (an allow-list of extensions) in ``landing/<source>/``
-   that are new or changed since the manifest recorded their size and mtime, and complete:
-   still for the settle time, or renamed into place.
+   and its sub-folders that are new or changed since the manifest recorded their size and
+   mtime (or left an unfinished last line now final, or duplicated a content since
+   retired), and complete: still for the settle time, or renamed into place.
 2. ``parse.parse_file``: read, hashed (SHA-256), compared with what the manifest holds
    (``versions.plan_change``): a new file or a new version is read whole, an appended tail
    alone. Records that fit the expected schema become typed rows (``rows_sql``); records that
@@ -28,7 +29,7 @@ import duckdb
 
 from churn_assets.defs.bronze.load import IngestResult, load_batch, parse_batch
 from churn_assets.defs.bronze.manifest import known_files
-from churn_assets.landing import SPECS, LandedFile, discover
+from churn_assets.landing import SPECS, LandedFile, SourceSpec, discover
 
 
 def batches(files: list[LandedFile], batch_bytes: int) -> Iterator[list[LandedFile]]:
@@ -58,10 +59,31 @@ def ingest_source(
     ``settle_seconds`` and ``batch_bytes`` come from the settings (their defaults live there)."""
     spec = SPECS[source]
     result = IngestResult(source)
-    known = known_files(con, source)
-    seen = {path: (st.size, st.mtime) for path, st in known.states.items()}
-    files = discover(landing_root, source, seen, settle_seconds)
-    result.files_seen = len(files)
+    # A new version retires the earlier one, and with it the content that duplicates of it
+    # skipped: a second pass, from the committed manifest, takes those as files of their own.
+    for _ in range(2):
+        retired = result.files_new_version
+        _ingest_pass(con, landing_root, spec, run_id, settle_seconds, batch_bytes, result)
+        if result.files_new_version == retired:
+            break
+    return result
+
+
+def _ingest_pass(
+    con: duckdb.DuckDBPyConnection,
+    landing_root: Path,
+    spec: SourceSpec,
+    run_id: str,
+    settle_seconds: float,
+    batch_bytes: int,
+    result: IngestResult,
+) -> None:
+    known = known_files(con, spec.name)
+    # A retired content's duplicates are offered as if unseen; a file whose last line was left
+    # unread is offered again once that line is final.
+    seen = {path: (st.size, st.mtime, st.open_tail) for path, st in known.states.items() if not st.copy_retired}
+    files = discover(landing_root, spec.name, seen, settle_seconds)
+    result.files_seen += len(files)
     todo = list(batches(files, batch_bytes))
     # The next batch is read and parsed while DuckDB writes this one, so reading files from disk
     # overlaps the insert: one batch more in memory (CHURN_BATCH_BYTES), ~6 % off bronze at 100x.
@@ -71,4 +93,3 @@ def ingest_source(
             parsed = upcoming.result()
             upcoming = ahead.submit(parse_batch, spec, todo[i + 1], known) if i + 1 < len(todo) else None
             load_batch(con, spec, parsed, known, run_id, result)
-    return result

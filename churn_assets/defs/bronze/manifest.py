@@ -4,11 +4,11 @@ operators (changed files, quarantined files, retired versions)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import duckdb
 
-from churn_assets.defs.bronze.versions import CHANGE_EVENTS, FileState
+from churn_assets.defs.bronze.versions import CHANGE_EVENTS, FileState, retired_copies
 
 MANIFEST_COLUMNS = (
     "file_id",
@@ -48,18 +48,23 @@ def known_files(con: duckdb.DuckDBPyConnection, source: str) -> Known:
         """WITH m AS (
                SELECT path, coalesce(version, 1) AS version, file_id, size_bytes, epoch_us(mtime) / 1e6 AS mtime,
                       coalesce(offset_end, size_bytes) AS offset_end,
-                      coalesce(prefix_hash, content_hash) AS prefix_hash,
+                      coalesce(prefix_hash, content_hash) AS prefix_hash, content_hash,
                       status, max(coalesce(version, 1)) OVER (PARTITION BY path) AS current
                FROM bronze.ingest_manifest WHERE source = ?)
            SELECT path, version, list(file_id ORDER BY file_id), arg_max(size_bytes, file_id), arg_max(mtime, file_id),
-                  arg_max(offset_end, file_id), arg_max(prefix_hash, file_id), arg_max(status, file_id)
+                  arg_max(offset_end, file_id), arg_max(prefix_hash, file_id), arg_max(status, file_id),
+                  arg_max(prefix_hash, file_id) IS DISTINCT FROM arg_max(content_hash, file_id),
+                  list(prefix_hash) FILTER (status <> 'duplicate')
            FROM m WHERE version = current GROUP BY path, version""",
         [source],
     ).fetchall()
     states = {
-        path: FileState(version, size or 0, mtime or 0.0, end or 0, prefix or "", status, tuple(ids))
-        for path, version, ids, size, mtime, end, prefix, status in rows
+        path: FileState(version, size or 0, mtime or 0.0, end or 0, prefix or "", status, tuple(ids), bool(open_tail))
+        for path, version, ids, size, mtime, end, prefix, status, open_tail, _ in rows
     }
+    held = {h for *_, hashes in rows for h in hashes or () if h}
+    for path in retired_copies(states, held):
+        states[path] = replace(states[path], copy_retired=True)
     current = {st.prefix_hash: path for path, st in states.items() if st.status != "duplicate" and st.prefix_hash}
     used = {
         k

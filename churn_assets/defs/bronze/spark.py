@@ -243,6 +243,9 @@ def ingest_source_spark(
         spark.readStream.format("binaryFile")
         .schema(_binary_file_schema(T))
         .option("maxBytesPerTrigger", str(batch_bytes))
+        # Sub-folders as ``landing.discover`` takes them (date partitions: dt=2026-11-24/), read as
+        # files only: no partition columns inferred. Hidden and underscore names stay unread.
+        .option("recursiveFileLookup", "true")
         .load(f"{landing_root.rstrip('/')}/{source}")
         .writeStream.foreachBatch(write_batch)
         .option("checkpointLocation", where["checkpoint"])
