@@ -20,6 +20,10 @@ from churn_assets_tests.helpers import materialize
 
 pytestmark = pytest.mark.slow  # builds a warehouse through the assets
 
+# Customers a scoring batch holds in these tests: every full scoring takes several batches,
+# and full_rescoring (the default batch, larger than this gold) takes one.
+BATCH = 257
+
 # Everything but scored_at: the untouched rows keep the time they were scored.
 COLS = "user_id, churn_probability, churn_prediction, model_name, model_version, _features_hash"
 
@@ -43,6 +47,18 @@ def full_rescoring(con, scorer, threshold, version) -> list[tuple]:
         copy.unlink()
 
 
+class BatchCounting(Scorer):
+    """The real scorer, noting how many customers each call was given."""
+
+    def __init__(self, booster, vocabulary) -> None:
+        super().__init__(booster, vocabulary)
+        self.batches: list[int] = []
+
+    def predict_polars(self, df):
+        self.batches.append(len(df))
+        return super().predict_polars(df)
+
+
 def gold(home, as_of: str) -> None:
     assert materialize(home, "*gold/churn_features", as_of=as_of).success
 
@@ -53,11 +69,15 @@ def test_incremental_scoring_equals_a_full_rescoring(home):
     con = connect(home / "warehouse.duckdb")
     try:
         fitted = fit(load_features(con), {"num_threads": 1, "verbose": -1}, 40)
-        scorer, threshold = Scorer(fitted.model.booster, fitted.model.vocabulary), fitted.threshold
-        first = update_predictions(con, scorer, threshold, "churn_model", "1")
+        scorer, threshold = BatchCounting(fitted.model.booster, fitted.model.vocabulary), fitted.threshold
+        first = update_predictions(con, scorer, threshold, "churn_model", "1", batch_rows=BATCH)
         total = con.execute("SELECT count(*) FROM gold.churn_features").fetchone()[0]
         assert (first.mode, first.rows) == ("full", total)  # nothing scored yet: everyone
-        again = update_predictions(con, scorer, threshold, "churn_model", "1")
+        # A batch at a time, never more than BATCH customers in Python, each customer once.
+        assert max(scorer.batches) == BATCH and sum(scorer.batches) == total, scorer.batches
+        assert len(scorer.batches) == -(-total // BATCH)
+        assert table(con) == full_rescoring(con, scorer, threshold, "1")
+        again = update_predictions(con, scorer, threshold, "churn_model", "1", batch_rows=BATCH)
         assert (again.mode, again.rows, again.rows_total) == ("incremental", 0, total)  # nothing changed
     finally:
         con.close()
@@ -68,7 +88,7 @@ def test_incremental_scoring_equals_a_full_rescoring(home):
         con = connect(home / "warehouse.duckdb")
         try:
             before = dict(con.execute("SELECT user_id, _features_hash FROM gold.churn_prediction").fetchall())
-            scored = update_predictions(con, scorer, threshold, "churn_model", "1")
+            scored = update_predictions(con, scorer, threshold, "churn_model", "1", batch_rows=BATCH)
             total = con.execute("SELECT count(*) FROM gold.churn_features").fetchone()[0]
             assert scored.mode == "incremental"
             # Only what the increment touched: some customers, far fewer than all.
@@ -84,8 +104,10 @@ def test_incremental_scoring_equals_a_full_rescoring(home):
     gold(home, "2026-11-02T00:30:00")
     con = connect(home / "warehouse.duckdb")
     try:
-        scored = update_predictions(con, scorer, threshold, "churn_model", "1")
+        scorer.batches.clear()
+        scored = update_predictions(con, scorer, threshold, "churn_model", "1", batch_rows=BATCH)
         assert scored.rows == scored.rows_total
+        assert max(scorer.batches) == BATCH and sum(scorer.batches) == scored.rows
         assert table(con) == full_rescoring(con, scorer, threshold, "1")
         # A customer leaving gold leaves the predictions; another model version scores everyone.
         gone = con.execute("SELECT min(user_id) FROM gold.churn_features").fetchone()[0]

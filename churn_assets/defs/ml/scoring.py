@@ -46,6 +46,12 @@ class Scored:
     rows_removed: int = 0  # customers gold no longer has (incremental only)
 
 
+# Customers a scoring batch holds in Python. Gold streams out of DuckDB a batch at a time and only
+# the prediction columns are kept, so scoring everyone (a new model, or the daily refresh when
+# every day count moves) needs memory for one batch of features, not for the whole table.
+SCORE_BATCH_ROWS = 500_000
+
+
 def predictions(
     user_ids: pl.Series, proba: np.ndarray, threshold: float, model_name: str, version: str, scored_at
 ) -> pl.DataFrame:
@@ -57,32 +63,61 @@ def predictions(
     ).with_columns(model_name=pl.lit(model_name), model_version=pl.lit(version), scored_at=pl.lit(scored_at))
 
 
+def _features_sql(only: str = "") -> str:
+    """Model input columns and their hash, for every customer of gold or those of ``only`` (a SQL
+    condition), in no set order: scoring streams them as they come (a sort would hold them all)."""
+    return f"""SELECT user_id, {", ".join(FEATURES)}, {FEATURES_HASH} AS _features_hash
+               FROM gold.churn_features {f"WHERE {only}" if only else ""}"""
+
+
 def _features(con: duckdb.DuckDBPyConnection, only: str = "") -> pl.DataFrame:
-    """Model input columns and their hash, for every customer of gold or those of ``only`` (a SQL condition)."""
-    return con.sql(
-        f"""SELECT user_id, {", ".join(FEATURES)}, {FEATURES_HASH} AS _features_hash
-            FROM gold.churn_features {f"WHERE {only}" if only else ""} ORDER BY user_id"""
-    ).pl()
+    """``_features_sql`` as one frame, by user_id."""
+    return con.sql(f"{_features_sql(only)} ORDER BY user_id").pl()
 
 
-def _score(df: pl.DataFrame, model, threshold: float, model_name: str, version: str) -> tuple[pl.DataFrame, float]:
-    t0 = time.perf_counter()
-    proba = model.predict_polars(df) if len(df) else np.zeros(0)
-    took = time.perf_counter() - t0
-    out = predictions(df["user_id"], proba, threshold, model_name, version, utcnow())
-    return out.with_columns(_features_hash=df["_features_hash"]), took
+def _score(
+    con: duckdb.DuckDBPyConnection,
+    only: str,
+    model,
+    threshold: float,
+    model_name: str,
+    version: str,
+    batch_rows: int,
+) -> tuple[pl.DataFrame, float]:
+    """The prediction rows (with their features hash) of gold's customers, or those of ``only``,
+    scored ``batch_rows`` customers at a time; and the seconds the model took."""
+    import polars as pl
+
+    reader = con.sql(_features_sql(only)).to_arrow_reader(batch_rows)
+    kept, took = [], 0.0
+    for batch in reader:
+        df = pl.from_arrow(batch)
+        t0 = time.perf_counter()
+        proba = np.asarray(model.predict_polars(df), dtype=np.float64)
+        took += time.perf_counter() - t0
+        kept.append(pl.DataFrame({"user_id": df["user_id"], "p": proba, "h": df["_features_hash"]}))
+    if not kept:
+        empty = pl.from_arrow(reader.schema.empty_table())
+        kept.append(pl.DataFrame({"user_id": empty["user_id"], "p": np.zeros(0), "h": empty["_features_hash"]}))
+    scored = pl.concat(kept)
+    out = predictions(scored["user_id"], scored["p"].to_numpy(), threshold, model_name, version, utcnow())
+    return out.with_columns(_features_hash=scored["h"]), took
 
 
 def replace_predictions(
-    con: duckdb.DuckDBPyConnection, model, threshold: float, model_name: str, version: str
+    con: duckdb.DuckDBPyConnection,
+    model,
+    threshold: float,
+    model_name: str,
+    version: str,
+    batch_rows: int = SCORE_BATCH_ROWS,
 ) -> Scored:
     """Score every customer of gold.churn_features; the table is replaced only once all are scored."""
-    df = _features(con)
-    out, took = _score(df, model, threshold, model_name, version)
+    out, took = _score(con, "", model, threshold, model_name, version, batch_rows)
     with transaction(con), registered(con, "_scored", out):
         con.execute("CREATE OR REPLACE TABLE gold.churn_prediction AS SELECT * FROM _scored")
     at_risk = scalar(con, "SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction = 1")
-    return Scored(len(df), int(at_risk), round(len(df) / took if took else 0.0, 1), "full", len(df))
+    return Scored(len(out), int(at_risk), round(len(out) / took if took else 0.0, 1), "full", len(out))
 
 
 def _same_model(con: duckdb.DuckDBPyConnection, threshold: float, model_name: str, version: str) -> bool:
@@ -103,12 +138,17 @@ def _same_model(con: duckdb.DuckDBPyConnection, threshold: float, model_name: st
 
 
 def update_predictions(
-    con: duckdb.DuckDBPyConnection, model, threshold: float, model_name: str, version: str
+    con: duckdb.DuckDBPyConnection,
+    model,
+    threshold: float,
+    model_name: str,
+    version: str,
+    batch_rows: int = SCORE_BATCH_ROWS,
 ) -> Scored:
     """Score the customers whose features changed since the same model last scored them (new
     ones included) and drop those gold no longer has; any other model scores everyone."""
     if not _same_model(con, threshold, model_name, version):
-        return replace_predictions(con, model, threshold, model_name, version)
+        return replace_predictions(con, model, threshold, model_name, version, batch_rows)
     # One pass over gold and the predictions finds the rows to score (hash moved, or new) and
     # the customers gold no longer has; only the former reach Python.
     con.execute(
@@ -118,8 +158,8 @@ def update_predictions(
             FULL JOIN (SELECT user_id, _features_hash AS h FROM gold.churn_prediction) p USING (user_id)
             WHERE f.h IS DISTINCT FROM p.h"""
     )
-    df = _features(con, "user_id IN (SELECT user_id FROM _to_score WHERE NOT removed)")
-    out, took = _score(df, model, threshold, model_name, version)
+    only = "user_id IN (SELECT user_id FROM _to_score WHERE NOT removed)"
+    out, took = _score(con, only, model, threshold, model_name, version, batch_rows)
     with transaction(con), registered(con, "_scored", out):
         removed = scalar(con, "SELECT count(*) FROM _to_score WHERE removed")
         con.execute("DELETE FROM gold.churn_prediction WHERE user_id IN (SELECT user_id FROM _to_score)")
@@ -128,5 +168,5 @@ def update_predictions(
     at_risk, total = con.execute(
         "SELECT count(*) FILTER (churn_prediction = 1), count(*) FROM gold.churn_prediction"
     ).fetchall()[0]
-    rate = round(len(df) / took if took else 0.0, 1)
-    return Scored(len(df), int(at_risk), rate, "incremental", int(total), int(removed or 0))
+    rate = round(len(out) / took if took else 0.0, 1)
+    return Scored(len(out), int(at_risk), rate, "incremental", int(total), int(removed or 0))
