@@ -41,7 +41,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import lightgbm as lgb  # noqa: E402
 
 from benchmarks.common import step_seconds  # noqa: E402
-from churn_assets.defs.ml.features import CATEGORICAL, FEATURES, LABEL, load_training  # noqa: E402
+from churn_assets.defs.ml.features import CATEGORICAL, FEATURES, LABEL, load_training, md5_mod  # noqa: E402
 from churn_assets.defs.ml.train import DEFAULT_PARAMS, NUM_BOOST_ROUND  # noqa: E402
 from churn_assets.generator import generate_history  # noqa: E402
 from churn_assets_tests.helpers import load_defs  # noqa: E402
@@ -64,7 +64,7 @@ def run(home: Path, selection: str, instance, **env: str) -> dict[str, float]:
 def bare_frame(con: duckdb.DuckDBPyConnection, user_ids: list[str] | None, holdout: bool) -> pd.DataFrame:
     """Feature rows straight from gold with plain SQL: categoricals as pandas categories."""
     sql = f"SELECT user_id, {', '.join(FEATURES)}, {LABEL} FROM gold.churn_features"
-    sql += f" WHERE (md5_number(user_id) % 100 < 20) = {holdout} ORDER BY user_id"
+    sql += f" WHERE ({md5_mod('user_id', 100)} < 20) = {holdout} ORDER BY user_id"
     df = con.sql(sql).df()
     if user_ids is not None:  # the project's sample, when it samples: the same rows
         df = df[df["user_id"].isin(set(user_ids))]

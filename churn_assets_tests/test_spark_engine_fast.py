@@ -12,7 +12,7 @@ import pytest
 
 sqlglot = pytest.importorskip("sqlglot", reason="the spark extra is not installed (CHURN_EXTRAS=spark scripts/setup)")
 
-from churn_assets.defs.campaigns.targets import RECENT_VIEW, TARGETS_TEMPLATE  # noqa: E402
+from churn_assets.defs.campaigns.targets import RECENT_VIEW, TARGETS_TEMPLATE, TOP_TARGETS_TEMPLATE  # noqa: E402
 from churn_assets.defs.dashboards.metrics import METRICS  # noqa: E402
 from churn_assets.defs.gold.features import DATA_VALUES, SANE_VALUES, churn_features_sql, gold_quality  # noqa: E402
 from churn_assets.defs.silver.spark import KEY_COLUMN, silver_spark_sql  # noqa: E402
@@ -32,6 +32,7 @@ DUCKDB_ONLY = re.compile(r"\b(TRY_STRPTIME|STRPTIME|ARG_MIN|STRUCT_PACK|PSEUDONY
         (ORDERS_SELECT.format(new="v"), None, ()),
         *[(m.sql, {"as_of": datetime(2023, 6, 10)}, ()) for m in METRICS],
         (TARGETS_TEMPLATE.format(recent=f"SELECT user_id FROM {RECENT_VIEW}"), None, [100]),
+        (TOP_TARGETS_TEMPLATE.format(recent=f"SELECT user_id FROM {RECENT_VIEW}"), None, [100]),
     ],
 )
 def test_the_duckdb_sql_transpiles_to_spark_only(sql, named, positional):
@@ -151,10 +152,10 @@ def test_the_training_sql_transpiles_and_other_md5_number_uses_are_refused():
     from churn_assets.defs.ml.features import training_sql
 
     for cap in (0, 2_000_000):
-        out = duckdb_to_spark(training_sql(cap))
+        out = duckdb_to_spark(training_sql(cap, portable=True))
         assert not re.search(r"MD5_NUMBER|EXCLUDE", out, re.I), out
         assert sqlglot.parse_one(out, read="spark") is not None
-    out = duckdb_to_spark(training_sql(100))
+    out = duckdb_to_spark(training_sql(100, portable=True))
     assert "REGEXP_REPLACE(REVERSE(MD5(user_id)), '(.)(.)', '$2$1')" in out
     assert "% 100) < 20 AS is_holdout" in out
     assert "ORDER BY REGEXP_REPLACE(REVERSE(MD5(" in out

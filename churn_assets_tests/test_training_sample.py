@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from churn_assets.defs.ml.features import FEATURES, HOLDOUT_PERCENT, load_training
+from churn_assets.defs.ml.features import FEATURES, HOLDOUT_PERCENT, load_training, md5_mod
 from churn_assets.defs.ml.train import best_threshold
 
 
@@ -24,6 +24,22 @@ def con(tmp_path):
         SELECT md5(i::VARCHAR) AS user_id, {cols}, (hash(i) % 10) < 3 AS churn FROM range(10000) t(i)""")
     yield con
     con.close()
+
+
+def test_the_fast_md5_modulo_is_duckdbs_own():
+    """md5_mod's DuckDB form (the number's two 64-bit halves) gives md5_number(x) % m exactly:
+    50,000 keys, moduli small and large, and the digests with the highest and lowest halves."""
+    con = duckdb.connect()
+    keys = "SELECT 'k' || i::VARCHAR AS k FROM range(50000) t(i)"
+    for m in (100, 7, 97, 1000, 2**31 - 1):
+        wrong, extremes = con.execute(
+            f"""SELECT count(*) FILTER (WHERE {md5_mod("k", m)} IS DISTINCT FROM md5_number(k) % {m}),
+                       count(*) FILTER (WHERE {md5_mod("k", m)} IS DISTINCT FROM md5_number(k) % {m}
+                                        AND (md5_number(k) >> 124 = 15 OR md5_number(k) >> 124 = 0))
+                FROM ({keys})"""
+        ).fetchall()[0]
+        assert (wrong, extremes) == (0, 0), m
+    assert md5_mod("k", 100, portable=True) == "md5_number(k) % 100"  # what the Spark transpiler rewrites
 
 
 def _shares(frame) -> dict:

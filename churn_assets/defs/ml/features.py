@@ -30,22 +30,39 @@ LABEL = "churn"
 HOLDOUT_PERCENT = 20
 
 
-def _features_sql(with_label: bool) -> str:
+def md5_mod(expr: str, modulus: int, portable: bool = False) -> str:
+    """SQL for ``md5_number(expr) % modulus``. DuckDB's modulo of a 128-bit integer is slow (7.7 s
+    for 6.8M customers): on DuckDB it is taken from the number's two 64-bit halves instead
+    (n = hi * 2^64 + lo, so n % m = (hi % m * (2^64 % m) + lo % m) % m), the same value in 0.5 s.
+    ``portable``: the plain form, which the Spark transpiler rewrites (``transpile._md5_number``)."""
+    n = f"md5_number({expr})"
+    if portable:
+        return f"{n} % {modulus}"
+    return (
+        f"(({n} >> 64)::UBIGINT % {modulus} * {pow(2, 64, modulus)} "
+        f"+ ({n} & {2**64 - 1}::UHUGEINT)::UBIGINT % {modulus}) % {modulus}"
+    )
+
+
+def _portable(con) -> bool:
+    """Whether ``con`` is the Spark engine's cursor (its SQL is transpiled) rather than DuckDB."""
+    return not isinstance(con, duckdb.DuckDBPyConnection)
+
+
+def _features_sql(with_label: bool, portable: bool = False) -> str:
     """Every customer; with the label, only those that have one (a customer landed without a boolean
     churn has a null label: scored, but neither learned from nor evaluated on)."""
     cols = ", ".join(["user_id", *FEATURES, *([LABEL] if with_label else [])])
     labelled = f" WHERE {LABEL} IS NOT NULL" if with_label else ""
-    return (
-        f"SELECT {cols}, (md5_number(user_id) % 100) < {HOLDOUT_PERCENT} AS is_holdout FROM gold.churn_features"
-        + labelled
-    )
+    holdout = f"({md5_mod('user_id', 100, portable)}) < {HOLDOUT_PERCENT}"
+    return f"SELECT {cols}, {holdout} AS is_holdout FROM gold.churn_features" + labelled
 
 
 def load_features(con, with_label: bool = True, holdout_only: bool = False) -> pl.DataFrame:
     """gold.churn_features with a stable holdout flag: md5 of user_id (a standard hash,
     unlike DuckDB's or Polars' own, so the split survives library upgrades)."""
     where = "WHERE is_holdout" if holdout_only else ""
-    return con.sql(f"SELECT * FROM ({_features_sql(with_label)}) {where} ORDER BY user_id").pl()
+    return con.sql(f"SELECT * FROM ({_features_sql(with_label, _portable(con))}) {where} ORDER BY user_id").pl()
 
 
 @dataclass(frozen=True)
@@ -55,25 +72,26 @@ class TrainingData:
     rows_train_available: int  # training customers before sampling
 
 
-def training_sql(max_train_rows: int) -> str:
+def training_sql(max_train_rows: int, portable: bool = False) -> str:
     """The holdout and the training customers, beyond ``max_train_rows`` (0 = no cap) training
     customers a sample of that many, as one query in DuckDB's dialect: the one statement of
-    the rule, which the Spark engine runs transpiled (``transpile.duckdb_to_spark``), so the
-    sample is taken where the data is and only the sample reaches the driver. (No window
-    without a partition: on Spark that would move every row into one task.)"""
+    the rule, which the Spark engine runs transpiled (``transpile.duckdb_to_spark``; ``portable``,
+    see ``md5_mod``), so the sample is taken where the data is and only the sample reaches the
+    driver. (No window without a partition: on Spark that would move every row into one task.)"""
     cols = ", ".join(["user_id", *FEATURES, LABEL, "is_holdout"])
     if not max_train_rows:
-        return f"SELECT {cols} FROM ({_features_sql(True)}) ORDER BY user_id"
-    return f"""WITH f AS ({_features_sql(True)}),
-            t AS (SELECT *, row_number() OVER (PARTITION BY {LABEL} ORDER BY md5_number('sample:' || user_id),
+        return f"SELECT {cols} FROM ({_features_sql(True, portable)}) ORDER BY user_id"
+    # Ranked on the key alone, then joined back: the window sorts 5.5M narrow rows at 100x the
+    # reference, not every feature column (2.9 s against 4.4 s).
+    return f"""WITH f AS ({_features_sql(True, portable)}),
+            t AS (SELECT user_id, row_number() OVER (PARTITION BY {LABEL} ORDER BY md5_number('sample:' || user_id),
                                                 user_id) AS _rank,
                          count(*) OVER (PARTITION BY {LABEL}) AS _in_label
                   FROM f WHERE NOT is_holdout),
-            n AS (SELECT count(*) AS _in_train FROM f WHERE NOT is_holdout)
-            SELECT {cols} FROM t CROSS JOIN n
-            WHERE _in_train <= {max_train_rows} OR _rank <= round({max_train_rows} * _in_label / _in_train)
-            UNION ALL
-            SELECT {cols} FROM f WHERE is_holdout
+            n AS (SELECT count(*) AS _in_train FROM f WHERE NOT is_holdout),
+            sampled AS (SELECT user_id FROM t CROSS JOIN n
+                       WHERE _in_train <= {max_train_rows} OR _rank <= round({max_train_rows} * _in_label / _in_train))
+            SELECT {cols} FROM f WHERE is_holdout OR user_id IN (SELECT user_id FROM sampled)
             ORDER BY user_id"""
 
 
@@ -88,10 +106,12 @@ def load_training(con, max_train_rows: int) -> TrainingData:
     if not max_train_rows or total <= max_train_rows:
         # No sample possible: the rows are every customer, and they give the counts (a second
         # pass over gold for them hashed every user_id again: ~1 s at 10x the reference).
-        frame = con.sql(training_sql(0)).pl()
+        frame = con.sql(training_sql(0, _portable(con))).pl()
         return TrainingData(frame, total, int((~frame["is_holdout"]).sum()))
-    frame = con.sql(training_sql(max_train_rows)).pl()
-    counts = con.execute(f"SELECT count(*) FILTER (NOT is_holdout) FROM ({_features_sql(True)})").fetchall()[0]
+    frame = con.sql(training_sql(max_train_rows, _portable(con))).pl()
+    counts = con.execute(
+        f"SELECT count(*) FILTER (NOT is_holdout) FROM ({_features_sql(True, _portable(con))})"
+    ).fetchall()[0]
     return TrainingData(frame, total, int(counts[0]))
 
 
