@@ -845,3 +845,40 @@ def test_a_partial_degradation_is_visible_and_a_healthy_run_passes(home):
     assert "campaign   last run 100 messages, all with the model's copy" in cycle_summary(Settings(home=home))
     _, meta = campaign(home, cap=50)  # offline: the templates are the plan, not a degradation
     assert meta["degraded"] == "no" and "from the offline templates" in cycle_summary(Settings(home=home))
+
+
+@pytest.mark.slow
+def test_targets_are_the_exact_ranking_whether_the_top_form_fills_the_cap_or_not(home):
+    """The top form (rank predictions and gold, then look up the chosen) gives the exact form's
+    rows: with customers in cooldown, at caps it fills, at a cap above everyone at risk, and when a
+    top customer has lost every order in silver (then the exact form answers)."""
+    from datetime import timedelta
+
+    from churn_assets.defs.campaigns.targets import TARGETS_SQL, select_targets
+    from churn_assets.timeutil import utcnow
+
+    campaign(home, cap=25)  # 25 customers in cooldown, and the campaign tables
+    con = duckdb.connect(str(home / "warehouse.duckdb"))
+    try:
+
+        def exact(cap: int) -> list[tuple]:
+            return con.execute(TARGETS_SQL, [utcnow() - timedelta(days=7), cap]).fetchall()
+
+        def chosen(cap: int) -> list[tuple]:
+            targets, in_cooldown = select_targets(con, 7, cap)
+            assert in_cooldown == 25
+            return [tuple(t.values()) for t in targets]
+
+        eligible = con.execute("SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction = 1").fetchall()
+        everyone = eligible[0][0] - 25 + 10
+        for cap in (1, 37, 400, everyone):
+            assert chosen(cap) == exact(cap), cap
+        assert len(chosen(everyone)) == everyone - 10  # the cap was above everyone at risk
+        # A top customer without orders (silver changed under gold): left out, the next one taken.
+        first = chosen(37)
+        con.execute("DELETE FROM silver.churn_orders WHERE user_id = ?", [first[0][0]])
+        after = chosen(37)
+        assert after == exact(37) and len(after) == 37
+        assert first[0][0] not in {row[0] for row in after} and after[:36] == first[1:]
+    finally:
+        con.close()

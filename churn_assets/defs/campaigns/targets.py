@@ -14,9 +14,20 @@ _RECENT = "SELECT user_id FROM campaigns.retention_messages WHERE status = 'read
 # The at-risk customers, written once; ``{recent}`` is the cooldown's customers: the ledger's query
 # on DuckDB, the view of the ledger's rows on Spark (the ledger stays in the DuckDB file).
 # The chosen customers first, then their last order: aggregating every customer's orders would
-# follow the whole history. Every gold customer has an order (gold's orders join), and the
-# EXISTS keeps the result the same should one not.
-TARGETS_TEMPLATE = """
+# follow the whole history. This exact form keeps only customers with a user row and an order
+# before it ranks; every gold customer has both (gold is silver's users joined with their
+# orders), so the top form below, which ranks predictions and gold alone and then looks up the
+# chosen few, gives the same rows whenever it fills the cap (3x faster at 100x the reference).
+_LAST_ORDER = """
+    last_order AS (
+        SELECT user_id, arg_max(amount, creation_date) AS amount, arg_max(item_count, creation_date) AS items,
+               max(creation_date) AS last_date
+        FROM silver.churn_orders WHERE user_id IN (SELECT user_id FROM chosen) GROUP BY user_id)
+    SELECT c.*, lo.amount, lo.items, lo.last_date
+    FROM chosen c JOIN last_order lo USING (user_id)
+    ORDER BY c.churn_probability DESC, c.total_amount DESC, c.user_id"""
+TARGETS_TEMPLATE = (
+    """
     WITH chosen AS (
         SELECT p.user_id, u.firstname, u.canal, u.country, p.churn_probability, f.total_amount
         FROM gold.churn_prediction p
@@ -25,16 +36,26 @@ TARGETS_TEMPLATE = """
         WHERE p.churn_prediction = 1 AND p.user_id NOT IN ({recent})
           AND EXISTS (SELECT 1 FROM silver.churn_orders o WHERE o.user_id = p.user_id)
         ORDER BY p.churn_probability DESC, f.total_amount DESC, p.user_id
+        LIMIT ?),"""
+    + _LAST_ORDER
+)
+TOP_TARGETS_TEMPLATE = (
+    """
+    WITH top AS (
+        SELECT p.user_id, p.churn_probability, f.total_amount
+        FROM gold.churn_prediction p
+        JOIN gold.churn_features f USING (user_id)
+        WHERE p.churn_prediction = 1 AND p.user_id NOT IN ({recent})
+        ORDER BY p.churn_probability DESC, f.total_amount DESC, p.user_id
         LIMIT ?),
-    last_order AS (
-        SELECT user_id, arg_max(amount, creation_date) AS amount, arg_max(item_count, creation_date) AS items,
-               max(creation_date) AS last_date
-        FROM silver.churn_orders WHERE user_id IN (SELECT user_id FROM chosen) GROUP BY user_id)
-    SELECT c.*, lo.amount, lo.items, lo.last_date
-    FROM chosen c JOIN last_order lo USING (user_id)
-    ORDER BY c.churn_probability DESC, c.total_amount DESC, c.user_id"""
+    chosen AS (
+        SELECT t.user_id, u.firstname, u.canal, u.country, t.churn_probability, t.total_amount
+        FROM top t JOIN silver.churn_users u USING (user_id)),"""
+    + _LAST_ORDER
+)
 IN_COOLDOWN_TEMPLATE = "SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction = 1 AND user_id IN ({recent})"
 TARGETS_SQL = TARGETS_TEMPLATE.format(recent=_RECENT)
+TOP_TARGETS_SQL = TOP_TARGETS_TEMPLATE.format(recent=_RECENT)
 IN_COOLDOWN_SQL = IN_COOLDOWN_TEMPLATE.format(recent=_RECENT)
 RECENT_VIEW = "_campaign_recent"
 
@@ -47,15 +68,25 @@ def select_targets(con: duckdb.DuckDBPyConnection, cooldown_days: int, cap: int,
     since = utcnow() - timedelta(days=cooldown_days)
     if tables is None:
         in_cooldown = con.execute(IN_COOLDOWN_SQL, [since]).fetchall()[0][0]
-        cur = con.execute(TARGETS_SQL, [since, cap])
+
+        def targets(top: bool):
+            return con.execute(TOP_TARGETS_SQL if top else TARGETS_SQL, [since, cap])
     else:
         recent = con.execute(_RECENT, [since]).fetchall()
         tables.register(RECENT_VIEW, "user_id string", recent)
         recent_sql = f"SELECT user_id FROM {RECENT_VIEW}"
         in_cooldown = tables.execute(IN_COOLDOWN_TEMPLATE.format(recent=recent_sql)).fetchall()[0][0]
-        cur = tables.execute(TARGETS_TEMPLATE.format(recent=recent_sql), [cap])
+
+        def targets(top: bool):
+            return tables.execute((TOP_TARGETS_TEMPLATE if top else TARGETS_TEMPLATE).format(recent=recent_sql), [cap])
+
+    cur = targets(top=True)
+    rows = cur.fetchall()
+    if len(rows) < cap:  # fewer at risk than the cap, or a chosen customer without a user row or an order
+        cur = targets(top=False)
+        rows = cur.fetchall()
     cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, row)) for row in cur.fetchall()], in_cooldown
+    return [dict(zip(cols, row)) for row in rows], in_cooldown
 
 
 def decision_for(customer: dict, today: date) -> Decision:
