@@ -144,6 +144,9 @@ def main() -> None:
             raise SystemExit(f"no full cycle kept in {full_state}: run once without --from-full")
         full = json.loads((full_state / "full.json").read_text())
         copy_home(full_state, home)
+        # The copy's GBs written out before the first run: their writeback otherwise competes
+        # with the runs (every step of the first increments took 1.5-2x longer on this machine).
+        os.sync()
         print(f"scale {args.scale:g}: from the full cycle kept in {full_state} ({full['wall']:.1f}s)", flush=True)
     else:
         if (history / "generator" / "state.json").exists():

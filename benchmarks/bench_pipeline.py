@@ -24,7 +24,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import dagster as dg
@@ -32,8 +31,8 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import step_seconds  # noqa: E402
-from churn_assets.generator import generate_history, generate_increment  # noqa: E402
+from benchmarks.common import history, step_seconds  # noqa: E402
+from churn_assets.generator import generate_increment  # noqa: E402
 from churn_assets_tests.helpers import load_defs  # noqa: E402
 
 AS_OF = "2026-11-01T06:00:00"
@@ -282,15 +281,7 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="churn-bench-"))
     src = work / "src"
     customers = int(100_000 * args.scale)
-    if (src / "generator").is_dir() and args.workdir:
-        print(f"reusing the data generated in {src}")  # a kept --workdir: same data, no generation cost
-    else:
-        t0 = time.perf_counter()
-        report = generate_history(src, customers=customers, seed=42, end=date(2026, 11, 1), progress=False)
-        print(
-            f"generated {customers:,} customers, {sum(report.records.values()):,} records "
-            f"in {time.perf_counter() - t0:.1f}s"
-        )
+    history(src, customers)
 
     base_times, dag_compute, dag_wall = [], [], []
     plain_layers: dict[str, list[float]] = {}
