@@ -10,7 +10,8 @@ pool is as full as it is when scoring follows gold in a cycle, and every stored 
 moved, as when a new as-of date moves every customer's day counts, so ``update_predictions`` with the champion
 scores every customer again, deletes the old rows and inserts the new ones in one transaction.
 - **batched**: ``batch_rows=--batch`` (the project's ``SCORE_BATCH_ROWS``);
-- **all at once**: every customer in one batch, as scoring was before batching.
+- **all at once**: every customer in one batch (close to the code before batching, which also
+  sorted by user_id and read gold whole with ``.pl()``).
 Asserted: both write the same predictions (every column but the scoring time).
 """
 

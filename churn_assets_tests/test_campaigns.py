@@ -854,7 +854,7 @@ def test_targets_are_the_exact_ranking_whether_the_top_form_fills_the_cap_or_not
     top customer has lost every order in silver (then the exact form answers)."""
     from datetime import timedelta
 
-    from churn_assets.defs.campaigns.targets import TARGETS_SQL, select_targets
+    from churn_assets.defs.campaigns.targets import TARGETS_SQL, TOP_TARGETS_SQL, select_targets
     from churn_assets.timeutil import utcnow
 
     campaign(home, cap=25)  # 25 customers in cooldown, and the campaign tables
@@ -873,6 +873,9 @@ def test_targets_are_the_exact_ranking_whether_the_top_form_fills_the_cap_or_not
         everyone = eligible[0][0] - 25 + 10
         for cap in (1, 37, 400, everyone):
             assert chosen(cap) == exact(cap), cap
+            # Up to everyone at risk, the top form alone answers (the exact form is the fallback).
+            top = con.execute(TOP_TARGETS_SQL, [utcnow() - timedelta(days=7), cap]).fetchall()
+            assert (len(top) == cap) == (cap < everyone), cap
         assert len(chosen(everyone)) == everyone - 10  # the cap was above everyone at risk
         # A top customer without orders (silver changed under gold): left out, the next one taken.
         first = chosen(37)

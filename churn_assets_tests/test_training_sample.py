@@ -28,18 +28,28 @@ def con(tmp_path):
 
 def test_the_fast_md5_modulo_is_duckdbs_own():
     """md5_mod's DuckDB form (the number's two 64-bit halves) gives md5_number(x) % m exactly:
-    50,000 keys, moduli small and large, and the digests with the highest and lowest halves."""
+    50,000 keys, moduli small and up to the largest it takes; a larger one is refused."""
     con = duckdb.connect()
     keys = "SELECT 'k' || i::VARCHAR AS k FROM range(50000) t(i)"
-    for m in (100, 7, 97, 1000, 2**31 - 1):
-        wrong, extremes = con.execute(
+    for m in (100, 7, 97, 1000, 2**31 - 1, 2**32 - 1):
+        wrong, distinct = con.execute(
             f"""SELECT count(*) FILTER (WHERE {md5_mod("k", m)} IS DISTINCT FROM md5_number(k) % {m}),
-                       count(*) FILTER (WHERE {md5_mod("k", m)} IS DISTINCT FROM md5_number(k) % {m}
-                                        AND (md5_number(k) >> 124 = 15 OR md5_number(k) >> 124 = 0))
-                FROM ({keys})"""
+                       count(DISTINCT {md5_mod("k", m)}) FROM ({keys})"""
         ).fetchall()[0]
-        assert (wrong, extremes) == (0, 0), m
+        assert wrong == 0, m
+        if m <= 1000:
+            assert distinct == m, (m, distinct)  # every residue turns up among 50,000 keys
     assert md5_mod("k", 100, portable=True) == "md5_number(k) % 100"  # what the Spark transpiler rewrites
+    with pytest.raises(ValueError, match="2\\^32"):
+        md5_mod("k", 2**32)
+
+
+def test_duckdb_gets_the_fast_form_and_the_spark_cursor_the_portable_one():
+    from churn_assets.defs.ml.features import _portable
+    from churn_assets.engine import SparkCursor
+
+    assert not _portable(duckdb.connect()) and not _portable(duckdb.connect().cursor())
+    assert _portable(SparkCursor.__new__(SparkCursor))
 
 
 def _shares(frame) -> dict:

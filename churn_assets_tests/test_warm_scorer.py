@@ -24,7 +24,7 @@ from churn_assets import run_tags
 from churn_assets.defs.ml import registry, warm
 from churn_assets.defs.ml.registry import Store
 from churn_assets.defs.ml.resources import PREDICTION
-from churn_assets.defs.ml.scoring import _features
+from churn_assets.defs.ml.scoring import _features_sql
 from churn_assets.generator import generate_history, generate_increment
 from churn_assets.settings import environment_scope
 from churn_assets_tests.helpers import REPO, alive, load_defs, materialize, project_env, query
@@ -136,7 +136,7 @@ def features(home: Path):
 
     con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
     try:
-        return _features(con)
+        return con.sql(f"{_features_sql()} ORDER BY user_id").pl()
     finally:
         con.close()
 

@@ -34,7 +34,10 @@ def md5_mod(expr: str, modulus: int, portable: bool = False) -> str:
     """SQL for ``md5_number(expr) % modulus``. DuckDB's modulo of a 128-bit integer is slow (7.7 s
     for 6.8M customers): on DuckDB it is taken from the number's two 64-bit halves instead
     (n = hi * 2^64 + lo, so n % m = (hi % m * (2^64 % m) + lo % m) % m), the same value in 0.5 s.
-    ``portable``: the plain form, which the Spark transpiler rewrites (``transpile._md5_number``)."""
+    ``portable``: the plain form, which the Spark transpiler rewrites (``transpile._md5_number``).
+    Below 2^32 only: ``hi % m * (2^64 % m)`` must fit in 64 bits."""
+    if not 0 < modulus < 2**32:
+        raise ValueError(f"md5_mod takes a modulus from 1 to 2^32 - 1, not {modulus}")
     n = f"md5_number({expr})"
     if portable:
         return f"{n} % {modulus}"

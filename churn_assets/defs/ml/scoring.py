@@ -48,7 +48,8 @@ class Scored:
 
 # Customers a scoring batch holds in Python. Gold streams out of DuckDB a batch at a time and only
 # the prediction columns are kept, so scoring everyone (a new model, or the daily refresh when
-# every day count moves) needs memory for one batch of features, not for the whole table.
+# every day count moves) holds one batch of features, not every customer's; the predictions
+# (key, probability, hash) still grow with the customers.
 SCORE_BATCH_ROWS = 500_000
 
 
@@ -68,11 +69,6 @@ def _features_sql(only: str = "") -> str:
     condition), in no set order: scoring streams them as they come (a sort would hold them all)."""
     return f"""SELECT user_id, {", ".join(FEATURES)}, {FEATURES_HASH} AS _features_hash
                FROM gold.churn_features {f"WHERE {only}" if only else ""}"""
-
-
-def _features(con: duckdb.DuckDBPyConnection, only: str = "") -> pl.DataFrame:
-    """``_features_sql`` as one frame, by user_id."""
-    return con.sql(f"{_features_sql(only)} ORDER BY user_id").pl()
 
 
 def _score(
@@ -99,7 +95,8 @@ def _score(
     if not kept:
         empty = pl.from_arrow(reader.schema.empty_table())
         kept.append(pl.DataFrame({"user_id": empty["user_id"], "p": np.zeros(0), "h": empty["_features_hash"]}))
-    scored = pl.concat(kept)
+    scored = pl.concat(kept, rechunk=False)  # the batches' own buffers, not a second copy
+    del kept
     out = predictions(scored["user_id"], scored["p"].to_numpy(), threshold, model_name, version, utcnow())
     return out.with_columns(_features_hash=scored["h"]), took
 
