@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import statistics
 import sys
@@ -31,7 +30,7 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import history, step_seconds  # noqa: E402
+from benchmarks.common import history, peak_gb, step_seconds  # noqa: E402
 from churn_assets.generator import generate_increment  # noqa: E402
 from churn_assets_tests.helpers import load_defs  # noqa: E402
 
@@ -246,11 +245,6 @@ def settle_io(landing: Path) -> float:
                 while f.read(1 << 24):
                     pass
     return time.perf_counter() - t0
-
-
-def peak_gb() -> float:
-    """The process's peak resident set (Linux reports kB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def by_layer(steps: dict[str, float]) -> dict[str, float]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
+from benchmarks.common import peak_gb  # noqa: E402
 from churn_assets.defs.ml.scoring import SCORE_BATCH_ROWS  # noqa: E402
 
 AS_OF = "2026-11-01T06:00:00"
@@ -62,7 +62,7 @@ def child(work: Path, batch_rows: int) -> None:
     ).fetchall():
         con.execute(f"SELECT max(hash(COLUMNS(*))) FROM {schema}.{table}").fetchall()
     cached = con.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchall()[0][0] / 1024**3
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    before = peak_gb()
     t0 = time.perf_counter()
     scored = update_predictions(con, model, threshold, "churn_model", str(champion.version), batch_rows)
     took = time.perf_counter() - t0
@@ -70,7 +70,7 @@ def child(work: Path, batch_rows: int) -> None:
     con.close()
     out = {
         "seconds": took,
-        "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        "peak_gb": peak_gb(),
         "peak_before_gb": before,
         "duckdb_gb": cached,
         "rows": scored.rows,

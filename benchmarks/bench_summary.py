@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
-from benchmarks.common import history, step_windows  # noqa: E402
+from benchmarks.common import history, peak_gb, step_windows  # noqa: E402
 
 AS_OF = "2026-11-01T06:00:00"
 ROWS = ["bronze", "silver", "gold", "bronze -> gold", "training", "scoring"]
@@ -251,7 +250,7 @@ def child(name: str, work: Path) -> None:
         result = SIDES[name](work, sampler)
     finally:
         sampler.close()
-    result["process_peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    result["process_peak_gb"] = peak_gb()
     (work / f"{name}.json").write_text(json.dumps(result))
 
 

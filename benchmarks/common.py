@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import resource
 import time
 from datetime import date
 from pathlib import Path
+
+
+def peak_gb() -> float:
+    """This process's peak resident set so far, in GB (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def history(src: Path, customers: int) -> None:

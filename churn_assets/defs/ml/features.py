@@ -106,16 +106,15 @@ def load_training(con, max_train_rows: int) -> TrainingData:
     ``con``: the DuckDB connection, or the Spark engine's cursor (``EngineResource.cursor``),
     which runs the same SQL on the cluster and collects only its result, as Arrow."""
     total = int(con.execute("SELECT count(*) FROM gold.churn_features").fetchall()[0][0])
+    portable = _portable(con)
     if not max_train_rows or total <= max_train_rows:
         # No sample possible: the rows are every customer, and they give the counts (a second
         # pass over gold for them hashed every user_id again: ~1 s at 10x the reference).
-        frame = con.sql(training_sql(0, _portable(con))).pl()
+        frame = con.sql(training_sql(0, portable)).pl()
         return TrainingData(frame, total, int((~frame["is_holdout"]).sum()))
-    frame = con.sql(training_sql(max_train_rows, _portable(con))).pl()
-    counts = con.execute(
-        f"SELECT count(*) FILTER (NOT is_holdout) FROM ({_features_sql(True, _portable(con))})"
-    ).fetchall()[0]
-    return TrainingData(frame, total, int(counts[0]))
+    frame = con.sql(training_sql(max_train_rows, portable)).pl()
+    in_train = f"SELECT count(*) FILTER (NOT is_holdout) FROM ({_features_sql(True, portable)})"
+    return TrainingData(frame, total, int(con.execute(in_train).fetchall()[0][0]))
 
 
 def landed_rows(con: duckdb.DuckDBPyConnection) -> int:
