@@ -874,7 +874,8 @@ def test_targets_are_the_exact_ranking_whether_the_top_form_fills_the_cap_or_not
         for cap in (1, 37, 400, everyone):
             assert chosen(cap) == exact(cap), cap
             # Up to everyone at risk, the top form alone answers (the exact form is the fallback).
-            top = con.execute(TOP_TARGETS_SQL, [utcnow() - timedelta(days=7), cap]).fetchall()
+            since = utcnow() - timedelta(days=7)
+            top = con.execute(TOP_TARGETS_SQL, [since, cap, since, cap]).fetchall()
             assert (len(top) == cap) == (cap < everyone), cap
         assert len(chosen(everyone)) == everyone - 10  # the cap was above everyone at risk
         # A top customer without orders (silver changed under gold): left out, the next one taken.
@@ -883,5 +884,15 @@ def test_targets_are_the_exact_ranking_whether_the_top_form_fills_the_cap_or_not
         after = chosen(37)
         assert after == exact(37) and len(after) == 37
         assert first[0][0] not in {row[0] for row in after} and after[:36] == first[1:]
+        # A cap that cuts through customers of one probability: the cut keeps them all, and value
+        # then key order them, as in the exact form.
+        tied = [row[0] for row in exact(15)[10:15]]
+        con.execute(
+            "UPDATE gold.churn_prediction SET churn_probability = ? WHERE user_id IN (SELECT unnest(?))",
+            [exact(15)[10][4], tied],
+        )
+        for cap in (11, 12, 13, 14):
+            assert chosen(cap) == exact(cap), cap
+            assert len({row[4] for row in exact(cap)[10:]}) == 1
     finally:
         con.close()

@@ -32,7 +32,7 @@ DUCKDB_ONLY = re.compile(r"\b(TRY_STRPTIME|STRPTIME|ARG_MIN|STRUCT_PACK|PSEUDONY
         (ORDERS_SELECT.format(new="v"), None, ()),
         *[(m.sql, {"as_of": datetime(2023, 6, 10)}, ()) for m in METRICS],
         (TARGETS_TEMPLATE.format(recent=f"SELECT user_id FROM {RECENT_VIEW}"), None, [100]),
-        (TOP_TARGETS_TEMPLATE.format(recent=f"SELECT user_id FROM {RECENT_VIEW}"), None, [100]),
+        (TOP_TARGETS_TEMPLATE.format(recent=f"SELECT user_id FROM {RECENT_VIEW}"), None, [100, 100]),
     ],
 )
 def test_the_duckdb_sql_transpiles_to_spark_only(sql, named, positional):

@@ -109,9 +109,14 @@ def message_rows(
     template = template_generation(gen.decision) if gen.generator != "template" and fallback_to_template else None
     d = gen.decision
     rows = []
+    # The checks read a name only for its length (``validate.problems``): one choice per length,
+    # not per customer (1,000 checks took 0.4 s of a 100x campaign run).
+    by_length: dict[int, Choice] = {}
     for i, customer in enumerate(customers):
         name = first_name(customer["firstname"])
-        choice = choose_copy(gen, name, fallback_to_template, template)
+        choice = by_length.get(len(name))
+        if choice is None:
+            choice = by_length[len(name)] = choose_copy(gen, name, fallback_to_template, template)
         sent = choice.copy
         paid = i == 0 and not from_cache
         rows.append(
