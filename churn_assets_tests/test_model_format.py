@@ -61,14 +61,13 @@ def sample(tmp_path_factory):
 
 def log_new(sample):
     home, resource, client, experiment_id, model, frame = sample
-    version, _ = registry.log_and_register(
+    version, *_ = registry.log_and_register(
         resource.store(),
         experiment_id,
         model,
-        metrics={"holdout_roc_auc": 0.7},
+        measure=lambda: ({"holdout_roc_auc": 0.7}, 0.5),
         params={"num_leaves": 31},
         tags={},
-        threshold=0.5,
         importance_png=importance_png(feature_importance(model)),
         input_example=frame.head(5),
     )
@@ -208,3 +207,41 @@ def test_a_pickled_champion_is_migrated_and_scores_as_before(sample, tmp_path):
     assert {v for _, v in scored} == {new}
     legacy_pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}/{legacy}")
     assert np.array_equal(np.array([p for p, _ in scored]), np.asarray(legacy_pyfunc.predict(to_model_frame(df))))
+
+
+def test_the_run_gets_what_the_holdout_measured_while_the_model_was_logged(sample):
+    """The holdout is measured in the caller's thread while MLflow logs the model in another: the
+    run ends with those metrics and threshold; a measure that fails fails the run and the call."""
+    home, resource, client, experiment_id, model, frame = sample
+    version, run_id, metrics, threshold = registry.log_and_register(
+        resource.store(),
+        experiment_id,
+        model,
+        measure=lambda: ({"holdout_roc_auc": 0.71, "holdout_f1": 0.4}, 0.37),
+        params={"num_leaves": 31},
+        tags={"data.rows": "10"},
+        importance_png=importance_png(feature_importance(model)),
+        input_example=frame.head(5),
+    )
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"holdout_roc_auc": 0.71, "holdout_f1": 0.4} == metrics
+    assert run.data.params["threshold"] == "0.37" and threshold == 0.37
+    assert client.get_model_version(resource.model_name, version).tags["threshold"] == "0.370000"
+
+    def failing():
+        raise RuntimeError("holdout unreadable")
+
+    with pytest.raises(RuntimeError, match="holdout unreadable"):
+        registry.log_and_register(
+            resource.store(),
+            experiment_id,
+            model,
+            measure=failing,
+            params={"num_leaves": 31},
+            tags={},
+            importance_png=importance_png(feature_importance(model)),
+            input_example=frame.head(5),
+        )
+    (latest,) = client.search_runs([experiment_id], order_by=["start_time DESC"], max_results=1)
+    assert latest.info.status == "FAILED" and "holdout_roc_auc" not in latest.data.metrics

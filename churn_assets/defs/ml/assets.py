@@ -3,7 +3,7 @@ better, score every customer with the champion loaded from the registry.
 
 The steps only wire resources to the logic: training and its numbers in ``train.py``, when to
 retrain and promote in ``policy.py``, the plot in ``report.py``, every MLflow read and write in
-``registry.py``, scoring in ``scoring.py``. MLflow, LightGBM and scikit-learn are imported inside
+``registry.py``, scoring in ``scoring.py``. MLflow and LightGBM are imported inside
 the steps that use them: every run and every sensor tick loads this module, and they cost ~2 s.
 """
 
@@ -63,7 +63,7 @@ def churn_model(
     engine: EngineResource,
 ) -> dg.MaterializeResult:
     from churn_assets.defs.ml import registry, report
-    from churn_assets.defs.ml.train import fit
+    from churn_assets.defs.ml.train import train_on
 
     client, experiment_id = mlflow_store.open()
     if engine.is_spark:
@@ -84,54 +84,54 @@ def churn_model(
     if not due.train:
         return dg.MaterializeResult(metadata={"trained": False, "reason": due.reason, "model_version": ""})
     t0 = time.perf_counter()
+    prepared = registry.prepare_logging()  # while the rows load and LightGBM trains
     with gold_reader(warehouse, engine) as con:
         data = load_training(con, model_policy.train_max_rows)
     params = {"learning_rate": config.learning_rate, "num_leaves": config.num_leaves}
-    fitted = fit(data.frame, params, config.num_boost_round, config.shuffle_labels_fraction)
+    trained = train_on(data.frame, params, config.num_boost_round, config.shuffle_labels_fraction)
     fingerprint = {
         "data.rows": str(data.rows),
-        "data.rows_train": str(fitted.rows_train),
+        "data.rows_train": str(trained.rows_train),
         "data.rows_train_available": str(data.rows_train_available),
-        registry.ROWS_HOLDOUT: str(fitted.rows_holdout),
+        registry.ROWS_HOLDOUT: str(len(trained.holdout)),
         "data.as_of": pipeline_settings.as_of_datetime().isoformat(),
         "data.latest_ingest": str(ingested),
         "data.landed_rows": str(landed),
         registry.DAGSTER_RUN_TAG: context.run.run_id,
         "data.engine": engine.name,
     }
-    model = fitted.model
-    version, run_id = registry.log_and_register(
+    model = trained.model
+    version, run_id, metrics, threshold = registry.log_and_register(
         mlflow_store.store(),
         experiment_id,
         model,
-        metrics=fitted.metrics,
+        measure=trained.measure,  # the holdout is scored while MLflow logs the model
+        prepared=prepared,
         params={
             **model.params,
             "num_boost_round": model.num_boost_round,
             "features": ",".join(FEATURES),
             "shuffle_labels_fraction": config.shuffle_labels_fraction,
-            "threshold": round(fitted.threshold, 6),
         },
         tags=fingerprint,
-        threshold=fitted.threshold,
-        importance_png=report.importance_png(fitted.importance),
-        input_example=shareable_example(fitted.holdout_example),
+        importance_png=report.importance_png(trained.importance),
+        input_example=shareable_example(trained.holdout_example),
     )
     registry.mark_challenger(client, mlflow_store.model_name, version, landed)
     took = time.perf_counter() - t0
-    context.log.info(f"churn_model v{version}: holdout ROC AUC {fitted.metrics['holdout_roc_auc']:.4f} in {took:.1f}s")
+    context.log.info(f"churn_model v{version}: holdout ROC AUC {metrics['holdout_roc_auc']:.4f} in {took:.1f}s")
     return dg.MaterializeResult(
         metadata={
             "trained": True,
             "model_version": version,
             "mlflow_run_id": run_id,
-            **{k: dg.MetadataValue.float(v) for k, v in fitted.metrics.items()},
-            "threshold": dg.MetadataValue.float(fitted.threshold),
-            "rows_train": fitted.rows_train,
+            **{k: dg.MetadataValue.float(v) for k, v in metrics.items()},
+            "threshold": dg.MetadataValue.float(threshold),
+            "rows_train": trained.rows_train,
             "rows_train_available": data.rows_train_available,
-            "rows_holdout": fitted.rows_holdout,
+            "rows_holdout": len(trained.holdout),
             "training_seconds": dg.MetadataValue.float(round(took, 2)),
-            "feature_importance": dg.MetadataValue.md(report.importance_markdown(fitted.importance)),
+            "feature_importance": dg.MetadataValue.md(report.importance_markdown(trained.importance)),
         }
     )
 

@@ -77,7 +77,8 @@ class TrainingData:
 
 def training_sql(max_train_rows: int, portable: bool = False) -> str:
     """The holdout and the training customers, beyond ``max_train_rows`` (0 = no cap) training
-    customers a sample of that many, as one query in DuckDB's dialect: the one statement of
+    customers a sample of that many (then with ``_in_train``, the training customers before
+    sampling, on every row), as one query in DuckDB's dialect: the one statement of
     the rule, which the Spark engine runs transpiled (``transpile.duckdb_to_spark``; ``portable``,
     see ``md5_mod``), so the sample is taken where the data is and only the sample reaches the
     driver. (No window without a partition: on Spark that would move every row into one task.)"""
@@ -94,7 +95,8 @@ def training_sql(max_train_rows: int, portable: bool = False) -> str:
             n AS (SELECT count(*) AS _in_train FROM f WHERE NOT is_holdout),
             sampled AS (SELECT user_id FROM t CROSS JOIN n
                        WHERE _in_train <= {max_train_rows} OR _rank <= round({max_train_rows} * _in_label / _in_train))
-            SELECT {cols} FROM f WHERE is_holdout OR user_id IN (SELECT user_id FROM sampled)
+            SELECT {cols}, (SELECT _in_train FROM n) AS _in_train
+            FROM f WHERE is_holdout OR user_id IN (SELECT user_id FROM sampled)
             ORDER BY user_id"""
 
 
@@ -113,8 +115,10 @@ def load_training(con, max_train_rows: int) -> TrainingData:
         frame = con.sql(training_sql(0, portable)).pl()
         return TrainingData(frame, total, int((~frame["is_holdout"]).sum()))
     frame = con.sql(training_sql(max_train_rows, portable)).pl()
-    in_train = f"SELECT count(*) FILTER (NOT is_holdout) FROM ({_features_sql(True, portable)})"
-    return TrainingData(frame, total, int(con.execute(in_train).fetchall()[0][0]))
+    # The training customers before sampling come with the rows (the query counts them anyway):
+    # a second pass over gold for them hashed every key again (0.6 s at 100x the reference).
+    in_train = int(frame["_in_train"][0]) if len(frame) else 0
+    return TrainingData(frame.drop("_in_train"), total, in_train)
 
 
 def landed_rows(con: duckdb.DuckDBPyConnection) -> int:

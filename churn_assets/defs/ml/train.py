@@ -95,24 +95,48 @@ def best_threshold(labels: np.ndarray, proba: np.ndarray) -> float:
     return float(grid[int(np.argmax(f1))])
 
 
-def evaluate(labels: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
-    from sklearn.metrics import (
-        average_precision_score,
-        f1_score,
-        log_loss,
-        precision_score,
-        recall_score,
-        roc_auc_score,
-    )
+def _curve(labels: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """One point per distinct probability, highest first: the churners (tp) and the others (fp)
+    at or above it; and the churners and customers in all."""
+    labels = np.asarray(labels).astype(np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    positives, n = int(labels.sum()), len(labels)
+    if positives in (0, n):  # as roc_auc_score: no ranking to measure
+        raise ValueError("Only one class present in the holdout's labels: ROC AUC is not defined")
+    order = np.argsort(-proba, kind="stable")
+    ranked = proba[order]
+    last = np.append(np.flatnonzero(np.diff(ranked)), n - 1)
+    tp = np.cumsum(labels[order])[last].astype(np.float64)
+    return tp, (last + 1) - tp, positives, n
 
-    predicted = proba >= threshold
+
+def _roc_auc(tp: np.ndarray, fp: np.ndarray, positives: int, n: int) -> float:
+    tpr, fpr = np.append(0.0, tp / positives), np.append(0.0, fp / (n - positives))
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))  # the trapezoids under the curve
+
+
+def roc_auc(labels: np.ndarray, proba: np.ndarray) -> float:
+    """ROC AUC as scikit-learn's ``roc_auc_score`` (held equal to it in ``test_train_metrics.py``)."""
+    return _roc_auc(*_curve(labels, proba))
+
+
+def evaluate(labels: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
+    """The holdout's metrics as scikit-learn defines them (held equal to it in
+    ``test_train_metrics.py``), from one sort of the probabilities: scikit-learn's six functions
+    each checked and sorted the holdout again (0.85-1.1 s for 1.36M customers at 100x the
+    reference)."""
+    tp, fp, positives, n = _curve(labels, proba)
+    labels = np.asarray(labels)
+    predicted = np.asarray(proba) >= threshold
+    tp_at, called = int(np.count_nonzero(predicted & (labels == 1))), int(np.count_nonzero(predicted))
+    clipped = np.clip(np.asarray(proba, dtype=np.float64), 1e-7, 1 - 1e-7)
     return {
-        "holdout_roc_auc": float(roc_auc_score(labels, proba)),
-        "holdout_pr_auc": float(average_precision_score(labels, proba)),
-        "holdout_f1": float(f1_score(labels, predicted, zero_division=0)),
-        "holdout_precision": float(precision_score(labels, predicted, zero_division=0)),
-        "holdout_recall": float(recall_score(labels, predicted, zero_division=0)),
-        "holdout_log_loss": float(log_loss(labels, np.clip(proba, 1e-7, 1 - 1e-7))),
+        "holdout_roc_auc": _roc_auc(tp, fp, positives, n),
+        "holdout_pr_auc": float(np.sum(np.diff(np.append(0.0, tp)) / positives * (tp / (tp + fp)))),
+        "holdout_f1": 2 * tp_at / (called + positives),
+        "holdout_precision": tp_at / called if called else 0.0,
+        "holdout_recall": tp_at / positives,
+        "holdout_log_loss": float(-np.mean(np.where(labels == 1, np.log(clipped), np.log(1 - clipped)))),
     }
 
 
@@ -135,6 +159,24 @@ def shuffle_labels(labels: np.ndarray, fraction: float, seed: int = 0) -> np.nda
 
 
 @dataclass
+class Trained:
+    """A model trained on the training customers, with the holdout it has not seen yet."""
+
+    model: TrainedModel
+    holdout: pl.DataFrame
+    rows_train: int
+    importance: pd.DataFrame
+    holdout_example: pd.DataFrame  # a few holdout rows: the registered model's input example
+
+    def measure(self) -> tuple[dict[str, float], float]:
+        """The holdout's metrics at the threshold chosen on it, and that threshold."""
+        labels = self.holdout[LABEL].to_numpy().astype(int)
+        proba = self.model.booster.predict(model_matrix(self.holdout, self.model.vocabulary))
+        threshold = best_threshold(labels, proba)
+        return evaluate(labels, proba, threshold), threshold
+
+
+@dataclass
 class Fitted:
     """A model trained on the training customers and measured on the holdout."""
 
@@ -147,8 +189,8 @@ class Fitted:
     holdout_example: pd.DataFrame  # a few holdout rows: the registered model's input example
 
 
-def fit(df: pl.DataFrame, params: dict, num_boost_round: int, shuffle_fraction: float = 0.0) -> Fitted:
-    """Train on the rows not flagged ``is_holdout``, choose the threshold and measure on the others."""
+def train_on(df: pl.DataFrame, params: dict, num_boost_round: int, shuffle_fraction: float = 0.0) -> Trained:
+    """Train on the rows not flagged ``is_holdout``; the others are kept to measure it on."""
     import polars as pl
 
     train_df, hold_df = df.filter(~pl.col("is_holdout")), df.filter(pl.col("is_holdout"))
@@ -156,15 +198,19 @@ def fit(df: pl.DataFrame, params: dict, num_boost_round: int, shuffle_fraction: 
     vocabulary = vocabulary_of(train_df)
     model = train_matrix(model_matrix(train_df, vocabulary), labels, vocabulary, params, num_boost_round)
     del train_df  # the matrix LightGBM binned is all it needed
-    hold_y = hold_df[LABEL].to_numpy().astype(int)
-    proba = model.booster.predict(model_matrix(hold_df, vocabulary))
-    threshold = best_threshold(hold_y, proba)
+    return Trained(model, hold_df, len(labels), feature_importance(model), to_model_frame(hold_df.head(5)))
+
+
+def fit(df: pl.DataFrame, params: dict, num_boost_round: int, shuffle_fraction: float = 0.0) -> Fitted:
+    """Train on the rows not flagged ``is_holdout``, choose the threshold and measure on the others."""
+    trained = train_on(df, params, num_boost_round, shuffle_fraction)
+    metrics, threshold = trained.measure()
     return Fitted(
-        model,
-        evaluate(hold_y, proba, threshold),
+        trained.model,
+        metrics,
         threshold,
-        feature_importance(model),
-        len(labels),
-        len(hold_df),
-        to_model_frame(hold_df.head(5)),
+        trained.importance,
+        trained.rows_train,
+        len(trained.holdout),
+        trained.holdout_example,
     )
