@@ -85,6 +85,10 @@ DDL = [
     "CREATE TABLE IF NOT EXISTS ops.gold_pending_users (user_id VARCHAR)",
     # What gold was last built against (its as-of date decides whether day counts move).
     """CREATE TABLE IF NOT EXISTS ops.gold_state (table_name VARCHAR, as_of TIMESTAMP, built_at TIMESTAMP)""",
+    # Gold's builds, and the customers each incremental one rebuilt: what gold's readers look at
+    # instead of all of gold (``defs/gold/changes.py``).
+    "CREATE TABLE IF NOT EXISTS ops.gold_builds (build_id BIGINT, every_row BOOLEAN, built_at TIMESTAMP)",
+    "CREATE TABLE IF NOT EXISTS ops.gold_changes (build_id BIGINT, user_id VARCHAR)",
     # When the warehouse was last compacted (see ``start_run``).
     "CREATE TABLE IF NOT EXISTS ops.compactions (compacted_at TIMESTAMP, reason VARCHAR)",
     # Per run, per table, per expectation: the data-quality dashboard reads this.

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from churn_assets.defs.gold.changes import changed_since
 from churn_assets.defs.ml.features import load_features
 from churn_assets.defs.ml.model import Scorer
-from churn_assets.defs.ml.scoring import replace_predictions, update_predictions
+from churn_assets.defs.ml.scoring import READER, replace_predictions, update_predictions
 from churn_assets.defs.ml.train import fit
 from churn_assets.generator import generate_history, generate_increment
 from churn_assets.warehouse import connect
@@ -88,7 +89,10 @@ def test_incremental_scoring_equals_a_full_rescoring(home):
         con = connect(home / "warehouse.duckdb")
         try:
             before = dict(con.execute("SELECT user_id, _features_hash FROM gold.churn_prediction").fetchall())
+            # Only the customers gold's build logged are compared, not all of gold.
+            logged = con.execute(f"SELECT count(*) FROM {changed_since(con, READER)}").fetchone()[0]
             scored = update_predictions(con, scorer, threshold, "churn_model", "1", batch_rows=BATCH)
+            assert 0 < scored.rows <= logged < len(before) / 4
             total = con.execute("SELECT count(*) FROM gold.churn_features").fetchone()[0]
             assert scored.mode == "incremental"
             # Only what the increment touched: some customers, far fewer than all.
@@ -109,7 +113,9 @@ def test_incremental_scoring_equals_a_full_rescoring(home):
         assert scored.rows == scored.rows_total
         assert max(scorer.batches) == BATCH and sum(scorer.batches) == scored.rows
         assert table(con) == full_rescoring(con, scorer, threshold, "1")
-        # A customer leaving gold leaves the predictions; another model version scores everyone.
+        # A customer leaving gold leaves the predictions, even when no build logged it (gold
+        # changed by hand: the counts differ, and all of gold is compared); another model version
+        # scores everyone.
         gone = con.execute("SELECT min(user_id) FROM gold.churn_features").fetchone()[0]
         con.execute("DELETE FROM gold.churn_features WHERE user_id = ?", [gone])
         scored = update_predictions(con, scorer, threshold, "churn_model", "1")

@@ -15,6 +15,7 @@ from datetime import datetime
 
 import duckdb
 
+from churn_assets.defs.gold.changes import record_build
 from churn_assets.defs.silver.transform import TS_FORMAT, advance, watermark
 from churn_assets.faults import fault_point
 from churn_assets.warehouse import scalar, table_exists, transaction
@@ -113,6 +114,7 @@ def build_churn_features(con: duckdb.DuckDBPyConnection, as_of: datetime, full: 
         refreshed = False
         if full or not exists:
             con.execute(f"CREATE OR REPLACE TABLE gold.churn_features AS {churn_features_sql()}", params)
+            record_build(con, None)
             mode, recomputed = "full", None
         else:
             lows = {src: watermark(con, CONSUMER, src) for src in GOLD_SOURCES}
@@ -135,6 +137,7 @@ def build_churn_features(con: duckdb.DuckDBPyConnection, as_of: datetime, full: 
                 assignments = ", ".join(f"{name} = {expr}" for name, expr in DAY_COUNT_EXPRS.items())
                 con.execute(f"UPDATE gold.churn_features SET {assignments}", params)
                 refreshed = True
+            record_build(con, None if refreshed else affected)
             con.execute("DROP TABLE _gold_affected")
             mode = "incremental"
         con.execute("DELETE FROM ops.gold_pending_users")
@@ -169,13 +172,18 @@ DATA_VALUES = {
 AS_OF_BEFORE_DATA_SHARE = 0.5
 
 
-def gold_quality(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, int]]:
-    """expectation -> (passed, failed) on the current gold table."""
-    total, distinct = con.execute("SELECT count(*), count(DISTINCT user_id) FROM gold.churn_features").fetchall()[0]
+def gold_quality(con: duckdb.DuckDBPyConnection, only: str | None = None) -> dict[str, tuple[int, int]]:
+    """expectation -> (passed, failed) on the current gold table, or on the rows of the customers
+    of ``only`` (a SQL subquery of user ids): a build deletes and inserts whole customers, so a
+    second row of a customer can only come with a customer it rebuilt."""
+    where = f" WHERE user_id IN {only}" if only else ""
+    total, distinct = con.execute(
+        f"SELECT count(*), count(DISTINCT user_id) FROM gold.churn_features{where}"
+    ).fetchall()[0]
     out = {"one_row_per_customer": (distinct, total - distinct)}
     rules = {**SANE_VALUES, **DATA_VALUES}
     exprs = ", ".join(f"count(*) FILTER (WHERE NOT coalesce({cond}, false))" for cond in rules.values())
-    fails = con.execute(f"SELECT {exprs} FROM gold.churn_features").fetchall()[0]
+    fails = con.execute(f"SELECT {exprs} FROM gold.churn_features{where}").fetchall()[0]
     for name, failed in zip(rules, fails):
         out[name] = (total - failed, failed)
     return out

@@ -4,7 +4,9 @@ customers' predictions in ``gold.churn_prediction``.
 An hourly increment changes the features of a few customers, not all: each prediction row
 keeps a hash of the features it was scored from (``_features_hash``), and a run with the same
 model scores only the customers whose hash moved, plus new ones, and drops the ones gold no
-longer has. The table then equals a full rescoring (churn_assets_tests/test_scoring_incremental.py).
+longer has; it compares only the customers gold's builds logged as rebuilt since it last scored
+(``gold/changes.py``), all of gold after a build that rebuilt every row. The table then equals a
+full rescoring (churn_assets_tests/test_scoring_incremental.py).
 A new model version, a changed threshold, or a table from before the hash column scores everyone.
 """
 
@@ -21,9 +23,13 @@ if TYPE_CHECKING:  # imported where used: every code-location load imports this 
     import pandas as pd
     import polars as pl
 
+from churn_assets.defs.gold.changes import changed_since, read_up_to
 from churn_assets.defs.ml.features import FEATURES, LABEL, load_features, to_model_frame
 from churn_assets.timeutil import utcnow
 from churn_assets.warehouse import registered, scalar, table_exists, transaction
+
+# Scoring's watermark on gold's builds (``gold/changes.py``).
+READER = "gold.churn_prediction"
 
 # What a prediction depends on: the key and every column the model reads. DuckDB's hash is
 # stable within a version; after an upgrade that changes it, every customer is scored once.
@@ -113,6 +119,7 @@ def replace_predictions(
     out, took = _score(con, "", model, threshold, model_name, version, batch_rows)
     with transaction(con), registered(con, "_scored", out):
         con.execute("CREATE OR REPLACE TABLE gold.churn_prediction AS SELECT * FROM _scored")
+        read_up_to(con, READER)
     at_risk = scalar(con, "SELECT count(*) FROM gold.churn_prediction WHERE churn_prediction = 1")
     return Scored(len(out), int(at_risk), round(len(out) / took if took else 0.0, 1), "full", len(out))
 
@@ -141,18 +148,24 @@ def update_predictions(
     model_name: str,
     version: str,
     batch_rows: int = SCORE_BATCH_ROWS,
+    compare_all: bool = False,
 ) -> Scored:
     """Score the customers whose features changed since the same model last scored them (new
-    ones included) and drop those gold no longer has; any other model scores everyone."""
+    ones included) and drop those gold no longer has; any other model scores everyone.
+    ``compare_all``: look at every customer of gold, not only those its builds logged."""
     if not _same_model(con, threshold, model_name, version):
         return replace_predictions(con, model, threshold, model_name, version, batch_rows)
-    # One pass over gold and the predictions finds the rows to score (hash moved, or new) and
-    # the customers gold no longer has; only the former reach Python.
+    # Only the customers gold's builds rebuilt since scoring last read it can have moved, while
+    # every build since was incremental (``gold/changes.py``); else all of gold is compared.
+    changed = None if compare_all else changed_since(con, READER)
+    among = f"WHERE user_id IN {changed}" if changed else ""
+    # One pass over those rows of gold and of the predictions finds the rows to score (hash moved,
+    # or new) and the customers gold no longer has; only the former reach Python.
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _to_score AS
             SELECT coalesce(f.user_id, p.user_id) AS user_id, f.user_id IS NULL AS removed
-            FROM (SELECT user_id, {FEATURES_HASH} AS h FROM gold.churn_features) f
-            FULL JOIN (SELECT user_id, _features_hash AS h FROM gold.churn_prediction) p USING (user_id)
+            FROM (SELECT user_id, {FEATURES_HASH} AS h FROM gold.churn_features {among}) f
+            FULL JOIN (SELECT user_id, _features_hash AS h FROM gold.churn_prediction {among}) p USING (user_id)
             WHERE f.h IS DISTINCT FROM p.h"""
     )
     only = "user_id IN (SELECT user_id FROM _to_score WHERE NOT removed)"
@@ -161,9 +174,13 @@ def update_predictions(
         removed = scalar(con, "SELECT count(*) FROM _to_score WHERE removed")
         con.execute("DELETE FROM gold.churn_prediction WHERE user_id IN (SELECT user_id FROM _to_score)")
         con.execute("INSERT INTO gold.churn_prediction SELECT * FROM _scored")
+        read_up_to(con, READER)
     con.execute("DROP TABLE _to_score")
     at_risk, total = con.execute(
         "SELECT count(*) FILTER (churn_prediction = 1), count(*) FROM gold.churn_prediction"
     ).fetchall()[0]
+    if changed and total != scalar(con, "SELECT count(*) FROM gold.churn_features"):
+        # Gold was changed outside its builds (no log entry names those customers): compare it all.
+        return update_predictions(con, model, threshold, model_name, version, batch_rows, compare_all=True)
     rate = round(len(out) / took if took else 0.0, 1)
     return Scored(len(out), int(at_risk), rate, "incremental", int(total), int(removed or 0))
