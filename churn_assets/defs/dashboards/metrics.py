@@ -18,6 +18,9 @@ BRONZE = (("bronze", "churn_users_bronze"), ("bronze", "churn_orders_bronze"), (
 
 # The latest calendar month present in the orders (the reference's "MRR" month).
 LATEST_MONTH = "(SELECT date_trunc('month', max(creation_date)) FROM silver.churn_orders)"
+# An order of that month, as a range the scan can skip row groups with (not ``date_trunc(...) =``,
+# which reads every row: 0.12 against 0.03 s over 17M orders).
+IN_LATEST_MONTH = "{d} >= {m} AND {d} < {m} + INTERVAL 1 MONTH"
 TENURE = """CASE WHEN m < 3 THEN '0-2 months' WHEN m < 6 THEN '3-5 months' WHEN m < 12 THEN '6-11 months'
                  WHEN m < 24 THEN '12-23 months' ELSE '24+ months' END"""
 
@@ -42,12 +45,12 @@ METRICS = [
           UNION ALL SELECT 'customers_churned', count(*) FILTER (churn = 1), NULL, 2 FROM silver.churn_users
           UNION ALL SELECT 'churn_rate', avg(churn), NULL, 3 FROM silver.churn_users
           UNION ALL SELECT 'revenue_latest_month', coalesce(sum(amount), 0), strftime({LATEST_MONTH}, '%Y-%m'), 4
-                    FROM silver.churn_orders WHERE date_trunc('month', creation_date) = {LATEST_MONTH}
+                    FROM silver.churn_orders WHERE {IN_LATEST_MONTH.format(d="creation_date", m=LATEST_MONTH)}
           UNION ALL SELECT 'customers_at_risk', count(*) FILTER (churn_prediction = 1), NULL, 5
                     FROM gold.churn_prediction
           UNION ALL SELECT 'revenue_at_risk', coalesce(sum(o.amount), 0), strftime({LATEST_MONTH}, '%Y-%m'), 6
                     FROM silver.churn_orders o JOIN gold.churn_prediction p USING (user_id)
-                    WHERE p.churn_prediction = 1 AND date_trunc('month', o.creation_date) = {LATEST_MONTH}
+                    WHERE p.churn_prediction = 1 AND {IN_LATEST_MONTH.format(d="o.creation_date", m=LATEST_MONTH)}
         ) ORDER BY o""",
         "Headline numbers: customers, customers churned, churn rate, revenue of the latest month (MRR), "
         "customers at risk and the latest month's revenue from them.",
