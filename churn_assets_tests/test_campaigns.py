@@ -878,12 +878,6 @@ def test_targets_are_the_exact_ranking_whether_the_top_form_fills_the_cap_or_not
             top = con.execute(TOP_TARGETS_SQL, [since, cap, since, cap]).fetchall()
             assert (len(top) == cap) == (cap < everyone), cap
         assert len(chosen(everyone)) == everyone - 10  # the cap was above everyone at risk
-        # A top customer without orders (silver changed under gold): left out, the next one taken.
-        first = chosen(37)
-        con.execute("DELETE FROM silver.churn_orders WHERE user_id = ?", [first[0][0]])
-        after = chosen(37)
-        assert after == exact(37) and len(after) == 37
-        assert first[0][0] not in {row[0] for row in after} and after[:36] == first[1:]
         # A cap that cuts through customers of one probability: the cut keeps them all, and value
         # then key order them, as in the exact form.
         tied = [row[0] for row in exact(15)[10:15]]
@@ -891,8 +885,17 @@ def test_targets_are_the_exact_ranking_whether_the_top_form_fills_the_cap_or_not
             "UPDATE gold.churn_prediction SET churn_probability = ? WHERE user_id IN (SELECT unnest(?))",
             [exact(15)[10][4], tied],
         )
+        since = utcnow() - timedelta(days=7)
         for cap in (11, 12, 13, 14):
+            # The top form alone (not its fallback) returns the exact ranking.
+            assert con.execute(TOP_TARGETS_SQL, [since, cap, since, cap]).fetchall() == exact(cap), cap
             assert chosen(cap) == exact(cap), cap
-            assert len({row[4] for row in exact(cap)[10:]}) == 1
+        assert len({row[4] for row in exact(15)[10:15]}) == 1
+        # A top customer without orders (silver changed under gold): left out, the next one taken.
+        first = chosen(37)
+        con.execute("DELETE FROM silver.churn_orders WHERE user_id = ?", [first[0][0]])
+        after = chosen(37)
+        assert after == exact(37) and len(after) == 37
+        assert first[0][0] not in {row[0] for row in after} and after[:36] == first[1:]
     finally:
         con.close()

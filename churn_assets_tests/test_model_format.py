@@ -232,6 +232,7 @@ def test_the_run_gets_what_the_holdout_measured_while_the_model_was_logged(sampl
     def failing():
         raise RuntimeError("holdout unreadable")
 
+    versions = len(client.search_model_versions(f"name = '{resource.model_name}'"))
     with pytest.raises(RuntimeError, match="holdout unreadable"):
         registry.log_and_register(
             resource.store(),
@@ -245,3 +246,5 @@ def test_the_run_gets_what_the_holdout_measured_while_the_model_was_logged(sampl
         )
     (latest,) = client.search_runs([experiment_id], order_by=["start_time DESC"], max_results=1)
     assert latest.info.status == "FAILED" and "holdout_roc_auc" not in latest.data.metrics
+    # No version without metrics: the registry's latest is still the one measured above.
+    assert len(client.search_model_versions(f"name = '{resource.model_name}'")) == versions

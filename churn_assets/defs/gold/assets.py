@@ -67,10 +67,11 @@ CHECK_READER = "gold.churn_features_valid"
     asset=churn_features,
     blocking=True,
     description="One row per customer and sane values (counts >= 1, sessions <= events, a binary label where "
-    "there is one), on the customers gold rebuilt since the check last passed (every customer after a full build "
-    "or a day-count refresh; the whole table once any of them fails). Blocking: a failure stops the cycle before "
-    "the model reads gold. Amounts >= 0 and day counts >= 0 warn (a refund, a date ahead of the as-of), and stop "
-    "the cycle only when most day counts are negative.",
+    "there is one), on the customers gold rebuilt since the check last ran without a blocking failure (every "
+    "customer after a full build or a day-count refresh, and the whole table once any of them fails a rule: a "
+    "warning is reported with the rows that bring it, not again every cycle). Blocking: a failure stops the "
+    "cycle before the model reads gold. Amounts >= 0 and day counts >= 0 warn (a refund, a date ahead of the "
+    "as-of), and stop the cycle only when most day counts are negative.",
 )
 def churn_features_valid(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, engine: EngineResource
@@ -85,8 +86,8 @@ def churn_features_valid(
         )
         return _check_result(results)
     with warehouse.get_connection() as con:
-        # The customers gold's builds rebuilt since this check last passed (~1 % of them in an hourly
-        # cycle), every customer after a full build or a day-count refresh. A failure among them is
+        # The customers gold's builds rebuilt since this check last ran without stopping the cycle (~1 % of
+        # them hourly), every customer after a full build or a day-count refresh. A failure among them is
         # judged on the whole table, as a full check judges it (the as-of rule counts every customer).
         only = changed_since(con, CHECK_READER)
         results = gold_quality(con, only)

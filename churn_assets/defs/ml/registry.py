@@ -155,11 +155,13 @@ def log_and_register(
                 mlflow.log_params(params)
                 mlflow.set_tags(tags)
                 mlflow.log_artifact(str(plot))
-                info = _log_pyfunc(store, booster, vocabulary, signature, input_example)
-                metrics, threshold = measured.result()  # a failed measure fails the run
+                info = _log_pyfunc(store, booster, vocabulary, signature, input_example, register=False)
+                # A failed measure fails the run before any version is registered.
+                metrics, threshold = measured.result()
                 mlflow.log_metrics(metrics)
                 mlflow.log_param("threshold", round(threshold, 6))
-            return str(info.registered_model_version), run.info.run_id, metrics, threshold
+                registered = mlflow.register_model(info.model_uri, store.model_name)
+            return str(registered.version), run.info.run_id, metrics, threshold
 
         with ThreadPoolExecutor(max_workers=1) as pool:
             logged = pool.submit(log)
@@ -193,9 +195,9 @@ def prepare_logging() -> Future:
         pool.shutdown(wait=False)
 
 
-def _log_pyfunc(store: Store, booster: Path, vocabulary: Path, signature, input_example):
-    """Log and register the model in the active run: booster text + vocabulary JSON as
-    artifacts, and the code file that builds the pyfunc from them (no pickle)."""
+def _log_pyfunc(store: Store, booster: Path, vocabulary: Path, signature, input_example, register: bool = True):
+    """Log the model in the active run (and register it, with ``register``): booster text +
+    vocabulary JSON as artifacts, and the code file that builds the pyfunc from them (no pickle)."""
     import mlflow.pyfunc
 
     return mlflow.pyfunc.log_model(
@@ -204,7 +206,7 @@ def _log_pyfunc(store: Store, booster: Path, vocabulary: Path, signature, input_
         artifacts={model_format.BOOSTER: str(booster), model_format.VOCABULARY: str(vocabulary)},
         signature=signature,
         input_example=input_example,
-        registered_model_name=store.model_name,
+        registered_model_name=store.model_name if register else None,
         # Stated, not inferred: inference imports the model in a subprocess (seconds).
         pip_requirements=_requirements(),
     )
