@@ -129,9 +129,10 @@ def log_and_register(
     """Log one training run and register its model; returns (version, run id, metrics, threshold).
 
     ``measure`` (the holdout's metrics and the threshold chosen on it) runs in this thread while
-    MLflow logs and registers the model in another: LightGBM scoring the holdout leaves the
-    interpreter free, and the two took 2.6 s and 3.4 s one after the other at 100x the reference.
-    The run gets the metrics before it ends. ``prepared``: ``prepare_logging``, started earlier."""
+    MLflow logs the model in another: LightGBM scoring the holdout leaves the interpreter free,
+    and the two took 2.6 s and 3.4 s one after the other at 100x the reference. The version is
+    registered, and the run gets the metrics, once the measure is in. ``prepared``:
+    ``prepare_logging``, started earlier."""
     import mlflow
     from mlflow.models import infer_signature
 
