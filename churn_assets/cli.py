@@ -8,8 +8,10 @@ anything runs, and a one-shot run with a human summary.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import dataclasses
+import gc
 import os
 import signal
 import subprocess
@@ -135,19 +137,32 @@ def _run_cycle(selection: str | None):
     instance = _instance()
     t0 = time.perf_counter()
     logs = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-    if selection:
-        result = dg.materialize(
-            [*defs.assets, *defs.asset_checks],
-            selection=selection,
-            instance=instance,
-            resources=defs.resources,
-            run_config=logs,
-            raise_on_error=False,
-        )
-    else:
-        job = defs.resolve_job_def("churn_cycle")
-        result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=logs)
+    with _frozen():
+        if selection:
+            result = dg.materialize(
+                [*defs.assets, *defs.asset_checks],
+                selection=selection,
+                instance=instance,
+                resources=defs.resources,
+                run_config=logs,
+                raise_on_error=False,
+            )
+        else:
+            job = defs.resolve_job_def("churn_cycle")
+            result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=logs)
     return result.success, time.perf_counter() - t0, result.run_id, _champion_auc(result), _failures(result)
+
+
+@contextlib.contextmanager
+def _frozen():
+    """The objects loaded before the run (the libraries, the definitions: ~400,000) live as long
+    as it: kept out of the garbage collector's full passes while it runs, each of which traversed
+    them again (5 passes in an hourly run at 100x the reference, 0.9 s)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _champion_auc(result) -> float | None:
@@ -500,5 +515,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+_exit_code: list[int] = []  # main()'s, once it returned
+
+
+def _end_without_teardown() -> None:
+    """After every other exit handler (registered first, it runs last): the process ends without
+    the interpreter's teardown, a garbage collection over every object the libraries loaded (1.0 s
+    after any command, 1.5 s after a run at 100x the reference). Threads were joined and the
+    other handlers ran (temporary folders, MLflow); the warehouse was closed by the run. When
+    main() raised (a usage error, Ctrl-C) Python exits as it always does."""
+    if _exit_code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_code[0])
+
+
+def entry() -> None:
+    """The ``churn`` command."""
+    atexit.register(_end_without_teardown)
+    _exit_code.append(main())
+    sys.exit(_exit_code[0])
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

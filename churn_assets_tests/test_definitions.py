@@ -167,7 +167,7 @@ def test_dg_check_defs(tmp_path):
 # Loaded by every run worker before its first step, and by every code server: Dagster imports
 # every module under defs/. These are imported where they are used (the scoring step's MLflow
 # and LightGBM in the background as its run starts: MLflowResource.setup_for_execution).
-HEAVY = ("mlflow", "lightgbm", "sklearn", "scipy", "pandas", "polars", "anthropic", "altair", "pyspark", "sqlglot")
+HEAVY = ("mlflow", "lightgbm", "sklearn", "scipy", "pandas", "polars", "anthropic", "pyspark", "sqlglot")
 
 
 def test_loading_the_code_location_imports_no_heavy_library(tmp_path):
