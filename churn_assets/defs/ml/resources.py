@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -122,6 +123,9 @@ class MLflowResource(dg.ConfigurableResource):
         from churn_assets.defs.ml.registry import configured
 
         self._scope.enter_context(configured(self.store(), self.http_timeout, self.http_retries))
+        # MLflow's modules join what the run keeps out of the garbage collector's full passes
+        # (``WarehouseResource.setup_for_execution``): ~90,000 objects, 0.15 s of a training step at 1x.
+        gc.freeze()
 
     def _load_champion(self):
         from churn_assets.defs.ml import registry
@@ -197,6 +201,7 @@ class MLflowResource(dg.ConfigurableResource):
         if self._scope is not None:
             self._scope.close()
             self._scope = None
+        gc.unfreeze()  # after its background work: nothing of the run stays frozen
 
     def open(self):
         """(client, experiment id); a clear ``dg.Failure`` when the store cannot be used."""
