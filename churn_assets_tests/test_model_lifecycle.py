@@ -225,3 +225,23 @@ def test_broken_store_fails_clearly_and_leaves_predictions(trained, tmp_path, st
     message = failure.step_failure_data.user_failure_data.description
     assert "MLflow store at" in message and "unreachable or corrupt" in message and "nothing was changed" in message
     assert predictions(home) == before
+
+
+def test_only_a_run_that_scores_loads_the_champion_as_it_starts():
+    """The MLflow resource loads the champion in the background for a run with the scoring step:
+    the whole job, a selection with it (the UI, sensors), or ``dg.materialize`` of assets with
+    it (which names steps, not assets); a training-only run does not pay for it."""
+    import dagster as dg
+
+    from churn_assets.defs.ml.resources import run_scores
+
+    def run(assets=None, steps=None):
+        return dg.DagsterRun(job_name="churn_cycle", asset_selection=assets, step_keys_to_execute=steps)
+
+    prediction, model = dg.AssetKey(["gold", "churn_prediction"]), dg.AssetKey(["ml", "churn_model"])
+    assert run_scores(run())  # the whole job
+    assert run_scores(run(assets=frozenset({prediction, model})))
+    assert not run_scores(run(assets=frozenset({model})))
+    assert run_scores(run(assets=frozenset(), steps=["gold__churn_features", "gold__churn_prediction"]))
+    assert not run_scores(run(assets=frozenset(), steps=["ml__churn_model"]))
+    assert run_scores(None)

@@ -26,6 +26,17 @@ def load_failure(what: str, exc: Exception) -> dg.Failure:
     )
 
 
+def run_scores(run: dg.DagsterRun | None) -> bool:
+    """Whether ``run`` executes the scoring step: its asset selection has it, or, with none (a
+    whole job, or ``dg.materialize`` of some assets, which names steps instead), its steps do."""
+    if run is None:
+        return True
+    if run.asset_selection:
+        return PREDICTION in run.asset_selection
+    steps = run.step_keys_to_execute
+    return steps is None or PREDICTION.to_python_identifier() in steps
+
+
 class MLflowResource(dg.ConfigurableResource):
     """Where models are tracked and registered. Embedded by default: a SQLite store under
     ``$CHURN_HOME/mlflow/`` with artifacts beside it; ``MLFLOW_TRACKING_URI`` overrides."""
@@ -68,7 +79,7 @@ class MLflowResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._scope = contextlib.ExitStack()
         selection = context.run.asset_selection if context.run else None
-        scores = not selection or PREDICTION in selection  # empty: the whole job
+        scores = run_scores(context.run)
         # Runs for new files (they score and do not train): a warm scorer that answers scores for
         # them, and nothing is imported or loaded for scoring here. None answers: a run started as
         # files land (run_tags.is_continuous) starts one for the runs after it, and loads its own.
