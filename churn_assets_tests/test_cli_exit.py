@@ -65,3 +65,14 @@ def test_a_usage_error_exits_as_python_does(tmp_path):
     )
     assert done.returncode == 2
     assert "invalid choice" in done.stderr
+
+
+def test_nothing_registers_an_exit_handler_before_the_command_does():
+    """``entry`` registers its exit first, so that it runs after every other handler: one
+    registered at import time, before it, would be skipped."""
+    probe = (
+        "import atexit, weakref; import churn_assets.cli; "
+        "print(atexit._ncallbacks(), weakref.finalize._registered_with_atexit)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["0", "False"], done.stderr

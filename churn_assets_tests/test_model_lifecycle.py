@@ -3,6 +3,7 @@ DuckDB file and a real MLflow store (SQLite, as embedded by default)."""
 
 from __future__ import annotations
 
+import gc
 from datetime import date
 
 import mlflow
@@ -203,6 +204,8 @@ def test_retrain_policy_skips_training_but_still_scores(trained):
     assert metadata(result, "gold/churn_prediction")["model_version"] == champion
     # Nothing changed the champion during the run: the one loaded in the background scored.
     assert metadata(result, "gold/churn_prediction")["champion_prefetched"] is True
+    # The run kept what it found loaded out of the garbage collector's passes; nothing stays so.
+    assert gc.get_freeze_count() == 0
 
 
 @pytest.mark.parametrize("store", ["unreachable", "corrupt"])
@@ -225,6 +228,7 @@ def test_broken_store_fails_clearly_and_leaves_predictions(trained, tmp_path, st
     message = failure.step_failure_data.user_failure_data.description
     assert "MLflow store at" in message and "unreachable or corrupt" in message and "nothing was changed" in message
     assert predictions(home) == before
+    assert gc.get_freeze_count() == 0  # a failed run leaves nothing frozen either
 
 
 def test_only_a_run_that_scores_loads_the_champion_as_it_starts():
@@ -245,3 +249,5 @@ def test_only_a_run_that_scores_loads_the_champion_as_it_starts():
     assert run_scores(run(assets=frozenset(), steps=["gold__churn_features", "gold__churn_prediction"]))
     assert not run_scores(run(assets=frozenset(), steps=["ml__churn_model"]))
     assert run_scores(None)
+    # A re-execution of the training step alone keeps its parent's asset selection: its steps say.
+    assert not run_scores(run(assets=frozenset({prediction, model}), steps=["ml__churn_model"]))

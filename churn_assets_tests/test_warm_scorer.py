@@ -203,7 +203,9 @@ def test_it_dies_mid_way_and_the_run_loads_the_same_version_itself(trained):
     sock, pid = start(trained)
     res = store_of(trained)
     # What a run for new files gives its resources: an explicit selection that scores, no training.
-    context = SimpleNamespace(run=SimpleNamespace(asset_selection={PREDICTION}, tags={}), log=None)
+    context = SimpleNamespace(
+        run=SimpleNamespace(asset_selection={PREDICTION}, step_keys_to_execute=None, tags={}), log=None
+    )
     res.setup_for_execution(context)
     try:
         version, _, model = res.warm_champion()

@@ -27,14 +27,15 @@ def load_failure(what: str, exc: Exception) -> dg.Failure:
 
 
 def run_scores(run: dg.DagsterRun | None) -> bool:
-    """Whether ``run`` executes the scoring step: its asset selection has it, or, with none (a
-    whole job, or ``dg.materialize`` of some assets, which names steps instead), its steps do."""
+    """Whether ``run`` executes the scoring step: its steps, when it names them (``dg.materialize``
+    of some assets, a re-execution), else its asset selection (the UI, sensors); a whole job does."""
     if run is None:
         return True
+    if run.step_keys_to_execute is not None:
+        return PREDICTION.to_python_identifier() in run.step_keys_to_execute
     if run.asset_selection:
         return PREDICTION in run.asset_selection
-    steps = run.step_keys_to_execute
-    return steps is None or PREDICTION.to_python_identifier() in steps
+    return True
 
 
 class MLflowResource(dg.ConfigurableResource):
@@ -206,13 +207,15 @@ class MLflowResource(dg.ConfigurableResource):
                     future.result()
         self._champion = self._ready = None
         self._use_warm = False
-        if self._warm is not None:
-            self._warm.close()
-            self._warm = None
-        if self._scope is not None:
-            self._scope.close()
-            self._scope = None
-        gc.unfreeze()  # after its background work: nothing of the run stays frozen
+        try:
+            if self._warm is not None:
+                self._warm.close()
+                self._warm = None
+            if self._scope is not None:
+                self._scope.close()
+                self._scope = None
+        finally:
+            gc.unfreeze()  # after its background work: nothing of the run stays frozen
 
     def open(self):
         """(client, experiment id); a clear ``dg.Failure`` when the store cannot be used."""
