@@ -64,8 +64,29 @@ def bar_chart(rows: list[dict], title: str, mark: dict | None = None, **encoding
     }
 
 
-def _status_color() -> dict:
-    return field("status:N", scale={"domain": list(PALETTE), "range": list(PALETTE.values())}, title=None)
+def _churned_or_not(rows: list[dict], title: str, x: dict) -> dict:
+    """Customers per value of ``x``, churned, stayed and unlabelled side by side."""
+    return bar_chart(
+        rows,
+        title,
+        x=x,
+        y=field("customers:Q"),
+        color=field("status:N", scale={"domain": list(PALETTE), "range": list(PALETTE.values())}, title=None),
+        xOffset=field("status:N"),
+        tooltip=[f"{x['field']}:N", "status:N", "customers:Q"],
+    )
+
+
+def _at_risk(rows: list[dict], title: str, x: dict, y: dict | None = None) -> dict:
+    """A prediction figure: customers at risk (or ``y``) per value of ``x``."""
+    return bar_chart(
+        rows,
+        title,
+        {"color": PALETTE["churned"]},
+        x=x,
+        y=y or field("at_risk:Q", title="customers at risk"),
+        tooltip=[f"{x['field']}:N", "at_risk:Q", "customers:Q", field("at_risk_share:Q", format=".1%")],
+    )
 
 
 # Run states Dagster reports for a run that has not ended: its duration so far is no duration.
@@ -120,7 +141,6 @@ def _runs_chart(rows: list[dict]) -> dict:
 
 def chart_specs(fig: dict[str, list[dict]]) -> dict[str, dict]:
     """One Vega-Lite spec per charted figure, its data inlined."""
-    share = field("at_risk_share:Q", format=".1%")
     charts = {
         "revenue_by_month": bar_chart(
             fig["revenue_by_month"],
@@ -130,23 +150,11 @@ def chart_specs(fig: dict[str, list[dict]]) -> dict[str, dict]:
             y=field("revenue:Q", title="revenue ($)"),
             tooltip=["month:T", field("revenue:Q", format=",.0f"), "orders:Q"],
         ),
-        "churn_by_platform": bar_chart(
-            fig["churn_by_platform"],
-            "Churn by platform (first seen)",
-            x=field("platform:N", title=None),
-            y=field("customers:Q"),
-            color=_status_color(),
-            xOffset=field("status:N"),
-            tooltip=["platform:N", "status:N", "customers:Q"],
+        "churn_by_platform": _churned_or_not(
+            fig["churn_by_platform"], "Churn by platform (first seen)", field("platform:N", title=None)
         ),
-        "churn_by_gender": bar_chart(
-            fig["churn_by_gender"],
-            "Churn by gender",
-            x=field("gender:N", title="gender"),
-            y=field("customers:Q"),
-            color=_status_color(),
-            xOffset=field("status:N"),
-            tooltip=["gender:N", "status:N", "customers:Q"],
+        "churn_by_gender": _churned_or_not(
+            fig["churn_by_gender"], "Churn by gender", field("gender:N", title="gender")
         ),
         "revenue_by_channel": bar_chart(
             fig["revenue_by_channel"],
@@ -156,29 +164,17 @@ def chart_specs(fig: dict[str, list[dict]]) -> dict[str, dict]:
             y=field("canal:N", sort="-x", title=None),
             tooltip=["canal:N", field("revenue:Q", format=",.0f"), "orders:Q"],
         ),
-        "predicted_churn_by_country": bar_chart(
-            fig["predicted_churn_by_country"],
-            "Predicted churn by country",
-            {"color": "#E45756"},
-            x=field("country:N", title=None),
-            y=field("at_risk:Q", title="customers at risk"),
-            tooltip=["country:N", "at_risk:Q", "customers:Q", share],
+        "predicted_churn_by_country": _at_risk(
+            fig["predicted_churn_by_country"], "Predicted churn by country", field("country:N", title=None)
         ),
-        "predicted_churn_by_channel": bar_chart(
-            fig["predicted_churn_by_channel"],
-            "Predicted churn by channel",
-            {"color": "#E45756"},
-            x=field("canal:N", title=None),
-            y=field("at_risk:Q", title="customers at risk"),
-            tooltip=["canal:N", "at_risk:Q", "customers:Q", share],
+        "predicted_churn_by_channel": _at_risk(
+            fig["predicted_churn_by_channel"], "Predicted churn by channel", field("canal:N", title=None)
         ),
-        "predicted_churn_by_tenure": bar_chart(
+        "predicted_churn_by_tenure": _at_risk(
             fig["predicted_churn_by_tenure"],
             "Predicted churn by tenure",
-            {"color": "#E45756"},
-            x=field("tenure:N", sort={"field": "from_months"}, title=None),
-            y=field("at_risk_share:Q", title="share at risk", axis={"format": "%"}),
-            tooltip=["tenure:N", "at_risk:Q", "customers:Q", share],
+            field("tenure:N", sort={"field": "from_months"}, title=None),
+            field("at_risk_share:Q", title="share at risk", axis={"format": "%"}),
         ),
         "data_quality_daily": {
             **bar_chart(
