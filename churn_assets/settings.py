@@ -202,6 +202,13 @@ class Settings:
         "training customers beyond this are a stratified sample of this many (by label; 0 = all)",
         _positive(int),
     )
+    eval_max_rows: int = _setting(
+        "CHURN_EVAL_MAX_ROWS",
+        500_000,
+        "holdout customers beyond this: metrics and the champion comparison on a stratified sample of this many "
+        "(by label; 0 = all)",
+        _positive(int),
+    )
     promotion_tolerance: float = _setting(
         "CHURN_PROMOTION_TOLERANCE",
         0.0,

@@ -176,6 +176,40 @@ def test_worse_challenger_keeps_the_old_champion(trained):
     assert query(home, "SELECT DISTINCT model_version FROM gold.churn_prediction") == [("1",)]
 
 
+def test_above_the_holdout_cap_both_models_are_measured_on_the_same_sample(trained):
+    """CHURN_EVAL_MAX_ROWS below the holdout: the challenger's metrics and the champion's score in
+    the comparison come from the one stratified sample of the holdout (``features.load_holdout``)."""
+    import duckdb
+
+    from churn_assets.defs.ml import registry
+    from churn_assets.defs.ml.features import load_holdout
+    from churn_assets.defs.ml.scoring import holdout
+
+    home, _ = trained
+    config = {"ops": {"ml__churn_model": {"config": {"shuffle_labels_fraction": 0.4, "num_boost_round": 60}}}}
+    policy = ModelPolicyResource.from_settings(Settings(), eval_max_rows=500)
+    result = materialize(home, "ml/churn_model+", as_of=AS_OF, run_config=config, model_policy=policy)
+    trained_meta, decision = metadata(result, "ml/churn_model"), metadata(result, "ml/churn_model_champion")
+    assert trained_meta["rows_holdout_available"] > 1_000 and abs(trained_meta["rows_holdout"] - 500) <= 1
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    try:
+        sample, everyone = holdout(con, 500), holdout(con)
+        assert len(load_holdout(con, 500)) == trained_meta["rows_holdout"] == len(sample[1])
+    finally:
+        con.close()
+    c = client(home)
+    tags = c.get_model_version("churn_model", trained_meta["model_version"]).tags
+    assert int(tags["holdout_rows"]) == trained_meta["rows_holdout"]
+    # The champion was scored on the sample, not on the whole holdout.
+    champion = str(decision["previous_champion_version"])
+    on_sample = registry.score_auc("churn_model", champion, *sample)
+    assert decision["champion_holdout_roc_auc"] == pytest.approx(on_sample, abs=1e-12)
+    assert registry.score_auc("churn_model", champion, *everyone) != pytest.approx(on_sample, abs=1e-6)
+    # And the challenger's AUC, as its training measured it, is its score on that same sample.
+    on_sample = registry.score_auc("churn_model", trained_meta["model_version"], *sample)
+    assert trained_meta["holdout_roc_auc"] == pytest.approx(on_sample, abs=1e-9)
+
+
 def test_better_challenger_is_promoted_and_serves(trained):
     home, _ = trained
     generate_increment(home, fraction=0.05)

@@ -544,7 +544,7 @@ def test_the_training_sample_is_taken_on_the_cluster_as_on_duckdb(cluster, duckd
     its md5_number rule transpiled, run where the data is; only the result is collected."""
     import polars as pl
 
-    from churn_assets.defs.ml.features import LABEL, landed_rows, load_features, load_training
+    from churn_assets.defs.ml.features import LABEL, landed_rows, load_features, load_holdout, load_training
     from churn_assets.defs.ml.spark import landed_and_latest
     from churn_assets.engine import EngineResource
 
@@ -556,15 +556,26 @@ def test_the_training_sample_is_taken_on_the_cluster_as_on_duckdb(cluster, duckd
     )
     con = duckdb.connect(str(duckdb_home / "warehouse.duckdb"), read_only=True)
     try:
-        for cap in (0, 100):
-            d, s = load_training(con, cap), load_training(engine.cursor(), cap)
-            assert (s.rows, s.rows_train_available) == (d.rows, d.rows_train_available) == (450, 367)
+        for cap, holdout_cap in ((0, 0), (100, 0), (100, 50)):
+            d, s = load_training(con, cap, holdout_cap), load_training(engine.cursor(), cap, holdout_cap)
+            assert (
+                (s.rows, s.rows_train_available, s.rows_holdout_available)
+                == (
+                    d.rows,
+                    d.rows_train_available,
+                    d.rows_holdout_available,
+                )
+                == (450, 367, 83)
+            )
             assert s.frame["user_id"].to_list() == d.frame["user_id"].to_list()
             # Every value (Python's == across the engines' integer widths).
             assert s.frame.to_dicts() == d.frame.to_dicts()
-        # cap 100: 100 training customers, each label its share (rounded), and the whole holdout (83).
+        # cap 100, holdout cap 50: 100 training customers and 50 of the 83 holdout customers, each
+        # label its share (rounded); the champion step's holdout is those 50 on both engines.
         train = s.frame.filter(~pl.col("is_holdout"))
-        assert train.height == 100 and s.frame.height == 183
+        assert train.height == 100 and s.frame.height == 150
+        hold_d, hold_s = load_holdout(con, 50), load_holdout(engine.cursor(), 50)
+        assert hold_s.to_dicts() == hold_d.to_dicts() == s.frame.filter(pl.col("is_holdout")).to_dicts()
         available = dict(load_training(con, 0).frame.filter(~pl.col("is_holdout"))[LABEL].value_counts().iter_rows())
         shares = {label: round(100 * n / 367) for label, n in available.items()}
         assert dict(train[LABEL].value_counts().iter_rows()) == shares

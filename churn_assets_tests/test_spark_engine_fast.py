@@ -149,10 +149,11 @@ def test_md5_number_is_rewritten_with_duckdbs_numbers():
 
 
 def test_the_training_sql_transpiles_and_other_md5_number_uses_are_refused():
-    from churn_assets.defs.ml.features import training_sql
+    from churn_assets.defs.ml.features import holdout_sql, training_sql
 
-    for cap in (0, 2_000_000):
-        out = duckdb_to_spark(training_sql(cap, portable=True))
+    samples = (training_sql(0, True), training_sql(2_000_000, True), training_sql(100, True, 50), holdout_sql(50, True))
+    for sql in samples:
+        out = duckdb_to_spark(sql)
         assert not re.search(r"MD5_NUMBER|EXCLUDE", out, re.I), out
         assert sqlglot.parse_one(out, read="spark") is not None
     out = duckdb_to_spark(training_sql(100, portable=True))

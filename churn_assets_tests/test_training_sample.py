@@ -1,5 +1,6 @@
 """Training on more customers than the cap: a stratified sample (labels keep their shares), the
-whole holdout, the same customers every time; and the holdout threshold chosen as f1_score says."""
+same customers every time; the holdout whole, or above its own cap a stratified sample that the
+champion comparison measures on too; and the holdout threshold chosen as f1_score says."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from churn_assets.defs.ml.features import FEATURES, HOLDOUT_PERCENT, load_training, md5_mod
+from churn_assets.defs.ml.features import (
+    FEATURES,
+    HOLDOUT_PERCENT,
+    load_features,
+    load_holdout,
+    load_training,
+    md5_mod,
+)
 from churn_assets.defs.ml.train import best_threshold
 
 
@@ -81,12 +89,40 @@ def test_over_the_cap_a_stratified_sample_and_the_whole_holdout(con):
     assert got["churn"] == round(2_000 * every["churn"] / every["rows"])
     assert got["rows"] - got["churn"] == round(2_000 * (every["rows"] - every["churn"]) / every["rows"])
     assert abs(got["churn"] / got["rows"] - every["churn"] / every["rows"]) < 0.001
-    assert got["holdout"] == every["holdout"]  # the holdout is never sampled: metrics stay comparable
+    assert got["holdout"] == every["holdout"]  # no holdout cap: the holdout is whole
     sample = set(data.frame.filter(~data.frame["is_holdout"])["user_id"])
     assert sample <= set(full.frame.filter(~full.frame["is_holdout"])["user_id"])
     assert set(load_training(con, 2_000).frame["user_id"]) == set(data.frame["user_id"])  # the same every time
     # Rows as loaded: what the model sees, features and label, no sampling columns.
     assert data.frame.columns == ["user_id", *FEATURES, "churn", "is_holdout"]
+
+
+def test_over_the_holdout_cap_the_metrics_rows_are_a_stratified_sample_the_champion_step_reads_too(con):
+    full = load_training(con, 0)
+    hold_all = full.frame.filter(full.frame["is_holdout"])
+    churners, holdout = int(hold_all["churn"].sum()), hold_all.height
+    assert holdout > 500 and full.rows_holdout_available == holdout
+    for train_cap in (0, 2_000):
+        data = load_training(con, train_cap, 500)
+        hold = data.frame.filter(data.frame["is_holdout"])
+        # Each label keeps its share of the holdout (rounded); the holdout before sampling is counted.
+        assert int(hold["churn"].sum()) == round(500 * churners / holdout)
+        assert hold.height - int(hold["churn"].sum()) == round(500 * (holdout - churners) / holdout)
+        assert data.rows_holdout_available == holdout
+        assert set(hold["user_id"]) <= set(hold_all["user_id"])
+        # The training side is what it is without a holdout cap.
+        alone = load_training(con, train_cap)
+        assert data.rows_train_available == alone.rows_train_available
+        assert data.frame.filter(~data.frame["is_holdout"]).equals(alone.frame.filter(~alone.frame["is_holdout"]))
+        assert data.frame.columns == ["user_id", *FEATURES, "churn", "is_holdout"]
+        assert data.frame["user_id"].is_sorted()
+        # The champion step scores both models on exactly these rows.
+        assert load_holdout(con, 500).equals(hold)
+    assert load_holdout(con, 500).equals(load_holdout(con, 500))  # the same every time
+    # Under the cap, or without one: the whole holdout, as the features flag it.
+    for cap in (0, holdout, 10**9):
+        assert load_holdout(con, cap).equals(load_features(con, holdout_only=True))
+        assert load_training(con, 0, cap).frame.equals(full.frame)
 
 
 @pytest.mark.parametrize("seed", range(6))

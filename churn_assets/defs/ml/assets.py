@@ -86,7 +86,7 @@ def churn_model(
     t0 = time.perf_counter()
     prepared = registry.prepare_logging()  # while the rows load and LightGBM trains
     with gold_reader(warehouse, engine) as con:
-        data = load_training(con, model_policy.train_max_rows)
+        data = load_training(con, model_policy.train_max_rows, model_policy.eval_max_rows)
     params = {"learning_rate": config.learning_rate, "num_leaves": config.num_leaves}
     trained = train_on(data.frame, params, config.num_boost_round, config.shuffle_labels_fraction)
     fingerprint = {
@@ -94,6 +94,7 @@ def churn_model(
         "data.rows_train": str(trained.rows_train),
         "data.rows_train_available": str(data.rows_train_available),
         registry.ROWS_HOLDOUT: str(len(trained.holdout)),
+        "data.rows_holdout_available": str(data.rows_holdout_available),
         "data.as_of": pipeline_settings.as_of_datetime().isoformat(),
         "data.latest_ingest": str(ingested),
         "data.landed_rows": str(landed),
@@ -130,6 +131,7 @@ def churn_model(
             "rows_train": trained.rows_train,
             "rows_train_available": data.rows_train_available,
             "rows_holdout": len(trained.holdout),
+            "rows_holdout_available": data.rows_holdout_available,
             "training_seconds": dg.MetadataValue.float(round(took, 2)),
             "feature_importance": dg.MetadataValue.md(report.importance_markdown(trained.importance)),
         }
@@ -197,7 +199,7 @@ def churn_model_champion(
     frame = labels = None
     if champion or not fresh:
         with gold_reader(warehouse, engine) as con:
-            frame, labels = holdout(con)
+            frame, labels = holdout(con, model_policy.eval_max_rows)
     if fresh:
         challenger_auc, holdout_rows = registry.training_holdout(client, challenger)
     else:

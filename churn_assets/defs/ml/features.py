@@ -70,55 +70,107 @@ def load_features(con, with_label: bool = True, holdout_only: bool = False) -> p
 
 @dataclass(frozen=True)
 class TrainingData:
-    frame: pl.DataFrame  # the holdout and the training customers (all, or the sample), flagged is_holdout
+    frame: pl.DataFrame  # the holdout and the training customers (each whole, or its sample), flagged is_holdout
     rows: int  # customers in gold.churn_features
     rows_train_available: int  # training customers before sampling
+    rows_holdout_available: int  # holdout customers before sampling
 
 
-def training_sql(max_train_rows: int, portable: bool = False) -> str:
-    """The holdout and the training customers, beyond ``max_train_rows`` (0 = no cap) training
-    customers a sample of that many (then with ``_in_train``, the training customers before
-    sampling, on every row), as one query in DuckDB's dialect: the one statement of
-    the rule, which the Spark engine runs transpiled (``transpile.duckdb_to_spark``; ``portable``,
-    see ``md5_mod``), so the sample is taken where the data is and only the sample reaches the
-    driver. (No window without a partition: on Spark that would move every row into one task.)"""
+# Each side of the split, sampled above its cap: (flag condition, what ranks it, its count column).
+# Two md5s of user_id other than the split's, so that neither sample leans on the split's hash.
+_SIDES = {
+    "train": ("NOT is_holdout", "sample:", "_in_train"),
+    "holdout": ("is_holdout", "evaluate:", "_in_holdout"),
+}
+
+
+def _sample_ctes(side: str, cap: int) -> str:
+    """CTEs over ``f`` (the features with their holdout flag): ``{side}_n``, the side's customers,
+    and ``{side}_sampled``, the user ids kept: all of them up to ``cap``, else a sample of ``cap``
+    stratified by label (each label keeps its share, rounded), the customers ranked by an md5 of
+    their key, so the same ones while the data is the same. Ranked on the key alone, then joined
+    back: the window sorts 5.5M narrow rows at 100x the reference, not every feature column (2.9 s
+    against 4.4 s). No window without a partition: on Spark that would move every row into one task."""
+    flag, salt, _ = _SIDES[side]
+    return f"""{side}_ranked AS (
+                SELECT user_id, row_number() OVER (PARTITION BY {LABEL} ORDER BY md5_number('{salt}' || user_id),
+                                                   user_id) AS _rank,
+                       count(*) OVER (PARTITION BY {LABEL}) AS _in_label
+                FROM f WHERE {flag}),
+            {side}_n AS (SELECT count(*) AS n FROM f WHERE {flag}),
+            {side}_sampled AS (SELECT user_id FROM {side}_ranked CROSS JOIN {side}_n
+                               WHERE n <= {cap} OR _rank <= round({cap} * _in_label / n))"""
+
+
+def training_sql(max_train_rows: int, portable: bool = False, max_holdout_rows: int = 0) -> str:
+    """The holdout and the training customers; beyond ``max_train_rows`` training customers a
+    sample of that many, beyond ``max_holdout_rows`` holdout customers a sample of that many (0 = no
+    cap; with a cap, each side's customers before sampling come on every row, as ``_in_train`` and
+    ``_in_holdout``), as one query in DuckDB's dialect: the one statement of the rule, which the Spark
+    engine runs transpiled (``transpile.duckdb_to_spark``; ``portable``, see ``md5_mod``), so the
+    samples are taken where the data is and only they reach the driver."""
     cols = ", ".join(["user_id", *FEATURES, LABEL, "is_holdout"])
-    if not max_train_rows:
+    if not (max_train_rows or max_holdout_rows):
         return f"SELECT {cols} FROM ({_features_sql(True, portable)}) ORDER BY user_id"
-    # Ranked on the key alone, then joined back: the window sorts 5.5M narrow rows at 100x the
-    # reference, not every feature column (2.9 s against 4.4 s).
+    caps = {"train": max_train_rows, "holdout": max_holdout_rows}
+    ctes = ",\n            ".join(_sample_ctes(side, cap) for side, cap in caps.items() if cap)
+    # A side without a cap comes whole: its rows count it.
+    counts = "".join(f", (SELECT n FROM {side}_n) AS {_SIDES[side][2]}" for side, cap in caps.items() if cap)
+    kept = " OR ".join(
+        f"({_SIDES[side][0]} AND user_id IN (SELECT user_id FROM {side}_sampled))" if cap else f"({_SIDES[side][0]})"
+        for side, cap in caps.items()
+    )
     return f"""WITH f AS ({_features_sql(True, portable)}),
-            t AS (SELECT user_id, row_number() OVER (PARTITION BY {LABEL} ORDER BY md5_number('sample:' || user_id),
-                                                user_id) AS _rank,
-                         count(*) OVER (PARTITION BY {LABEL}) AS _in_label
-                  FROM f WHERE NOT is_holdout),
-            n AS (SELECT count(*) AS _in_train FROM f WHERE NOT is_holdout),
-            sampled AS (SELECT user_id FROM t CROSS JOIN n
-                       WHERE _in_train <= {max_train_rows} OR _rank <= round({max_train_rows} * _in_label / _in_train))
-            SELECT {cols}, (SELECT _in_train FROM n) AS _in_train
-            FROM f WHERE is_holdout OR user_id IN (SELECT user_id FROM sampled)
+            {ctes}
+            SELECT {cols}{counts}
+            FROM f WHERE {kept}
             ORDER BY user_id"""
 
 
-def load_training(con, max_train_rows: int) -> TrainingData:
-    """The holdout and the training customers; beyond ``max_train_rows`` training customers, a
-    sample of that many stratified by label (each label keeps its share, rounded), the same
-    customers every time while the data is the same (ranked by another md5 of user_id).
+def holdout_sql(max_holdout_rows: int, portable: bool = False) -> str:
+    """The holdout customers the metrics are measured on: ``training_sql``'s holdout side alone
+    (the same customers), for the champion comparison to score both models on."""
+    cols = ", ".join(["user_id", *FEATURES, LABEL, "is_holdout"])
+    if not max_holdout_rows:
+        return f"SELECT {cols} FROM ({_features_sql(True, portable)}) WHERE is_holdout ORDER BY user_id"
+    return f"""WITH f AS ({_features_sql(True, portable)}),
+            {_sample_ctes("holdout", max_holdout_rows)}
+            SELECT {cols} FROM f WHERE is_holdout AND user_id IN (SELECT user_id FROM holdout_sampled)
+            ORDER BY user_id"""
+
+
+def load_training(con, max_train_rows: int, max_holdout_rows: int = 0) -> TrainingData:
+    """The holdout and the training customers; beyond ``max_train_rows`` training customers, or
+    ``max_holdout_rows`` holdout customers, a sample of that many stratified by label (each label
+    keeps its share, rounded), the same customers every time while the data is the same (each side
+    ranked by another md5 of user_id).
 
     ``con``: the DuckDB connection, or the Spark engine's cursor (``EngineResource.cursor``),
     which runs the same SQL on the cluster and collects only its result, as Arrow."""
     total = int(con.execute("SELECT count(*) FROM gold.churn_features").fetchall()[0][0])
     portable = _portable(con)
-    if not max_train_rows or total <= max_train_rows:
-        # No sample possible: the rows are every customer, and they give the counts (a second
-        # pass over gold for them hashed every user_id again: ~1 s at 10x the reference).
+    # A side never has more customers than gold: under a cap, no sample of it is possible.
+    caps = [cap if cap and total > cap else 0 for cap in (max_train_rows, max_holdout_rows)]
+    if not any(caps):
+        # No sample: the rows are every customer, and they give the counts (a second pass over
+        # gold for them hashed every user_id again: ~1 s at 10x the reference).
         frame = con.sql(training_sql(0, portable)).pl()
-        return TrainingData(frame, total, int((~frame["is_holdout"]).sum()))
-    frame = con.sql(training_sql(max_train_rows, portable)).pl()
-    # The training customers before sampling come with the rows (the query counts them anyway):
-    # a second pass over gold for them hashed every key again (0.6 s at 100x the reference).
-    in_train = int(frame["_in_train"][0]) if len(frame) else 0
-    return TrainingData(frame.drop("_in_train"), total, in_train)
+        holdout = int(frame["is_holdout"].sum())
+        return TrainingData(frame, total, len(frame) - holdout, holdout)
+    frame = con.sql(training_sql(caps[0], portable, caps[1])).pl()
+    # A sampled side's customers before sampling come with the rows (the query counts them anyway:
+    # a second pass over gold for them hashed every key again, 0.6 s at 100x the reference); a
+    # side that came whole is counted in the rows.
+    available = []
+    for cap, (flag, _, column) in zip(caps, _SIDES.values()):
+        rows = frame["is_holdout"] if flag == "is_holdout" else ~frame["is_holdout"]
+        available.append((int(frame[column][0]) if len(frame) else 0) if cap else int(rows.sum()))
+    return TrainingData(frame.drop(c for _, _, c in _SIDES.values() if c in frame.columns), total, *available)
+
+
+def load_holdout(con, max_holdout_rows: int) -> pl.DataFrame:
+    """The holdout customers ``load_training`` measures a model on, the same ones (gold unchanged)."""
+    return con.sql(holdout_sql(max_holdout_rows, _portable(con))).pl()
 
 
 def landed_rows(con: duckdb.DuckDBPyConnection) -> int:

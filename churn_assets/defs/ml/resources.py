@@ -262,6 +262,9 @@ class ModelPolicyResource(dg.ConfigurableResource):
     min_auc: float = 0.55
     # Training customers beyond this are a stratified sample of this many (0 = all of them).
     train_max_rows: int = 0
+    # Holdout customers beyond this: the metrics and the champion comparison are measured on a
+    # stratified sample of this many (0 = all of them).
+    eval_max_rows: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides) -> ModelPolicyResource:
@@ -269,5 +272,6 @@ class ModelPolicyResource(dg.ConfigurableResource):
             "retrain_min_new_rows": settings.retrain_min_new_rows,
             "promotion_tolerance": settings.promotion_tolerance,
             "train_max_rows": settings.train_max_rows,
+            "eval_max_rows": settings.eval_max_rows,
         }
         return cls(**{**values, **overrides})

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # imported where used: every code-location load imports this 
     import polars as pl
 
 from churn_assets.defs.gold.changes import changed_since, read_up_to
-from churn_assets.defs.ml.features import FEATURES, LABEL, load_features, to_model_frame
+from churn_assets.defs.ml.features import FEATURES, LABEL, load_holdout, to_model_frame
 from churn_assets.timeutil import utcnow
 from churn_assets.warehouse import registered, scalar, table_exists, transaction
 
@@ -36,9 +36,10 @@ READER = "gold.churn_prediction"
 FEATURES_HASH = f"hash({', '.join(['user_id', *FEATURES])})"
 
 
-def holdout(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, np.ndarray]:
-    """The current holdout customers as model input, with their labels."""
-    hold = load_features(con, holdout_only=True)
+def holdout(con: duckdb.DuckDBPyConnection, max_rows: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """The holdout customers a model is measured on (beyond ``max_rows``, the stratified sample the
+    training step measures on: ``features.load_holdout``) as model input, with their labels."""
+    hold = load_holdout(con, max_rows)
     return to_model_frame(hold), hold[LABEL].to_numpy().astype(int)
 
 
