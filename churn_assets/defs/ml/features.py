@@ -116,10 +116,10 @@ def training_sql(max_train_rows: int, portable: bool = False, max_holdout_rows: 
     ctes = ",\n            ".join(_sample_ctes(side, cap) for side, cap in caps.items() if cap)
     # A side without a cap comes whole: its rows count it.
     counts = "".join(f", (SELECT n FROM {side}_n) AS {_SIDES[side][2]}" for side, cap in caps.items() if cap)
-    kept = " OR ".join(
-        f"({_SIDES[side][0]} AND user_id IN (SELECT user_id FROM {side}_sampled))" if cap else f"({_SIDES[side][0]})"
-        for side, cap in caps.items()
-    )
+    # The sampled ids are of their side already; a side without a cap is kept by its flag.
+    sampled = " UNION ALL ".join(f"SELECT user_id FROM {side}_sampled" for side, cap in caps.items() if cap)
+    whole = [_SIDES[side][0] for side, cap in caps.items() if not cap]
+    kept = " OR ".join([*whole, f"user_id IN ({sampled})"])
     return f"""WITH f AS ({_features_sql(True, portable)}),
             {ctes}
             SELECT {cols}{counts}
