@@ -14,13 +14,7 @@ sqlglot = pytest.importorskip("sqlglot", reason="the spark extra is not installe
 
 from churn_assets.defs.campaigns.targets import RECENT_VIEW, TARGETS_TEMPLATE, TOP_TARGETS_TEMPLATE  # noqa: E402
 from churn_assets.defs.dashboards.metrics import METRICS  # noqa: E402
-from churn_assets.defs.gold.features import (  # noqa: E402
-    DATA_VALUES,
-    SANE_VALUES,
-    churn_features_sql,
-    customer_orders_sql,
-    gold_quality,
-)
+from churn_assets.defs.gold.features import DATA_VALUES, SANE_VALUES, churn_features_sql, gold_quality  # noqa: E402
 from churn_assets.defs.silver.spark import KEY_COLUMN, silver_spark_sql  # noqa: E402
 from churn_assets.defs.silver.transform import ORDERS_SELECT, USERS_SELECT  # noqa: E402
 from churn_assets.engine import qualify  # noqa: E402
@@ -34,7 +28,6 @@ DUCKDB_ONLY = re.compile(r"\b(TRY_STRPTIME|STRPTIME|ARG_MIN|STRUCT_PACK|PSEUDONY
     [
         (churn_features_sql(), {"as_of": datetime(2023, 6, 10)}, ()),
         (churn_features_sql("(SELECT user_id FROM x)"), {"as_of": datetime(2023, 6, 10)}, ()),
-        (customer_orders_sql(), None, ()),
         (USERS_SELECT.format(new="v"), None, ["k" * 32]),
         (ORDERS_SELECT.format(new="v"), None, ()),
         *[(m.sql, {"as_of": datetime(2023, 6, 10)}, ()) for m in METRICS],

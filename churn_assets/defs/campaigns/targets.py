@@ -13,16 +13,16 @@ from churn_assets.timeutil import utcnow
 _RECENT = "SELECT user_id FROM campaigns.retention_messages WHERE status = 'ready' AND created_at >= ?"
 # The at-risk customers, written once; ``{recent}`` is the cooldown's customers: the ledger's query
 # on DuckDB, the view of the ledger's rows on Spark (the ledger stays in the DuckDB file).
-# The chosen customers first, then their last order, as gold keeps it per customer
-# (gold.customer_orders: a lookup of the chosen few, not a scan of every order). This exact form
-# keeps only customers with a user row and an order (a row there) before it ranks; every gold
-# customer has both (gold's build writes both tables from the same rows), so the top form below,
-# which ranks predictions and gold alone and then looks up the chosen few, gives the same rows
-# whenever it fills the cap (3x faster at 100x the reference).
+# The chosen customers first, then their last order: aggregating every customer's orders would
+# follow the whole history. This exact form keeps only customers with a user row and an order
+# before it ranks; every gold customer has both (gold is silver's users joined with their
+# orders), so the top form below, which ranks predictions and gold alone and then looks up the
+# chosen few, gives the same rows whenever it fills the cap (3x faster at 100x the reference).
 _LAST_ORDER = """
     last_order AS (
-        SELECT user_id, last_amount AS amount, last_items AS items, last_transaction AS last_date
-        FROM gold.customer_orders WHERE user_id IN (SELECT user_id FROM chosen))
+        SELECT user_id, arg_max(amount, creation_date) AS amount, arg_max(item_count, creation_date) AS items,
+               max(creation_date) AS last_date
+        FROM silver.churn_orders WHERE user_id IN (SELECT user_id FROM chosen) GROUP BY user_id)
     SELECT c.*, lo.amount, lo.items, lo.last_date
     FROM chosen c JOIN last_order lo USING (user_id)
     ORDER BY c.churn_probability DESC, c.total_amount DESC, c.user_id"""
@@ -34,7 +34,7 @@ TARGETS_TEMPLATE = (
         JOIN silver.churn_users u USING (user_id)
         JOIN gold.churn_features f USING (user_id)
         WHERE p.churn_prediction = 1 AND p.user_id NOT IN ({recent})
-          AND EXISTS (SELECT 1 FROM gold.customer_orders o WHERE o.user_id = p.user_id)
+          AND EXISTS (SELECT 1 FROM silver.churn_orders o WHERE o.user_id = p.user_id)
         ORDER BY p.churn_probability DESC, f.total_amount DESC, p.user_id
         LIMIT ?),"""
     + _LAST_ORDER

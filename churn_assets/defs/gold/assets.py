@@ -3,7 +3,7 @@
 import dagster as dg
 
 from churn_assets.defs.gold.changes import changed_since, read_up_to
-from churn_assets.defs.gold.features import ORDERS_TABLE, blocking_failures, build_churn_features, gold_quality
+from churn_assets.defs.gold.features import blocking_failures, build_churn_features, gold_quality
 from churn_assets.engine import EngineResource
 from churn_assets.metadata import table_metadata
 from churn_assets.resources import PipelineSettingsResource, WarehouseResource
@@ -18,9 +18,7 @@ from churn_assets.warehouse import record_quality, scalar, table_exists
     pool="duckdb_warehouse",
     description="One row per customer with at least one order and one event: the customer, order aggregates, "
     "event aggregates (first platform, events, sessions, last event) and day counts to the as-of instant "
-    "(CHURN_AS_OF, default now). The same step keeps gold.customer_orders, which the order aggregates are read "
-    "from: per customer with a user row and an order, the totals, the channel and the last order (what revenue "
-    "by channel and the campaign read).",
+    "(CHURN_AS_OF, default now).",
 )
 def churn_features(
     context: dg.AssetExecutionContext,
@@ -49,7 +47,6 @@ def churn_features(
         )
         result = build_churn_features(con, as_of)
         metadata = table_metadata(con, "gold.churn_features")
-        metadata["customer_orders_rows"] = dg.MetadataValue.int(scalar(con, f"SELECT count(*) FROM {ORDERS_TABLE}"))
     return dg.MaterializeResult(
         metadata={
             **metadata,

@@ -47,47 +47,18 @@ FEATURE_COLUMNS = [
 ]
 
 
-# gold.customer_orders: one row per customer with a user row and at least one order.
-ORDER_COLUMNS = [
-    "user_id",
-    "canal",
-    "order_count",
-    "total_amount",
-    "total_item",
-    "last_transaction",
-    "last_amount",
-    "last_items",
-]
-ORDERS_TABLE = "gold.customer_orders"
-
-
-def customer_orders_sql(users: str | None = None) -> str:
-    """``gold.customer_orders``: each customer's order aggregates (the features read them from
-    here), the customer's channel, and the last order's amount and items (revenue by channel and
-    the campaign read those: over the whole history they were a join or a scan of every order each
-    hour). ``users`` (a SQL subquery of user ids) restricts it."""
-    only = f"AND user_id IN {users}" if users else ""
-    return f"""
-    SELECT o.user_id, u.canal, o.order_count, o.total_amount, o.total_item, o.last_transaction,
-           o.last_amount, o.last_items
-    FROM (SELECT user_id, count(*)::INTEGER AS order_count, sum(amount)::BIGINT AS total_amount,
-                 sum(item_count)::BIGINT AS total_item, max(creation_date) AS last_transaction,
-                 arg_max(amount, creation_date) AS last_amount, arg_max(item_count, creation_date) AS last_items
-          FROM silver.churn_orders WHERE true {only} GROUP BY user_id) o
-    JOIN (SELECT user_id, canal FROM silver.churn_users WHERE true {only}) u USING (user_id)
-    """
-
-
-def churn_features_sql(users: str | None = None, orders: str = ORDERS_TABLE) -> str:
-    """The contract's features; ``users`` (a SQL subquery of user ids) restricts them. The order
-    aggregates come from ``orders``: ``gold.customer_orders``, built first, or ``customer_orders_sql()``
-    as a subquery (a from-scratch build that reads silver alone).
+def churn_features_sql(users: str | None = None) -> str:
+    """The contract's features; ``users`` (a SQL subquery of user ids) restricts them.
 
     Takes one parameter, ``$as_of``.
     """
     only = f"AND user_id IN {users}" if users else ""
     return f"""
-    WITH events AS (
+    WITH orders AS (
+        SELECT user_id, count(*)::INTEGER AS order_count, sum(amount)::BIGINT AS total_amount,
+               sum(item_count)::BIGINT AS total_item, max(creation_date) AS last_transaction
+        FROM silver.churn_orders WHERE true {only} GROUP BY user_id
+    ), events AS (
         SELECT user_id,
                arg_min(platform, struct_pack(t := ts, f := _file_id, r := _row_no))
                    FILTER (WHERE platform IS NOT NULL) AS platform,
@@ -103,8 +74,7 @@ def churn_features_sql(users: str | None = None, orders: str = ORDERS_TABLE) -> 
            e.platform, e.event_count, e.session_count, e.last_event,
            {DAY_COUNTS}
     FROM (SELECT * FROM silver.churn_users WHERE true {only}) u
-    JOIN (SELECT user_id, order_count, total_amount, total_item, last_transaction FROM {orders}
-          WHERE true {only}) o USING (user_id)
+    JOIN orders o USING (user_id)
     JOIN events e USING (user_id)
     """
 
@@ -140,11 +110,9 @@ def build_churn_features(con: duckdb.DuckDBPyConnection, as_of: datetime, full: 
     params = {"as_of": as_of}
     with transaction(con):
         highs = {src: scalar(con, f"SELECT max(_file_id) FROM {src}") or 0 for src in GOLD_SOURCES}
-        # A warehouse from before gold.customer_orders gets both tables built once.
-        exists = table_exists(con, "gold", "churn_features") and table_exists(con, "gold", "customer_orders")
+        exists = table_exists(con, "gold", "churn_features")
         refreshed = False
         if full or not exists:
-            con.execute(f"CREATE OR REPLACE TABLE {ORDERS_TABLE} AS {customer_orders_sql()}")
             con.execute(f"CREATE OR REPLACE TABLE gold.churn_features AS {churn_features_sql()}", params)
             record_build(con, None)
             mode, recomputed = "full", None
@@ -162,9 +130,6 @@ def build_churn_features(con: duckdb.DuckDBPyConnection, as_of: datetime, full: 
             recomputed = scalar(con, "SELECT count(*) FROM _gold_affected")
             affected = "(SELECT user_id FROM _gold_affected)"
             if recomputed:
-                # A customer's order aggregates depend on that customer's rows alone, as the features do.
-                con.execute(f"DELETE FROM {ORDERS_TABLE} WHERE user_id IN {affected}")
-                con.execute(f"INSERT INTO {ORDERS_TABLE} {customer_orders_sql(affected)}")
                 con.execute(f"DELETE FROM gold.churn_features WHERE user_id IN {affected}")
                 con.execute(f"INSERT INTO gold.churn_features {churn_features_sql(affected)}", params)
             previous = scalar(con, "SELECT max(as_of) FROM ops.gold_state WHERE table_name = ?", [CONSUMER])
