@@ -878,6 +878,19 @@ def test_targets_are_the_exact_ranking_whether_the_top_form_fills_the_cap_or_not
             top = con.execute(TOP_TARGETS_SQL, [since, cap, since, cap]).fetchall()
             assert (len(top) == cap) == (cap < everyone), cap
         assert len(chosen(everyone)) == everyone - 10  # the cap was above everyone at risk
+        # Each target's last order is its latest order in silver (one of them, on a tied date).
+        last = {row[0]: row[6:9] for row in chosen(400)}
+        latest = con.execute(
+            """SELECT user_id, max(creation_date), list((amount, item_count)) FROM silver.churn_orders o
+               WHERE user_id IN (SELECT unnest(?))
+                 AND creation_date = (SELECT max(creation_date) FROM silver.churn_orders WHERE user_id = o.user_id)
+               GROUP BY user_id""",
+            [list(last)],
+        ).fetchall()
+        assert len(latest) == len(last) == 400
+        for user_id, date_, orders in latest:
+            amount, items, last_date = last[user_id]
+            assert last_date == date_ and (amount, items) in [tuple(o) for o in orders], user_id
         # A cap that cuts through customers of one probability: the cut keeps them all, and value
         # then key order them, as in the exact form.
         tied = [row[0] for row in exact(15)[10:15]]
