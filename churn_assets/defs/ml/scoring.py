@@ -86,12 +86,15 @@ def _score(
     model_name: str,
     version: str,
     batch_rows: int,
+    rows: str | None = None,
 ) -> tuple[pl.DataFrame, float]:
     """The prediction rows (with their features hash) of gold's customers, or those of ``only``,
-    scored ``batch_rows`` customers at a time; and the seconds the model took."""
+    or of ``rows`` (a table of key, features and hash, as ``_features_sql`` reads them), scored
+    ``batch_rows`` customers at a time; and the seconds the model took."""
     import polars as pl
 
-    reader = con.sql(_features_sql(only)).to_arrow_reader(batch_rows)
+    sql = _features_sql(only) if rows is None else f"SELECT user_id, {', '.join(FEATURES)}, _features_hash FROM {rows}"
+    reader = con.sql(sql).to_arrow_reader(batch_rows)
     kept, took = [], 0.0
     for batch in reader:
         df = pl.from_arrow(batch)
@@ -161,16 +164,22 @@ def update_predictions(
     changed = None if compare_all else changed_since(con, READER)
     among = f"WHERE user_id IN {changed}" if changed else ""
     # One pass over those rows of gold and of the predictions finds the rows to score (hash moved,
-    # or new) and the customers gold no longer has; only the former reach Python.
+    # or new) and the customers gold no longer has; only the former reach Python. Among the
+    # customers gold's builds logged (~3 % of them hourly) it keeps their features too, so they
+    # are not looked up in gold again (0.18 s at 100x the reference); comparing all of gold, they
+    # stream from gold instead, a batch at a time.
+    features = "".join(f", f.{c}" for c in FEATURES) if changed else ""
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _to_score AS
-            SELECT coalesce(f.user_id, p.user_id) AS user_id, f.user_id IS NULL AS removed
-            FROM (SELECT user_id, {FEATURES_HASH} AS h FROM gold.churn_features {among}) f
+            SELECT coalesce(f.user_id, p.user_id) AS user_id, f.user_id IS NULL AS removed{features},
+                   f.h AS _features_hash
+            FROM (SELECT user_id, {", ".join(FEATURES)}, {FEATURES_HASH} AS h FROM gold.churn_features {among}) f
             FULL JOIN (SELECT user_id, _features_hash AS h FROM gold.churn_prediction {among}) p USING (user_id)
             WHERE f.h IS DISTINCT FROM p.h"""
     )
     only = "user_id IN (SELECT user_id FROM _to_score WHERE NOT removed)"
-    out, took = _score(con, only, model, threshold, model_name, version, batch_rows)
+    rows = "_to_score WHERE NOT removed" if changed else None
+    out, took = _score(con, only, model, threshold, model_name, version, batch_rows, rows)
     with transaction(con), registered(con, "_scored", out):
         removed = scalar(con, "SELECT count(*) FROM _to_score WHERE removed")
         con.execute("DELETE FROM gold.churn_prediction WHERE user_id IN (SELECT user_id FROM _to_score)")
