@@ -403,6 +403,8 @@ def test_dashboards_refresh_on_their_own_cadence_once_their_inputs_changed(tmp_p
     graph = defs.resolve_asset_graph()
     dashboards = [k for k in graph.get_all_asset_keys() if k.path[0] == "dashboard"]
     page, features = dg.AssetKey(["dashboard", "page"]), dg.AssetKey(["gold", "churn_features"])
+    # The chart previews follow the figures they draw, as the page does (and skip while recent).
+    previews = dg.AssetKey(["dashboard", "chart_previews"])
     no_inputs = {dg.AssetKey(["dashboard", "pipeline_runs"]), dg.AssetKey(["dashboard", "alerts"])}
     # The prediction figures read gold through dashboard/customer_risk, which reads it.
     risk = dg.AssetKey(["dashboard", "customer_risk"])
@@ -433,12 +435,12 @@ def test_dashboards_refresh_on_their_own_cadence_once_their_inputs_changed(tmp_p
     assert evaluate_next(11.5) == set()  # the sensor's next look (every 30 s): requested once
     # Gold changes: the figures that read it follow at the next evaluation, once; the others do not.
     instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=features))
-    assert evaluate_next(12) == reads_features | {page}
+    assert evaluate_next(12) == reads_features | {page, previews}
     assert evaluate_next(13) == set()
     # Gold changes again: nothing until 10:30 has passed, then every figure (and the page) once.
     instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=features))
     assert evaluate_next(20) == set()
-    assert evaluate_next(26) == reads_features | no_inputs | {page}
+    assert evaluate_next(26) == reads_features | no_inputs | {page, previews}
     assert evaluate_next(26.5) == set()
     # Gold changed, and a run writing it again is in progress when 10:45 passes (continuous mode:
     # nearly always). Every figure is still requested at once: one refresh run, which the run
@@ -447,5 +449,5 @@ def test_dashboards_refresh_on_their_own_cadence_once_their_inputs_changed(tmp_p
     instance.create_run_for_job(
         defs.resolve_job_def(CYCLE_JOB), asset_selection=frozenset({features}), status=dg.DagsterRunStatus.STARTED
     )
-    assert evaluate_next(41) == reads_features | no_inputs | {page}
+    assert evaluate_next(41) == reads_features | no_inputs | {page, previews}
     assert evaluate_next(41.5) == set()

@@ -7,7 +7,7 @@ import json
 import os
 import re
 import shutil
-from datetime import date
+from datetime import date, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -182,8 +182,43 @@ def test_page_is_self_contained(cycle):
     meta = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
     page_meta = meta["dashboard/page"]
     assert page_meta["path"].value == str(home / "dashboard" / "index.html")
+    previews = meta["dashboard/chart_previews"]
+    assert previews["drawn_because"].value == "no previews yet" and previews["as_of"].value == AS_OF
     for chart in ("revenue_by_month", "churn_by_platform", "predicted_churn_by_country", "data_quality_daily"):
-        assert page_meta[f"chart_{chart}"].value.startswith(f"![{chart}](data:image/png;base64,iVBOR")
+        assert previews[f"chart_{chart}"].value.startswith(f"![{chart}](data:image/png;base64,iVBOR")
+
+
+def test_chart_previews_are_kept_while_recent_and_drawn_again_when_old_or_on_a_new_day(tmp_path):
+    """A cycle keeps the last previews (no materialization, the step succeeds) while they are
+    younger than PREVIEWS_EVERY_HOURS and of the same as-of date; the page is drawn every cycle."""
+    from churn_assets.defs.dashboards.assets import PREVIEWS_EVERY_HOURS, previews_due
+
+    as_of = datetime(2026, 11, 1, 6)
+    drawn = dg.AssetMaterialization("x", metadata={"as_of": "2026-11-01T05:00:00"})
+    assert previews_due(None, None, as_of, 1_000.0) == "no previews yet"
+    assert previews_due(drawn, 1_000.0, as_of, 1_000.0 + PREVIEWS_EVERY_HOURS * 3600 - 1) == ""
+    assert previews_due(drawn, 1_000.0, as_of, 1_000.0 + PREVIEWS_EVERY_HOURS * 3600) == "older than 6 hours"
+    assert previews_due(drawn, 1_000.0, datetime(2026, 11, 2, 0, 30), 1_001.0) == "a new as-of date"
+
+    # The rule at work, on a real instance: drawn, kept by the next cycle, drawn on a new as-of date.
+    home = tmp_path / "home"
+    generate_history(home, customers=500, seed=18, end=date(2026, 11, 1), progress=False)
+    figures = dg.AssetSelection.assets(dg.AssetKey(["dashboard", "chart_previews"]), dg.AssetKey(["dashboard", "page"]))
+    with dg.DagsterInstance.ephemeral() as instance:
+
+        def drawn_in(as_of: str) -> tuple[bool, bool]:
+            result = materialize(home, figures.upstream(), as_of=as_of, instance=instance)
+            assert result.success
+            done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+            return "dashboard/chart_previews" in done, "dashboard/page" in done
+
+        assert drawn_in("2026-11-01T05:00:00") == (True, True)
+        assert drawn_in("2026-11-01T06:00:00") == (False, True)
+        assert drawn_in("2026-11-02T00:30:00") == (True, True)
+        latest = instance.get_latest_materialization_event(dg.AssetKey(["dashboard", "chart_previews"]))
+        meta = latest.asset_materialization.metadata
+        assert meta["drawn_because"].value == "a new as-of date"
+        assert meta["chart_revenue_by_month"].value.startswith("![revenue_by_month](data:image/png;base64,")
 
 
 def test_page_in_headless_chromium(cycle, tmp_path):

@@ -46,6 +46,7 @@ def test_asset_graph_snapshot():
             "alerts",
             "pipeline_runs",
             "page",
+            "chart_previews",
         )
     }
     assert all(graph.get(dg.AssetKey(k.split("/"))).group_name == "dashboard" for k in dashboard)

@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from churn_assets.defs.dashboards.metrics import METRICS, Metric
-from churn_assets.defs.dashboards.page import markdown_image, png_of, render
+from churn_assets.defs.dashboards.page import chart_specs, markdown_image, png_of, render
 from churn_assets.defs.dashboards.risk import refresh_customer_risk
 from churn_assets.engine import EngineResource
 from churn_assets.files import write_atomic
@@ -16,8 +16,12 @@ from churn_assets.ops.alerts import AlertsResource
 from churn_assets.resources import PipelineSettingsResource, WarehouseResource
 from churn_assets.warehouse import registered, transaction
 
-# The charts whose PNG goes into the page asset's metadata, for the Dagster UI.
+# The charts whose PNG goes into the chart previews' metadata, for the Dagster UI.
 KEY_CHARTS = ["revenue_by_month", "churn_by_platform", "predicted_churn_by_country", "data_quality_daily"]
+# How old the previews may get before a cycle draws them again (a new as-of date always does):
+# drawing them is most of the page's cost (0.8 s at any scale: vl-convert's start, then each PNG),
+# and the page itself, what people open, is drawn every cycle.
+PREVIEWS_EVERY_HOURS = 6
 
 # How often the dashboards follow new data outside the hourly cycle (continuous mode): they
 # are slow-moving, and fresh predictions must not wait for them.
@@ -201,6 +205,32 @@ metric_assets = [_metric_asset(m) for m in METRICS]
 FIGURES = [m.name for m in METRICS] + ["pipeline_runs", "alerts"]
 
 
+def _figures(
+    warehouse: WarehouseResource, engine: EngineResource, names: list[str] = FIGURES
+) -> tuple[dict[str, list[dict]], list]:
+    """The figures' rows as the page shows them (only the columns that may leave the warehouse),
+    and the model versions that scored the predictions."""
+    if engine.is_spark:  # the figures' tables are small: each comes to the driver whole
+        from churn_assets.defs.dashboards.spark import figure_rows, model_versions
+
+        tables = {name: figure_rows(engine, f"dashboard.{name}") for name in names}
+        versions = model_versions(engine)
+    else:
+        with warehouse.get_connection() as con:
+            tables = {}
+            for name in names:
+                cur = con.execute(f"SELECT * FROM dashboard.{name}")
+                tables[name] = ([d[0] for d in cur.description], cur.fetchall())
+            versions = [
+                v for (v,) in con.execute("SELECT DISTINCT model_version FROM gold.churn_prediction").fetchall()
+            ]
+    fig = {}
+    for name, (cols, rows) in tables.items():
+        shown = previewable(cols, f"dashboard.{name}")  # the page leaves the warehouse
+        fig[name] = [{c: v for c, v in zip(cols, row) if c in shown} for row in rows]
+    return fig, versions
+
+
 @dg.asset(
     key=["dashboard", "page"],
     automation_condition=follows_inputs(),
@@ -214,26 +244,9 @@ FIGURES = [m.name for m in METRICS] + ["pipeline_runs", "alerts"]
 def dashboard_page(
     warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource, engine: EngineResource
 ) -> dg.MaterializeResult:
-    fig = {}
-    if engine.is_spark:  # the figures' tables are small: each comes to the driver whole
-        from churn_assets.defs.dashboards.spark import figure_rows, model_versions
-
-        tables = {name: figure_rows(engine, f"dashboard.{name}") for name in FIGURES}
-        versions = model_versions(engine)
-    else:
-        with warehouse.get_connection() as con:
-            tables = {}
-            for name in FIGURES:
-                cur = con.execute(f"SELECT * FROM dashboard.{name}")
-                tables[name] = ([d[0] for d in cur.description], cur.fetchall())
-            versions = [
-                v for (v,) in con.execute("SELECT DISTINCT model_version FROM gold.churn_prediction").fetchall()
-            ]
-    for name, (cols, rows) in tables.items():
-        shown = previewable(cols, f"dashboard.{name}")  # the page leaves the warehouse
-        fig[name] = [{c: v for c, v in zip(cols, row) if c in shown} for row in rows]
+    fig, versions = _figures(warehouse, engine)
     model_version = ", ".join(sorted(str(v) for v in versions)) or "none"
-    page, specs = render(
+    page, _ = render(
         fig,
         as_of=pipeline_settings.as_of_datetime(),
         model_version=model_version,
@@ -241,7 +254,6 @@ def dashboard_page(
     )
     out = Path(pipeline_settings.home) / "dashboard" / "index.html"
     write_atomic(out, page)  # a reader never sees half a page
-    images = {f"chart_{name}": dg.MetadataValue.md(markdown_image(png_of(specs[name]), name)) for name in KEY_CHARTS}
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(out)),
@@ -249,9 +261,54 @@ def dashboard_page(
             "bytes": len(page.encode()),
             "figures": len(FIGURES),
             "model_version": model_version,
-            **images,
         }
     )
 
 
-assets = [customer_risk, *metric_assets, pipeline_runs, alerts_figure, dashboard_page]
+PREVIEWS_KEY = dg.AssetKey(["dashboard", "chart_previews"])
+
+
+def previews_due(last: dg.AssetMaterialization | None, last_at: float | None, as_of: datetime, now: float) -> str:
+    """Why the previews are drawn now, or "" to keep the last ones: none yet, a new as-of date, or
+    older than ``PREVIEWS_EVERY_HOURS``."""
+    if last is None or last_at is None:
+        return "no previews yet"
+    drawn_for = last.metadata.get("as_of")
+    if drawn_for is None or str(drawn_for.value)[:10] != as_of.date().isoformat():
+        return "a new as-of date"
+    if now - last_at >= PREVIEWS_EVERY_HOURS * 3600:
+        return f"older than {PREVIEWS_EVERY_HOURS} hours"
+    return ""
+
+
+@dg.asset(
+    key=PREVIEWS_KEY,
+    automation_condition=follows_inputs(),
+    deps=[["dashboard", name] for name in KEY_CHARTS],
+    group_name="dashboard",
+    kinds={"png"},
+    output_required=False,  # a cycle keeps the last previews while they are recent
+    description=f"PNG images of the key charts ({', '.join(KEY_CHARTS)}) in this asset's metadata, for the "
+    f"Dagster UI: drawn again when the last ones are {PREVIEWS_EVERY_HOURS} hours old or the as-of date changed "
+    "(the page itself is drawn every cycle).",
+)
+def chart_previews(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    pipeline_settings: PipelineSettingsResource,
+    engine: EngineResource,
+):
+    as_of = pipeline_settings.as_of_datetime()
+    event = context.instance.get_latest_materialization_event(PREVIEWS_KEY)
+    last = event.asset_materialization if event else None
+    why = previews_due(last, event.timestamp if event else None, as_of, datetime.now(timezone.utc).timestamp())
+    if not why:
+        context.log.info(f"chart previews drawn {datetime.fromtimestamp(event.timestamp, timezone.utc):%H:%M} UTC kept")
+        return
+    fig, _ = _figures(warehouse, engine, KEY_CHARTS)
+    specs = chart_specs({**{name: [] for name in FIGURES}, **fig})  # only the key charts are drawn
+    images = {f"chart_{name}": dg.MetadataValue.md(markdown_image(png_of(specs[name]), name)) for name in KEY_CHARTS}
+    yield dg.MaterializeResult(metadata={"as_of": as_of.isoformat(), "drawn_because": why, **images})
+
+
+assets = [customer_risk, *metric_assets, pipeline_runs, alerts_figure, dashboard_page, chart_previews]
