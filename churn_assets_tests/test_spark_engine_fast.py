@@ -82,11 +82,12 @@ def test_the_quality_rules_run_through_the_same_transpiler():
             return self
 
         def fetchall(self):
-            return [(10, 10)] if len(seen) == 1 else [(0,) * (len(SANE_VALUES) + len(DATA_VALUES))]
+            return [(10, 10, *(0,) * (len(SANE_VALUES) + len(DATA_VALUES)))]
 
     assert gold_quality(Recorder())["one_row_per_customer"] == (10, 0)
-    assert len(seen) == 2 and all("gold.churn_features" in s for s in seen)
-    assert "COUNT_IF(NOT COALESCE(order_count >= 1, FALSE))" in seen[1] or "FILTER(WHERE" in seen[1]
+    # One pass for every rule.
+    assert len(seen) == 1 and "gold.churn_features" in seen[0]
+    assert "COUNT_IF(NOT COALESCE(order_count >= 1, FALSE))" in seen[0] or "FILTER(WHERE" in seen[0]
 
 
 def test_schema_names_become_the_sessions_views():

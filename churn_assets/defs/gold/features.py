@@ -177,13 +177,13 @@ def gold_quality(con: duckdb.DuckDBPyConnection, only: str | None = None) -> dic
     of ``only`` (a SQL subquery of user ids): a build deletes and inserts whole customers, so a
     second row of a customer can only come with a customer it rebuilt."""
     where = f" WHERE user_id IN {only}" if only else ""
-    total, distinct = con.execute(
-        f"SELECT count(*), count(DISTINCT user_id) FROM gold.churn_features{where}"
-    ).fetchall()[0]
-    out = {"one_row_per_customer": (distinct, total - distinct)}
     rules = {**SANE_VALUES, **DATA_VALUES}
     exprs = ", ".join(f"count(*) FILTER (WHERE NOT coalesce({cond}, false))" for cond in rules.values())
-    fails = con.execute(f"SELECT {exprs} FROM gold.churn_features{where}").fetchall()[0]
+    # One pass over those rows for every rule (a second looked the customers up again: 0.1 s at 100x).
+    total, distinct, *fails = con.execute(
+        f"SELECT count(*), count(DISTINCT user_id), {exprs} FROM gold.churn_features{where}"
+    ).fetchall()[0]
+    out = {"one_row_per_customer": (distinct, total - distinct)}
     for name, failed in zip(rules, fails):
         out[name] = (total - failed, failed)
     return out
