@@ -184,6 +184,7 @@ def test_page_is_self_contained(cycle):
     assert page_meta["path"].value == str(home / "dashboard" / "index.html")
     previews = meta["dashboard/chart_previews"]
     assert previews["drawn_because"].value == "no previews yet" and previews["as_of"].value == AS_OF
+    assert previews["model_version"].value == page_meta["model_version"].value
     for chart in ("revenue_by_month", "churn_by_platform", "predicted_churn_by_country", "data_quality_daily"):
         assert previews[f"chart_{chart}"].value.startswith(f"![{chart}](data:image/png;base64,iVBOR")
 
@@ -194,11 +195,15 @@ def test_chart_previews_are_kept_while_recent_and_drawn_again_when_old_or_on_a_n
     from churn_assets.defs.dashboards.assets import PREVIEWS_EVERY_HOURS, previews_due
 
     as_of = datetime(2026, 11, 1, 6)
-    drawn = dg.AssetMaterialization("x", metadata={"as_of": "2026-11-01T05:00:00"})
-    assert previews_due(None, None, as_of, 1_000.0) == "no previews yet"
-    assert previews_due(drawn, 1_000.0, as_of, 1_000.0 + PREVIEWS_EVERY_HOURS * 3600 - 1) == ""
-    assert previews_due(drawn, 1_000.0, as_of, 1_000.0 + PREVIEWS_EVERY_HOURS * 3600) == "older than 6 hours"
-    assert previews_due(drawn, 1_000.0, datetime(2026, 11, 2, 0, 30), 1_001.0) == "a new as-of date"
+    drawn = dg.AssetMaterialization("x", metadata={"as_of": "2026-11-01T05:00:00", "model_version": "3"})
+    hours = PREVIEWS_EVERY_HOURS * 3600
+    assert previews_due(None, None, as_of, "3", 1_000.0) == "no previews yet"
+    assert previews_due(drawn, 1_000.0, as_of, "3", 1_000.0 + hours - 1) == ""
+    assert previews_due(drawn, 1_000.0, as_of, "3", 1_000.0 + hours) == "older than 6 hours"
+    assert previews_due(drawn, 1_000.0, datetime(2026, 11, 2, 0, 30), "3", 1_001.0) == "a new as-of date"
+    assert previews_due(drawn, 1_000.0, as_of, "4", 1_001.0) == "a new model version"
+    unrecorded = dg.AssetMaterialization("x", metadata={"as_of": "2026-11-01T05:00:00"})
+    assert previews_due(unrecorded, 1_000.0, as_of, "3", 1_001.0) == "no as-of date or model version recorded"
 
     # The rule at work, on a real instance: drawn, kept by the next cycle, drawn on a new as-of date.
     home = tmp_path / "home"
@@ -207,7 +212,9 @@ def test_chart_previews_are_kept_while_recent_and_drawn_again_when_old_or_on_a_n
     with dg.DagsterInstance.ephemeral() as instance:
 
         def drawn_in(as_of: str) -> tuple[bool, bool]:
-            result = materialize(home, figures.upstream(), as_of=as_of, instance=instance)
+            # One model throughout (a new one would draw the previews again: a new model version).
+            env = {"CHURN_RETRAIN_MIN_NEW_ROWS": "100000000"}
+            result = materialize(home, figures.upstream(), as_of=as_of, instance=instance, env=env)
             assert result.success
             done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
             return "dashboard/chart_previews" in done, "dashboard/page" in done

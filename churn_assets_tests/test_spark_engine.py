@@ -556,7 +556,7 @@ def test_the_training_sample_is_taken_on_the_cluster_as_on_duckdb(cluster, duckd
     )
     con = duckdb.connect(str(duckdb_home / "warehouse.duckdb"), read_only=True)
     try:
-        for cap, holdout_cap in ((0, 0), (100, 0), (100, 50)):
+        for cap, holdout_cap in ((0, 0), (100, 0), (0, 50), (100, 50)):
             d, s = load_training(con, cap, holdout_cap), load_training(engine.cursor(), cap, holdout_cap)
             assert (
                 (s.rows, s.rows_train_available, s.rows_holdout_available)

@@ -152,7 +152,13 @@ def test_md5_number_is_rewritten_with_duckdbs_numbers():
 def test_the_training_sql_transpiles_and_other_md5_number_uses_are_refused():
     from churn_assets.defs.ml.features import holdout_sql, training_sql
 
-    samples = (training_sql(0, True), training_sql(2_000_000, True), training_sql(100, True, 50), holdout_sql(50, True))
+    samples = (
+        training_sql(0, True),
+        training_sql(2_000_000, True),
+        training_sql(0, True, 50),
+        training_sql(100, True, 50),
+        holdout_sql(50, True),
+    )
     for sql in samples:
         out = duckdb_to_spark(sql)
         assert not re.search(r"MD5_NUMBER|EXCLUDE", out, re.I), out

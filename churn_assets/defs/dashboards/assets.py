@@ -268,14 +268,20 @@ def dashboard_page(
 PREVIEWS_KEY = dg.AssetKey(["dashboard", "chart_previews"])
 
 
-def previews_due(last: dg.AssetMaterialization | None, last_at: float | None, as_of: datetime, now: float) -> str:
-    """Why the previews are drawn now, or "" to keep the last ones: none yet, a new as-of date, or
-    older than ``PREVIEWS_EVERY_HOURS``."""
+def previews_due(
+    last: dg.AssetMaterialization | None, last_at: float | None, as_of: datetime, model_version: str, now: float
+) -> str:
+    """Why the previews are drawn now, or "" to keep the last ones: none yet, a new as-of date, a
+    new model scoring the predictions, or older than ``PREVIEWS_EVERY_HOURS``."""
     if last is None or last_at is None:
         return "no previews yet"
-    drawn_for = last.metadata.get("as_of")
-    if drawn_for is None or str(drawn_for.value)[:10] != as_of.date().isoformat():
+    drawn_for, drawn_with = last.metadata.get("as_of"), last.metadata.get("model_version")
+    if drawn_for is None or drawn_with is None:
+        return "no as-of date or model version recorded"
+    if str(drawn_for.value)[:10] != as_of.date().isoformat():
         return "a new as-of date"
+    if str(drawn_with.value) != model_version:
+        return "a new model version"
     if now - last_at >= PREVIEWS_EVERY_HOURS * 3600:
         return f"older than {PREVIEWS_EVERY_HOURS} hours"
     return ""
@@ -289,8 +295,8 @@ def previews_due(last: dg.AssetMaterialization | None, last_at: float | None, as
     kinds={"png"},
     output_required=False,  # a cycle keeps the last previews while they are recent
     description=f"PNG images of the key charts ({', '.join(KEY_CHARTS)}) in this asset's metadata, for the "
-    f"Dagster UI: drawn again when the last ones are {PREVIEWS_EVERY_HOURS} hours old or the as-of date changed "
-    "(the page itself is drawn every cycle).",
+    f"Dagster UI: drawn again when the last ones are {PREVIEWS_EVERY_HOURS} hours old, the as-of date changed or "
+    "another model scored the predictions (the page itself is drawn every cycle).",
 )
 def chart_previews(
     context: dg.AssetExecutionContext,
@@ -299,16 +305,20 @@ def chart_previews(
     engine: EngineResource,
 ):
     as_of = pipeline_settings.as_of_datetime()
+    fig, versions = _figures(warehouse, engine, KEY_CHARTS)
+    model_version = ", ".join(sorted(str(v) for v in versions)) or "none"
     event = context.instance.get_latest_materialization_event(PREVIEWS_KEY)
     last = event.asset_materialization if event else None
-    why = previews_due(last, event.timestamp if event else None, as_of, datetime.now(timezone.utc).timestamp())
+    now = datetime.now(timezone.utc).timestamp()
+    why = previews_due(last, event.timestamp if event else None, as_of, model_version, now)
     if not why:
         context.log.info(f"chart previews drawn {datetime.fromtimestamp(event.timestamp, timezone.utc):%H:%M} UTC kept")
         return
-    fig, _ = _figures(warehouse, engine, KEY_CHARTS)
     specs = chart_specs({**{name: [] for name in FIGURES}, **fig})  # only the key charts are drawn
     images = {f"chart_{name}": dg.MetadataValue.md(markdown_image(png_of(specs[name]), name)) for name in KEY_CHARTS}
-    yield dg.MaterializeResult(metadata={"as_of": as_of.isoformat(), "drawn_because": why, **images})
+    yield dg.MaterializeResult(
+        metadata={"as_of": as_of.isoformat(), "model_version": model_version, "drawn_because": why, **images}
+    )
 
 
 assets = [customer_risk, *metric_assets, pipeline_runs, alerts_figure, dashboard_page, chart_previews]

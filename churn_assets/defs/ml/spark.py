@@ -5,9 +5,9 @@ runs its one SQL statement through the engine's cursor, so the holdout flag and 
 stratified samples above ``CHURN_TRAIN_MAX_ROWS`` and ``CHURN_EVAL_MAX_ROWS`` are computed by
 the cluster, and only the result is collected to the driver, as Arrow batches: ~130 bytes per
 customer (measured on the sample). Spark refuses a collect above ``spark.driver.maxResultSize``
-(1 GiB by default, ~8M customers); the default caps (2M training, 500,000 holdout customers)
-keep a collect to ~2.5M customers at any scale. Caps raised past it fail the step with Spark's
-error naming the setting: raise it (and ``spark.driver.memory``) too.
+(1 GiB by default, ~8M customers); the two caps' defaults (``settings.py``) keep a collect well
+under it at any scale. Caps raised past it fail the step with Spark's error naming the setting:
+raise it (and ``spark.driver.memory``) too.
 
 Scoring runs where the data is: ``mlflow.pyfunc.spark_udf`` over ``gold.churn_features``,
 with the champion's version resolved just before (the model that scores is exactly the one the
