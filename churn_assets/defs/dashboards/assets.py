@@ -205,30 +205,37 @@ metric_assets = [_metric_asset(m) for m in METRICS]
 FIGURES = [m.name for m in METRICS] + ["pipeline_runs", "alerts"]
 
 
-def _figures(
-    warehouse: WarehouseResource, engine: EngineResource, names: list[str] = FIGURES
-) -> tuple[dict[str, list[dict]], list]:
-    """The figures' rows as the page shows them (only the columns that may leave the warehouse),
-    and the model versions that scored the predictions."""
+def _figures(warehouse: WarehouseResource, engine: EngineResource, names: list[str] = FIGURES) -> dict[str, list[dict]]:
+    """The figures' rows as the page shows them (only the columns that may leave the warehouse)."""
     if engine.is_spark:  # the figures' tables are small: each comes to the driver whole
-        from churn_assets.defs.dashboards.spark import figure_rows, model_versions
+        from churn_assets.defs.dashboards.spark import figure_rows
 
         tables = {name: figure_rows(engine, f"dashboard.{name}") for name in names}
-        versions = model_versions(engine)
     else:
         with warehouse.get_connection() as con:
             tables = {}
             for name in names:
                 cur = con.execute(f"SELECT * FROM dashboard.{name}")
                 tables[name] = ([d[0] for d in cur.description], cur.fetchall())
-            versions = [
-                v for (v,) in con.execute("SELECT DISTINCT model_version FROM gold.churn_prediction").fetchall()
-            ]
     fig = {}
     for name, (cols, rows) in tables.items():
         shown = previewable(cols, f"dashboard.{name}")  # the page leaves the warehouse
         fig[name] = [{c: v for c, v in zip(cols, row) if c in shown} for row in rows]
-    return fig, versions
+    return fig
+
+
+def _model_version(warehouse: WarehouseResource, engine: EngineResource) -> str:
+    """The model versions that scored the predictions, as the page and the previews name them."""
+    if engine.is_spark:
+        from churn_assets.defs.dashboards.spark import model_versions
+
+        versions = model_versions(engine)
+    else:
+        with warehouse.get_connection() as con:
+            versions = [
+                v for (v,) in con.execute("SELECT DISTINCT model_version FROM gold.churn_prediction").fetchall()
+            ]
+    return ", ".join(sorted(str(v) for v in versions)) or "none"
 
 
 @dg.asset(
@@ -244,10 +251,9 @@ def _figures(
 def dashboard_page(
     warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource, engine: EngineResource
 ) -> dg.MaterializeResult:
-    fig, versions = _figures(warehouse, engine)
-    model_version = ", ".join(sorted(str(v) for v in versions)) or "none"
+    model_version = _model_version(warehouse, engine)
     page, _ = render(
-        fig,
+        _figures(warehouse, engine),
         as_of=pipeline_settings.as_of_datetime(),
         model_version=model_version,
         generated_at=datetime.now(timezone.utc).replace(tzinfo=None),
@@ -305,8 +311,7 @@ def chart_previews(
     engine: EngineResource,
 ):
     as_of = pipeline_settings.as_of_datetime()
-    fig, versions = _figures(warehouse, engine, KEY_CHARTS)
-    model_version = ", ".join(sorted(str(v) for v in versions)) or "none"
+    model_version = _model_version(warehouse, engine)
     event = context.instance.get_latest_materialization_event(PREVIEWS_KEY)
     last = event.asset_materialization if event else None
     now = datetime.now(timezone.utc).timestamp()
@@ -314,7 +319,8 @@ def chart_previews(
     if not why:
         context.log.info(f"chart previews drawn {datetime.fromtimestamp(event.timestamp, timezone.utc):%H:%M} UTC kept")
         return
-    specs = chart_specs({**{name: [] for name in FIGURES}, **fig})  # only the key charts are drawn
+    # The figures are read only to be drawn; only the key charts are.
+    specs = chart_specs({**{name: [] for name in FIGURES}, **_figures(warehouse, engine, KEY_CHARTS)})
     images = {f"chart_{name}": dg.MetadataValue.md(markdown_image(png_of(specs[name]), name)) for name in KEY_CHARTS}
     yield dg.MaterializeResult(
         metadata={"as_of": as_of.isoformat(), "model_version": model_version, "drawn_because": why, **images}
