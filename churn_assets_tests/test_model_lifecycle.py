@@ -245,6 +245,27 @@ def test_retrain_policy_skips_training_but_still_scores(trained):
     assert gc.get_freeze_count() == 0
 
 
+def test_an_experiment_created_meanwhile_by_another_thread_is_the_experiment(tmp_path, monkeypatch):
+    """A first run's champion prefetch and its training step both open the new store: the one that
+    looks up the experiment, finds none, and then cannot create it (the other just did) uses the
+    other's (CI once failed on "Experiment(name=churn) already exists")."""
+    from churn_assets.defs.ml import registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = registry.Store(uri, str(tmp_path / "artifacts"), "churn", "churn_model")
+    created = MlflowClient(tracking_uri=uri).create_experiment("churn")  # by "the other thread"
+    lookup = MlflowClient.get_experiment_by_name
+    calls = []
+
+    def not_yet_then_found(self, name):
+        calls.append(name)
+        return None if len(calls) == 1 else lookup(self, name)  # looked up before the other created it
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", not_yet_then_found)
+    _, experiment_id = registry.open_store(store)
+    assert experiment_id == created and calls == ["churn", "churn"]
+
+
 @pytest.mark.parametrize("store", ["unreachable", "corrupt"])
 def test_broken_store_fails_clearly_and_leaves_predictions(trained, tmp_path, store):
     home, _ = trained

@@ -91,12 +91,7 @@ def open_store(store: Store) -> tuple[MlflowClient, str]:
         Path(store.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
         client = store.client()  # a SQL store is opened (and migrated) right here
-        exp = client.get_experiment_by_name(store.experiment)
-        exp_id = (
-            exp.experiment_id
-            if exp
-            else client.create_experiment(store.experiment, artifact_location=store.artifact_root)
-        )
+        exp_id = _experiment_id(client, store)
     except Exception as exc:  # noqa: BLE001 - every failure here means the same thing to the user
         raise ModelStoreUnavailable(
             f"MLflow store at {redact(store.tracking_uri)} is unreachable or corrupt ({type(exc).__name__}: "
@@ -104,6 +99,26 @@ def open_store(store: Store) -> tuple[MlflowClient, str]:
             f"nothing was changed."
         ) from exc
     return client, exp_id
+
+
+def _experiment_id(client: MlflowClient, store: Store) -> str:
+    """The store's experiment, created when missing. Another thread or process may create it in
+    between (a first run's champion prefetch and its training step both open the new store): the
+    one it created is the experiment."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(store.experiment)
+    if exp:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(store.experiment, artifact_location=store.artifact_root)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        exp = client.get_experiment_by_name(store.experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def redact(uri: str) -> str:
