@@ -105,7 +105,7 @@ def _java(fmt) -> str:
 
 def md5_number_word_factors(modulus: int) -> list[int]:
     """What each 32-bit word of a 128-bit number weighs modulo ``modulus``, most significant
-    first: ``n % m == sum(word_i * factor_i) % m``, small enough for a BIGINT."""
+    first: ``n % m == sum(word_i * factor_i) % m``; the sum fits a BIGINT for a modulus below 2^29."""
     return [pow(2, 32 * i, modulus) for i in (3, 2, 1, 0)]
 
 
@@ -139,6 +139,11 @@ def _md5_number(tree):
             and parent.expression.is_int
         ):
             modulus = int(parent.expression.name)
+            factors = md5_number_word_factors(modulus)
+            if (2**32 - 1) * sum(factors) >= 2**63:  # a word times its factor, summed, past a BIGINT
+                raise TranspileError(
+                    f"md5_number(x) % {modulus} would overflow Spark's BIGINT (a modulus below 2^29 fits)"
+                )
             words = [
                 exp.cast(
                     exp.func(
@@ -152,7 +157,7 @@ def _md5_number(tree):
                 for i in range(4)
             ]
             total = None
-            for word, factor in zip(words, md5_number_word_factors(modulus), strict=True):
+            for word, factor in zip(words, factors, strict=True):
                 term = word if factor == 1 else exp.Mul(this=word, expression=exp.Literal.number(factor))
                 total = term if total is None else exp.Add(this=total, expression=term)
             parent.replace(exp.Mod(this=exp.Paren(this=total), expression=exp.Literal.number(modulus)))

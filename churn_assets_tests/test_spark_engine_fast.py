@@ -123,23 +123,25 @@ def test_md5_number_is_rewritten_with_duckdbs_numbers():
     the same customers land in the holdout and the sample on both engines."""
     import duckdb
 
+    from churn_assets.defs.ml.features import PLACE_MODULUS
     from churn_assets.transpile import md5_number_word_factors
 
     rows = (
         duckdb.connect()
         .execute(
-            "SELECT md5(s), md5_number(s) % 100, md5_number(s) % 7, md5_number(s)::VARCHAR "
+            f"SELECT md5(s), md5_number(s) % 100, md5_number(s) % 7, md5_number(s) % {PLACE_MODULUS}, "
+            "md5_number(s)::VARCHAR "
             "FROM (SELECT 'sample:' || i::VARCHAR AS s FROM range(3000) t(i))"
         )
         .fetchall()
     )
     numbers = []
-    for digest, mod100, mod7, number in rows:
+    for digest, mod100, mod7, mod_place, number in rows:
         # REGEXP_REPLACE(REVERSE(MD5(x)), '(.)(.)', '$2$1'): the digest's bytes reversed.
         number_hex = re.sub("(.)(.)", r"\2\1", digest[::-1])
         assert int(number_hex, 16) == int(number)
         words = [int(number_hex[8 * i : 8 * i + 8], 16) for i in range(4)]
-        for modulus, expected in ((100, mod100), (7, mod7)):
+        for modulus, expected in ((100, mod100), (7, mod7), (PLACE_MODULUS, mod_place)):
             assert (
                 sum(w * f for w, f in zip(words, md5_number_word_factors(modulus), strict=True)) % modulus == expected
             )
@@ -150,7 +152,7 @@ def test_md5_number_is_rewritten_with_duckdbs_numbers():
 
 
 def test_the_training_sql_transpiles_and_other_md5_number_uses_are_refused():
-    from churn_assets.defs.ml.features import holdout_sql, training_sql
+    from churn_assets.defs.ml.features import PLACE_MODULUS, holdout_sql, training_sql
 
     samples = (
         training_sql(0, True),
@@ -165,10 +167,15 @@ def test_the_training_sql_transpiles_and_other_md5_number_uses_are_refused():
         assert sqlglot.parse_one(out, read="spark") is not None
     out = duckdb_to_spark(training_sql(100, portable=True))
     assert "REGEXP_REPLACE(REVERSE(MD5(user_id)), '(.)(.)', '$2$1')" in out
-    assert "% 100) < 20 AS is_holdout" in out
-    assert "ORDER BY REGEXP_REPLACE(REVERSE(MD5(" in out
+    # One md5 per customer: the split is its remainder mod 100, the sample's rank the quotient.
+    assert f") % {PLACE_MODULUS} AS _place" in out and out.count("MD5(user_id)") == 4  # its four words
+    assert "_place % 100 < 20 AS is_holdout" in out and "_place DIV 100 AS _rank_key" in out
     with pytest.raises(TranspileError, match="md5_number"):
         duckdb_to_spark("SELECT md5_number(user_id) + 1 FROM t")
+    # A modulus whose words' weighted sum would pass a BIGINT on Spark is refused, not wrapped.
+    duckdb_to_spark(f"SELECT md5_number(user_id) % {2**29 - 1} FROM t")
+    with pytest.raises(TranspileError, match="overflow"):
+        duckdb_to_spark(f"SELECT md5_number(user_id) % {2**31 + 11} FROM t")
 
 
 def test_a_spark_connect_server_that_does_not_answer_is_one_line_without_the_token(tmp_path):
