@@ -112,9 +112,8 @@ def md5_number_word_factors(modulus: int) -> list[int]:
 def _md5_number(tree):
     """DuckDB's ``md5_number(x)``: the MD5 digest of x read as one little-endian 128-bit
     integer. Spark has no 128-bit integer, so it is rewritten where the project uses it:
-    ``md5_number(x) % <integer>`` (from the four 32-bit words of the number, see
-    ``md5_number_word_factors``) and ``ORDER BY md5_number(x)`` (the digest's hex with its
-    bytes reversed: 32 lowercase hex digits, most significant first, sort as the number does).
+    ``md5_number(x) % <integer>``, from the four 32-bit words of the number (the digest's hex
+    with its bytes reversed, most significant first; see ``md5_number_word_factors``).
     Anywhere else it is refused rather than guessed."""
     from sqlglot import exp
 
@@ -130,9 +129,7 @@ def _md5_number(tree):
             exp.Literal.string("$2$1"),
         )
         parent = node.parent
-        if isinstance(parent, exp.Ordered):
-            node.replace(number_hex)
-        elif (
+        if (
             isinstance(parent, exp.Mod)
             and parent.this is node
             and isinstance(parent.expression, exp.Literal)
@@ -142,7 +139,7 @@ def _md5_number(tree):
             factors = md5_number_word_factors(modulus)
             if (2**32 - 1) * sum(factors) >= 2**63:  # a word times its factor, summed, past a BIGINT
                 raise TranspileError(
-                    f"md5_number(x) % {modulus} would overflow Spark's BIGINT (a modulus below 2^29 fits)"
+                    f"md5_number(x) % {modulus} would overflow Spark's BIGINT (a modulus below 2^29 always fits)"
                 )
             words = [
                 exp.cast(
@@ -162,7 +159,5 @@ def _md5_number(tree):
                 total = term if total is None else exp.Add(this=total, expression=term)
             parent.replace(exp.Mod(this=exp.Paren(this=total), expression=exp.Literal.number(modulus)))
         else:
-            raise TranspileError(
-                f"md5_number is rewritten for Spark only as md5_number(x) % <integer> or in an ORDER BY: {parent.sql()}"
-            )
+            raise TranspileError(f"md5_number is rewritten for Spark only as md5_number(x) % <integer>: {parent.sql()}")
     return tree

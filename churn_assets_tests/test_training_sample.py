@@ -125,6 +125,57 @@ def test_over_the_holdout_cap_the_metrics_rows_are_a_stratified_sample_the_champ
         assert load_training(con, 0, cap).frame.equals(full.frame)
 
 
+def _kept_by_the_rule(con, train_cap: int, holdout_cap: int) -> list[str]:
+    """The sampling rule written plainly: every customer of a side and label ranked by (rank key,
+    user_id); beyond the side's cap the first ``greatest(1, round(cap * label's / side's))``."""
+    from churn_assets.defs.ml.features import PLACE_MODULUS
+
+    return [
+        r[0]
+        for r in con.execute(
+            f"""WITH g AS (SELECT user_id, churn, md5_number(user_id) % {PLACE_MODULUS} AS p
+                           FROM gold.churn_features WHERE churn IS NOT NULL),
+                 r AS (SELECT user_id, p % 100 < {HOLDOUT_PERCENT} AS h,
+                              row_number() OVER (PARTITION BY p % 100 < {HOLDOUT_PERCENT}, churn
+                                                 ORDER BY p // 100, user_id) AS rn,
+                              count(*) OVER (PARTITION BY p % 100 < {HOLDOUT_PERCENT}, churn) AS in_label,
+                              count(*) OVER (PARTITION BY p % 100 < {HOLDOUT_PERCENT}) AS in_side
+                       FROM g)
+                SELECT user_id FROM r, (SELECT CASE WHEN h THEN {holdout_cap} ELSE {train_cap} END AS cap)
+                WHERE cap = 0 OR in_side <= cap OR rn <= greatest(1, round(cap * in_label / in_side))
+                ORDER BY user_id"""
+        ).fetchall()
+    ]
+
+
+@pytest.mark.parametrize("modulus, bucket", [(None, None), (100 * 50, 4)])
+def test_the_samples_are_the_lowest_rank_keys_of_each_label_as_a_plain_window_finds_them(
+    con, monkeypatch, modulus, bucket
+):
+    """The bucketed cut keeps exactly the customers a window over every customer keeps. With a
+    small modulus and bucket, rank keys tie often (50 keys for ~8,000 training customers) and
+    the quota ends inside a crowded bucket; a side or a label may be tiny, or one customer."""
+    from churn_assets.defs.ml import features
+
+    if modulus:
+        monkeypatch.setattr(features, "PLACE_MODULUS", modulus)
+        monkeypatch.setattr(features, "RANK_BUCKET", bucket)
+    caps = [(2_000, 0), (0, 500), (2_000, 500), (1, 1), (7, 3), (10**9, 1)]
+    for train_cap, holdout_cap in caps:
+        got = con.sql(features.training_sql(train_cap, False, holdout_cap)).pl()
+        assert got["user_id"].to_list() == _kept_by_the_rule(con, train_cap, holdout_cap), (train_cap, holdout_cap)
+        if holdout_cap:
+            held = con.sql(features.holdout_sql(holdout_cap)).pl()
+            assert held["user_id"].to_list() == got.filter(got["is_holdout"])["user_id"].to_list()
+    # One labelled customer in all: each capped side keeps what it has.
+    con.execute(
+        "UPDATE gold.churn_features SET churn = NULL WHERE user_id <> (SELECT min(user_id) FROM gold.churn_features)"
+    )
+    for train_cap, holdout_cap in caps:
+        got = con.sql(features.training_sql(train_cap, False, holdout_cap)).pl()
+        assert got["user_id"].to_list() == _kept_by_the_rule(con, train_cap, holdout_cap) and got.height == 1
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_threshold_is_the_best_f1_cut_as_f1_score_finds_it(seed):
     rng = np.random.default_rng(seed)

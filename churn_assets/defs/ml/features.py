@@ -101,13 +101,13 @@ _COUNTS = {False: "_in_train", True: "_in_holdout"}
 def _sampled_sql(max_train_rows: int, max_holdout_rows: int, portable: bool, holdout_only: bool = False) -> str:
     """Each side of the split, beyond its cap (0 = none) a sample of that many stratified by label:
     each label keeps its share, rounded, at least one customer (no label leaves a small sample),
-    and the customers kept are those of the lowest rank keys, ties by user_id, so the same ones while
-    the data is the same. Found without ranking the side: counts per bucket of rank keys give the
-    bucket where each label's quota ends, and only that bucket's ~4,000 customers are ranked (a
-    window over every training customer sorted 5.4M rows at 100x the reference: the rows took
-    3.1-3.4 s against 1.4-1.75 s). No window without a partition: on Spark it would move every row into one
-    task. ``holdout_only``: the holdout side alone (its sample does not depend on the other's), without
-    the counts."""
+    and the customers kept are those of the lowest rank keys, ties by user_id, so the same ones
+    while the data is the same. Found without ranking the side: counts per bucket of rank keys
+    give the bucket where each label's quota ends, and only that bucket's customers are ranked
+    (a few thousand at 100x the reference; a window over every training customer sorted 5.4M
+    rows there: the rows took 3.1-3.4 s against 1.4-1.75 s). No window without a partition: on
+    Spark it would move every row into one task. ``holdout_only``: the holdout side alone (its
+    sample does not depend on the other's), without the counts."""
     cap = f"CASE WHEN is_holdout THEN {int(max_holdout_rows)} ELSE {int(max_train_rows)} END"
     cols = ", ".join(f"f.{c}" for c in ["user_id", *FEATURES, LABEL, "is_holdout"])
     side = " WHERE is_holdout" if holdout_only else ""
