@@ -252,7 +252,7 @@ def dashboard_page(
     warehouse: WarehouseResource, pipeline_settings: PipelineSettingsResource, engine: EngineResource
 ) -> dg.MaterializeResult:
     model_version = _model_version(warehouse, engine)
-    page, _ = render(
+    page = render(
         _figures(warehouse, engine),
         as_of=pipeline_settings.as_of_datetime(),
         model_version=model_version,

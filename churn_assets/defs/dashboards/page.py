@@ -280,10 +280,8 @@ def _chart(name: str) -> str:
     return f'<div class="chart" id="chart-{name}" data-figure="{name}"></div>'
 
 
-def render(
-    fig: dict[str, list[dict]], *, as_of: datetime, model_version: str, generated_at: datetime
-) -> tuple[str, dict[str, dict]]:
-    """(the page's HTML, the chart specs)."""
+def render(fig: dict[str, list[dict]], *, as_of: datetime, model_version: str, generated_at: datetime) -> str:
+    """The page's HTML (its charts' specs inlined: ``chart_specs``)."""
     specs = chart_specs(fig)
     kpis = {r["name"]: r for r in fig["kpis"]}
 
@@ -367,4 +365,4 @@ model churn_model v{html.escape(model_version)}</small></h2>
    vegaEmbed("#chart-" + name, spec, {{renderer: "svg", actions: false}})));
 </script>
 </body></html>"""
-    return page, specs
+    return page
