@@ -94,6 +94,8 @@ class TrainingData:
     rows_holdout_available: int  # holdout customers before sampling
 
 
+# The columns of the training and holdout rows, in order.
+_ROW_COLUMNS = ["user_id", *FEATURES, LABEL, "is_holdout"]
 # Each side's count of customers before sampling, as a column of the sampled rows.
 _COUNTS = {False: "_in_train", True: "_in_holdout"}
 
@@ -109,7 +111,7 @@ def _sampled_sql(max_train_rows: int, max_holdout_rows: int, portable: bool, hol
     Spark it would move every row into one task. ``holdout_only``: the holdout side alone (its
     sample does not depend on the other's), without the counts."""
     cap = f"CASE WHEN is_holdout THEN {int(max_holdout_rows)} ELSE {int(max_train_rows)} END"
-    cols = ", ".join(f"f.{c}" for c in ["user_id", *FEATURES, LABEL, "is_holdout"])
+    cols = ", ".join(f"f.{c}" for c in _ROW_COLUMNS)
     side = " WHERE is_holdout" if holdout_only else ""
     counts = "".join(
         f", (SELECT coalesce(max(_in_side), 0) FROM labels WHERE {'' if holdout else 'NOT '}is_holdout) AS {name}"
@@ -117,7 +119,8 @@ def _sampled_sql(max_train_rows: int, max_holdout_rows: int, portable: bool, hol
         if not holdout_only
     )
     same_label = f"f.is_holdout = c.is_holdout AND f.{LABEL} = c.{LABEL}"
-    return f"""WITH f AS (SELECT * FROM ({_features_sql(True, portable, keyed=True)}){side}),
+    keyed = _features_sql(True, portable, keyed=True)
+    return f"""WITH f AS (SELECT *, _rank_key // {RANK_BUCKET} AS _bucket FROM ({keyed}){side}),
             labels AS (
                 SELECT is_holdout, {LABEL}, count(*) AS _in_label,
                        sum(count(*)) OVER (PARTITION BY is_holdout) AS _in_side
@@ -127,8 +130,8 @@ def _sampled_sql(max_train_rows: int, max_holdout_rows: int, portable: bool, hol
                                                  ELSE greatest(1, round({cap} * _in_label / _in_side)) END AS _quota
                 FROM labels),
             buckets AS (
-                SELECT is_holdout, {LABEL}, _rank_key // {RANK_BUCKET} AS _bucket, count(*) AS _in_bucket
-                FROM f GROUP BY is_holdout, {LABEL}, _rank_key // {RANK_BUCKET}),
+                SELECT is_holdout, {LABEL}, _bucket, count(*) AS _in_bucket
+                FROM f GROUP BY is_holdout, {LABEL}, _bucket),
             upto AS (
                 SELECT *, sum(_in_bucket) OVER (PARTITION BY is_holdout, {LABEL} ORDER BY _bucket) AS _upto
                 FROM buckets),
@@ -143,12 +146,18 @@ def _sampled_sql(max_train_rows: int, max_holdout_rows: int, portable: bool, hol
                     SELECT f.user_id, c._left,
                            row_number() OVER (PARTITION BY f.is_holdout, f.{LABEL}
                                               ORDER BY f._rank_key, f.user_id) AS _rank
-                    FROM f JOIN cut c ON {same_label} AND f._rank_key // {RANK_BUCKET} = c._bucket)
+                    FROM f JOIN cut c ON {same_label} AND f._bucket = c._bucket)
                 WHERE _rank <= _left)
             SELECT {cols}{counts}
             FROM f JOIN cut c ON {same_label}
-            WHERE f._rank_key // {RANK_BUCKET} < c._bucket OR f.user_id IN (SELECT user_id FROM edge)
+            WHERE f._bucket < c._bucket OR f.user_id IN (SELECT user_id FROM edge)
             ORDER BY f.user_id"""
+
+
+def _whole_sql(portable: bool, holdout_only: bool = False) -> str:
+    """Every labelled customer (``holdout_only``: of the holdout), no sample."""
+    where = " WHERE is_holdout" if holdout_only else ""
+    return f"SELECT {', '.join(_ROW_COLUMNS)} FROM ({_features_sql(True, portable)}){where} ORDER BY user_id"
 
 
 def training_sql(max_train_rows: int, portable: bool = False, max_holdout_rows: int = 0) -> str:
@@ -159,8 +168,7 @@ def training_sql(max_train_rows: int, portable: bool = False, max_holdout_rows: 
     engine runs transpiled (``transpile.duckdb_to_spark``; ``portable``, see ``md5_mod``), so the
     samples are taken where the data is and only they reach the driver."""
     if not (max_train_rows or max_holdout_rows):
-        cols = ", ".join(["user_id", *FEATURES, LABEL, "is_holdout"])
-        return f"SELECT {cols} FROM ({_features_sql(True, portable)}) ORDER BY user_id"
+        return _whole_sql(portable)
     return _sampled_sql(max_train_rows, max_holdout_rows, portable)
 
 
@@ -168,8 +176,7 @@ def holdout_sql(max_holdout_rows: int, portable: bool = False) -> str:
     """The holdout customers the metrics are measured on: ``training_sql``'s holdout side alone
     (the same customers), for the champion comparison to score both models on."""
     if not max_holdout_rows:
-        cols = ", ".join(["user_id", *FEATURES, LABEL, "is_holdout"])
-        return f"SELECT {cols} FROM ({_features_sql(True, portable)}) WHERE is_holdout ORDER BY user_id"
+        return _whole_sql(portable, holdout_only=True)
     return _sampled_sql(0, max_holdout_rows, portable, holdout_only=True)
 
 
