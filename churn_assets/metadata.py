@@ -33,7 +33,7 @@ PREVIEW_COLUMNS = frozenset(
         "age_group",
         "churn",
         "creation_date",
-        "creation_month",  # dashboard.customer_risk: creation_date's month
+        "creation_month",  # gold.churn_prediction: creation_date's month
         "last_activity_date",
         "transaction_date",
         "item_count",

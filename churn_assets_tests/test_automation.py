@@ -406,9 +406,14 @@ def test_dashboards_refresh_on_their_own_cadence_once_their_inputs_changed(tmp_p
     # The chart previews follow the figures they draw, as the page does (and skip while recent).
     previews = dg.AssetKey(["dashboard", "chart_previews"])
     no_inputs = {dg.AssetKey(["dashboard", "pipeline_runs"]), dg.AssetKey(["dashboard", "alerts"])}
-    # The prediction figures read gold through dashboard/customer_risk, which reads it.
-    risk = dg.AssetKey(["dashboard", "customer_risk"])
-    reads_features = {k for k in dashboards if {features, risk} & set(graph.get(k).parent_keys)}
+    # The prediction figures read gold through gold/churn_prediction, which carries what they group by.
+    prediction = dg.AssetKey(["gold", "churn_prediction"])
+    reads_features = {k for k in dashboards if {features, prediction} & set(graph.get(k).parent_keys)}
+
+    def gold_written() -> None:  # as a landing run writes them: gold, then the predictions
+        for key in (features, prediction):
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key))
+
     assert len(reads_features) >= 5
 
     t = datetime(2026, 11, 2, 10, 5, tzinfo=timezone.utc)
@@ -434,18 +439,18 @@ def test_dashboards_refresh_on_their_own_cadence_once_their_inputs_changed(tmp_p
     assert evaluate_next(11) == no_inputs | {page}
     assert evaluate_next(11.5) == set()  # the sensor's next look (every 30 s): requested once
     # Gold changes: the figures that read it follow at the next evaluation, once; the others do not.
-    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=features))
+    gold_written()
     assert evaluate_next(12) == reads_features | {page, previews}
     assert evaluate_next(13) == set()
     # Gold changes again: nothing until 10:30 has passed, then every figure (and the page) once.
-    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=features))
+    gold_written()
     assert evaluate_next(20) == set()
     assert evaluate_next(26) == reads_features | no_inputs | {page, previews}
     assert evaluate_next(26.5) == set()
     # Gold changed, and a run writing it again is in progress when 10:45 passes (continuous mode:
     # nearly always). Every figure is still requested at once: one refresh run, which the run
     # queue (one at a time) starts after the writer. Waiting for a gap split it into several.
-    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=features))
+    gold_written()
     instance.create_run_for_job(
         defs.resolve_job_def(CYCLE_JOB), asset_selection=frozenset({features}), status=dg.DagsterRunStatus.STARTED
     )

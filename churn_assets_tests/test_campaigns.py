@@ -184,7 +184,7 @@ def test_offline_every_at_risk_customer_within_the_cap_gets_a_valid_message(home
             home,
             """SELECT p.user_id
         FROM gold.churn_prediction p JOIN gold.churn_features f USING (user_id)
-        WHERE churn_prediction = 1 ORDER BY churn_probability DESC, total_amount DESC, p.user_id LIMIT 300""",
+        WHERE churn_prediction = 1 ORDER BY churn_probability DESC, f.total_amount DESC, p.user_id LIMIT 300""",
         )
     ]
     assert sorted(m["user_id"] for m in msgs) == sorted(expected)

@@ -112,8 +112,7 @@ def test_every_figure_is_a_table_downstream_of_what_it_reads(cycle):
 
     assert parents("dashboard/revenue_by_month") == {"silver/churn_orders"}
     assert parents("dashboard/kpis") == {"silver/churn_users", "silver/churn_orders", "gold/churn_prediction"}
-    assert parents("dashboard/predicted_churn_by_country") == {"dashboard/customer_risk"}
-    assert parents("dashboard/customer_risk") == {"gold/churn_prediction", "gold/churn_features"}
+    assert parents("dashboard/predicted_churn_by_country") == {"gold/churn_prediction"}
     assert {f"dashboard/{f}" for f in FIGURES} == parents("dashboard/page")
 
 
@@ -310,8 +309,8 @@ def test_a_run_not_ended_is_shown_running_without_a_duration():
     assert marker["mark"]["type"] == "point" and marker["encoding"]["y"] == {"datum": 0}
 
 
-# The prediction figures as they were written before dashboard.customer_risk: each a join of
-# the predictions with gold over every customer.
+# The prediction figures as they were first written: each a join of the predictions with gold
+# over every customer.
 JOINED = {
     "predicted_churn_by_country": """SELECT f.country, count(*) AS customers,
         count(*) FILTER (p.churn_prediction = 1) AS at_risk, round(avg(p.churn_prediction), 4) AS at_risk_share
@@ -336,63 +335,55 @@ JOINED = {
 PREDICTION_FIGURES = dg.AssetSelection.assets(*(dg.AssetKey(["dashboard", name]) for name in JOINED)).upstream()
 
 
-def assert_risk_table_equals_the_join(home) -> None:
-    from churn_assets.defs.dashboards.risk import RISK_SQL
+def assert_context_equals_gold(home) -> None:
+    """Every prediction row carries its customer's gold columns as gold has them now."""
+    from churn_assets.defs.ml.scoring import CONTEXT
 
-    cols = "* EXCLUDE (scored_at)"
-    assert query(home, f"SELECT {cols} FROM dashboard.customer_risk ORDER BY user_id") == query(
-        home, f"SELECT {cols} FROM ({RISK_SQL}) ORDER BY user_id"
+    kept = ", ".join(CONTEXT)
+    assert query(home, f"SELECT user_id, {kept} FROM gold.churn_prediction ORDER BY user_id") == query(
+        home,
+        f"SELECT user_id, {', '.join(f'{sql} AS {name}' for name, sql in CONTEXT.items())} "
+        "FROM gold.churn_features WHERE user_id IN (SELECT user_id FROM gold.churn_prediction) ORDER BY user_id",
+    )
+    assert one(home, "SELECT count(*) FROM gold.churn_prediction") == one(
+        home, "SELECT count(*) FROM gold.churn_features"
     )
 
 
 def assert_risk_figures_equal_the_joins(home, as_of: str) -> None:
-    assert_risk_table_equals_the_join(home)
+    assert_context_equals_gold(home)
     for name, sql in JOINED.items():
         assert query(home, f"SELECT * FROM dashboard.{name}") == query(home, sql, [as_of] if "?" in sql else []), name
 
 
-def risk_refresh(result) -> tuple[str, int, int]:
+def scoring(result) -> tuple[str, int]:
     (mat,) = [
         e.materialization
         for e in result.get_asset_materialization_events()
-        if e.asset_key.to_user_string() == "dashboard/customer_risk"
+        if e.asset_key.to_user_string() == "gold/churn_prediction"
     ]
-    return tuple(mat.metadata[k].value for k in ("refresh_mode", "rows_changed", "rows_removed"))
+    return mat.metadata["scoring_mode"].value, mat.metadata["customers_scored"].value
 
 
 def test_prediction_figures_follow_what_scoring_changed_and_equal_the_joins(home):
-    """dashboard.customer_risk rewrites only the customers scored since its last refresh; after
-    increments, a next-day refresh and a customer leaving gold, it and the four prediction figures
-    equal the joins over every customer."""
-    from churn_assets.defs.dashboards.risk import refresh_customer_risk
-    from churn_assets.warehouse import connect
-
+    """The prediction rows carry the gold columns the prediction figures group by, written with the
+    rows scoring rewrites; after increments (an hourly run scores only the customers whose
+    features moved) and a next-day rescoring, they equal gold and the four figures equal the
+    joins over every customer."""
     generate_history(home, customers=3_000, seed=23, end=date(2026, 11, 1), progress=False)
     env = {"CHURN_RETRAIN_MIN_NEW_ROWS": "100000000"}  # one model: increments are scored incrementally
     first = materialize(home, PREDICTION_FIGURES, as_of="2026-11-01T01:00:00", env=env)
     total = one(home, "SELECT count(*) FROM gold.churn_prediction")
-    assert risk_refresh(first) == ("full", total, 0)
+    assert scoring(first) == ("full", total)
     assert_risk_figures_equal_the_joins(home, "2026-11-01T01:00:00")
     for hour in (2, 3):
         generate_increment(home, fraction=0.03, dirty_rate=0.01)
         as_of = f"2026-11-01T0{hour}:00:00"
-        mode, changed, removed = risk_refresh(materialize(home, PREDICTION_FIGURES, as_of=as_of, env=env))
+        mode, scored = scoring(materialize(home, PREDICTION_FIGURES, as_of=as_of, env=env))
         total = one(home, "SELECT count(*) FROM gold.churn_prediction")
-        assert mode == "incremental" and 0 < changed < total / 4 and removed == 0, (mode, changed, total)
+        assert mode == "incremental" and 0 < scored < total / 4, (mode, scored, total)
         assert_risk_figures_equal_the_joins(home, as_of)
-    # The next day every customer is scored again: rebuilt.
-    mode, changed, _ = risk_refresh(materialize(home, PREDICTION_FIGURES, as_of="2026-11-02T00:30:00", env=env))
-    assert (mode, changed) == ("full", one(home, "SELECT count(*) FROM gold.churn_prediction"))
+    # The next day every day count moves: everyone is scored again.
+    mode, scored = scoring(materialize(home, PREDICTION_FIGURES, as_of="2026-11-02T00:30:00", env=env))
+    assert scored == one(home, "SELECT count(*) FROM gold.churn_prediction")
     assert_risk_figures_equal_the_joins(home, "2026-11-02T00:30:00")
-    # A customer leaving gold and the predictions (as gold and scoring do it) leaves the table.
-    con = connect(home / "warehouse.duckdb")
-    try:
-        gone = con.execute("SELECT min(user_id) FROM gold.churn_prediction").fetchone()[0]
-        con.execute("DELETE FROM gold.churn_features WHERE user_id = ?", [gone])
-        con.execute("DELETE FROM gold.churn_prediction WHERE user_id = ?", [gone])
-        done = refresh_customer_risk(con)
-        assert (done.mode, done.rows_changed, done.rows_removed) == ("incremental", 0, 1)
-    finally:
-        con.close()
-    assert one(home, "SELECT count(*) FROM dashboard.customer_risk WHERE user_id = ?", [gone]) == 0
-    assert_risk_table_equals_the_join(home)

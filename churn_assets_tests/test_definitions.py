@@ -30,7 +30,6 @@ def test_asset_graph_snapshot():
     assert dashboard == {
         f"dashboard/{name}"
         for name in (
-            "customer_risk",
             "kpis",
             "revenue_by_month",
             "churn_by_platform",

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from churn_assets.defs.gold.changes import changed_since
-from churn_assets.defs.ml.features import load_features
+from churn_assets.defs.ml.features import FEATURES, load_features
 from churn_assets.defs.ml.model import Scorer
-from churn_assets.defs.ml.scoring import READER, replace_predictions, update_predictions
+from churn_assets.defs.ml.scoring import CONTEXT, READER, replace_predictions, update_predictions
 from churn_assets.defs.ml.train import fit
 from churn_assets.generator import generate_history, generate_increment
 from churn_assets.warehouse import connect
@@ -26,7 +26,15 @@ pytestmark = pytest.mark.slow  # builds a warehouse through the assets
 BATCH = 257
 
 # Everything but scored_at: the untouched rows keep the time they were scored.
-COLS = "user_id, churn_probability, churn_prediction, model_name, model_version, _features_hash"
+COLS = "user_id, churn_probability, churn_prediction, model_name, model_version, _features_hash, " + ", ".join(CONTEXT)
+
+
+def test_the_context_a_prediction_keeps_moves_only_with_the_model_input():
+    """A prediction row is rewritten only when the model's input moves, so the gold columns it keeps
+    must be model inputs, or creation_date's month (which moves only with days_since_creation)."""
+    assert set(CONTEXT) - set(FEATURES) == {"creation_month"}
+    assert "days_since_creation" in FEATURES
+    assert {name for name, sql in CONTEXT.items() if sql != name} == {"creation_month"}
 
 
 def table(con) -> list[tuple]:

@@ -8,7 +8,6 @@ import dagster as dg
 
 from churn_assets.defs.dashboards.metrics import METRICS, Metric
 from churn_assets.defs.dashboards.page import chart_specs, markdown_image, png_of, render
-from churn_assets.defs.dashboards.risk import refresh_customer_risk
 from churn_assets.engine import EngineResource
 from churn_assets.files import write_atomic
 from churn_assets.metadata import previewable, table_metadata
@@ -51,35 +50,6 @@ def _not_in_progress() -> dg.AutomationCondition:
     # waiting for a gap split one refresh into several runs, each queued ahead of landing runs.
     # The run queue (one run at a time) already makes a refresh read after the write finishes.
     return ~dg.AutomationCondition.in_progress()
-
-
-@dg.asset(
-    key=["dashboard", "customer_risk"],
-    deps=[["gold", "churn_prediction"], ["gold", "churn_features"]],
-    group_name="dashboard",
-    kinds={"duckdb"},
-    pool="duckdb_warehouse",
-    automation_condition=refresh_condition(),
-    description="Each scored customer's prediction with the gold columns the prediction figures read (country, "
-    "channel, platform, creation month, value); only the customers scored since its last refresh are rewritten "
-    "(table dashboard.customer_risk).",
-)
-def customer_risk(warehouse: WarehouseResource, engine: EngineResource) -> dg.MaterializeResult:
-    if engine.is_spark:  # scoring on the cluster rescores everyone: one parallel rebuild
-        from churn_assets.defs.dashboards.spark import build_customer_risk_spark
-
-        rows = build_customer_risk_spark(engine)
-        return dg.MaterializeResult(metadata={"dagster/row_count": rows, "engine": "spark", "refresh_mode": "full"})
-    with warehouse.get_connection() as con:
-        done = refresh_customer_risk(con)
-        return dg.MaterializeResult(
-            metadata={
-                **table_metadata(con, "dashboard.customer_risk"),
-                "refresh_mode": done.mode,
-                "rows_changed": done.rows_changed,
-                "rows_removed": done.rows_removed,
-            }
-        )
 
 
 def _metric_asset(metric: Metric) -> dg.AssetsDefinition:
@@ -327,4 +297,4 @@ def chart_previews(
     )
 
 
-assets = [customer_risk, *metric_assets, pipeline_runs, alerts_figure, dashboard_page, chart_previews]
+assets = [*metric_assets, pipeline_runs, alerts_figure, dashboard_page, chart_previews]

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 SILVER_USERS = ("silver", "churn_users")
 SILVER_ORDERS = ("silver", "churn_orders")
 FEATURES = ("gold", "churn_features")
+# Each prediction row carries the gold columns the prediction figures read (ml/scoring.py, CONTEXT).
 PREDICTION = ("gold", "churn_prediction")
-# Each scored customer's prediction with the gold columns the prediction figures read (risk.py).
-CUSTOMER_RISK = ("dashboard", "customer_risk")
 BRONZE = (("bronze", "churn_users_bronze"), ("bronze", "churn_orders_bronze"), ("bronze", "churn_app_events"))
 
 # The latest calendar month present in the orders (the reference's "MRR" month).
@@ -94,41 +93,41 @@ METRICS = [
     Metric(
         "predicted_churn_by_country",
         "churn prediction",
-        (CUSTOMER_RISK,),
+        (PREDICTION,),
         """SELECT country, count(*) AS customers, count(*) FILTER (churn_prediction = 1) AS at_risk,
                   round(avg(churn_prediction), 4) AS at_risk_share
-           FROM dashboard.customer_risk GROUP BY 1 ORDER BY 1""",
+           FROM gold.churn_prediction GROUP BY 1 ORDER BY 1""",
         "Customers predicted to churn, per country.",
     ),
     Metric(
         "predicted_churn_by_channel",
         "churn prediction",
-        (CUSTOMER_RISK,),
+        (PREDICTION,),
         """SELECT coalesce(canal, 'unknown') AS canal, count(*) AS customers,
                   count(*) FILTER (churn_prediction = 1) AS at_risk,
                   round(avg(churn_prediction), 4) AS at_risk_share
-           FROM dashboard.customer_risk GROUP BY 1 ORDER BY 1""",
+           FROM gold.churn_prediction GROUP BY 1 ORDER BY 1""",
         "Customers predicted to churn, per channel.",
     ),
     Metric(
         "predicted_churn_by_tenure",
         "churn prediction",
-        (CUSTOMER_RISK,),
+        (PREDICTION,),
         f"""SELECT {TENURE} AS tenure, min(m) AS from_months, count(*) AS customers,
                    count(*) FILTER (churn_prediction = 1) AS at_risk, round(avg(churn_prediction), 4) AS at_risk_share
             FROM (SELECT churn_prediction, date_diff('month', creation_month, $as_of::TIMESTAMP) AS m
-                  FROM dashboard.customer_risk)
+                  FROM gold.churn_prediction)
             GROUP BY 1 ORDER BY 2""",
         "Customers predicted to churn, per tenure (whole months since account creation at the as-of date).",
     ),
     Metric(
         "at_risk_customers",
         "churn prediction",
-        (CUSTOMER_RISK,),
+        (PREDICTION,),
         """SELECT user_id, country, coalesce(canal, 'unknown') AS canal, platform,
                   round(churn_probability, 4) AS churn_probability, total_amount, order_count,
                   days_last_event, round(churn_probability * total_amount, 2) AS value_at_risk
-           FROM dashboard.customer_risk r
+           FROM gold.churn_prediction r
            WHERE churn_prediction = 1
            ORDER BY r.churn_probability DESC, r.total_amount DESC, r.user_id LIMIT 100""",
         "The 100 customers predicted to churn with the highest risk, then the highest value (pseudonymous ids).",

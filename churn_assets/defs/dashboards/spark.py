@@ -29,14 +29,6 @@ def build_metric_spark(engine: EngineResource, metric: Metric, as_of: datetime) 
     return engine.table(table).count()
 
 
-def build_customer_risk_spark(engine: EngineResource) -> int:
-    """``dashboard.customer_risk`` rebuilt on the cluster from its one SQL (``risk.RISK_SQL``)."""
-    from churn_assets.defs.dashboards.risk import RISK_SQL, TABLE
-
-    engine.replace_table(engine.sql(duckdb_to_spark(RISK_SQL)), TABLE)
-    return engine.table(TABLE).count()
-
-
 def write_frame_spark(engine: EngineResource, frame, table: str) -> int:
     """A small Polars frame (a figure made on the driver: run history, alerts) as a Spark table."""
     import polars as pl

@@ -26,7 +26,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from churn_assets.defs.ml.features import CATEGORICAL, FEATURES, NUMERIC
-from churn_assets.defs.ml.scoring import Scored
+from churn_assets.defs.ml.scoring import CONTEXT, Scored
 from churn_assets.engine import EngineResource
 from churn_assets.landing import SPECS
 
@@ -80,7 +80,9 @@ def score_spark(
     t0 = time.perf_counter()
     gold = engine.table("gold.churn_features")
     # The hash of the features scored, as on DuckDB (there its own hash(); here Spark's xxhash64).
-    hashed = gold.select("user_id", *model_input(), F.xxhash64("user_id", *FEATURES).alias("_features_hash"))
+    # The context columns as gold has them (the model input casts some of the same names).
+    context = [F.expr(sql).alias(f"_context_{name}") for name, sql in CONTEXT.items()]
+    hashed = gold.select("user_id", *model_input(), *context, F.xxhash64("user_id", *FEATURES).alias("_features_hash"))
     scored = hashed.withColumn("churn_probability", predict(F.struct(*FEATURES))).select(
         "user_id",
         "churn_probability",
@@ -89,6 +91,7 @@ def score_spark(
         F.lit(version).alias("model_version"),
         F.lit(scored_at).alias("scored_at"),
         "_features_hash",
+        *(F.col(f"_context_{name}").alias(name) for name in CONTEXT),
     )
     engine.replace_table(scored, PREDICTION_TABLE)
     took = time.perf_counter() - t0
