@@ -17,6 +17,12 @@ BRONZE = (("bronze", "churn_users_bronze"), ("bronze", "churn_orders_bronze"), (
 
 # The latest calendar month present in the orders (the reference's "MRR" month).
 LATEST_MONTH = "(SELECT date_trunc('month', max(creation_date)) FROM silver.churn_orders)"
+# The 100th highest probability of churn among the customers at risk: every one of the top 100
+# has at least it, so the ranking by probability, then value, then key sorts only those (one
+# top-N over a number instead: 0.14 -> 0.02 s at 100x the reference, 4.6M customers at risk).
+TOP_100_CUT = """SELECT min(churn_probability) FROM (
+                   SELECT churn_probability FROM gold.churn_prediction WHERE churn_prediction = 1
+                   ORDER BY churn_probability DESC LIMIT 100)"""
 # An order of that month, as a range the scan can skip row groups with (not ``date_trunc(...) =``,
 # which reads every row: 0.12 against 0.03 s over 17M orders).
 IN_LATEST_MONTH = "{d} >= {m} AND {d} < {m} + INTERVAL 1 MONTH"
@@ -124,11 +130,11 @@ METRICS = [
         "at_risk_customers",
         "churn prediction",
         (PREDICTION,),
-        """SELECT user_id, country, coalesce(canal, 'unknown') AS canal, platform,
+        f"""SELECT user_id, country, coalesce(canal, 'unknown') AS canal, platform,
                   round(churn_probability, 4) AS churn_probability, total_amount, order_count,
                   days_last_event, round(churn_probability * total_amount, 2) AS value_at_risk
            FROM gold.churn_prediction r
-           WHERE churn_prediction = 1
+           WHERE churn_prediction = 1 AND churn_probability >= ({TOP_100_CUT})
            ORDER BY r.churn_probability DESC, r.total_amount DESC, r.user_id LIMIT 100""",
         "The 100 customers predicted to churn with the highest risk, then the highest value (pseudonymous ids).",
     ),
