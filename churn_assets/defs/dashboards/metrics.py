@@ -119,10 +119,13 @@ METRICS = [
         "predicted_churn_by_tenure",
         "churn prediction",
         (PREDICTION,),
-        f"""SELECT {TENURE} AS tenure, min(m) AS from_months, count(*) AS customers,
-                   count(*) FILTER (churn_prediction = 1) AS at_risk, round(avg(churn_prediction), 4) AS at_risk_share
-            FROM (SELECT churn_prediction, date_diff('month', creation_month, $as_of::TIMESTAMP) AS m
-                  FROM gold.churn_prediction)
+        # Counted per creation month first (a few hundred), then per tenure: the months since creation
+        # are computed per month, not per customer (0.10 -> 0.03 s at 100x the reference).
+        f"""SELECT {TENURE} AS tenure, min(m) AS from_months, sum(c)::BIGINT AS customers,
+                   sum(a)::BIGINT AS at_risk, round(sum(a) / sum(c), 4) AS at_risk_share
+            FROM (SELECT date_diff('month', creation_month, $as_of::TIMESTAMP) AS m, count(*) AS c,
+                         count(*) FILTER (churn_prediction = 1) AS a
+                  FROM gold.churn_prediction GROUP BY creation_month)
             GROUP BY 1 ORDER BY 2""",
         "Customers predicted to churn, per tenure (whole months since account creation at the as-of date).",
     ),
