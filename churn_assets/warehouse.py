@@ -95,6 +95,8 @@ DDL = [
     """CREATE TABLE IF NOT EXISTS ops.data_quality (
         run_id VARCHAR, checked_at TIMESTAMP, layer VARCHAR, table_name VARCHAR,
         expectation VARCHAR, passed BIGINT, failed BIGINT, dropped BIGINT, detail VARCHAR)""",
+    # Retired: the prediction figures' own table; gold.churn_prediction carries its columns now.
+    "DROP TABLE IF EXISTS dashboard.customer_risk",
 ]
 
 

@@ -134,3 +134,20 @@ def test_incremental_scoring_equals_a_full_rescoring(home):
         assert (other.mode, other.rows) == ("full", other.rows_total)
     finally:
         con.close()
+
+
+def test_the_retired_prediction_figures_table_is_dropped(tmp_path):
+    """dashboard.customer_risk, the prediction figures' table before the predictions carried its
+    columns, goes from a warehouse that has it the next time a run opens it."""
+    from churn_assets.warehouse import ensure_schema
+
+    con = connect(tmp_path / "w.duckdb")
+    try:
+        con.execute("CREATE SCHEMA dashboard")
+        con.execute("CREATE TABLE dashboard.customer_risk AS SELECT 'u-1' AS user_id")
+        ensure_schema(con)
+        tables = con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'dashboard'").fetchall()
+        assert ("customer_risk",) not in tables
+        ensure_schema(con)  # and again, with nothing to drop
+    finally:
+        con.close()

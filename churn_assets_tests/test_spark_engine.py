@@ -527,6 +527,14 @@ def test_model_and_predictions_equal_the_duckdb_engine(cluster, duckdb_home, spa
     spark_cols = spark_session(cluster.master_url, warehouse).read.parquet(where).columns
     duck_cols = [c for (c,) in query(duckdb_home, "SELECT column_name FROM (DESCRIBE gold.churn_prediction)")]
     assert spark_cols == duck_cols
+    # Of the same types where DuckDB reads Spark's files (a time zone would make another type).
+    files = str(where).removeprefix("file:")
+    described = duckdb.connect().execute(f"DESCRIBE SELECT * FROM read_parquet('{files}/*.parquet')").fetchall()
+    spark_types = {name: kind for name, kind, *_ in described}
+    duck_types = {name: kind for name, kind, *_ in query(duckdb_home, "DESCRIBE gold.churn_prediction")}
+    # The features hash is each engine's own (DuckDB's hash, unsigned; Spark's xxhash64, signed).
+    assert spark_types.pop("_features_hash") == "BIGINT" and duck_types.pop("_features_hash") == "UBIGINT"
+    assert spark_types == duck_types
 
     # A retrain on Spark: the champion step scores the champion on the holdout read from the
     # cluster, and the new version (the same booster) is not worse: promoted, at DuckDB's AUC.

@@ -259,7 +259,9 @@ def _threshold(tags: dict[str, str], name: str, version: str) -> float:
     retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
     description="Every customer of gold.churn_features scored by models:/churn_model@champion, loaded from the "
     "registry (so a champion from an earlier run serves): churn probability, predicted label at the threshold "
-    "chosen on the holdout, model name and version, scoring time. The same model scores again only the "
+    "chosen on the holdout, model name and version, scoring time, and the gold columns the prediction figures "
+    "group by (country, canal, platform, creation month, total amount, order count, days since the last event). "
+    "The same model scores again only the "
     "customers whose features changed (a features hash per row); a new model scores everyone. Written only after "
     "scoring succeeded.",
 )

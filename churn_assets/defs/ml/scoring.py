@@ -7,7 +7,8 @@ model scores only the customers whose hash moved, plus new ones, and drops the o
 longer has; it compares only the customers gold's builds logged as rebuilt since it last scored
 (``gold/changes.py``), all of gold after a build that rebuilt every row. The table then equals a
 full rescoring (churn_assets_tests/test_scoring_incremental.py).
-A new model version, a changed threshold, or a table from before the hash column scores everyone.
+A new model version, a changed threshold, or a table from before the hash column or the context
+columns (``CONTEXT``: what the prediction figures group by) scores everyone.
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ def update_predictions(
         removed = scalar(con, "SELECT count(*) FROM _to_score WHERE removed")
         con.execute("DELETE FROM gold.churn_prediction WHERE user_id IN (SELECT user_id FROM _to_score)")
         # The context of the customers gold's builds logged came with their features.
-        con.execute(f"INSERT INTO gold.churn_prediction {_with_context('_scored', rows)}")
+        con.execute(f"INSERT INTO gold.churn_prediction BY NAME {_with_context('_scored', rows)}")
         read_up_to(con, READER)
     con.execute("DROP TABLE _to_score")
     at_risk, total = con.execute(
