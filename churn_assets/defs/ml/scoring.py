@@ -89,9 +89,9 @@ def predictions(
     ).with_columns(model_name=pl.lit(model_name), model_version=pl.lit(version), scored_at=pl.lit(scored_at))
 
 
-def _gold_columns() -> str:
-    """The model's input and the context columns, as gold's columns give them."""
-    return ", ".join(f"{CONTEXT[c]} AS {c}" if CONTEXT.get(c, c) != c else c for c in _READ)
+def _from_gold(names) -> str:
+    """These columns as gold's columns give them (a context column by its SQL)."""
+    return ", ".join(c if CONTEXT.get(c, c) == c else f"{CONTEXT[c]} AS {c}" for c in names)
 
 
 def _features_sql(only: str = "") -> str:
@@ -103,13 +103,12 @@ def _features_sql(only: str = "") -> str:
 
 def _with_context(scored: str, rows: str | None = None) -> str:
     """The prediction rows of ``scored`` with their context: from ``rows`` (a table holding the
-    scored customers' ``_gold_columns``), else looked up in gold. Joined in SQL, so scoring every
+    scored customers' context columns), else looked up in gold. Joined in SQL, so scoring every
     customer holds only key, probability and hash in Python (the context there: +1.1 GB at 100x)."""
     if rows:
         source = f"SELECT user_id, {', '.join(CONTEXT)} FROM {rows}"
     else:
-        columns = ", ".join(f"{sql} AS {name}" for name, sql in CONTEXT.items())
-        source = f"SELECT user_id, {columns} FROM gold.churn_features"
+        source = f"SELECT user_id, {_from_gold(CONTEXT)} FROM gold.churn_features"
     return f"SELECT s.*, c.* EXCLUDE (user_id) FROM {scored} s JOIN ({source}) c USING (user_id)"
 
 
@@ -208,7 +207,7 @@ def update_predictions(
         f"""CREATE OR REPLACE TEMP TABLE _to_score AS
             SELECT coalesce(f.user_id, p.user_id) AS user_id, f.user_id IS NULL AS removed{features},
                    f.h AS _features_hash
-            FROM (SELECT user_id, {_gold_columns()}, {FEATURES_HASH} AS h FROM gold.churn_features {among}) f
+            FROM (SELECT user_id, {_from_gold(_READ)}, {FEATURES_HASH} AS h FROM gold.churn_features {among}) f
             FULL JOIN (SELECT user_id, _features_hash AS h FROM gold.churn_prediction {among}) p USING (user_id)
             WHERE f.h IS DISTINCT FROM p.h"""
     )
