@@ -298,6 +298,24 @@ def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None)
     return rows[0][0] if rows else None
 
 
+def watermark(con: duckdb.DuckDBPyConnection, consumer: str, source_table: str) -> int:
+    """How far ``consumer`` has read ``source_table`` (``ops.watermarks``; 0: not yet)."""
+    return (
+        scalar(
+            con,
+            "SELECT max(file_id) FROM ops.watermarks WHERE consumer = ? AND source_table = ?",
+            [consumer, source_table],
+        )
+        or 0
+    )
+
+
+def advance(con: duckdb.DuckDBPyConnection, consumer: str, source_table: str, file_id: int) -> None:
+    """``consumer`` has read ``source_table`` up to ``file_id``; inside the consumer's transaction."""
+    con.execute("DELETE FROM ops.watermarks WHERE consumer = ? AND source_table = ?", [consumer, source_table])
+    con.execute("INSERT INTO ops.watermarks VALUES (?, ?, ?, now()::TIMESTAMP)", [consumer, source_table, file_id])
+
+
 def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     return bool(
         scalar(

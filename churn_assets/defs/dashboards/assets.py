@@ -6,14 +6,15 @@ from pathlib import Path
 
 import dagster as dg
 
-from churn_assets.defs.dashboards.metrics import METRICS, Metric
+from churn_assets.defs.dashboards.metrics import METRICS, Metric, followed_sql
 from churn_assets.defs.dashboards.page import chart_specs, markdown_image, png_of, render
+from churn_assets.defs.silver import changes as silver_changes
 from churn_assets.engine import EngineResource
 from churn_assets.files import write_atomic
 from churn_assets.metadata import previewable, table_metadata
 from churn_assets.ops.alerts import AlertsResource
 from churn_assets.resources import PipelineSettingsResource, WarehouseResource
-from churn_assets.warehouse import registered, transaction
+from churn_assets.warehouse import registered, table_exists, transaction
 
 # The charts whose PNG goes into the chart previews' metadata, for the Dagster UI.
 KEY_CHARTS = ["revenue_by_month", "churn_by_platform", "predicted_churn_by_country", "data_quality_daily"]
@@ -52,6 +53,18 @@ def _not_in_progress() -> dg.AutomationCondition:
     return ~dg.AutomationCondition.in_progress()
 
 
+def _follow(con, metric: Metric) -> bool:
+    """Move the figure's table by what silver changed since it last read it, when it can; False when
+    it must be computed anew (no such figure, not computed yet, or silver cannot say what changed)."""
+    if not metric.follows or not table_exists(con, "dashboard", metric.name):
+        return False
+    seen = {table: silver_changes.since(con, f"dashboard.{metric.name}", table) for table in metric.follows}
+    if None in seen.values():
+        return False
+    con.execute(f"CREATE OR REPLACE TABLE dashboard.{metric.name} AS {followed_sql(metric, seen)}")
+    return True
+
+
 def _metric_asset(metric: Metric) -> dg.AssetsDefinition:
     @dg.asset(
         key=["dashboard", metric.name],
@@ -72,11 +85,16 @@ def _metric_asset(metric: Metric) -> dg.AssetsDefinition:
             return dg.MaterializeResult(metadata={"dagster/row_count": rows, "engine": "spark"})
         with warehouse.get_connection() as con:
             with transaction(con):
-                con.execute(
-                    f"CREATE OR REPLACE TABLE dashboard.{metric.name} AS {metric.sql}",
-                    {"as_of": pipeline_settings.as_of_datetime()} if "$as_of" in metric.sql else None,
-                )
-            return dg.MaterializeResult(metadata=table_metadata(con, f"dashboard.{metric.name}"))
+                followed = _follow(con, metric)
+                if not followed:
+                    con.execute(
+                        f"CREATE OR REPLACE TABLE dashboard.{metric.name} AS {metric.sql}",
+                        {"as_of": pipeline_settings.as_of_datetime()} if "$as_of" in metric.sql else None,
+                    )
+                for table in metric.follows:
+                    silver_changes.read_up_to(con, f"dashboard.{metric.name}", table)
+            mode = {"mode": "changes" if followed else "whole"} if metric.follows else {}
+            return dg.MaterializeResult(metadata={**table_metadata(con, f"dashboard.{metric.name}"), **mode})
 
     return _asset
 

@@ -6,7 +6,10 @@ asset graph shows what each figure depends on. Queries take one parameter, ``$as
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from churn_assets.defs.silver.changes import as_read, images
 
 SILVER_USERS = ("silver", "churn_users")
 SILVER_ORDERS = ("silver", "churn_orders")
@@ -37,6 +40,67 @@ class Metric:
     deps: tuple[tuple[str, ...], ...]
     sql: str
     description: str
+    # A figure of sums over silver alone can follow silver's change feed (``defs/silver/changes.py``)
+    # instead of reading the whole history each hour: ``change`` renders its change since the
+    # states it last read of its silver tables (``silver.<table>`` -> state), grouped by ``keys``
+    # with each of ``sums`` as a difference; a group whose ``sums[-1]`` (a count) falls to 0 is gone.
+    change: Callable[[dict[str, int]], str] | None = None
+    keys: tuple[str, ...] = ()
+    sums: tuple[str, ...] = ()
+    order: str = ""
+
+    @property
+    def follows(self) -> tuple[str, ...]:
+        """The silver tables whose change feed the figure follows (none: computed anew each time)."""
+        return tuple(".".join(d) for d in self.deps) if self.change else ()
+
+
+def followed_sql(metric: Metric, seen: dict[str, int]) -> str:
+    """SQL: the figure's table as it is, moved by its change since the states ``seen``."""
+    keys, sums = ", ".join(metric.keys), ", ".join(metric.sums)
+    totals = ", ".join(f"sum({m})::BIGINT AS {m}" for m in metric.sums)
+    return f"""SELECT {keys}, {totals} FROM (
+                 SELECT {keys}, {sums} FROM dashboard.{metric.name}
+                 UNION ALL SELECT {keys}, {sums} FROM ({metric.change(seen)}))
+               GROUP BY {keys} HAVING sum({metric.sums[-1]}) <> 0 ORDER BY {metric.order}"""
+
+
+def _revenue_by_month_change(seen: dict[str, int]) -> str:
+    return f"""SELECT date_trunc('month', creation_date)::DATE AS month, sum(sign * amount) AS revenue,
+                      sum(sign) AS orders
+               FROM {images("silver.churn_orders", seen["silver.churn_orders"])}
+               WHERE creation_date IS NOT NULL GROUP BY 1"""
+
+
+def _churn_by_gender_change(seen: dict[str, int]) -> str:
+    return f"""SELECT coalesce(gender::VARCHAR, 'unknown') AS gender,
+                      CASE churn WHEN 1 THEN 'churned' WHEN 0 THEN 'stayed' ELSE 'no label' END AS status,
+                      sum(sign) AS customers
+               FROM {images("silver.churn_users", seen["silver.churn_users"])} GROUP BY ALL"""
+
+
+def _revenue_by_channel_change(seen: dict[str, int]) -> str:
+    # A customer's orders count under the customer's channel: an order or a customer changed moves
+    # the sums of that customer, which are taken out as they were and put back as they are.
+    orders, users = seen["silver.churn_orders"], seen["silver.churn_users"]
+    return f"""
+        WITH touched AS MATERIALIZED (
+            SELECT user_id FROM {images("silver.churn_orders", orders)}
+            UNION SELECT user_id FROM {images("silver.churn_users", users)}
+        ), o AS MATERIALIZED (
+            SELECT _file_id, user_id, amount, creation_date FROM silver.churn_orders
+            WHERE user_id IN (SELECT user_id FROM touched)
+        ), u AS MATERIALIZED (
+            SELECT _file_id, user_id, canal, gender, churn FROM silver.churn_users
+            WHERE user_id IN (SELECT user_id FROM touched)
+        )
+        SELECT coalesce(u.canal, 'unknown') AS canal, sum(o.amount) AS revenue, count(*) AS orders
+        FROM o JOIN u USING (user_id) GROUP BY 1
+        UNION ALL
+        SELECT coalesce(u.canal, 'unknown'), -sum(o.amount), -count(*)
+        FROM {as_read("silver.churn_orders", orders, "o")} o JOIN {as_read("silver.churn_users", users, "u")} u
+             USING (user_id)
+        GROUP BY 1"""
 
 
 METRICS = [
@@ -67,15 +131,22 @@ METRICS = [
         """SELECT date_trunc('month', creation_date)::DATE AS month, sum(amount)::BIGINT AS revenue, count(*) AS orders
            FROM silver.churn_orders WHERE creation_date IS NOT NULL GROUP BY 1 ORDER BY 1""",
         "Revenue (sum of order amounts) per calendar month over the whole history.",
+        change=_revenue_by_month_change,
+        keys=("month",),
+        sums=("revenue", "orders"),
+        order="1",
     ),
     Metric(
         "churn_by_platform",
         "churn analysis",
         (FEATURES,),
+        # Counted per (platform, label) first, then labelled: the CASE runs on a few rows, not on every
+        # customer (0.06 -> 0.03 s at 100x the reference).
         """SELECT coalesce(platform, 'unknown') AS platform,
                   CASE churn WHEN 1 THEN 'churned' WHEN 0 THEN 'stayed' ELSE 'no label' END AS status,
-                  count(*) AS customers
-           FROM gold.churn_features GROUP BY ALL ORDER BY 1, 2""",
+                  sum(c)::BIGINT AS customers
+           FROM (SELECT platform, churn, count(*) AS c FROM gold.churn_features GROUP BY ALL)
+           GROUP BY ALL ORDER BY 1, 2""",
         "Customers per first platform seen, churned vs not.",
     ),
     Metric(
@@ -87,6 +158,10 @@ METRICS = [
                   count(*) AS customers
            FROM silver.churn_users GROUP BY ALL ORDER BY 1, 2""",
         "Customers per gender (0/1 as in the source), churned vs not.",
+        change=_churn_by_gender_change,
+        keys=("gender", "status"),
+        sums=("customers",),
+        order="1, 2",
     ),
     Metric(
         "revenue_by_channel",
@@ -95,6 +170,10 @@ METRICS = [
         """SELECT coalesce(u.canal, 'unknown') AS canal, sum(o.amount)::BIGINT AS revenue, count(*) AS orders
            FROM silver.churn_orders o JOIN silver.churn_users u USING (user_id) GROUP BY 1 ORDER BY 2 DESC""",
         "Revenue per acquisition channel (canal).",
+        change=_revenue_by_channel_change,
+        keys=("canal",),
+        sums=("revenue", "orders"),
+        order="2 DESC",
     ),
     Metric(
         "predicted_churn_by_country",

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import duckdb
 
-from churn_assets.defs.silver.transform import advance, watermark
-from churn_assets.warehouse import scalar
+from churn_assets.warehouse import advance, scalar, watermark
 
 SOURCE = "gold.churn_features"  # the readers' watermark source
 

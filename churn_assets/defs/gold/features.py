@@ -16,9 +16,9 @@ from datetime import datetime
 import duckdb
 
 from churn_assets.defs.gold.changes import record_build
-from churn_assets.defs.silver.transform import TS_FORMAT, advance, watermark
+from churn_assets.defs.silver.transform import TS_FORMAT
 from churn_assets.faults import fault_point
-from churn_assets.warehouse import scalar, table_exists, transaction
+from churn_assets.warehouse import advance, scalar, table_exists, transaction, watermark
 
 FEATURE_COLUMNS = [
     "user_id",

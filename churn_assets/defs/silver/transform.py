@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 import duckdb
 
+from churn_assets.defs.silver.changes import FEEDS, record_removed
 from churn_assets.faults import fault_point
 from churn_assets.timeutil import LANDING_TS_FORMAT as TS_FORMAT
-from churn_assets.warehouse import scalar, transaction
+from churn_assets.warehouse import advance, scalar, transaction, watermark
 
 # The cleaning of each silver table, written once in DuckDB's SQL: the DuckDB engine runs it
 # as is, the Spark engine transpiled (``defs/silver/spark.py``). ``{new}`` is the latest
@@ -71,22 +72,6 @@ class SilverResult:
     dropped: dict[str, int]  # expectation -> rows dropped
     rows_total: int
     flagged: dict[str, int] = field(default_factory=dict)  # expectation -> rows kept that fail it
-
-
-def watermark(con, consumer: str, source_table: str) -> int:
-    return (
-        scalar(
-            con,
-            "SELECT max(file_id) FROM ops.watermarks WHERE consumer = ? AND source_table = ?",
-            [consumer, source_table],
-        )
-        or 0
-    )
-
-
-def advance(con, consumer: str, source_table: str, file_id: int) -> None:
-    con.execute("DELETE FROM ops.watermarks WHERE consumer = ? AND source_table = ?", [consumer, source_table])
-    con.execute("INSERT INTO ops.watermarks VALUES (?, ?, ?, now()::TIMESTAMP)", [consumer, source_table, file_id])
 
 
 def _define_macros(con) -> None:
@@ -160,14 +145,18 @@ def _upsert(
         new = f"(SELECT * FROM {new} WHERE {valid})"
     replaced = 0
     if scalar(con, f"SELECT count(*) > 0 FROM {target}"):
-        # One scan of the target finds the rows being replaced; the rest works on them.
+        # One scan of the target finds the rows being replaced, with the old images its change
+        # feed keeps; the rest works on them.
         con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _replaced AS SELECT rowid AS row_id, user_id FROM {target}
+            f"""CREATE OR REPLACE TEMP TABLE _replaced AS
+                SELECT rowid AS row_id, _file_id, {", ".join(FEEDS[target].columns)} FROM {target}
                 WHERE {target_key} IN (SELECT {key} FROM {new})"""
         )
         if tell_gold:
             con.execute("INSERT INTO ops.gold_pending_users SELECT DISTINCT user_id FROM _replaced")
         replaced = scalar(con, "SELECT count(*) FROM _replaced")
+        if replaced:
+            record_removed(con, target, "_replaced", high)
         con.execute(f"DELETE FROM {target} WHERE rowid IN (SELECT row_id FROM _replaced)")
         con.execute("DROP TABLE _replaced")
     con.execute(f"INSERT INTO {target} {select.format(new=new)}", params)
