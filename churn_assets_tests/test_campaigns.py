@@ -849,7 +849,7 @@ def test_a_partial_degradation_is_visible_and_a_healthy_run_passes(home):
 
 @pytest.mark.slow
 def test_targets_are_the_exact_ranking_whether_the_top_form_fills_the_cap_or_not(home):
-    """The top form (rank predictions and gold, then look up the chosen) gives the exact form's
+    """The top form (rank the predictions, then look up the chosen) gives the exact form's
     rows: with customers in cooldown, at caps it fills, at a cap above everyone at risk, and when a
     top customer has lost every order in silver (then the exact form answers)."""
     from datetime import timedelta

@@ -11,6 +11,7 @@ from churn_assets.defs.campaigns.decide import Decision
 from churn_assets.defs.campaigns.generation import Generation
 from churn_assets.defs.campaigns.messages import MESSAGE_COLUMNS, MessageRow, as_values
 from churn_assets.timeutil import utcnow
+from churn_assets.warehouse import registered
 
 
 def messages_of_run(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
@@ -60,12 +61,17 @@ def cache_copy(con: duckdb.DuckDBPyConnection, key: str, prompt_version: str, ge
 
 
 def insert_messages(con: duckdb.DuckDBPyConnection, rows: list[MessageRow]) -> None:
-    """One statement, committed on its own: a kill loses nothing written before it. All rows in
-    one multi-row VALUES (``executemany`` ran an INSERT per row: 1.2 s for 1,000 messages at 100x)."""
+    """One statement, committed on its own: a kill loses nothing written before it. The rows go in
+    as one frame (``executemany`` ran an INSERT per row: 1.2 s for 1,000 messages at 100x; one
+    multi-row VALUES bound 22,000 parameters: 0.26 s; the frame 0.03-0.08 s)."""
     if not rows:
         return
-    row = f"({', '.join('?' * len(MESSAGE_COLUMNS.split(', ')))})"
-    con.execute(
-        f"INSERT INTO campaigns.retention_messages ({MESSAGE_COLUMNS}) VALUES {', '.join([row] * len(rows))}",
-        [value for r in rows for value in as_values(r)],
-    )
+    import polars as pl
+
+    names = MESSAGE_COLUMNS.split(", ")
+    columns = zip(*(as_values(r) for r in rows), strict=True)
+    frame = pl.DataFrame({name: list(col) for name, col in zip(names, columns, strict=True)}, strict=False)
+    with registered(con, "_messages", frame):
+        con.execute(
+            f"INSERT INTO campaigns.retention_messages ({MESSAGE_COLUMNS}) SELECT {MESSAGE_COLUMNS} FROM _messages"
+        )
