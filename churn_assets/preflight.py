@@ -96,6 +96,23 @@ def landing_problems(home: Path) -> list[str]:
     return [f"no landing files in {landing}: run `churn generate` or point CHURN_HOME at your data"]
 
 
+# A ``churn run`` asks up to three times (the command, then two resources of the run), and each
+# answer opens the warehouse (0.1 s at 100x the reference): the last answer is kept while the
+# file and its write-ahead log are as they were.
+_newest: dict[tuple, date | None] = {}
+
+
+def _file_state(path: Path) -> tuple:
+    def stat(p: Path):
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_size, st.st_mtime_ns, st.st_ino
+
+    return str(path), stat(path), stat(path.with_name(path.name + ".wal"))
+
+
 def newest_data_date(home: Path) -> date | None:
     """The newest date that a day count is measured from, in the warehouse as it is; None
     when there is no warehouse yet or another process holds it (the gold check still
@@ -103,6 +120,17 @@ def newest_data_date(home: Path) -> date | None:
     path = Settings(home=home).warehouse_path
     if not path.is_file():
         return None
+    state = _file_state(path)
+    if state in _newest:
+        return _newest[state]
+    newest = _read_newest(path)
+    if newest is not None:
+        _newest.clear()
+        _newest[state] = newest
+    return newest
+
+
+def _read_newest(path: Path) -> date | None:
     import duckdb
 
     from churn_assets.warehouse import table_exists

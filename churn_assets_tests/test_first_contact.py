@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import time
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -331,7 +332,7 @@ def test_every_option_has_help_and_no_raw_markup():
                 assert action.help, f"churn {name}: {action.option_strings or action.dest} has no help"
 
 
-def test_preflight_rules(tmp_path):
+def test_preflight_rules(tmp_path, monkeypatch):
     from churn_assets import preflight
     from churn_assets.warehouse import connect, ensure_schema
 
@@ -369,5 +370,17 @@ def test_preflight_rules(tmp_path):
     assert preflight.as_of_problems(tmp_path, "now") == []
     [line] = preflight.as_of_problems(tmp_path, "2026-10-30T23:59:00")
     assert "newest date 2026-10-31" in line and "use an as-of on or after 2026-10-31" in line
+    # Asked again (a run asks up to three times), the answer is kept while the warehouse is as it
+    # was, and read again once it changed.
+    opened = []
+    read = preflight._read_newest
+    monkeypatch.setattr(preflight, "_read_newest", lambda path: opened.append(1) or read(path))
+    assert preflight.newest_data_date(tmp_path) == date(2026, 10, 31)
+    assert opened == []
+    con = connect(tmp_path / "warehouse.duckdb")
+    con.execute("UPDATE gold.churn_features SET last_activity_date = TIMESTAMP '2026-11-03 01:00'")
+    con.close()
+    assert preflight.newest_data_date(tmp_path) == date(2026, 11, 3) and opened == [1]
+    assert preflight.newest_data_date(tmp_path) == date(2026, 11, 3) and opened == [1]
     # With a warehouse, an empty landing folder is no longer an error (files may be archived).
     assert preflight.problems({}, home=tmp_path, needs_landing=True) == []
