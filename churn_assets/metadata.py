@@ -80,6 +80,7 @@ PREVIEW_COLUMNS = frozenset(
         "month",
         "revenue",
         "orders",
+        "orders_with_amount",
         "customers",
         "at_risk",
         "at_risk_share",

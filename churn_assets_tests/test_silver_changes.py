@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 from datetime import date
 
+import duckdb
 import pytest
 
 from churn_assets.defs.dashboards.metrics import METRICS
 from churn_assets.generator import generate_history, generate_increment
 from churn_assets_tests.helpers import materialize, one, query, user_record
-
-pytestmark = pytest.mark.slow  # whole runs
 
 FOLLOWING = [m for m in METRICS if m.follows]
 SELECTION = [f"*dashboard/{m.name}" for m in FOLLOWING]
@@ -41,11 +40,56 @@ def land(home, source: str, name: str, records: list[dict | str]) -> None:
     (home / "landing" / source / name).write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.slow  # whole runs
 def test_figures_follow_silvers_changes_and_equal_their_queries(home):
     generate_history(home, customers=2_000, seed=31, end=date(2026, 11, 1), dirty_rate=0.01, progress=False)
     first = materialize(home, SELECTION, as_of=AS_OF)
     assert set(modes(first).values()) == {"whole"}
     assert_figures_equal_their_queries(home)
+
+    # Odd amounts: an order without one, and the lowest a silver INTEGER holds (its old image is
+    # negated below). A month whose orders lose every amount shows no revenue, as SQL's sum does.
+    buyer = one(home, "SELECT user_id FROM silver.churn_users ORDER BY user_id LIMIT 1")
+    odd = [
+        {"user_id": buyer, "id": "odd-1", "transaction_date": "01-15-1990 10:00:00", "item_count": 1.0},
+        {"user_id": buyer, "id": "odd-2", "transaction_date": "01-16-1990 10:00:00", "item_count": 1.0, "amount": 10.0},
+        {
+            "user_id": buyer,
+            "id": "odd-3",
+            "transaction_date": "02-16-1990 10:00:00",
+            "item_count": 1.0,
+            "amount": -2147483648.0,
+        },
+    ]
+    land(home, "orders", "odd_orders.json", odd)
+    assert set(modes(materialize(home, SELECTION, as_of=AS_OF)).values()) == {"changes"}
+    assert_figures_equal_their_queries(home)
+    land(
+        home,
+        "orders",
+        "odd_orders_again.json",
+        [{**odd[1], "transaction_date": "03-16-1990 10:00:00"}, {**odd[2], "amount": 5.0}],
+    )
+    assert set(modes(materialize(home, SELECTION, as_of=AS_OF)).values()) == {"changes"}
+    assert_figures_equal_their_queries(home)
+    assert query(
+        home,
+        "SELECT revenue, orders, orders_with_amount FROM dashboard.revenue_by_month WHERE month = DATE '1990-01-01'",
+    ) == [(None, 1, 0)]
+
+    # A figure whose definition changed (an earlier release's reader) computes anew, and the earlier
+    # reader is forgotten.
+    con_rows = "SELECT count(*) FROM ops.watermarks WHERE consumer LIKE 'dashboard.revenue_by_month#%'"
+    assert one(home, con_rows) == 1
+    con = duckdb.connect(str(home / "warehouse.duckdb"))
+    con.execute(
+        "UPDATE ops.watermarks SET consumer = 'dashboard.revenue_by_month#0' "
+        "WHERE consumer LIKE 'dashboard.revenue_by_month#%'"
+    )
+    con.close()
+    assert modes(materialize(home, SELECTION, as_of=AS_OF))["dashboard/revenue_by_month"] == "whole"
+    assert one(home, "SELECT count(*) FROM ops.watermarks WHERE consumer = 'dashboard.revenue_by_month#0'") == 0
+    assert one(home, con_rows) == 1
 
     # Sent again with other values: customers with another channel, gender and label; orders with
     # another amount, another month, and one moved to another customer.
@@ -111,3 +155,12 @@ def test_figures_follow_silvers_changes_and_equal_their_queries(home):
     generate_increment(home, fraction=0.01, dirty_rate=0.01)
     assert set(modes(materialize(home, SELECTION, as_of=AS_OF)).values()) == {"changes"}
     assert_figures_equal_their_queries(home)
+
+
+def test_a_figures_reader_name_follows_its_definition():
+    from dataclasses import replace
+
+    for m in FOLLOWING:
+        assert m.reader.startswith(f"dashboard.{m.name}#") and m.reader == replace(m).reader
+        assert replace(m, sql=m.sql + " ").reader != m.reader
+        assert replace(m, change=lambda seen, c=m.change: c(seen) + " ").reader != m.reader

@@ -58,11 +58,24 @@ def _follow(con, metric: Metric) -> bool:
     it must be computed anew (no such figure, not computed yet, or silver cannot say what changed)."""
     if not metric.follows or not table_exists(con, "dashboard", metric.name):
         return False
-    seen = {table: silver_changes.since(con, f"dashboard.{metric.name}", table) for table in metric.follows}
+    seen = {table: silver_changes.since(con, metric.reader, table) for table in metric.follows}
     if None in seen.values():
         return False
     con.execute(f"CREATE OR REPLACE TABLE dashboard.{metric.name} AS {followed_sql(metric, seen)}")
     return True
+
+
+def _read_up_to(con, metric: Metric) -> None:
+    """The figure has read silver as it is now. Readers no figure is any longer (an earlier definition,
+    a figure removed) are forgotten: they would keep silver's old images from being dropped."""
+    current = [m.reader for m in METRICS if m.follows]
+    con.execute(
+        f"""DELETE FROM ops.watermarks WHERE consumer LIKE 'dashboard.%' AND source_table LIKE 'silver.%'
+            AND consumer NOT IN ({", ".join("?" * len(current))})""",
+        current,
+    )
+    for table in metric.follows:
+        silver_changes.read_up_to(con, metric.reader, table)
 
 
 def _metric_asset(metric: Metric) -> dg.AssetsDefinition:
@@ -91,8 +104,8 @@ def _metric_asset(metric: Metric) -> dg.AssetsDefinition:
                         f"CREATE OR REPLACE TABLE dashboard.{metric.name} AS {metric.sql}",
                         {"as_of": pipeline_settings.as_of_datetime()} if "$as_of" in metric.sql else None,
                     )
-                for table in metric.follows:
-                    silver_changes.read_up_to(con, f"dashboard.{metric.name}", table)
+                if metric.follows:
+                    _read_up_to(con, metric)
             mode = {"mode": "changes" if followed else "whole"} if metric.follows else {}
             return dg.MaterializeResult(metadata={**table_metadata(con, f"dashboard.{metric.name}"), **mode})
 

@@ -6,6 +6,7 @@ asset graph shows what each figure depends on. Queries take one parameter, ``$as
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,10 +44,13 @@ class Metric:
     # A figure of sums over silver alone can follow silver's change feed (``defs/silver/changes.py``)
     # instead of reading the whole history each hour: ``change`` renders its change since the
     # states it last read of its silver tables (``silver.<table>`` -> state), grouped by ``keys``
-    # with each of ``sums`` as a difference; a group whose ``sums[-1]`` (a count) falls to 0 is gone.
+    # with each of ``sums`` as a difference. A group whose ``count`` falls to 0 is gone; a sum of
+    # ``null_unless`` is null while its count of non-null terms is 0, as SQL's sum of nulls.
     change: Callable[[dict[str, int]], str] | None = None
     keys: tuple[str, ...] = ()
     sums: tuple[str, ...] = ()
+    count: str = ""
+    null_unless: tuple[tuple[str, str], ...] = ()
     order: str = ""
 
     @property
@@ -54,20 +58,32 @@ class Metric:
         """The silver tables whose change feed the figure follows (none: computed anew each time)."""
         return tuple(".".join(d) for d in self.deps) if self.change else ()
 
+    @property
+    def reader(self) -> str:
+        """Its name as a reader of silver's feed, with its definition's hash: a figure whose SQL
+        changed (a new release) computes anew instead of moving a table of the old meaning."""
+        text = self.sql + (self.change(dict.fromkeys(self.follows, 0)) if self.change else "")
+        return f"dashboard.{self.name}#{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
 
 def followed_sql(metric: Metric, seen: dict[str, int]) -> str:
     """SQL: the figure's table as it is, moved by its change since the states ``seen``."""
-    keys, sums = ", ".join(metric.keys), ", ".join(metric.sums)
-    totals = ", ".join(f"sum({m})::BIGINT AS {m}" for m in metric.sums)
+    keys, sums, unless = ", ".join(metric.keys), ", ".join(metric.sums), dict(metric.null_unless)
+
+    def total(m: str) -> str:
+        summed = f"sum({m})::BIGINT"
+        return f"CASE WHEN sum({unless[m]}) <> 0 THEN {summed} END" if m in unless else summed
+
+    totals = ", ".join(f"{total(m)} AS {m}" for m in metric.sums)
     return f"""SELECT {keys}, {totals} FROM (
                  SELECT {keys}, {sums} FROM dashboard.{metric.name}
                  UNION ALL SELECT {keys}, {sums} FROM ({metric.change(seen)}))
-               GROUP BY {keys} HAVING sum({metric.sums[-1]}) <> 0 ORDER BY {metric.order}"""
+               GROUP BY {keys} HAVING sum({metric.count}) <> 0 ORDER BY {metric.order}"""
 
 
 def _revenue_by_month_change(seen: dict[str, int]) -> str:
-    return f"""SELECT date_trunc('month', creation_date)::DATE AS month, sum(sign * amount) AS revenue,
-                      sum(sign) AS orders
+    return f"""SELECT date_trunc('month', creation_date)::DATE AS month, sum(sign * amount::BIGINT) AS revenue,
+                      sum(sign) AS orders, sum(sign) FILTER (amount IS NOT NULL) AS orders_with_amount
                FROM {images("silver.churn_orders", seen["silver.churn_orders"])}
                WHERE creation_date IS NOT NULL GROUP BY 1"""
 
@@ -94,10 +110,11 @@ def _revenue_by_channel_change(seen: dict[str, int]) -> str:
             SELECT _file_id, user_id, canal, gender, churn FROM silver.churn_users
             WHERE user_id IN (SELECT user_id FROM touched)
         )
-        SELECT coalesce(u.canal, 'unknown') AS canal, sum(o.amount) AS revenue, count(*) AS orders
+        SELECT coalesce(u.canal, 'unknown') AS canal, sum(o.amount) AS revenue, count(*) AS orders,
+               count(o.amount) AS orders_with_amount
         FROM o JOIN u USING (user_id) GROUP BY 1
         UNION ALL
-        SELECT coalesce(u.canal, 'unknown'), -sum(o.amount), -count(*)
+        SELECT coalesce(u.canal, 'unknown'), -sum(o.amount), -count(*), -count(o.amount)
         FROM {as_read("silver.churn_orders", orders, "o")} o JOIN {as_read("silver.churn_users", users, "u")} u
              USING (user_id)
         GROUP BY 1"""
@@ -128,12 +145,16 @@ METRICS = [
         "revenue_by_month",
         "churn analysis",
         (SILVER_ORDERS,),
-        """SELECT date_trunc('month', creation_date)::DATE AS month, sum(amount)::BIGINT AS revenue, count(*) AS orders
+        """SELECT date_trunc('month', creation_date)::DATE AS month, sum(amount)::BIGINT AS revenue, count(*) AS orders,
+                  count(amount) AS orders_with_amount
            FROM silver.churn_orders WHERE creation_date IS NOT NULL GROUP BY 1 ORDER BY 1""",
-        "Revenue (sum of order amounts) per calendar month over the whole history.",
+        "Revenue (sum of order amounts) per calendar month over the whole history; orders, and those with an "
+        "amount (the revenue is null where none has one).",
         change=_revenue_by_month_change,
         keys=("month",),
-        sums=("revenue", "orders"),
+        sums=("revenue", "orders", "orders_with_amount"),
+        count="orders",
+        null_unless=(("revenue", "orders_with_amount"),),
         order="1",
     ),
     Metric(
@@ -161,18 +182,22 @@ METRICS = [
         change=_churn_by_gender_change,
         keys=("gender", "status"),
         sums=("customers",),
+        count="customers",
         order="1, 2",
     ),
     Metric(
         "revenue_by_channel",
         "churn analysis",
         (SILVER_ORDERS, SILVER_USERS),
-        """SELECT coalesce(u.canal, 'unknown') AS canal, sum(o.amount)::BIGINT AS revenue, count(*) AS orders
+        """SELECT coalesce(u.canal, 'unknown') AS canal, sum(o.amount)::BIGINT AS revenue, count(*) AS orders,
+                  count(o.amount) AS orders_with_amount
            FROM silver.churn_orders o JOIN silver.churn_users u USING (user_id) GROUP BY 1 ORDER BY 2 DESC""",
-        "Revenue per acquisition channel (canal).",
+        "Revenue per acquisition channel (canal); orders, and those with an amount.",
         change=_revenue_by_channel_change,
         keys=("canal",),
-        sums=("revenue", "orders"),
+        sums=("revenue", "orders", "orders_with_amount"),
+        count="orders",
+        null_unless=(("revenue", "orders_with_amount"),),
         order="2 DESC",
     ),
     Metric(

@@ -1,16 +1,19 @@
 """What each silver upsert took out, for the readers that keep aggregates of silver (the dashboard
 figures) instead of computing them again over the whole table every hour.
 
-A row replaced by a later version leaves its old image (the columns those readers group and sum
-by) in ``ops.silver_removed_<table>``, tagged with the silver run that removed it (``removed_by``:
-the bronze file id silver read up to). A reader keeps the silver state it last read as its
-watermark ``w`` (``ops.watermarks``, source ``silver.<table>``). Since then, the rows added are
-silver's rows of ``_file_id > w``, and the rows taken out are the removed images tagged after ``w``
-of rows it had counted (``_file_id <= w``): its aggregate moves by the first minus the second.
+A row replaced by a later version leaves its old image in ``ops.silver_removed_<table>``, tagged
+with the silver run that removed it (``removed_by``: the bronze file id silver read up to). An
+image holds the row's key, measures and grouping attributes (``Feed.columns``), none of its
+personal columns. A reader keeps the silver state it last read as its watermark ``w``
+(``ops.watermarks``, source ``silver.<table>``). Since then, the rows added are silver's rows of
+``_file_id > w``, and the rows taken out are the images tagged after ``w`` of rows it had counted
+(``_file_id <= w``): its aggregate moves by the first minus the second.
 
 A new version of a landed file (bronze retires the earlier one) makes silver put earlier rows back
-under their old file ids, which no watermark sees: a reader computes anew after one (``since``).
-Images every reader of the table has passed are dropped.
+under their old file ids, which no watermark sees: a reader computes anew while such a version is
+newer than what it read (once, unless the version brought no rows: then until silver reads a file
+after it). Images are dropped once every consumer of the table in ``ops.watermarks`` (gold too) has
+passed them.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from churn_assets.warehouse import advance, scalar, watermark
 class Feed:
     table: str  # silver.<name>
     log: str  # ops.<table of old images>
-    columns: tuple[str, ...]  # what the readers aggregate by; user_id first
+    columns: tuple[str, ...]  # what an image keeps; user_id first
     consumer: str  # silver's own watermark: (consumer, bronze source)
     bronze: str
     source: str  # the landing source (bronze.ingest_manifest.source)
@@ -58,7 +61,7 @@ def record_removed(con: duckdb.DuckDBPyConnection, table: str, removed: str, rem
     images every reader has passed. Inside silver's transaction."""
     feed = _ensure(con, table)
     cols = ", ".join(feed.columns)
-    con.execute(f"INSERT INTO {feed.log} SELECT ?, _file_id, {cols} FROM {removed}", [removed_by])
+    con.execute(f"INSERT INTO {feed.log} BY NAME SELECT ? AS removed_by, _file_id, {cols} FROM {removed}", [removed_by])
     _trim(con, feed)
 
 

@@ -201,12 +201,12 @@ def _rederive_retired(
 
 def build_churn_users(con: duckdb.DuckDBPyConnection, pseudonym_key: str) -> SilverResult:
     _define_macros(con)
-    source = "bronze.churn_users_bronze"
+    feed = FEEDS["silver.churn_users"]
     with transaction(con):
         read, written, replaced, high, dropped, flagged = _upsert(
             con,
-            consumer="silver.churn_users",
-            source=source,
+            consumer=feed.consumer,
+            source=feed.bronze,
             key="id",
             target="silver.churn_users",
             target_key="user_id",
@@ -216,19 +216,19 @@ def build_churn_users(con: duckdb.DuckDBPyConnection, pseudonym_key: str) -> Sil
             dropped=USERS_DROPPED,
             flagged=USERS_FLAGGED,
         )
-        advance(con, "silver.churn_users", source, high)
+        advance(con, feed.consumer, feed.bronze, high)
         fault_point("silver_before_commit")
         total = scalar(con, "SELECT count(*) FROM silver.churn_users")
     return SilverResult("silver.churn_users", read, written, written - replaced, dropped, total, flagged)
 
 
 def build_churn_orders(con: duckdb.DuckDBPyConnection) -> SilverResult:
-    source = "bronze.churn_orders_bronze"
+    feed = FEEDS["silver.churn_orders"]
     with transaction(con):
         read, written, replaced, high, dropped, flagged = _upsert(
             con,
-            consumer="silver.churn_orders",
-            source=source,
+            consumer=feed.consumer,
+            source=feed.bronze,
             key="id",
             target="silver.churn_orders",
             target_key="order_id",
@@ -241,7 +241,7 @@ def build_churn_orders(con: duckdb.DuckDBPyConnection) -> SilverResult:
             # too: gold is told, since the new version no longer names them.
             tell_gold=True,
         )
-        advance(con, "silver.churn_orders", source, high)
+        advance(con, feed.consumer, feed.bronze, high)
         fault_point("silver_before_commit")
         total = scalar(con, "SELECT count(*) FROM silver.churn_orders")
     return SilverResult("silver.churn_orders", read, written, written - replaced, dropped, total, flagged)
