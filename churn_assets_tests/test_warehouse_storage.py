@@ -206,6 +206,11 @@ def test_readers_never_see_a_partial_pointer(warehouse):
     try:
         for version in written[1:]:
             store.switch(rel, version)
+            # On a loaded machine the reader thread may not run between two switches (in CI it read
+            # 567 times, all before the first): a read begun after this switch ends before the next.
+            after, deadline = len(seen), time.monotonic() + 5
+            while len(seen) < after + 2 and time.monotonic() < deadline:
+                time.sleep(0.0005)
     finally:
         done.set()
         reader.join()
