@@ -78,7 +78,7 @@ def oracle(members: list[tuple[str, object]]) -> tuple[dict, bool]:
     return {c: values.get(c) for c in SPEC.column_names}, fits
 
 
-def bronze_rows(lines: list[str]) -> tuple[dict[int, tuple], list[tuple]]:
+def bronze_rows(lines: list[str], careful: bool = True) -> tuple[dict[int, tuple], list[tuple]]:
     """(row_no -> (typed values, _rescued_data), quarantine rows) from the project's parse and SQL."""
     pf = _parse_json_lines(None, "", ("\n".join(lines) + "\n").encode(), 1)
     n = pf.lines.num_rows
@@ -87,7 +87,7 @@ def bronze_rows(lines: list[str]) -> tuple[dict[int, tuple], list[tuple]]:
     )
     con = duckdb.connect()
     con.register("lines", view)
-    rows_sql, bad_sql = json_select_sql(SPEC, "lines")
+    rows_sql, bad_sql = json_select_sql(SPEC, "lines", careful=careful)
     cols = ", ".join(f'"{c}"' for c in SPEC.column_names)
     rows = {
         r[0]: (dict(zip(SPEC.column_names, r[1:-1])), r[-1])
@@ -110,6 +110,28 @@ def test_each_line_fits_exactly_when_the_contract_says_so(compact):
         if name == "duplicate key":
             continue
         assert values == want, name
+
+
+@pytest.mark.parametrize("compact", [True, False], ids=["compact", "spaced"])
+def test_the_quick_query_gives_the_careful_rows_for_every_line_it_takes(compact):
+    """Without json_valid (bronze's first try at a batch), every object line comes out as the
+    careful query has it: the same values, the same rescued lines."""
+    lines = [write(members, compact) for members in CASES.values()]
+    quick, _ = bronze_rows(lines, careful=False)
+    assert quick == bronze_rows(lines)[0]
+    assert sum(rescued is not None for _, rescued in quick.values()) == sum(
+        not oracle(members)[1] for members in CASES.values()
+    )
+
+
+def test_the_quick_query_fails_loudly_on_what_it_cannot_take():
+    """What makes bronze write a batch again carefully: a line that opens an object but is no
+    JSON raises; a line that is not an object is left out, so fewer rows than lines."""
+    good = write(CASES["fits"], compact=True)
+    with pytest.raises(duckdb.InvalidInputException):
+        bronze_rows([good, "{not json", good], careful=False)
+    rows, _ = bronze_rows([good, "[1, 2]", '"text"', good], careful=False)
+    assert sorted(rows) == [1, 4]
 
 
 def test_the_compact_form_is_the_one_parse_path():
@@ -390,3 +412,106 @@ def test_an_unclosed_quote_on_the_last_line_is_quarantined_too(tmp_path, after):
     assert pf.lines.column("user_id").to_pylist() == ["u-0"]
     assert pf.quarantine == [(2, lines[2], UNCLOSED_QUOTE)]
     assert pf.records == 2
+
+
+ORDERS_GOOD = [write(pairs(id=f"o-{i}"), compact=True) for i in range(6)]
+
+
+def orders_batch(tmp_path, files: dict[str, list[str]], *, always_careful: bool, monkeypatch) -> tuple[list, int]:
+    """Ingest ``files`` (orders JSON lines) in one batch; (bronze rows, quarantine, manifest as
+    the tables hold them, without run ids and clocks; how many transactions were tried)."""
+    from churn_assets.defs.bronze import load
+    from churn_assets.defs.bronze.ingest import ingest_source
+    from churn_assets.warehouse import ensure_schema
+
+    folder = tmp_path / "landing" / "orders"
+    folder.mkdir(parents=True)
+    for name, lines in files.items():
+        (folder / name).write_text("\n".join(lines) + "\n")
+    tries = []
+    write_batch = load._write_batch
+
+    def spy(*args, careful, **kwargs):
+        tries.append(careful)
+        return write_batch(*args, careful=careful or always_careful, **kwargs)
+
+    monkeypatch.setattr(load, "_write_batch", spy)
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    ensure_schema(con)
+    ingest_source(con, tmp_path / "landing", "orders", "run-1", settle_seconds=0, batch_bytes=1 << 30)
+    tables = [
+        con.execute(f"SELECT * EXCLUDE ({clock}) FROM bronze.{table} ORDER BY ALL").fetchall()
+        for table, clock in (
+            ("churn_orders_bronze", "_ingested_at"),
+            ("quarantine", "run_id, quarantined_at"),
+            ("ingest_manifest", "run_id, ingested_at, mtime"),
+        )
+    ]
+    return tables, tries
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [["{not json", "[1]"], ["[1]", '"text"']],
+    ids=["malformed-and-not-an-object", "not-an-object-only"],
+)
+def test_a_batch_the_quick_query_cannot_take_is_written_again_carefully(tmp_path, monkeypatch, bad):
+    """A malformed line (or one that is not an object) in a batch's second file: the quick
+    transaction is rolled back and the batch read and written again, with the careful query
+    throughout; the tables then hold what a careful load alone writes, every line accounted."""
+    files = {"a.json": ORDERS_GOOD[:2], "b.json": [ORDERS_GOOD[2], *bad, ORDERS_GOOD[3]], "c.json": ORDERS_GOOD[4:]}
+    (rows, quarantine, manifest), tries = orders_batch(
+        tmp_path / "q", files, always_careful=False, monkeypatch=monkeypatch
+    )
+    assert tries == [False, True]
+    expected, _ = orders_batch(tmp_path / "c", files, always_careful=True, monkeypatch=monkeypatch)
+    assert [rows, quarantine, manifest] == expected
+    assert [r[1] for r in rows] == [f"o-{i}" for i in range(6)]
+    reasons = {
+        "{not json": "malformed JSON",
+        "[1]": "JSON value is not an object",
+        '"text"': "JSON value is not an object",
+    }
+    assert [(q[2], q[3], q[5]) for q in quarantine] == [
+        ("orders/b.json", 2 + i, reasons[line]) for i, line in enumerate(bad)
+    ]
+    clean, tries = orders_batch(
+        tmp_path / "clean", {"a.json": ORDERS_GOOD}, always_careful=False, monkeypatch=monkeypatch
+    )
+    assert tries == [False] and len(clean[0]) == 6  # a clean batch: one transaction, the quick query
+
+
+def test_a_parse_error_fails_the_batch_with_its_own_error_and_writes_nothing(tmp_path, monkeypatch):
+    """Files are parsed while DuckDB inserts the rows of the ones before: an error raised by a
+    later file's read is the step's error, as it is, and the batch's transaction rolls back."""
+    from churn_assets.defs.bronze import load
+
+    parse = load.parse_file
+
+    def failing(spec, landed, state):
+        if landed.relpath.endswith("b.csv"):
+            raise PermissionError(f"cannot read {landed.relpath}")
+        return parse(spec, landed, state)
+
+    monkeypatch.setattr(load, "parse_file", failing)
+    with pytest.raises(PermissionError, match="events/b.csv"):
+        ingest_events(tmp_path, {"a.csv": CLEAN, "b.csv": CLEAN, "c.csv": CLEAN})
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    assert con.execute(
+        "SELECT (SELECT count(*) FROM bronze.churn_app_events), (SELECT count(*) FROM bronze.ingest_manifest)"
+    ).fetchall() == [(0, 0)]
+
+
+def test_a_line_longer_than_the_limit_is_never_missed_by_the_window_test():
+    """Bronze looks for over-long lines only where a window of half the limit holds no line
+    break: a line just over the limit, wherever it starts, leaves such a window."""
+    from churn_assets.defs.bronze.parse import MAX_RECORD_BYTES, _may_hold_long_line
+
+    short = (b"x" * 99 + b"\n") * (3 * MAX_RECORD_BYTES // 100)
+    assert not _may_hold_long_line(short)
+    long_line = b"y" * (MAX_RECORD_BYTES + 1)
+    half = MAX_RECORD_BYTES // 2
+    for at in (0, 1, 99, half - 1, half, half + 1, MAX_RECORD_BYTES - 3, len(short) - 100):
+        at -= at % 100  # at a line start
+        assert _may_hold_long_line(short[:at] + long_line + b"\n" + short[at:]), at
+        assert _may_hold_long_line(short[:at] + long_line), at  # the last line, unfinished

@@ -22,12 +22,12 @@ Invariant, per file segment: rows in bronze + quarantined records = records land
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 import duckdb
 
-from churn_assets.defs.bronze.load import IngestResult, load_batch, parse_batch
+from churn_assets.defs.bronze.load import IngestResult, load_batch, parsed_in_order
 from churn_assets.defs.bronze.manifest import known_files
 from churn_assets.landing import SPECS, LandedFile, SourceSpec, discover
 
@@ -84,12 +84,12 @@ def _ingest_pass(
     seen = {path: (st.size, st.mtime, st.open_tail) for path, st in known.states.items() if not st.copy_retired}
     files = discover(landing_root, spec.name, seen, settle_seconds)
     result.files_seen += len(files)
-    todo = list(batches(files, batch_bytes))
-    # The next batch is read and parsed while DuckDB writes this one, so reading files from disk
-    # overlaps the insert: one batch more in memory (CHURN_BATCH_BYTES), ~6 % off bronze at 100x.
-    with ThreadPoolExecutor(max_workers=1) as ahead:
-        upcoming = ahead.submit(parse_batch, spec, todo[0], known) if todo else None
-        for i in range(len(todo)):
-            parsed = upcoming.result()
-            upcoming = ahead.submit(parse_batch, spec, todo[i + 1], known) if i + 1 < len(todo) else None
-            load_batch(con, spec, parsed, known, run_id, result)
+    # Files are read and parsed a batch ahead of DuckDB's writes (one batch more in memory,
+    # CHURN_BATCH_BYTES), and each file's rows are written as soon as it is parsed.
+    parsed = parsed_in_order(spec, files, known, batch_bytes)
+    careful = False
+    try:
+        for batch in batches(files, batch_bytes):
+            careful = load_batch(con, spec, batch, islice(parsed, len(batch)), known, run_id, result, careful=careful)
+    finally:
+        parsed.close()

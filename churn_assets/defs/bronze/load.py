@@ -7,10 +7,14 @@ Invariant, per file segment: rows in bronze + quarantined records = records land
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 from datetime import datetime
+from itertools import chain, count
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -44,6 +48,11 @@ class IngestResult:
     rows_retired: int = 0
     changes: list[str] = field(default_factory=list)  # "path: event (reason)", for the alert
 
+    def add(self, other: IngestResult) -> None:
+        for f in fields(self):
+            if f.name != "source":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
 
 def _retire(con, spec: SourceSpec, file_ids: tuple[int, ...]) -> int:
     """Delete the bronze rows of an earlier version; gold hears of the customers whose events leave."""
@@ -60,63 +69,131 @@ def _retire(con, spec: SourceSpec, file_ids: tuple[int, ...]) -> int:
     return n
 
 
-def parse_batch(spec: SourceSpec, batch: list[LandedFile], known: Known) -> list[ParsedFile | None]:
-    """A batch's files read and parsed (None: nothing to load from that file yet). Reads only
+def parsed_in_order(
+    spec: SourceSpec, files: list[LandedFile], known: Known, ahead_bytes: int
+) -> Iterator[ParsedFile | None]:
+    """Each file read and parsed (None: nothing to load from it yet), in order. PARSE_THREADS
+    threads run ahead of the consumer by up to ``ahead_bytes`` of landed files, so reading and
+    parsing overlap DuckDB's writes, within a batch and across batches. Reads only
     ``known.states``, which no load of the run changes."""
-    # Parsing is pyarrow's C++ and numpy (GIL released): files of a batch are parsed side by side.
+    # Parsing is pyarrow's C++ and numpy (GIL released): files are parsed side by side.
     with ThreadPoolExecutor(max_workers=PARSE_THREADS) as pool:
-        return list(pool.map(lambda f: parse_file(spec, f, known.states.get(f.relpath)), batch))
+        pending: deque[tuple[int, Future]] = deque()
+        queued = 0
+        todo = iter(files)
+        try:
+            while True:
+                while queued < ahead_bytes or not pending:
+                    landed = next(todo, None)
+                    if landed is None:
+                        break
+                    state = known.states.get(landed.relpath)
+                    pending.append((landed.size, pool.submit(parse_file, spec, landed, state)))
+                    queued += landed.size
+                if not pending:
+                    return
+                size, parsed = pending.popleft()
+                queued -= size
+                yield parsed.result()
+        finally:
+            for _, parsed in pending:
+                parsed.cancel()
+
+
+class _Careful(Exception):
+    """The quick JSON rows query met a line it cannot take (not JSON, or not an object)."""
 
 
 def load_batch(
-    con, spec: SourceSpec, parsed: list[ParsedFile | None], known: Known, run_id: str, result: IngestResult
-) -> None:
-    """Write what a parsed batch adds in one transaction; ``result`` counts it, ``known``
-    learns the batch's contents once the transaction commits."""
-    waiting = sum(pf is None for pf in parsed)
-    parsed = [pf for pf in parsed if pf]
-    result.files_waiting += waiting
-    if not parsed:
-        return
+    con,
+    spec: SourceSpec,
+    batch: list[LandedFile],
+    parsed: Iterator[ParsedFile | None],
+    known: Known,
+    run_id: str,
+    result: IngestResult,
+    *,
+    careful: bool = False,
+) -> bool:
+    """Write what a batch adds in one transaction, each file's rows as soon as ``parsed``
+    (the batch's files parsed, in order) yields it; ``result`` counts it, ``known`` learns the
+    batch's contents once the transaction commits. JSON lines go through the quick rows query
+    unless ``careful``; when it meets a line it cannot take, the transaction is rolled back and
+    the batch read again and written carefully. Returns whether the batch was written
+    carefully (the caller keeps to it for the rest of the pass)."""
+    try:
+        added = _write_batch(con, spec, parsed, known, run_id, careful=careful)
+    except _Careful:
+        for _ in parsed:  # the rest of the batch, parsed ahead: dropped, it is read again
+            pass
+        again = parsed_in_order(spec, batch, known, sum(f.size for f in batch))
+        added = _write_batch(con, spec, again, known, run_id, careful=True)
+        careful = True
+    result.add(added)
+    return careful
+
+
+def _write_batch(
+    con, spec: SourceSpec, parsed: Iterator[ParsedFile | None], known: Known, run_id: str, *, careful: bool
+) -> IngestResult:
+    """One attempt at a batch's transaction; what it added, counted (nothing when it raises)."""
     fault_point("after_parse")
+    result = IngestResult(spec.name)
     now = utcnow()
     current = dict(known.current)
     used = set(known.used_keys)
+    # file_id -> (its parsed file, status, detail, dedup key), in arrival order
+    planned: dict[int, tuple[ParsedFile, str, str | None, str | None]] = {}
     with transaction(con):
-        first_id = (scalar(con, "SELECT max(file_id) FROM bronze.ingest_manifest") or 0) + 1
-        to_load: list[tuple[int, ParsedFile]] = []
-        status: dict[int, tuple[str, str | None, str | None]] = {}  # file_id -> (status, detail, dedup key)
-        for file_id, pf in enumerate(parsed, start=first_id):
-            path = pf.landed.relpath
+        ids = count((scalar(con, "SELECT max(file_id) FROM bronze.ingest_manifest") or 0) + 1)
+
+        def loading() -> Iterator[tuple[int, ParsedFile]]:
+            """The files whose rows load, each decided as it arrives (in order: the first
+            arrival of a content claims it)."""
+            nonlocal current
+            for pf in parsed:
+                if pf is None:
+                    result.files_waiting += 1
+                    continue
+                file_id = next(ids)
+                path = pf.landed.relpath
+                current = {h: p for h, p in current.items() if p != path}
+                if pf.event != "appended" and pf.content_hash in current:
+                    # Same bytes under another name: the content is in already; record, add nothing.
+                    planned[file_id] = (pf, "duplicate", f"same content as {current[pf.content_hash]}", None)
+                    continue
+                key = None
+                if pf.event != "appended":
+                    # The first arrival of a content claims its key: the unique index refuses a second.
+                    whole_read = pf.content_hash == pf.prefix_hash
+                    key = pf.content_hash if whole_read and pf.content_hash not in used else None
+                    if key:
+                        used.add(key)
+                current[pf.prefix_hash] = path
+                planned[file_id] = (pf, pf.status, pf.detail, key)
+                if pf.lines is not None and pf.lines.num_rows:
+                    yield file_id, pf
+                    # Its lines are DuckDB's now: memory freed as the batch goes, not at its end.
+                    pf.lines = None
+
+        quarantine = _insert_lines(con, spec, loading(), now, careful)
+        # An earlier version's rows go once the new rows are in: they are told apart by file id.
+        for pf, *_ in planned.values():
             if pf.retire:
                 result.rows_retired += _retire(con, spec, pf.retire)
                 fault_point("new_version_after_retire")
-            if pf.event == "appended":
-                current = {h: p for h, p in current.items() if p != path}
-                current[pf.prefix_hash] = path
-                status[file_id] = (pf.status, pf.detail, None)
-                to_load.append((file_id, pf))
-                continue
-            current = {h: p for h, p in current.items() if p != path}
-            if pf.content_hash in current:
-                # Same bytes under another name: the content is in already; record, add nothing.
-                status[file_id] = ("duplicate", f"same content as {current[pf.content_hash]}", None)
-                continue
-            # The first arrival of a content claims its key: the unique index refuses a second.
-            whole_read = pf.content_hash == pf.prefix_hash
-            key = pf.content_hash if whole_read and pf.content_hash not in used else None
-            if key:
-                used.add(key)
-            current[pf.prefix_hash] = path
-            status[file_id] = (pf.status, pf.detail, key)
-            to_load.append((file_id, pf))
-        counts = _insert_rows(con, spec, to_load, run_id, now)
+        quarantine += [
+            (file_id, pf.landed.relpath, *q)
+            for file_id, (pf, state, *_) in planned.items()
+            if state != "duplicate"
+            for q in pf.quarantine
+        ]
+        counts = _counts(con, spec, planned, quarantine, run_id, now)
         fault_point("after_rows_before_manifest")
-        if any(pf.event == "appended" for pf in parsed):
+        if any(pf.event == "appended" for pf, *_ in planned.values()):
             fault_point("appended_rows_before_manifest")
         manifest = []
-        for file_id, pf in enumerate(parsed, start=first_id):
-            state, detail, key = status[file_id]
+        for file_id, (pf, state, detail, key) in planned.items():
             loaded, rescued, quarantined = counts.get(file_id, (0, 0, 0))
             if state == "loaded" and loaded == 0 and quarantined:
                 state = "quarantined"
@@ -158,16 +235,18 @@ def load_batch(
             result.rows_loaded += loaded
             result.rows_rescued += rescued
             result.rows_quarantined += quarantined
-        con.executemany(
-            f"INSERT INTO bronze.ingest_manifest ({', '.join(MANIFEST_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(MANIFEST_COLUMNS))})",
-            manifest,
-        )
+        if manifest:
+            con.executemany(
+                f"INSERT INTO bronze.ingest_manifest ({', '.join(MANIFEST_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(MANIFEST_COLUMNS))})",
+                manifest,
+            )
         fault_point("after_file_before_commit")
     known.current.clear()
     known.current.update(current)
     known.used_keys.update(used)
     fault_point("after_commit")
+    return result
 
 
 def _with_lineage(pf: ParsedFile, file_id: int) -> pa.Table:
@@ -180,35 +259,87 @@ def _with_lineage(pf: ParsedFile, file_id: int) -> pa.Table:
     )
 
 
-def _insert_rows(
-    con, spec: SourceSpec, to_load: list[tuple[int, ParsedFile]], run_id: str, now: datetime
-) -> dict[int, tuple[int, int, int]]:
-    """Insert the rows and quarantine records of a batch's files; per file (loaded, rescued, quarantined)."""
-    quarantine = [(file_id, pf.landed.relpath, *q) for file_id, pf in to_load for q in pf.quarantine]
-    with_rows = [(file_id, pf) for file_id, pf in to_load if pf.lines is not None and pf.lines.num_rows]
-    # CSV files are grouped by header (their column mapping); JSON files all read alike.
-    groups: dict[tuple[str, ...], list[tuple[int, ParsedFile]]] = {}
-    for file_id, pf in with_rows:
-        groups.setdefault(tuple(pf.header), []).append((file_id, pf))
-    for n, (header, files) in enumerate(groups.items()):
-        view = f"_landing_{spec.name}_{files[0][0]}_{n}"
-        table = pa.concat_tables([_with_lineage(pf, file_id) for file_id, pf in files])
-        with registered(con, view, table):
-            bad_sql = None
-            if spec.fmt == "json":
+class _Feed:
+    """The record batches of a stream of tables, pulled by DuckDB as it inserts them: counts
+    the rows, and keeps an error raised while producing them (DuckDB would report it as its own)."""
+
+    def __init__(self, schema: pa.Schema, tables: Iterator[pa.Table]) -> None:
+        self.schema, self.tables, self.rows, self.error = schema, tables, 0, None
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        try:
+            for table in self.tables:
+                if not table.schema.equals(self.schema):
+                    table = table.cast(self.schema)
+                self.rows += table.num_rows
+                yield from table.to_batches()
+        except Exception as exc:  # re-raised by the caller once DuckDB has stopped
+            self.error = exc
+
+
+def _insert_lines(
+    con, spec: SourceSpec, loading: Iterator[tuple[int, ParsedFile]], now: datetime, careful: bool
+) -> list[tuple]:
+    """Insert the lines of the files ``loading`` yields as they arrive; the quarantine records
+    the careful JSON query finds (lines that are not JSON objects). CSV files are inserted by
+    runs of one header (their column mapping); JSON files all read alike."""
+    head = next(loading, None)
+    quarantine: list[tuple] = []
+    while head is not None:
+        header = head[1].header
+        after: list[tuple[int, ParsedFile]] = []
+
+        def same_header(first=head, header=header, after=after) -> Iterator[pa.Table]:
+            yield _with_lineage(first[1], first[0])
+            for file_id, pf in loading:
+                if pf.header != header:
+                    after.append((file_id, pf))
+                    return
+                yield _with_lineage(pf, file_id)
+
+        view = f"_landing_{spec.name}_{head[0]}"
+        tables = same_header()
+        if spec.fmt == "json" and careful:
+            # Read twice (rows, then the lines left out): a table, not a stream.
+            table = pa.concat_tables(list(tables))
+            with registered(con, view, table):
                 rows_sql, bad_sql = json_select_sql(spec, view)
-            else:
-                rows_sql = csv_select_sql(spec, list(header), view)
-            (inserted,) = con.execute(
-                f"""INSERT INTO bronze.{spec.table}
-                    SELECT *, ?
-                    FROM ({rows_sql})""",
-                [now],
-            ).fetchone()
-            # The JSON rows query keeps the lines that are objects: the others, if any, are the
-            # quarantine's. A clean batch skips that second pass over every line.
-            if bad_sql is not None and inserted < table.num_rows:
-                quarantine += [tuple(r) for r in con.execute(bad_sql).fetchall()]
+                inserted = _insert(con, spec, rows_sql, now)
+                if inserted < table.num_rows:
+                    quarantine += [tuple(r) for r in con.execute(bad_sql).fetchall()]
+        else:
+            first = next(tables)
+            feed = _Feed(first.schema, chain([first], tables))
+            with registered(con, view, pa.RecordBatchReader.from_batches(first.schema, iter(feed))):
+                rows_sql = (
+                    json_select_sql(spec, view, careful=False)[0]
+                    if spec.fmt == "json"
+                    else csv_select_sql(spec, list(header), view)
+                )
+                try:
+                    inserted = _insert(con, spec, rows_sql, now)
+                except duckdb.InvalidInputException:
+                    if feed.error is None and spec.fmt == "json":
+                        raise _Careful from None  # a line that opens with "{" is not JSON
+                    raise
+                finally:
+                    if feed.error is not None:
+                        raise feed.error
+            if spec.fmt == "json" and inserted < feed.rows:
+                raise _Careful  # a line that does not open with "{": the careful query says why
+        head = after[0] if after else None
+    return quarantine
+
+
+def _insert(con, spec: SourceSpec, rows_sql: str, now: datetime) -> int:
+    (inserted,) = con.execute(f"INSERT INTO bronze.{spec.table} SELECT *, ? FROM ({rows_sql})", [now]).fetchone()
+    return inserted
+
+
+def _counts(
+    con, spec: SourceSpec, planned: dict, quarantine: list[tuple], run_id: str, now: datetime
+) -> dict[int, tuple[int, int, int]]:
+    """Write the batch's quarantine records; per file (rows loaded, rescued, quarantined)."""
     if quarantine:
         q = pa.table(
             {
@@ -225,13 +356,13 @@ def _insert_rows(
                 f"FROM _quarantine_{spec.name}",
                 [spec.name, run_id, now],
             )
-    counts: dict[int, list[int]] = {file_id: [0, 0, 0] for file_id, _ in to_load}
-    if with_rows:
+    counts: dict[int, list[int]] = {file_id: [0, 0, 0] for file_id in planned}
+    if planned:
         # File ids only grow: the zone maps keep this to the batch's segments.
         for file_id, loaded, rescued in con.execute(
             f"""SELECT _file_id, count(*), count(_rescued_data) FROM bronze.{spec.table}
                 WHERE _file_id BETWEEN ? AND ? GROUP BY _file_id""",
-            [with_rows[0][0], with_rows[-1][0]],
+            [min(planned), max(planned)],
         ).fetchall():
             counts[file_id][0], counts[file_id][1] = loaded, rescued
     for r in quarantine:

@@ -7,7 +7,8 @@ from churn_assets.defs.bronze.parse import FILE_ID, ROW_NO, SOURCE_FILE
 from churn_assets.landing import TIMESTAMP_REGEX, SourceSpec
 
 # Valid JSON whose first character is "{" is an object; json_valid is the one full parse.
-IS_OBJECT = "CASE WHEN json_valid(raw) THEN ltrim(raw)[1] = '{' ELSE false END"
+OPENS_OBJECT = "ltrim(raw)[1] = '{'"
+IS_OBJECT = f"CASE WHEN json_valid(raw) THEN {OPENS_OBJECT} ELSE false END"
 # A line that is its parsed struct written back fits by construction (json_select_sql). Compared
 # as text: against JSON, DuckDB would cast (parse) every landed line once more.
 CANONICAL = "to_json(s)::VARCHAR = raw"
@@ -28,8 +29,13 @@ def _q(name: str) -> str:
 LINEAGE = f"{_q(SOURCE_FILE)}, {_q(FILE_ID)}, {_q(ROW_NO)}"
 
 
-def json_select_sql(spec: SourceSpec, view: str) -> tuple[str, str]:
+def json_select_sql(spec: SourceSpec, view: str, *, careful: bool = True) -> tuple[str, str]:
     """SQL turning a (raw, lineage) view of JSON lines into bronze rows, and into quarantine.
+
+    ``careful=False`` leaves out json_valid, a full parse of every line: it takes the lines
+    that open with "{" as objects, and from_json then raises on one that is not valid JSON
+    (the same parser and flags as json_valid). The caller inserts that way first and, when it
+    raises or leaves a line out, writes the batch again carefully: the rows are the same.
 
     Each object line is parsed once into the schema's struct. A line that is exactly that
     struct written back (``to_json``: the schema's keys in order, compact, each value of its
@@ -61,7 +67,7 @@ def json_select_sql(spec: SourceSpec, view: str) -> tuple[str, str]:
             FROM (
                 SELECT {LINEAGE}, raw, s, {CANONICAL} AS canon
                 FROM (SELECT {LINEAGE}, raw, from_json(raw, '{struct}') AS s
-                      FROM {view} WHERE {IS_OBJECT})
+                      FROM {view} WHERE {IS_OBJECT if careful else OPENS_OBJECT})
             )
         )"""
     cols = ", ".join(f"CASE WHEN f_{i} THEN s.{_q(c)} END AS {_q(c)}" for i, (c, _) in enumerate(fits))
