@@ -149,7 +149,8 @@ def table_metadata(con: duckdb.DuckDBPyConnection, qualified: str, preview_rows:
     shown = previewable([c for c, _ in cols], qualified)
     if shown:
         quoted = ", ".join(f'"{c}"' for c in shown)
-        preview = markdown_table(con.sql(f"SELECT {quoted} FROM {qualified} LIMIT {preview_rows}").pl())
+        rows = con.execute(f"SELECT {quoted} FROM {qualified} LIMIT {preview_rows}").fetchall()
+        preview = markdown_table(shown, rows)
     else:
         preview = "_(no column of this table may be previewed)_"
     return {
@@ -159,13 +160,14 @@ def table_metadata(con: duckdb.DuckDBPyConnection, qualified: str, preview_rows:
     }
 
 
-def markdown_table(df) -> str:
-    if df.height == 0:
-        return "_(no rows)_"
-    head = "| " + " | ".join(df.columns) + " |"
-    sep = "| " + " | ".join("---" for _ in df.columns) + " |"
+def markdown_table(columns: list[str], rows: Iterable[tuple]) -> str:
+    """Rows as a Markdown table (Python values, no dataframe: the data steps need not import one)."""
     body = [
         "| " + " | ".join("" if v is None else str(v).replace("|", "\\|").replace("\n", " ") for v in row) + " |"
-        for row in df.iter_rows()
+        for row in rows
     ]
+    if not body:
+        return "_(no rows)_"
+    head = "| " + " | ".join(columns) + " |"
+    sep = "| " + " | ".join("---" for _ in columns) + " |"
     return "\n".join([head, sep, *body])

@@ -37,6 +37,5 @@ def importance_png(importance: pd.DataFrame) -> bytes:
 
 
 def importance_markdown(importance: pd.DataFrame) -> str:
-    import polars as pl
-
-    return markdown_table(pl.from_pandas(importance.head(TOP_FEATURES)))
+    top = importance.head(TOP_FEATURES)
+    return markdown_table(list(top.columns), top.itertuples(index=False, name=None))
