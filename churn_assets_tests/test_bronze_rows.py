@@ -417,7 +417,9 @@ def test_an_unclosed_quote_on_the_last_line_is_quarantined_too(tmp_path, after):
 ORDERS_GOOD = [write(pairs(id=f"o-{i}"), compact=True) for i in range(6)]
 
 
-def orders_batch(tmp_path, files: dict[str, list[str]], *, always_careful: bool, monkeypatch) -> tuple[list, int]:
+def orders_batch(
+    tmp_path, files: dict[str, list[str]], *, always_careful: bool, monkeypatch, batch_bytes: int = 1 << 30
+) -> tuple[list, list[bool]]:
     """Ingest ``files`` (orders JSON lines) in one batch; (bronze rows, quarantine, manifest as
     the tables hold them, without run ids and clocks; how many transactions were tried)."""
     from churn_assets.defs.bronze import load
@@ -438,7 +440,7 @@ def orders_batch(tmp_path, files: dict[str, list[str]], *, always_careful: bool,
     monkeypatch.setattr(load, "_write_batch", spy)
     con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
     ensure_schema(con)
-    ingest_source(con, tmp_path / "landing", "orders", "run-1", settle_seconds=0, batch_bytes=1 << 30)
+    ingest_source(con, tmp_path / "landing", "orders", "run-1", settle_seconds=0, batch_bytes=batch_bytes)
     tables = [
         con.execute(f"SELECT * EXCLUDE ({clock}) FROM bronze.{table} ORDER BY ALL").fetchall()
         for table, clock in (
@@ -479,6 +481,55 @@ def test_a_batch_the_quick_query_cannot_take_is_written_again_carefully(tmp_path
         tmp_path / "clean", {"a.json": ORDERS_GOOD}, always_careful=False, monkeypatch=monkeypatch
     )
     assert tries == [False] and len(clean[0]) == 6  # a clean batch: one transaction, the quick query
+
+
+def test_after_a_careful_batch_the_pass_stays_careful_and_every_batch_lands_once(tmp_path, monkeypatch):
+    """One file a batch: the second batch's quick try fails while the third is parsed ahead; the
+    batches after it are written carefully at once, and the tables are a careful load's."""
+    files = {f"{n}.json": ORDERS_GOOD[i : i + 2] for n, i in zip("abcd", (0, 2, 4, 0), strict=True)}
+    files["b.json"] = [*files["b.json"], "{not json"]
+    files["d.json"] = [write(pairs(id=f"o-d{i}"), compact=True) for i in range(2)]
+    tables, tries = orders_batch(tmp_path / "q", files, always_careful=False, monkeypatch=monkeypatch, batch_bytes=1)
+    assert tries == [False, False, True, True, True]
+    expected, _ = orders_batch(tmp_path / "c", files, always_careful=True, monkeypatch=monkeypatch, batch_bytes=1)
+    assert tables == expected
+    assert len(tables[0]) == 8 and len(tables[1]) == 1 and len(tables[2]) == 4
+
+
+def test_an_error_raised_beside_a_refused_line_does_not_carry_the_line(tmp_path, monkeypatch):
+    """DuckDB's message for a line it refuses quotes the line; when a later file's read fails in
+    the same INSERT, the error the step reports must not carry that message, in its text or its
+    chain. DuckDB's refusal is simulated once the stream is drained: which comes first is a race."""
+    import traceback
+
+    from churn_assets.defs.bronze import load
+    from churn_assets.defs.bronze.ingest import ingest_source
+    from churn_assets.warehouse import ensure_schema
+
+    folder = tmp_path / "landing" / "orders"
+    folder.mkdir(parents=True)
+    for name in ("a.json", "b.json"):
+        (folder / name).write_text("\n".join(ORDERS_GOOD) + "\n")
+    parse = load.parse_file
+
+    def failing(spec, landed, state):
+        if landed.relpath.endswith("b.json"):
+            raise PermissionError(f"cannot read {landed.relpath}")
+        return parse(spec, landed, state)
+
+    def refusing(con, spec, rows_sql, now):
+        view = re.search(r"FROM (_landing_\w+)", rows_sql).group(1)
+        con.execute(f"SELECT count(*) FROM {view}").fetchall()  # pulls b.json: its read fails
+        raise duckdb.InvalidInputException('Malformed JSON. Input: "{\\"email\\": \\"jane.doe@example.com\\""')
+
+    monkeypatch.setattr(load, "parse_file", failing)
+    monkeypatch.setattr(load, "_insert", refusing)
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    ensure_schema(con)
+    with pytest.raises(PermissionError) as raised:
+        ingest_source(con, tmp_path / "landing", "orders", "run-1", settle_seconds=0, batch_bytes=1 << 30)
+    shown = "".join(traceback.format_exception(raised.value))
+    assert "orders/b.json" in shown and "jane.doe" not in shown
 
 
 def test_a_parse_error_fails_the_batch_with_its_own_error_and_writes_nothing(tmp_path, monkeypatch):

@@ -84,8 +84,7 @@ def _ingest_pass(
     seen = {path: (st.size, st.mtime, st.open_tail) for path, st in known.states.items() if not st.copy_retired}
     files = discover(landing_root, spec.name, seen, settle_seconds)
     result.files_seen += len(files)
-    # Files are read and parsed a batch ahead of DuckDB's writes (one batch more in memory,
-    # CHURN_BATCH_BYTES), and each file's rows are written as soon as it is parsed.
+    # One batch more in memory (CHURN_BATCH_BYTES): the files parsed ahead.
     parsed = parsed_in_order(spec, files, known, batch_bytes)
     careful = False
     try:

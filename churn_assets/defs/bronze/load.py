@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from itertools import chain, count
@@ -121,16 +122,39 @@ def load_batch(
     unless ``careful``; when it meets a line it cannot take, the transaction is rolled back and
     the batch read again and written carefully. Returns whether the batch was written
     carefully (the caller keeps to it for the rest of the pass)."""
+    waiting = 0
+    for first in parsed:
+        if first is not None:
+            break
+        waiting += 1
+    else:  # every file still being written: no transaction
+        result.files_waiting += waiting
+        return careful
     try:
-        added = _write_batch(con, spec, parsed, known, run_id, careful=careful)
+        added = _write_batch(con, spec, chain([None] * waiting, [first], parsed), known, run_id, careful=careful)
     except _Careful:
-        for _ in parsed:  # the rest of the batch, parsed ahead: dropped, it is read again
+        added = None
+    if added is None:  # rolled back; read again outside the handler, so nothing of the first try stays alive
+        for _ in parsed:  # the rest of the batch, parsed ahead: dropped
             pass
-        again = parsed_in_order(spec, batch, known, sum(f.size for f in batch))
-        added = _write_batch(con, spec, again, known, run_id, careful=True)
+        with closing(parsed_in_order(spec, batch, known, sum(f.size for f in batch))) as again:
+            added = _write_batch(con, spec, again, known, run_id, careful=True)
         careful = True
     result.add(added)
     return careful
+
+
+def decide(pf: ParsedFile, current: dict[str, str], used: set[str]) -> tuple[str, str | None, str | None]:
+    """A file's (status, detail, dedup key) given the contents loaded so far (``current``:
+    content hash -> path, without this file's own earlier version) and the keys ever claimed."""
+    if pf.event == "appended":
+        return pf.status, pf.detail, None
+    if pf.content_hash in current:
+        # Same bytes under another name: the content is in already; record, add nothing.
+        return "duplicate", f"same content as {current[pf.content_hash]}", None
+    # The first arrival of a content claims its key: the unique index refuses a second.
+    whole_read = pf.content_hash == pf.prefix_hash
+    return pf.status, pf.detail, pf.content_hash if whole_read and pf.content_hash not in used else None
 
 
 def _write_batch(
@@ -158,22 +182,16 @@ def _write_batch(
                 file_id = next(ids)
                 path = pf.landed.relpath
                 current = {h: p for h, p in current.items() if p != path}
-                if pf.event != "appended" and pf.content_hash in current:
-                    # Same bytes under another name: the content is in already; record, add nothing.
-                    planned[file_id] = (pf, "duplicate", f"same content as {current[pf.content_hash]}", None)
+                planned[file_id] = (pf, *decide(pf, current, used))
+                if planned[file_id][1] == "duplicate":
                     continue
-                key = None
-                if pf.event != "appended":
-                    # The first arrival of a content claims its key: the unique index refuses a second.
-                    whole_read = pf.content_hash == pf.prefix_hash
-                    key = pf.content_hash if whole_read and pf.content_hash not in used else None
-                    if key:
-                        used.add(key)
+                if planned[file_id][3]:
+                    used.add(planned[file_id][3])
                 current[pf.prefix_hash] = path
-                planned[file_id] = (pf, pf.status, pf.detail, key)
                 if pf.lines is not None and pf.lines.num_rows:
                     yield file_id, pf
-                    # Its lines are DuckDB's now: memory freed as the batch goes, not at its end.
+                    # Its lines are DuckDB's now: memory freed as the batch goes, not at its end
+                    # (but on the careful JSON path, which reads its batch twice).
                     pf.lines = None
 
         quarantine = _insert_lines(con, spec, loading(), now, careful)
@@ -188,7 +206,7 @@ def _write_batch(
             if state != "duplicate"
             for q in pf.quarantine
         ]
-        counts = _counts(con, spec, planned, quarantine, run_id, now)
+        counts = _write_quarantine_and_count(con, spec, planned, quarantine, run_id, now)
         fault_point("after_rows_before_manifest")
         if any(pf.event == "appended" for pf, *_ in planned.values()):
             fault_point("appended_rows_before_manifest")
@@ -273,6 +291,7 @@ class _Feed:
                     table = table.cast(self.schema)
                 self.rows += table.num_rows
                 yield from table.to_batches()
+                del table  # not held while the next file is parsed
         except Exception as exc:  # re-raised by the caller once DuckDB has stopped
             self.error = exc
 
@@ -316,15 +335,18 @@ def _insert_lines(
                     if spec.fmt == "json"
                     else csv_select_sql(spec, list(header), view)
                 )
+                del first
                 try:
                     inserted = _insert(con, spec, rows_sql, now)
-                except duckdb.InvalidInputException:
-                    if feed.error is None and spec.fmt == "json":
-                        raise _Careful from None  # a line that opens with "{" is not JSON
-                    raise
-                finally:
+                except duckdb.Error as exc:
+                    # Raised from None: DuckDB's message may quote a landed line (personal data).
                     if feed.error is not None:
-                        raise feed.error
+                        raise feed.error from None
+                    if spec.fmt == "json" and isinstance(exc, duckdb.InvalidInputException):
+                        raise _Careful from None  # DuckDB refused a line: from_json raises on one that is not JSON
+                    raise
+                if feed.error is not None:
+                    raise feed.error
             if spec.fmt == "json" and inserted < feed.rows:
                 raise _Careful  # a line that does not open with "{": the careful query says why
         head = after[0] if after else None
@@ -336,7 +358,7 @@ def _insert(con, spec: SourceSpec, rows_sql: str, now: datetime) -> int:
     return inserted
 
 
-def _counts(
+def _write_quarantine_and_count(
     con, spec: SourceSpec, planned: dict, quarantine: list[tuple], run_id: str, now: datetime
 ) -> dict[int, tuple[int, int, int]]:
     """Write the batch's quarantine records; per file (rows loaded, rescued, quarantined)."""
