@@ -182,11 +182,12 @@ def _write_batch(
                 file_id = next(ids)
                 path = pf.landed.relpath
                 current = {h: p for h, p in current.items() if p != path}
-                planned[file_id] = (pf, *decide(pf, current, used))
-                if planned[file_id][1] == "duplicate":
+                state, detail, key = decide(pf, current, used)
+                planned[file_id] = (pf, state, detail, key)
+                if state == "duplicate":
                     continue
-                if planned[file_id][3]:
-                    used.add(planned[file_id][3])
+                if key:
+                    used.add(key)
                 current[pf.prefix_hash] = path
                 if pf.lines is not None and pf.lines.num_rows:
                     yield file_id, pf

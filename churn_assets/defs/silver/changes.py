@@ -22,35 +22,28 @@ from dataclasses import dataclass
 
 import duckdb
 
+from churn_assets.landing import SPECS
 from churn_assets.warehouse import advance, scalar, watermark
 
 
 @dataclass(frozen=True)
 class Feed:
-    table: str  # silver.<name>
+    table: str  # silver.<name>; also silver's own consumer name in ops.watermarks
     log: str  # ops.<table of old images>
     columns: tuple[str, ...]  # what an image keeps; user_id first
-    consumer: str  # silver's own watermark: (consumer, bronze source)
-    bronze: str
-    source: str  # the landing source (bronze.ingest_manifest.source)
+    source: str  # the landing source it is built from (bronze.ingest_manifest.source)
+
+    @property
+    def bronze(self) -> str:
+        return f"bronze.{SPECS[self.source].table}"
 
 
 FEEDS = {
     "silver.churn_users": Feed(
-        "silver.churn_users",
-        "ops.silver_removed_users",
-        ("user_id", "canal", "gender", "churn"),
-        "silver.churn_users",
-        "bronze.churn_users_bronze",
-        "users",
+        "silver.churn_users", "ops.silver_removed_users", ("user_id", "canal", "gender", "churn"), "users"
     ),
     "silver.churn_orders": Feed(
-        "silver.churn_orders",
-        "ops.silver_removed_orders",
-        ("user_id", "amount", "creation_date"),
-        "silver.churn_orders",
-        "bronze.churn_orders_bronze",
-        "orders",
+        "silver.churn_orders", "ops.silver_removed_orders", ("user_id", "amount", "creation_date"), "orders"
     ),
 }
 
@@ -87,7 +80,7 @@ def since(con: duckdb.DuckDBPyConnection, reader: str, table: str) -> int | None
     landed file has been ingested since (silver then puts earlier rows back)."""
     feed = _ensure(con, table)
     seen = watermark(con, reader, table)
-    if not seen or seen > watermark(con, feed.consumer, feed.bronze):
+    if not seen or seen > watermark(con, feed.table, feed.bronze):
         return None
     new_version = scalar(
         con,
@@ -122,5 +115,5 @@ def as_read(table: str, seen: int, current: str) -> str:
 def read_up_to(con: duckdb.DuckDBPyConnection, reader: str, table: str) -> None:
     """``reader`` has read ``table`` as silver's latest run left it."""
     feed = _ensure(con, table)
-    advance(con, reader, table, watermark(con, feed.consumer, feed.bronze))
+    advance(con, reader, table, watermark(con, feed.table, feed.bronze))
     _trim(con, feed)

@@ -171,10 +171,8 @@ def _rederive_retired(
     bronze row already read: the table then equals a fresh load of the landing folder.
     Gold is told every customer concerned. Returns the rows taken out."""
     from churn_assets.defs.bronze.manifest import retired_file_ids
-    from churn_assets.landing import SPECS
 
-    name = next(s.name for s in SPECS.values() if f"bronze.{s.table}" == source)
-    retired = retired_file_ids(con, name)
+    retired = retired_file_ids(con, FEEDS[target].source)
     if not retired:
         return 0
     ids = ", ".join(str(int(i)) for i in retired)
@@ -205,7 +203,7 @@ def build_churn_users(con: duckdb.DuckDBPyConnection, pseudonym_key: str) -> Sil
     with transaction(con):
         read, written, replaced, high, dropped, flagged = _upsert(
             con,
-            consumer=feed.consumer,
+            consumer=feed.table,
             source=feed.bronze,
             key="id",
             target="silver.churn_users",
@@ -216,7 +214,7 @@ def build_churn_users(con: duckdb.DuckDBPyConnection, pseudonym_key: str) -> Sil
             dropped=USERS_DROPPED,
             flagged=USERS_FLAGGED,
         )
-        advance(con, feed.consumer, feed.bronze, high)
+        advance(con, feed.table, feed.bronze, high)
         fault_point("silver_before_commit")
         total = scalar(con, "SELECT count(*) FROM silver.churn_users")
     return SilverResult("silver.churn_users", read, written, written - replaced, dropped, total, flagged)
@@ -227,7 +225,7 @@ def build_churn_orders(con: duckdb.DuckDBPyConnection) -> SilverResult:
     with transaction(con):
         read, written, replaced, high, dropped, flagged = _upsert(
             con,
-            consumer=feed.consumer,
+            consumer=feed.table,
             source=feed.bronze,
             key="id",
             target="silver.churn_orders",
@@ -241,7 +239,7 @@ def build_churn_orders(con: duckdb.DuckDBPyConnection) -> SilverResult:
             # too: gold is told, since the new version no longer names them.
             tell_gold=True,
         )
-        advance(con, feed.consumer, feed.bronze, high)
+        advance(con, feed.table, feed.bronze, high)
         fault_point("silver_before_commit")
         total = scalar(con, "SELECT count(*) FROM silver.churn_orders")
     return SilverResult("silver.churn_orders", read, written, written - replaced, dropped, total, flagged)
