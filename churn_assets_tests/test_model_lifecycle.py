@@ -52,6 +52,9 @@ def test_retrain_policy_counts_new_rows_since_the_last_version():
     assert retrain_decision(15_000, "3", 5_000, 10_000).train  # exactly the threshold
     assert retrain_decision(5_000, "3", 5_000, 10_000, force=True).train
     assert retrain_decision(5_000, "3", 5_000, 0).train  # 0: every cycle
+    # Every cycle whatever the store holds: even after a rebuilt warehouse landed fewer rows than
+    # the last version counted (the step then trains without asking the store first).
+    assert retrain_decision(3_000, "3", 5_000, 0).train
 
 
 def test_promotion_needs_the_floor_and_the_champion_within_tolerance():
@@ -266,6 +269,22 @@ def test_an_experiment_created_meanwhile_by_another_thread_is_the_experiment(tmp
     assert experiment_id == created and calls == ["churn", "churn"]
 
 
+def test_training_against_an_unreachable_store_fails_clearly(trained, tmp_path):
+    """The step asks the store nothing before it trains (every cycle retrains by default): the
+    store's failure comes when it registers, as the same clear error, retried."""
+    home, _ = trained
+    resource = MLflowResource.from_settings(
+        Settings(), tracking_uri="http://127.0.0.1:9", artifact_root=str(tmp_path), http_timeout=2, http_retries=0
+    )
+    result = materialize(home, "ml/churn_model", as_of=AS_OF, raise_on_error=False, mlflow_store=resource)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_key == "ml__churn_model"
+    message = failure.step_failure_data.user_failure_data.description
+    assert "MLflow store at http://127.0.0.1:9 is unreachable or corrupt" in message
+    assert gc.get_freeze_count() == 0
+
+
 @pytest.mark.parametrize("store", ["unreachable", "corrupt"])
 def test_broken_store_fails_clearly_and_leaves_predictions(trained, tmp_path, store):
     home, _ = trained
@@ -295,7 +314,7 @@ def test_only_a_run_that_scores_loads_the_champion_as_it_starts():
     it (which names steps, not assets); a training-only run does not pay for it."""
     import dagster as dg
 
-    from churn_assets.defs.ml.resources import run_scores
+    from churn_assets.defs.ml.resources import run_executes, run_scores
 
     def run(assets=None, steps=None):
         return dg.DagsterRun(job_name="churn_cycle", asset_selection=assets, step_keys_to_execute=steps)
@@ -309,3 +328,7 @@ def test_only_a_run_that_scores_loads_the_champion_as_it_starts():
     assert run_scores(None)
     # A re-execution of the training step alone keeps its parent's asset selection: its steps say.
     assert not run_scores(run(assets=frozenset({prediction, model}), steps=["ml__churn_model"]))
+    # LightGBM is imported as the run starts only where the run trains.
+    assert run_executes(run(assets=frozenset({model})), model)
+    assert not run_executes(run(assets=frozenset({prediction})), model)
+    assert run_executes(run(assets=frozenset(), steps=["ml__churn_model"]), model)

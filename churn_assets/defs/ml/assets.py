@@ -14,7 +14,13 @@ import dagster as dg
 
 from churn_assets.defs.gold.assets import churn_features
 from churn_assets.defs.ml.features import FEATURES, landed_rows, latest_ingest, load_training
-from churn_assets.defs.ml.policy import better_than_chance, promote, retrain_decision
+from churn_assets.defs.ml.policy import (
+    RetrainDecision,
+    better_than_chance,
+    promote,
+    retrain_decision,
+    trains_every_cycle,
+)
 from churn_assets.defs.ml.resources import MLflowResource, ModelPolicyResource, load_failure
 from churn_assets.engine import EngineResource
 from churn_assets.metadata import shareable_example, table_metadata
@@ -65,7 +71,6 @@ def churn_model(
     from churn_assets.defs.ml import registry, report
     from churn_assets.defs.ml.train import train_on
 
-    client, experiment_id = mlflow_store.open()
     if engine.is_spark:
         from churn_assets.defs.ml.spark import landed_and_latest
 
@@ -73,22 +78,30 @@ def churn_model(
     else:
         with warehouse.get_connection() as con:
             landed, ingested = landed_rows(con), latest_ingest(con)
-    latest = registry.latest_version(client, mlflow_store.model_name)
-    due = retrain_decision(
-        landed,
-        str(latest.version) if latest else None,
-        int(latest.tags.get(registry.LANDED_ROWS, 0)) if latest else 0,
-        model_policy.retrain_min_new_rows,
-        config.force,
-    )
+    if trains_every_cycle(model_policy.retrain_min_new_rows, config.force):
+        # Nothing to ask the store yet: it is opened to register, once the model is trained
+        # (MLflow is set up in the background meanwhile, ``MLflowResource.setup_for_execution``).
+        due = RetrainDecision(True, "")
+    else:
+        client, _ = mlflow_store.open()
+        latest = registry.latest_version(client, mlflow_store.model_name)
+        due = retrain_decision(
+            landed,
+            str(latest.version) if latest else None,
+            int(latest.tags.get(registry.LANDED_ROWS, 0)) if latest else 0,
+            model_policy.retrain_min_new_rows,
+            config.force,
+        )
     if not due.train:
         return dg.MaterializeResult(metadata={"trained": False, "reason": due.reason, "model_version": ""})
     t0 = time.perf_counter()
-    prepared = registry.prepare_logging()  # while the rows load and LightGBM trains
+    prepared = mlflow_store.prepare_logging()  # while the rows load and LightGBM trains
     with gold_reader(warehouse, engine) as con:
         data = load_training(con, model_policy.train_max_rows, model_policy.eval_max_rows)
     params = {"learning_rate": config.learning_rate, "num_leaves": config.num_leaves}
+    mlflow_store.lightgbm_imported()
     trained = train_on(data.frame, params, config.num_boost_round, config.shuffle_labels_fraction)
+    client, experiment_id = mlflow_store.open()
     fingerprint = {
         "data.rows": str(data.rows),
         "data.rows_train": str(trained.rows_train),

@@ -11,13 +11,18 @@ class RetrainDecision:
     reason: str  # why not, in words ("" when training)
 
 
+def trains_every_cycle(min_new_rows: int, force: bool = False) -> bool:
+    """Whether the decision is to train whatever the store holds: forced, or 0 new rows asked."""
+    return force or min_new_rows == 0
+
+
 def retrain_decision(
     landed_rows: int, last_version: str | None, last_landed_rows: int, min_new_rows: int, force: bool = False
 ) -> RetrainDecision:
     """Train when forced, when no model is registered yet, or once ``min_new_rows`` bronze rows
     have landed since the last registered version (0: every cycle)."""
     since = landed_rows - last_landed_rows if last_version is not None else landed_rows
-    if last_version is None or force or since >= min_new_rows:
+    if last_version is None or trains_every_cycle(min_new_rows, force) or since >= min_new_rows:
         return RetrainDecision(True, "")
     return RetrainDecision(False, f"{since} new rows since version {last_version}, retraining at {min_new_rows}")
 

@@ -147,7 +147,7 @@ def log_and_register(
     MLflow logs the model in another: LightGBM scoring the holdout leaves the interpreter free,
     and the two took 2.6 s and 3.4 s one after the other at 100x the reference. The version is
     registered, and the run gets the metrics, once the measure is in. ``prepared``:
-    ``prepare_logging``, started earlier."""
+    ``prepare_logging``, running in the background."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -193,22 +193,14 @@ def log_and_register(
     return version, run_id, metrics, threshold
 
 
-def prepare_logging() -> Future:
-    """MLflow's one-time work before it logs a model, in the background: ``log_model`` checks the
-    stated requirements against the installed packages, and the first check in a process maps
-    every installed distribution (0.4 s). Started as training starts (LightGBM leaves the
-    interpreter free), after the packages the check imports are imported in the caller's thread:
-    a package imported by two threads at once can be seen half-initialized."""
-    import lightgbm  # noqa: F401
-    import numpy  # noqa: F401
-    import pandas  # noqa: F401
+def prepare_logging() -> None:
+    """MLflow's one-time work before it logs a model: ``log_model`` checks the stated
+    requirements against the installed packages, and the first check in a process maps every
+    installed distribution (0.4 s). The training step has it done in the background
+    (``MLflowResource.prepare_logging``) while its rows load and LightGBM trains."""
     from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
 
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-requirements")
-    try:
-        return pool.submit(warn_dependency_requirement_mismatches, _requirements())
-    finally:
-        pool.shutdown(wait=False)
+    warn_dependency_requirement_mismatches(_requirements())
 
 
 def _log_pyfunc(store: Store, booster: Path, vocabulary: Path, signature, input_example, register: bool = True):

@@ -14,7 +14,8 @@ from churn_assets import run_tags
 from churn_assets.settings import Settings
 
 PREDICTION = dg.AssetKey(["gold", "churn_prediction"])  # the step that scores with the champion
-TRAINING = (dg.AssetKey(["ml", "churn_model"]), dg.AssetKey(["ml", "churn_model_champion"]))
+MODEL = dg.AssetKey(["ml", "churn_model"])  # the step that trains
+TRAINING = (MODEL, dg.AssetKey(["ml", "churn_model_champion"]))
 
 
 def load_failure(what: str, exc: Exception) -> dg.Failure:
@@ -26,16 +27,26 @@ def load_failure(what: str, exc: Exception) -> dg.Failure:
     )
 
 
-def run_scores(run: dg.DagsterRun | None) -> bool:
-    """Whether ``run`` executes the scoring step: its steps, when it names them (``dg.materialize``
-    of some assets, a re-execution), else its asset selection (the UI, sensors); a whole job does."""
+def run_executes(run: dg.DagsterRun | None, key: dg.AssetKey) -> bool:
+    """Whether ``run`` executes the step of asset ``key``: its steps, when it names them
+    (``dg.materialize`` of some assets, a re-execution), else its asset selection (the UI,
+    sensors); a whole job does."""
     if run is None:
         return True
     if run.step_keys_to_execute is not None:
-        return PREDICTION.to_python_identifier() in run.step_keys_to_execute
+        return key.to_python_identifier() in run.step_keys_to_execute
     if run.asset_selection:
-        return PREDICTION in run.asset_selection
+        return key in run.asset_selection
     return True
+
+
+def run_scores(run: dg.DagsterRun | None) -> bool:
+    """Whether ``run`` executes the scoring step."""
+    return run_executes(run, PREDICTION)
+
+
+def _import_lightgbm() -> None:
+    import lightgbm  # noqa: F401
 
 
 class MLflowResource(dg.ConfigurableResource):
@@ -56,7 +67,10 @@ class MLflowResource(dg.ConfigurableResource):
     _use_warm: bool = PrivateAttr(default=False)
     _warm: object | None = PrivateAttr(default=None)
     _scope: contextlib.ExitStack | None = PrivateAttr(default=None)
+    _setup: ThreadPoolExecutor | None = PrivateAttr(default=None)
+    _lightgbm: Future | None = PrivateAttr(default=None)
     _ready: Future | None = PrivateAttr(default=None)
+    _prepared: Future | None = PrivateAttr(default=None)
     _champion: Future | None = PrivateAttr(default=None)
 
     @classmethod
@@ -101,11 +115,16 @@ class MLflowResource(dg.ConfigurableResource):
         import polars  # noqa: F401
         import sqlalchemy.orm  # noqa: F401
 
-        pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-setup")
-        self._ready = pool.submit(self._configure)
+        # In a run that trains, LightGBM comes first: the training step loads its rows and trains
+        # while MLflow is set up after it (LightGBM and DuckDB leave the interpreter free), and
+        # registers once it is. One worker for all of it, so LightGBM and MLflow, which share
+        # scipy and numpy modules, are never imported by two threads at once.
+        self._setup = ThreadPoolExecutor(1, thread_name_prefix="mlflow-setup")
+        if run_executes(context.run, MODEL):
+            self._lightgbm = self._setup.submit(_import_lightgbm)
+        self._ready = self._setup.submit(self._configure)
         if scores:
-            self._champion = pool.submit(self._load_champion)  # after _configure: one worker
-        pool.shutdown(wait=False)
+            self._champion = self._setup.submit(self._load_champion)  # after _configure: one worker
 
     def _warm_scorer_answers(self, context: dg.InitResourceContext) -> bool:
         from churn_assets.defs.ml import warm
@@ -138,6 +157,26 @@ class MLflowResource(dg.ConfigurableResource):
         # MLflow's modules join what the run keeps out of the garbage collector's full passes
         # (``WarehouseResource.setup_for_execution``): ~90,000 objects, 0.15 s of a training step at 1x.
         gc.freeze()
+
+    def lightgbm_imported(self) -> None:
+        """Once LightGBM is imported: in the background as the run started, when it trains."""
+        if self._lightgbm is not None:
+            self._lightgbm.result()
+
+    def prepare_logging(self) -> Future:
+        """MLflow's one-time work before a model is logged (``registry.prepare_logging``), with
+        the store opened, started in the background: the training step starts it once it knows
+        it trains, and logs when it is done."""
+        if self._setup is None:  # the warm scorer was to serve this run
+            self._setup = ThreadPoolExecutor(1, thread_name_prefix="mlflow-setup")
+        self._prepared = self._setup.submit(self._prepare_logging)
+        return self._prepared
+
+    def _prepare_logging(self) -> None:
+        from churn_assets.defs.ml.registry import prepare_logging
+
+        self.open()  # the store, opened (and its client cached) before the step asks for it
+        prepare_logging()
 
     def _load_champion(self):
         from churn_assets.defs.ml import registry
@@ -198,14 +237,17 @@ class MLflowResource(dg.ConfigurableResource):
         return found if now is not None and str(now.version) == str(found[0].version) else None
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        for future in (self._champion, self._ready):
+        for future in (self._champion, self._prepared, self._ready, self._lightgbm):
             # Not started: dropped. Started (a run that ended before scoring, e.g. refused): waited
             # for, so no thread of this run still migrates or reads the store once it is over
             # (MLflow's migrations and Dagster's share alembic's module state).
             if future is not None and not future.cancel():
                 with contextlib.suppress(Exception):
                     future.result()
-        self._champion = self._ready = None
+        self._champion = self._prepared = self._ready = self._lightgbm = None
+        if self._setup is not None:
+            self._setup.shutdown(wait=False)
+            self._setup = None
         self._use_warm = False
         try:
             if self._warm is not None:
