@@ -59,6 +59,8 @@ def test_the_first_platform_is_the_earliest_event_then_the_first_to_arrive():
         ("e", "ios", None, 3, 0),  # none has one: arrival decides, the largest row number included
         ("f", None, "0001-01-01 00:00:00", 1, 1),  # no platform: not a candidate
         ("f", "android", "0002-01-01 00:00:00", 1, 2),
+        ("g", "web", None, 1, 1),
+        ("g", "ios", "100000-01-01 00:00:00", 9, 9),  # far past what lands (4-digit years), before none
     ]
     con = duckdb.connect()
     con.execute("CREATE TABLE e (user_id VARCHAR, platform VARCHAR, ts TIMESTAMP, _file_id BIGINT, _row_no BIGINT)")
@@ -67,4 +69,12 @@ def test_the_first_platform_is_the_earliest_event_then_the_first_to_arrive():
         f"SELECT user_id, arg_min(platform, {EVENT_ORDER}) FILTER (WHERE platform IS NOT NULL) FROM e "
         "GROUP BY user_id ORDER BY user_id"
     ).fetchall()
-    assert first == [("a", "ios"), ("b", "ios"), ("c", "ios"), ("d", "ios"), ("e", "web"), ("f", "android")]
+    assert first == [
+        ("a", "ios"),
+        ("b", "ios"),
+        ("c", "ios"),
+        ("d", "ios"),
+        ("e", "web"),
+        ("f", "android"),
+        ("g", "ios"),
+    ]

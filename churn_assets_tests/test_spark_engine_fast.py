@@ -55,9 +55,9 @@ def test_what_sqlglot_leaves_is_rewritten():
     # trunc() of a number: Spark's own trunc() is for dates; a cast to BIGINT truncates.
     assert "THEN CAST(CAST(gender AS BIGINT) AS INT) END AS gender" in out
     gold = duckdb_to_spark(churn_features_sql(), {"as_of": datetime(2023, 6, 10, 12)})
-    # The event order's 128-bit number in Spark's widest integer type (up to 5.6e36 here).
+    # The event order's 128-bit number in Spark's widest integer type (up to 8.5e37 here).
     assert (
-        "MIN_BY(platform, CAST(COALESCE(UNIX_MICROS(ts), 300000000000000000) AS DECIMAL(38, 0)) * "
+        "MIN_BY(platform, CAST(COALESCE(UNIX_MICROS(ts), 4611686018427387904) AS DECIMAL(38, 0)) * "
         "18446744073709551616 + CAST(_file_id AS DECIMAL(38, 0)) * 4294967296 + _row_no)" in gold
     )
     assert "CAST('2023-06-10 12:00:00' AS TIMESTAMP)" in gold

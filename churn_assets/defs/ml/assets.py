@@ -79,8 +79,8 @@ def churn_model(
         with warehouse.get_connection() as con:
             landed, ingested = landed_rows(con), latest_ingest(con)
     if trains_every_cycle(model_policy.retrain_min_new_rows, config.force):
-        # Nothing to ask the store yet: it is opened to register, once the model is trained
-        # (MLflow is set up in the background meanwhile, ``MLflowResource.setup_for_execution``).
+        # Nothing to ask the store yet: it is opened in the background while the rows load and
+        # LightGBM trains (``MLflowResource.prepare_logging``), and used to register.
         due = RetrainDecision(True, "")
     else:
         client, _ = mlflow_store.open()
@@ -101,7 +101,7 @@ def churn_model(
     params = {"learning_rate": config.learning_rate, "num_leaves": config.num_leaves}
     mlflow_store.lightgbm_imported()
     trained = train_on(data.frame, params, config.num_boost_round, config.shuffle_labels_fraction)
-    client, experiment_id = mlflow_store.open()
+    client, experiment_id = mlflow_store.opened()
     fingerprint = {
         "data.rows": str(data.rows),
         "data.rows_train": str(trained.rows_train),

@@ -20,8 +20,8 @@ from churn_assets.defs.ml import model as model_format
 from churn_assets.settings import environment_scope
 
 # MLflow is imported inside each function: every code-location load imports this module, and
-# MLflow costs seconds to import; a run that scores imports it in the background as it starts
-# (``MLflowResource.setup_for_execution``).
+# MLflow costs seconds to import; a run that scores or trains imports it in the background as it
+# starts (``MLflowResource.setup_for_execution``).
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd

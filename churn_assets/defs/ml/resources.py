@@ -70,6 +70,7 @@ class MLflowResource(dg.ConfigurableResource):
     _setup: ThreadPoolExecutor | None = PrivateAttr(default=None)
     _lightgbm: Future | None = PrivateAttr(default=None)
     _ready: Future | None = PrivateAttr(default=None)
+    _opened: Future | None = PrivateAttr(default=None)
     _prepared: Future | None = PrivateAttr(default=None)
     _champion: Future | None = PrivateAttr(default=None)
 
@@ -164,19 +165,30 @@ class MLflowResource(dg.ConfigurableResource):
             self._lightgbm.result()
 
     def prepare_logging(self) -> Future:
-        """MLflow's one-time work before a model is logged (``registry.prepare_logging``), with
-        the store opened, started in the background: the training step starts it once it knows
-        it trains, and logs when it is done."""
-        if self._setup is None:  # the warm scorer was to serve this run
-            self._setup = ThreadPoolExecutor(1, thread_name_prefix="mlflow-setup")
-        self._prepared = self._setup.submit(self._prepare_logging)
-        return self._prepared
-
-    def _prepare_logging(self) -> None:
+        """Open the store and ready MLflow's model logging (``registry.prepare_logging``) in the
+        background, on the run's setup worker: the training step starts it once it knows it
+        trains, and takes the store (``opened``) once the model is trained. One thread opens the
+        store and imports what logging imports: a new store is created (migrated) once, and no
+        module is imported by two threads at once."""
         from churn_assets.defs.ml.registry import prepare_logging
 
-        self.open()  # the store, opened (and its client cached) before the step asks for it
-        prepare_logging()
+        if self._setup is None:  # the warm scorer was to serve this run: MLflow is set up here too
+            self._setup = ThreadPoolExecutor(1, thread_name_prefix="mlflow-setup")
+            self._ready = self._setup.submit(self._configure)
+        self._opened = self._setup.submit(self._open_for_logging)
+        self._prepared = self._setup.submit(prepare_logging)
+        return self._prepared
+
+    def _open_for_logging(self):
+        import mlflow.models  # noqa: F401 - what ``registry.log_and_register`` imports
+        import mlflow.pyfunc  # noqa: F401
+
+        return self.open()
+
+    def opened(self):
+        """(client, experiment id): the store ``prepare_logging`` opened, or opened now; a clear
+        ``dg.Failure`` when it cannot be used."""
+        return self._opened.result() if self._opened is not None else self.open()
 
     def _load_champion(self):
         from churn_assets.defs.ml import registry
@@ -237,14 +249,14 @@ class MLflowResource(dg.ConfigurableResource):
         return found if now is not None and str(now.version) == str(found[0].version) else None
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        for future in (self._champion, self._prepared, self._ready, self._lightgbm):
+        for future in (self._champion, self._prepared, self._opened, self._ready, self._lightgbm):
             # Not started: dropped. Started (a run that ended before scoring, e.g. refused): waited
             # for, so no thread of this run still migrates or reads the store once it is over
             # (MLflow's migrations and Dagster's share alembic's module state).
             if future is not None and not future.cancel():
                 with contextlib.suppress(Exception):
                     future.result()
-        self._champion = self._prepared = self._ready = self._lightgbm = None
+        self._champion = self._prepared = self._opened = self._ready = self._lightgbm = None
         if self._setup is not None:
             self._setup.shutdown(wait=False)
             self._setup = None
