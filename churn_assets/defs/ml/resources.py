@@ -46,7 +46,9 @@ def run_scores(run: dg.DagsterRun | None) -> bool:
 
 
 def _import_lightgbm() -> None:
-    import lightgbm  # noqa: F401
+    from churn_assets.defs.ml.model import lightgbm
+
+    lightgbm()
 
 
 class MLflowResource(dg.ConfigurableResource):

@@ -203,24 +203,32 @@ def update_predictions(
     # are not looked up in gold again (0.18 s at 100x the reference); comparing all of gold, they
     # stream from gold instead, a batch at a time.
     features = "".join(f", f.{c}" for c in _READ) if changed else ""
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _to_score AS
-            SELECT coalesce(f.user_id, p.user_id) AS user_id, f.user_id IS NULL AS removed{features},
-                   f.h AS _features_hash
-            FROM (SELECT user_id, {_from_gold(_READ)}, {FEATURES_HASH} AS h FROM gold.churn_features {among}) f
-            FULL JOIN (SELECT user_id, _features_hash AS h FROM gold.churn_prediction {among}) p USING (user_id)
-            WHERE f.h IS DISTINCT FROM p.h"""
-    )
-    only = "user_id IN (SELECT user_id FROM _to_score WHERE NOT removed)"
-    rows = "_to_score WHERE NOT removed" if changed else None
-    out, took = _score(con, only, model, threshold, model_name, version, batch_rows, rows)
-    with transaction(con), registered(con, "_scored", out):
-        removed = scalar(con, "SELECT count(*) FROM _to_score WHERE removed")
-        con.execute("DELETE FROM gold.churn_prediction WHERE user_id IN (SELECT user_id FROM _to_score)")
-        # The context of the customers gold's builds logged came with their features.
-        con.execute(f"INSERT INTO gold.churn_prediction BY NAME {_with_context('_scored', rows)}")
-        read_up_to(con, READER)
-    con.execute("DROP TABLE _to_score")
+    # One transaction from finding the rows to replacing them: the predictions' rows found here
+    # are deleted by row id (0.11 -> 0.02 s at 100x the reference, no second pass over the
+    # customer keys), and only a commit's checkpoint can move a row.
+    with transaction(con):
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _to_score AS
+                SELECT coalesce(f.user_id, p.user_id) AS user_id, f.user_id IS NULL AS removed{features},
+                       f.h AS _features_hash, p.row_id AS _prediction_row
+                FROM (SELECT user_id, {_from_gold(_READ)}, {FEATURES_HASH} AS h FROM gold.churn_features {among}) f
+                FULL JOIN (SELECT rowid AS row_id, user_id, _features_hash AS h FROM gold.churn_prediction {among}) p
+                     USING (user_id)
+                WHERE f.h IS DISTINCT FROM p.h"""
+        )
+        only = "user_id IN (SELECT user_id FROM _to_score WHERE NOT removed)"
+        rows = "_to_score WHERE NOT removed" if changed else None
+        out, took = _score(con, only, model, threshold, model_name, version, batch_rows, rows)
+        with registered(con, "_scored", out):
+            removed = scalar(con, "SELECT count(*) FROM _to_score WHERE removed")
+            con.execute(
+                "DELETE FROM gold.churn_prediction WHERE rowid IN "
+                "(SELECT _prediction_row FROM _to_score WHERE _prediction_row IS NOT NULL)"
+            )
+            # The context of the customers gold's builds logged came with their features.
+            con.execute(f"INSERT INTO gold.churn_prediction BY NAME {_with_context('_scored', rows)}")
+            read_up_to(con, READER)
+        con.execute("DROP TABLE _to_score")
     at_risk, total = con.execute(
         "SELECT count(*) FILTER (churn_prediction = 1), count(*) FROM gold.churn_prediction"
     ).fetchall()[0]

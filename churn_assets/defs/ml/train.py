@@ -72,8 +72,9 @@ def train_matrix(
     num_boost_round: int = NUM_BOOST_ROUND,
 ) -> TrainedModel:
     """LightGBM on the features with their categoricals already coded in ``vocabulary``."""
-    import lightgbm as lgb
+    from churn_assets.defs.ml.model import lightgbm
 
+    lgb = lightgbm()
     params = {**DEFAULT_PARAMS, **(params or {})}
     data = lgb.Dataset(matrix, label=labels, categorical_feature=CATEGORICAL, free_raw_data=True)
     booster = lgb.train(params, data, num_boost_round=num_boost_round)
