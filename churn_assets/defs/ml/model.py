@@ -42,11 +42,7 @@ def lightgbm():
     metrics with it), LightGBM comes whole, as nothing changes for the API used here.
     """
     with _LIGHTGBM_IMPORT:
-        if "lightgbm" in sys.modules:
-            import lightgbm
-
-            return lightgbm
-        hide = "sklearn" not in sys.modules
+        hide = "lightgbm" not in sys.modules and "sklearn" not in sys.modules
         if hide:
             sys.modules["sklearn"] = None
         try:

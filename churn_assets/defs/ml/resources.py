@@ -45,12 +45,6 @@ def run_scores(run: dg.DagsterRun | None) -> bool:
     return run_executes(run, PREDICTION)
 
 
-def _import_lightgbm() -> None:
-    from churn_assets.defs.ml.model import lightgbm
-
-    lightgbm()
-
-
 class MLflowResource(dg.ConfigurableResource):
     """Where models are tracked and registered. Embedded by default: a SQLite store under
     ``$CHURN_HOME/mlflow/`` with artifacts beside it; ``MLFLOW_TRACKING_URI`` overrides."""
@@ -124,7 +118,9 @@ class MLflowResource(dg.ConfigurableResource):
         # scipy and numpy modules, are never imported by two threads at once.
         self._setup = ThreadPoolExecutor(1, thread_name_prefix="mlflow-setup")
         if run_executes(context.run, MODEL):
-            self._lightgbm = self._setup.submit(_import_lightgbm)
+            from churn_assets.defs.ml.model import lightgbm
+
+            self._lightgbm = self._setup.submit(lightgbm)
         self._ready = self._setup.submit(self._configure)
         if scores:
             self._champion = self._setup.submit(self._load_champion)  # after _configure: one worker
